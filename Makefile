@@ -1,0 +1,32 @@
+# Every target creates .venv when it is missing, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-slow bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores)
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+## make test-slow: only the long loops
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+## make bench: every benchmark; each prints one JSON object as its last line
+bench: $(STAMP)
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b; done
+
+## make demo: simulator plus agent polling it, until Ctrl-C
+demo: $(STAMP)
+	$(PY) -m agent demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
