@@ -1,0 +1,121 @@
+"""The `oht-agent` command line (also `python -m agent`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from agent.config import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, load_config, resolve_path
+from drivers.errors import CodedError
+
+DESCRIPTION = """\
+Edge agent for the OHT-50 overhead-hoist carriage: Modbus RTU bus master for the power,
+safety, travel-motor and dock modules, safety supervisor, durable command buffer, local API.
+"""
+
+EPILOG = f"""\
+configuration: --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)}
+
+examples:
+  oht-agent config check --config /etc/oht-agent/agent.toml
+  oht-agent run --config /etc/oht-agent/agent.toml
+  oht-agent sim --link /tmp/oht-sim/tty --control /tmp/oht-sim/ctl
+  oht-agent demo
+"""
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help=f"configuration file (default: ${CONFIG_ENV} or config/agent.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oht-agent", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon", description="Run the agent until SIGTERM or Ctrl-C.")
+    _add_config(run)
+
+    sim = sub.add_parser(
+        "sim",
+        help="run the firmware simulator on a new pty",
+        description="Start the OHT-50 slave-module simulator on a new pseudo-terminal (a test peer speaking real Modbus RTU).",
+        add_help=False,
+    )
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="simulator options (see `oht-agent sim --help`)")
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    config_sub.required = True
+    check = config_sub.add_parser("check", help="validate a configuration file: exit 0, or 1 with every problem listed")
+    _add_config(check)
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulator plus agent polling it, until Ctrl-C",
+        description="Start the simulator on a new pty and the agent against it, with a temporary data directory.",
+    )
+    demo.add_argument("--dir", metavar="PATH", help="working directory for the demo (default: a new temporary one)")
+    return parser
+
+
+def cmd_config_check(path_arg: str | None) -> int:
+    path = resolve_path(path_arg)
+    try:
+        cfg = load_config(path)
+        from drivers.profiles import load_profiles
+
+        profiles = load_profiles(cfg.profiles_path)
+    except CodedError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    print(f"{path}: ok (agent {cfg.agent.id}, bus {cfg.bus.port} @ {cfg.bus.baudrate}, {len(profiles)} register profiles)")
+    return 0
+
+
+def cmd_run(path_arg: str | None) -> int:
+    from agent.logs import setup_logging
+    from agent.runtime import Runtime
+
+    path = resolve_path(path_arg)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 1
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    try:
+        runtime = Runtime(cfg)
+    except CodedError as exc:
+        print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 1
+    asyncio.run(runtime.run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim"]:
+        from drivers.sim.main import main as sim_main
+
+        return sim_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    if args.command == "run":
+        return cmd_run(args.config)
+    if args.command == "config":
+        return cmd_config_check(args.config)
+    if args.command == "demo":
+        from agent.demo import run_demo
+
+        return run_demo(args.dir)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Typed, strict configuration loaded from TOML.
+
+A typo in a key, a string where a number belongs or a value out of range stops start-up with
+every problem listed and the file and key named: a robot must never run on a half-understood
+configuration. Everything not required has a safe default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.errors import CodedError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "agent.toml"
+CONFIG_ENV = "OHT_AGENT_CONFIG"
+
+Role = Literal["power", "safety", "travel", "dock"]
+SlaveAddress = Annotated[int, Field(ge=1, le=247)]
+
+
+class ConfigError(CodedError):
+    code = "CONFIG_INVALID"
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} problem(s) in {path}:\n{lines}",
+            hint=f"fix the keys listed above in {path}, then run `oht-agent config check --config {path}`",
+        )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AgentSection(_Section):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    data_dir: Annotated[str, Field(min_length=1)]
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+
+class BusSection(_Section):
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    read_retries: Annotated[int, Field(ge=0, le=3)] = 1
+    write_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    fail_threshold: Annotated[int, Field(ge=1, le=20)] = 3
+    queue_limit: Annotated[int, Field(ge=8, le=4096)] = 256
+    scan: list[SlaveAddress] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7])
+    profiles_dir: str = ""  # empty: the profiles shipped with the agent
+    rediscover_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    @field_validator("scan")
+    @classmethod
+    def _unique_scan(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("addresses must be listed once each")
+        return v
+
+
+class ModulesSection(_Section):
+    """Which slave address plays which role. Defaults follow the firmware's compile-time ids."""
+
+    power: SlaveAddress = 2
+    travel: SlaveAddress = 3
+    dock: SlaveAddress = 4
+    safety: SlaveAddress = 5
+    mandatory: list[Role] = Field(default_factory=lambda: ["power", "safety", "travel", "dock"])
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ModulesSection:
+        addrs = {"power": self.power, "travel": self.travel, "dock": self.dock, "safety": self.safety}
+        seen: dict[int, str] = {}
+        for role, addr in addrs.items():
+            if addr in seen:
+                raise ValueError(f"roles {seen[addr]} and {role} share address {addr}")
+            seen[addr] = role
+        return self
+
+    def role_map(self) -> dict[str, int]:
+        return {"power": self.power, "safety": self.safety, "travel": self.travel, "dock": self.dock}
+
+
+class PollingSection(_Section):
+    safety_ms: Annotated[int, Field(ge=10, le=1000)] = 50
+    travel_moving_ms: Annotated[int, Field(ge=20, le=2000)] = 100
+    travel_idle_ms: Annotated[int, Field(ge=100, le=10000)] = 1000
+    power_ms: Annotated[int, Field(ge=100, le=60000)] = 1000
+    dock_ms: Annotated[int, Field(ge=20, le=60000)] = 100
+    identity_ms: Annotated[int, Field(ge=1000, le=3600000)] = 30000
+
+
+class ApiSection(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+
+class UpstreamSection(_Section):
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if v and not v.startswith("https://"):
+            raise ValueError("the upstream URL must use https:// (or be empty to disable sync)")
+        return v
+
+
+class Config(_Section):
+    agent: AgentSection
+    bus: BusSection
+    modules: ModulesSection = Field(default_factory=ModulesSection)
+    polling: PollingSection = Field(default_factory=PollingSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    upstream: UpstreamSection = Field(default_factory=UpstreamSection)
+    source: str = Field(default="", exclude=True)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.agent.data_dir)
+
+    @property
+    def profiles_path(self) -> Path:
+        return Path(self.bus.profiles_dir) if self.bus.profiles_dir else REPO_ROOT / "config" / "profiles"
+
+
+def resolve_path(explicit: str | None) -> Path:
+    """--config wins, then $OHT_AGENT_CONFIG, then the shipped config/agent.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _format_loc(loc: tuple[object, ...]) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int) or True)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate `path`; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"TOML syntax: {exc}"]) from exc
+    return validate_config(data, path)
+
+
+def validate_config(data: dict[str, object], path: Path | str = "<memory>") -> Config:
+    try:
+        cfg = Config.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = _format_loc(err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see config/agent.toml for every key)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            got = err.get("input")
+            detail = f" (got {got!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict) else ""
+            problems.append(f"{key}: {msg}{detail}")
+        raise ConfigError(path, problems) from None
+    return cfg

@@ -1,0 +1,219 @@
+"""Builds the daemon's components, starts and supervises their tasks, shuts down safely.
+
+Start order: bus master (it owns the port and reconnects by itself), then discovery and role
+binding, then polling. A mandatory module that is missing is looked for again every
+`bus.rediscover_s`; nothing is ever bound by guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+from agent.config import Config
+from drivers.discovery import DiscoveryReport, discover
+from drivers.modbus.master import BusMaster
+from drivers.modbus.schedule import Priority
+from drivers.polling import Binding, ModulePoller
+from drivers.profiles import Profile, load_profiles
+from drivers.snapshots import Quality, SnapshotBoard
+
+log = logging.getLogger("oht.runtime")
+
+# Phase offsets spread the roles' polls over the cycle so they do not all fall due together.
+ROLE_PHASE_S = {"safety": 0.0, "travel": 0.013, "power": 0.029, "dock": 0.041}
+
+
+class Runtime:
+    """The running agent. `run()` until `request_stop()` (SIGTERM/SIGINT) or cancellation."""
+
+    def __init__(self, config: Config, *, health_log_s: float = 60.0) -> None:
+        self.config = config
+        self.health_log_s = health_log_s
+        self.profiles: dict[str, Profile] = load_profiles(config.profiles_path)
+        bus = config.bus
+        self.master = BusMaster(
+            bus.port,
+            baudrate=bus.baudrate,
+            parity=bus.parity,
+            stopbits=bus.stopbits,
+            read_retries=bus.read_retries,
+            write_retries=bus.write_retries,
+            fail_threshold=bus.fail_threshold,
+            queue_limit=bus.queue_limit,
+            on_event=self._on_bus_event,
+        )
+        self.board = SnapshotBoard()
+        self.pollers: dict[str, ModulePoller] = {}
+        self.last_report: DiscoveryReport | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reported: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        log.info("agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate)
+        await self.master.start()
+        self._tasks = [
+            asyncio.create_task(self._discovery_loop(), name="discovery"),
+            asyncio.create_task(self._health_loop(), name="health-log"),
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("stopping")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for poller in self.pollers.values():
+            poller.uninstall()
+        await self.master.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ discovery and binding
+    def mandatory_missing(self) -> list[str]:
+        return [r for r in self.config.modules.mandatory if r not in self.pollers]
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """Ready when the port is open and every mandatory role is bound with fresh readings."""
+        reasons: list[str] = []
+        if not self.master.port_up:
+            reasons.append(f"serial port {self.config.bus.port} is not open")
+        now = time.monotonic()
+        for role in self.config.modules.mandatory:
+            poller = self.pollers.get(role)
+            if poller is None:
+                reasons.append(f"{role} module not bound")
+                continue
+            snap = poller.snapshot
+            names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+            if snap.overall_quality(names, now) is not Quality.FRESH:
+                reasons.append(f"{role} module readings are not fresh")
+        return (not reasons, reasons)
+
+    async def _discovery_loop(self) -> None:
+        first = True
+        while True:
+            missing = [r for r in self.config.modules.role_map() if r not in self.pollers]
+            if missing:
+                await self._wait_port()
+                role_map = {r: a for r, a in self.config.modules.role_map().items() if r in missing}
+                scan = self.config.bus.scan if first else list(role_map.values())
+                report = await discover(self.master, scan, self.profiles, role_map)
+                self.last_report = report
+                self._log_report(report)
+                for role, binding in report.bindings.items():
+                    self._bind(binding)
+                first = False
+            await asyncio.sleep(self.config.bus.rediscover_s)
+
+    async def _wait_port(self) -> None:
+        while not self.master.port_up:
+            await asyncio.sleep(0.05)
+
+    def _bind(self, binding: Binding) -> None:
+        cfg = self.config.polling
+        interval_ms = {
+            "safety": cfg.safety_ms,
+            "travel": cfg.travel_idle_ms,
+            "power": cfg.power_ms,
+            "dock": cfg.dock_ms,
+        }[binding.role]
+        poller = ModulePoller(
+            self.master,
+            self.board,
+            binding,
+            interval_s=interval_ms / 1000.0,
+            slow_interval_s=cfg.identity_ms / 1000.0,
+            phase_s=ROLE_PHASE_S.get(binding.role, 0.0),
+            priority=Priority.SAFETY if binding.role == "safety" else Priority.TELEMETRY,
+        )
+        poller.install()
+        self.pollers[binding.role] = poller
+        log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
+
+    def set_moving(self, moving: bool) -> None:
+        """Travel feedback at the moving rate while motion is commanded, the idle rate otherwise."""
+        poller = self.pollers.get("travel")
+        if poller is not None:
+            cfg = self.config.polling
+            poller.set_interval((cfg.travel_moving_ms if moving else cfg.travel_idle_ms) / 1000.0)
+
+    def _log_report(self, report: DiscoveryReport) -> None:
+        for finding in report.findings:
+            if finding.identity is not None and finding.problem is None:
+                ident = finding.identity
+                log.info(
+                    "address %d: module type %d firmware %s -> profile %s",
+                    finding.address, ident.module_type, ident.firmware_text,
+                    finding.profile.name if finding.profile else "?",
+                )
+        for problem in report.problems:
+            if problem not in self._reported:
+                self._reported.add(problem)
+                log.warning("discovery: %s", problem)
+        for finding in report.findings:
+            if finding.problem and finding.hint:
+                key = f"hint:{finding.address}:{finding.problem_code}"
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.warning("address %d: %s (%s). Hint: %s", finding.address, finding.problem, finding.problem_code, finding.hint)
+
+    # ------------------------------------------------------------------ health
+    def _on_bus_event(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "port_up":
+            log.info("serial port %s open", info.get("path"))
+        elif kind == "port_down":
+            log.error("serial port %s lost: %s", info.get("path"), info.get("reason"))
+        elif kind == "port_unavailable":
+            log.error("serial port %s unavailable: %s (retrying)", info.get("path"), info.get("reason"))
+        elif kind == "slave_offline":
+            log.error("module at address %s set aside: %s (%s)", info.get("address"), info.get("reason"), info.get("code"))
+        elif kind == "slave_online":
+            log.info("module at address %s answers again", info.get("address"))
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stats = self.master.stats_dict()
+        modules = {}
+        for role, poller in self.pollers.items():
+            snap = poller.snapshot
+            names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+            modules[role] = {
+                "address": poller.binding.address,
+                "profile": poller.binding.profile.name,
+                "quality": snap.overall_quality(names, now).value,
+                "online": snap.online,
+                "last_error": snap.last_error,
+                **{k: v for k, v in stats["slaves"].get(poller.binding.address, {}).items()
+                   if k in ("rtt_p50_ms", "rtt_p99_ms", "timeouts", "crc_errors", "success_rate")},
+            }
+        return {"port_up": stats["port_up"], "bus": stats["bus"], "modules": modules}
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_log_s)
+            h = self.health()
+            parts = [
+                f"{role}@{m['address']} {m['quality']} p50={m['rtt_p50_ms']}ms p99={m['rtt_p99_ms']}ms "
+                f"timeouts={m['timeouts']} crc={m['crc_errors']}"
+                for role, m in sorted(h["modules"].items())
+            ]
+            log.info("health: port=%s overruns=%s | %s", "up" if h["port_up"] else "DOWN",
+                     h["bus"]["poll_overruns"], "; ".join(parts) or "no module bound")

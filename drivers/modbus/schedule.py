@@ -1,0 +1,157 @@
+"""Periodic polls on one bus: grid timing with phase offsets, no bursts, overruns counted.
+
+Each `PollPlan` is due on a fixed grid (`phase + k * interval`). When a poll runs late, the next
+due time is the next grid point after now: the missed points are counted as overruns and never
+replayed as a burst. Plans for slaves whose firmware services frames only every N ms (the safety
+module: 100 ms) are phase-locked: the request is timed to reach the slave just before its service
+tick, so a poll holds the bus for a few milliseconds instead of up to a whole period.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from drivers.modbus.frames import Request
+
+
+class Priority(enum.IntEnum):
+    """Lower value goes first. A stop write waits only for the transaction already on the wire."""
+
+    STOP = 0
+    SAFETY = 1
+    COMMAND = 2
+    TELEMETRY = 3
+    PROBE = 4
+
+
+ResultCallback = Callable[[tuple[int, ...], float], None]
+ErrorCallback = Callable[[Exception, float], None]
+
+
+@dataclass(eq=False)
+class PollPlan:
+    key: str
+    request: Request
+    interval_s: float
+    priority: Priority = Priority.TELEMETRY
+    phase_s: float = 0.0
+    service_period_s: float = 0.0
+    lead_s: float = 0.006  # how far ahead of the slave's service tick a phase-locked poll is sent
+    on_result: ResultCallback | None = None
+    on_error: ErrorCallback | None = None
+    enabled: bool = True
+    # state
+    next_due: float = 0.0
+    overruns: int = 0
+    runs: int = 0
+    tick_estimate: float | None = None
+    last_started: float | None = None
+    periods: list[float] = field(default_factory=list)  # recent start-to-start periods, for health checks
+
+    @property
+    def slave(self) -> int:
+        return self.request.slave
+
+    @property
+    def phase_locked(self) -> bool:
+        return self.service_period_s > 0
+
+
+class PollSchedule:
+    """The set of periodic polls; the bus master asks it what is due."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._plans: dict[str, PollPlan] = {}
+        self._origin = start
+        self.overruns = 0
+
+    def __iter__(self) -> Iterator[PollPlan]:
+        return iter(self._plans.values())
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def add(self, plan: PollPlan, now: float) -> None:
+        if plan.interval_s <= 0:
+            raise ValueError(f"poll {plan.key}: interval must be positive")
+        plan.next_due = self._grid_after(plan, now - 1e-9)
+        self._plans[plan.key] = plan
+
+    def remove(self, key: str) -> None:
+        self._plans.pop(key, None)
+
+    def get(self, key: str) -> PollPlan | None:
+        return self._plans.get(key)
+
+    def set_interval(self, prefix: str, interval_s: float, now: float) -> None:
+        """Change the interval of every plan whose key starts with `prefix` (e.g. travel moving/idle)."""
+        for plan in self._plans.values():
+            if plan.key.startswith(prefix) and plan.interval_s != interval_s:
+                plan.interval_s = interval_s
+                plan.next_due = min(plan.next_due, self._grid_after(plan, now))
+
+    def _grid_after(self, plan: PollPlan, t: float) -> float:
+        base = self._origin + plan.phase_s
+        k = math.floor((t - base) / plan.interval_s) + 1
+        due = base + k * plan.interval_s
+        return self._align_to_tick(plan, due)
+
+    @staticmethod
+    def _align_to_tick(plan: PollPlan, due: float) -> float:
+        if not plan.phase_locked or plan.tick_estimate is None:
+            return due
+        period = plan.service_period_s
+        target = due + plan.lead_s  # the first tick at or after the grid point gets the request
+        n = math.ceil((target - plan.tick_estimate) / period)
+        return plan.tick_estimate + n * period - plan.lead_s
+
+    def due(self, now: float, eligible: Callable[[PollPlan], bool]) -> PollPlan | None:
+        """The most urgent plan that is due at `now` (priority first, then earliest due)."""
+        best: PollPlan | None = None
+        for plan in self._plans.values():
+            if not plan.enabled or plan.next_due > now or not eligible(plan):
+                continue
+            if best is None or (plan.priority, plan.next_due) < (best.priority, best.next_due):
+                best = plan
+        return best
+
+    def next_due_time(self, eligible: Callable[[PollPlan], bool]) -> float | None:
+        times = [p.next_due for p in self._plans.values() if p.enabled and eligible(p)]
+        return min(times) if times else None
+
+    def next_locked_due(self, eligible: Callable[[PollPlan], bool]) -> float | None:
+        """Earliest due time among phase-locked plans: other traffic must not overlap it."""
+        times = [p.next_due for p in self._plans.values() if p.enabled and p.phase_locked and eligible(p)]
+        return min(times) if times else None
+
+    def started(self, plan: PollPlan, now: float) -> None:
+        if plan.last_started is not None:
+            plan.periods.append(now - plan.last_started)
+            if len(plan.periods) > 512:
+                del plan.periods[:256]
+        plan.last_started = now
+        plan.runs += 1
+
+    def completed(self, plan: PollPlan, now: float, *, reply_at: float | None, reply_wire_s: float) -> None:
+        """Advance `plan` to its next grid point after `now`, counting skipped points as overruns."""
+        if plan.phase_locked and reply_at is not None:
+            plan.tick_estimate = reply_at - reply_wire_s
+        nominal = plan.next_due + plan.interval_s
+        nxt = self._grid_after(plan, max(now, plan.next_due))
+        if plan.phase_locked:
+            # A phase-locked plan is late by design when its interval is shorter than the service period.
+            missed = math.floor((nxt - nominal) / max(plan.interval_s, plan.service_period_s) + 1e-9)
+        else:
+            missed = math.floor((nxt - nominal) / plan.interval_s + 1e-9)
+        if missed > 0:
+            plan.overruns += missed
+            self.overruns += missed
+        plan.next_due = nxt
+
+    def realign(self, now: float) -> None:
+        """After an outage: every plan is due at its next grid point, with no catch-up burst."""
+        for plan in self._plans.values():
+            plan.next_due = self._grid_after(plan, now)

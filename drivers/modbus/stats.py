@@ -1,0 +1,71 @@
+"""Per-slave link statistics: counters plus a bounded window of round-trip times for p50/p99."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0.0 for no samples."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class SlaveStats:
+    transactions: int = 0  # attempts put on the wire
+    ok: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    mismatched: int = 0  # valid frames that answered nothing we asked
+    late_dropped: int = 0  # late replies to earlier, timed-out requests, recognised and dropped
+    retries: int = 0
+    fences: int = 0  # extra reads sent to flush a slave's late replies before an identical request
+    set_aside: int = 0  # times the slave was set aside after repeated failures
+    last_ok_at: float | None = None
+    rtt_window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+
+    def record_rtt(self, seconds: float) -> None:
+        self.rtt_window.append(seconds)
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        samples = list(self.rtt_window)
+        return {
+            "transactions": self.transactions,
+            "ok": self.ok,
+            "timeouts": self.timeouts,
+            "crc_errors": self.crc_errors,
+            "exceptions": self.exceptions,
+            "mismatched": self.mismatched,
+            "late_dropped": self.late_dropped,
+            "retries": self.retries,
+            "fences": self.fences,
+            "set_aside": self.set_aside,
+            "rtt_p50_ms": round(percentile(samples, 50) * 1000, 3),
+            "rtt_p99_ms": round(percentile(samples, 99) * 1000, 3),
+            "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,
+        }
+
+
+@dataclass
+class BusStats:
+    reconnects: int = 0
+    port_losses: int = 0
+    garbage_bytes: int = 0
+    poll_overruns: int = 0
+    queue_rejected: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "reconnects": self.reconnects,
+            "port_losses": self.port_losses,
+            "garbage_bytes": self.garbage_bytes,
+            "poll_overruns": self.poll_overruns,
+            "queue_rejected": self.queue_rejected,
+        }

@@ -1,0 +1,121 @@
+"""Periodic polling of bound modules: read plans from profiles, decoded into snapshots.
+
+Each bound module gets one poll plan per merged read block of its "fast" group (at the role's
+interval) and of its "slow" and "identity" groups (every identity interval). Results are decoded
+through the profile and published on the snapshot board.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from drivers.modbus.errors import BusError
+from drivers.modbus.frames import read_request
+from drivers.modbus.master import BusMaster
+from drivers.modbus.merge import plan_poll
+from drivers.modbus.schedule import PollPlan, Priority
+from drivers.profiles.model import Profile
+from drivers.snapshots import ModuleSnapshot, Reading, SnapshotBoard, empty_snapshot
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A role bound to a slave address and the profile chosen for the firmware found there."""
+
+    role: str
+    address: int
+    profile: Profile
+
+
+class ModulePoller:
+    """Installs the poll plans of one bound module and turns their replies into snapshots."""
+
+    def __init__(
+        self,
+        master: BusMaster,
+        board: SnapshotBoard,
+        binding: Binding,
+        *,
+        interval_s: float,
+        slow_interval_s: float,
+        phase_s: float = 0.0,
+        priority: Priority = Priority.TELEMETRY,
+        stale_factor: float = 3.0,
+    ) -> None:
+        self.master = master
+        self.board = board
+        self.binding = binding
+        self.interval_s = interval_s
+        self.slow_interval_s = slow_interval_s
+        self.phase_s = phase_s
+        self.priority = priority
+        profile = binding.profile
+        self.service_period_s = profile.service_period_ms / 1000.0
+        effective = max(interval_s, self.service_period_s)
+        # Stale after a few missed polls, never sooner than one retry could take.
+        self.stale_after_s = stale_factor * effective + profile.turnaround_ms / 1000.0
+        self._snapshot: ModuleSnapshot = empty_snapshot(binding.role, binding.address, profile.name, self.stale_after_s)
+        self.keys: list[str] = []
+
+    @property
+    def fast_prefix(self) -> str:
+        return f"{self.binding.role}:fast:"
+
+    @property
+    def snapshot(self) -> ModuleSnapshot:
+        return self._snapshot
+
+    def install(self) -> None:
+        now = time.monotonic()
+        profile = self.binding.profile
+        link = self.master.configure_slave(
+            self.binding.address,
+            turnaround_s=profile.turnaround_ms / 1000.0,
+            service_period_s=self.service_period_s,
+        )
+        del link
+        groups = [("fast", self.interval_s, self.priority)]
+        groups += [(g, self.slow_interval_s, Priority.TELEMETRY) for g in ("slow", "identity")]
+        for group, interval, priority in groups:
+            for i, (start, count) in enumerate(plan_poll(profile, group)):
+                key = f"{self.binding.role}:{group}:{start:04x}"
+                plan = PollPlan(
+                    key=key,
+                    request=read_request(self.binding.address, start, count),
+                    interval_s=interval,
+                    priority=priority,
+                    phase_s=self.phase_s + 0.003 * i,
+                    service_period_s=self.service_period_s if group == "fast" else 0.0,
+                    on_result=self._result_handler(start),
+                    on_error=self._on_error,
+                )
+                self.master.schedule.add(plan, now)
+                self.keys.append(key)
+        self.board.publish(self._snapshot)
+
+    def uninstall(self) -> None:
+        for key in self.keys:
+            self.master.schedule.remove(key)
+        self.keys.clear()
+
+    def set_interval(self, interval_s: float) -> None:
+        """Change the fast interval (the travel motor polls faster while moving)."""
+        self.interval_s = interval_s
+        self.master.schedule.set_interval(self.fast_prefix, interval_s, time.monotonic())
+
+    def _result_handler(self, start: int):  # type: ignore[no-untyped-def]
+        profile = self.binding.profile
+
+        def on_result(words: tuple[int, ...], at: float) -> None:
+            values = profile.decode_block(start, words)
+            updates = {name: Reading(value, at) for name, value in values.items()}
+            self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
+            self.board.publish(self._snapshot)
+
+        return on_result
+
+    def _on_error(self, exc: Exception, at: float) -> None:
+        code = exc.code if isinstance(exc, BusError) else type(exc).__name__
+        self._snapshot = self._snapshot.with_readings({}, online=self.master.is_online(self.binding.address), error=code, now=at)
+        self.board.publish(self._snapshot)
