@@ -1,0 +1,72 @@
+"""Shared fixtures: the firmware simulator as a real process on a real pty, and a bus master on it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus.master import BusMaster
+from drivers.profiles import Profile, load_profiles
+from drivers.sim.client import SimProcess
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO / "config" / "profiles"
+
+
+@pytest.fixture(scope="session")
+def profiles() -> dict[str, Profile]:
+    return load_profiles(PROFILES_DIR)
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., SimProcess]]:
+    """Start simulators in tmp_path; every one started is stopped at teardown."""
+    started: list[SimProcess] = []
+
+    def start(name: str = "bus", **kwargs: object) -> SimProcess:
+        sim = SimProcess(tmp_path / f"{name}.tty", tmp_path / f"{name}.ctl", **kwargs)  # type: ignore[arg-type]
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def sim(sim_factory: Callable[..., SimProcess]) -> SimProcess:
+    """Default module set (power 2, travel 3, dock 4, safety 5) with firmware timing."""
+    return sim_factory(seed=7)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return predicate()
+
+
+async def started_master(link: str, profiles: dict[str, Profile], **kwargs: object) -> BusMaster:
+    """A running master with the default slaves' timing taken from their profiles."""
+    master = BusMaster(link, **kwargs)  # type: ignore[arg-type]
+    for address, name in ((2, "power-v2"), (3, "travel-drvfw"), (4, "dock-readonly"), (5, "safety-safefw")):
+        p = profiles[name]
+        master.configure_slave(address, turnaround_s=p.turnaround_ms / 1000, service_period_s=p.service_period_ms / 1000)
+    await master.start()
+    assert await wait_for(lambda: master.port_up, 5.0), "port did not open"
+    return master
+
+
+@pytest.fixture
+async def master(sim: SimProcess, profiles: dict[str, Profile]) -> AsyncIterator[BusMaster]:
+    m = await started_master(sim.link, profiles)
+    yield m
+    assert m._task is not None and not m._task.done(), "bus task died"
+    await m.close()
