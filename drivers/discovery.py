@@ -61,7 +61,7 @@ async def read_identity(master: BusMaster, address: int, attempts: int = 3) -> t
     """
     reads: list[tuple[int, ...]] = []
     crc_errors = 0
-    for attempt in range(attempts + 1):
+    for attempt in range(attempts):
         try:
             words = await master.execute(
                 _identity_request(address), Priority.TELEMETRY, retries=0
@@ -75,7 +75,7 @@ async def read_identity(master: BusMaster, address: int, attempts: int = 3) -> t
             pass
         if len(reads) >= 2:
             break
-        if attempt < len(SCAN_BACKOFF_S) and not reads:
+        if attempt < len(SCAN_BACKOFF_S) and attempt + 1 < attempts and not reads:
             await asyncio.sleep(SCAN_BACKOFF_S[attempt])
     if len(reads) >= 2 and reads[0] != reads[1] and _differs_beyond_status(reads[0], reads[1]):
         return None, "DUPLICATE_ADDRESS: identity changes between reads"

@@ -28,6 +28,11 @@ class Binding:
     profile: Profile
 
 
+# Aligning polls to a slave's service tick pays off when the tick is long (SAFE-FW: 100 ms); for
+# a 10 ms tick the average wait (5 ms) is smaller than the lead a locked poll needs to be safe.
+PHASE_LOCK_MIN_S = 0.05
+
+
 class ModulePoller:
     """Installs the poll plans of one bound module and turns their replies into snapshots."""
 
@@ -52,10 +57,8 @@ class ModulePoller:
         self.priority = priority
         profile = binding.profile
         self.service_period_s = profile.service_period_ms / 1000.0
-        effective = max(interval_s, self.service_period_s)
-        # Stale after a few missed polls, never sooner than one retry could take.
-        self.stale_after_s = stale_factor * effective + profile.turnaround_ms / 1000.0
-        self._snapshot: ModuleSnapshot = empty_snapshot(binding.role, binding.address, profile.name, self.stale_after_s)
+        self.stale_factor = stale_factor
+        self._snapshot: ModuleSnapshot = empty_snapshot(binding.role, binding.address, profile.name)
         self.keys: list[str] = []
 
     @property
@@ -80,14 +83,19 @@ class ModulePoller:
         for group, interval, priority in groups:
             for i, (start, count) in enumerate(plan_poll(profile, group)):
                 key = f"{self.binding.role}:{group}:{start:04x}"
+                locked = group == "fast" and self.service_period_s >= PHASE_LOCK_MIN_S
+                if locked and i > 0:
+                    # A slave that serves one frame per service tick: the first block (status) keeps
+                    # most ticks, the others take every fifth at most.
+                    interval = max(5 * self.interval_s, 5 * self.service_period_s)
                 plan = PollPlan(
                     key=key,
                     request=read_request(self.binding.address, start, count),
                     interval_s=interval,
                     priority=priority,
                     phase_s=self.phase_s + 0.003 * i,
-                    service_period_s=self.service_period_s if group == "fast" else 0.0,
-                    on_result=self._result_handler(start),
+                    service_period_s=self.service_period_s if locked else 0.0,
+                    on_result=self._result_handler(start, key),
                     on_error=self._on_error,
                 )
                 self.master.schedule.add(plan, now)
@@ -104,12 +112,20 @@ class ModulePoller:
         self.interval_s = interval_s
         self.master.schedule.set_interval(self.fast_prefix, interval_s, time.monotonic())
 
-    def _result_handler(self, start: int):  # type: ignore[no-untyped-def]
+    def max_age_s(self, interval_s: float) -> float:
+        """Stale after a few missed polls, and never sooner than one retry could take."""
+        effective = max(interval_s, self.service_period_s)
+        return self.stale_factor * effective + self.binding.profile.turnaround_ms / 1000.0
+
+    def _result_handler(self, start: int, key: str):  # type: ignore[no-untyped-def]
         profile = self.binding.profile
+        schedule = self.master.schedule
 
         def on_result(words: tuple[int, ...], at: float) -> None:
+            plan = schedule.get(key)
+            max_age = self.max_age_s(plan.interval_s if plan is not None else self.slow_interval_s)
             values = profile.decode_block(start, words)
-            updates = {name: Reading(value, at) for name, value in values.items()}
+            updates = {name: Reading(value, at, max_age) for name, value in values.items()}
             self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
             self.board.publish(self._snapshot)
 

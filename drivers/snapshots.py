@@ -26,6 +26,7 @@ class Quality(str, enum.Enum):
 class Reading:
     value: Value
     at: float  # time.monotonic() of the reply
+    max_age_s: float  # older than this, the value is stale (set from the poll that brings it)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,6 @@ class ModuleSnapshot:
     address: int
     profile: str
     readings: Mapping[str, Reading]
-    stale_after_s: float
     online: bool
     last_error: str | None  # stable error code of the last failed poll, None after a success
     published_at: float
@@ -46,7 +46,7 @@ class ModuleSnapshot:
         if reading is None:
             return Quality.MISSING
         now = time.monotonic() if now is None else now
-        return Quality.FRESH if now - reading.at <= self.stale_after_s else Quality.STALE
+        return Quality.FRESH if now - reading.at <= reading.max_age_s else Quality.STALE
 
     def value(self, name: str) -> Value | None:
         reading = self.readings.get(name)
@@ -75,7 +75,6 @@ class ModuleSnapshot:
             address=self.address,
             profile=self.profile,
             readings=MappingProxyType(merged),
-            stale_after_s=self.stale_after_s,
             online=online,
             last_error=error,
             published_at=now,
@@ -120,13 +119,12 @@ class SnapshotBoard:
             self._listeners.remove(listener)
 
 
-def empty_snapshot(role: str, address: int, profile: str, stale_after_s: float) -> ModuleSnapshot:
+def empty_snapshot(role: str, address: int, profile: str) -> ModuleSnapshot:
     return ModuleSnapshot(
         role=role,
         address=address,
         profile=profile,
         readings=MappingProxyType({}),
-        stale_after_s=stale_after_s,
         online=False,
         last_error=None,
         published_at=time.monotonic(),

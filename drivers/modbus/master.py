@@ -70,6 +70,7 @@ class SlaveLink:
     ghosts: set[tuple[int, ...]] = field(default_factory=set)
     stats: SlaveStats = field(default_factory=SlaveStats)
     rtt_ema: float | None = None
+    managed: bool = False  # configured for a bound module: may be set aside and probed
 
     def note_rtt(self, seconds: float) -> None:
         self.stats.record_rtt(seconds)
@@ -130,6 +131,7 @@ class BusMaster:
     # ----------------------------------------------------------------- configuration
     def configure_slave(self, address: int, *, turnaround_s: float, service_period_s: float = 0.0) -> SlaveLink:
         link = self.link(address)
+        link.managed = True
         link.turnaround_s = max(turnaround_s, service_period_s)
         link.service_period_s = service_period_s
         return link
@@ -553,7 +555,9 @@ class BusMaster:
 
     def _mark_failure(self, link: SlaveLink, exc: BusError) -> None:
         link.consecutive_failures += 1
-        if link.online and link.consecutive_failures >= self.fail_threshold:
+        # Only configured modules are set aside and probed; an empty address met while scanning
+        # simply does not answer, and costs no bus time afterwards.
+        if link.managed and link.online and link.consecutive_failures >= self.fail_threshold:
             link.online = False
             link.stats.set_aside += 1
             link.backoff_s = self.probe_backoff_s[0]

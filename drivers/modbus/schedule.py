@@ -47,7 +47,6 @@ class PollPlan:
     next_due: float = 0.0
     overruns: int = 0
     runs: int = 0
-    tick_estimate: float | None = None
     last_started: float | None = None
     periods: list[float] = field(default_factory=list)  # recent start-to-start periods, for health checks
 
@@ -66,6 +65,7 @@ class PollSchedule:
     def __init__(self, start: float = 0.0) -> None:
         self._plans: dict[str, PollPlan] = {}
         self._origin = start
+        self._ticks: dict[int, float] = {}  # slave address -> a recent estimate of its service tick
         self.overruns = 0
 
     def __iter__(self) -> Iterator[PollPlan]:
@@ -99,14 +99,28 @@ class PollSchedule:
         due = base + k * plan.interval_s
         return self._align_to_tick(plan, due)
 
-    @staticmethod
-    def _align_to_tick(plan: PollPlan, due: float) -> float:
-        if not plan.phase_locked or plan.tick_estimate is None:
+    def tick_estimate(self, slave: int) -> float | None:
+        return self._ticks.get(slave)
+
+    def _align_to_tick(self, plan: PollPlan, due: float) -> float:
+        """Move a phase-locked plan to just before the first free service tick at or after `due`.
+
+        The firmware handles one frame per tick, so two locked plans of one slave never share a
+        tick: a plan takes the next tick no other locked plan of that slave has claimed.
+        """
+        tick = self._ticks.get(plan.slave)
+        if not plan.phase_locked or tick is None:
             return due
         period = plan.service_period_s
-        target = due + plan.lead_s  # the first tick at or after the grid point gets the request
-        n = math.ceil((target - plan.tick_estimate) / period)
-        return plan.tick_estimate + n * period - plan.lead_s
+        n = math.ceil((due + plan.lead_s - tick) / period)
+        claimed = {
+            round((other.next_due + other.lead_s - tick) / period)
+            for other in self._plans.values()
+            if other is not plan and other.enabled and other.phase_locked and other.slave == plan.slave
+        }
+        while n in claimed:
+            n += 1
+        return tick + n * period - plan.lead_s
 
     def due(self, now: float, eligible: Callable[[PollPlan], bool]) -> PollPlan | None:
         """The most urgent plan that is due at `now` (priority first, then earliest due)."""
@@ -128,6 +142,13 @@ class PollSchedule:
         return min(times) if times else None
 
     def started(self, plan: PollPlan, now: float) -> None:
+        """Record a poll going out; one that starts a whole period after its due time is an overrun."""
+        period = max(plan.interval_s, plan.service_period_s)
+        late = now - plan.next_due
+        if late >= period:
+            missed = math.floor(late / period)
+            plan.overruns += missed
+            self.overruns += missed
         if plan.last_started is not None:
             plan.periods.append(now - plan.last_started)
             if len(plan.periods) > 512:
@@ -136,20 +157,10 @@ class PollSchedule:
         plan.runs += 1
 
     def completed(self, plan: PollPlan, now: float, *, reply_at: float | None, reply_wire_s: float) -> None:
-        """Advance `plan` to its next grid point after `now`, counting skipped points as overruns."""
+        """Advance `plan` to its next grid point after `now`: missed points are skipped, never replayed."""
         if plan.phase_locked and reply_at is not None:
-            plan.tick_estimate = reply_at - reply_wire_s
-        nominal = plan.next_due + plan.interval_s
-        nxt = self._grid_after(plan, max(now, plan.next_due))
-        if plan.phase_locked:
-            # A phase-locked plan is late by design when its interval is shorter than the service period.
-            missed = math.floor((nxt - nominal) / max(plan.interval_s, plan.service_period_s) + 1e-9)
-        else:
-            missed = math.floor((nxt - nominal) / plan.interval_s + 1e-9)
-        if missed > 0:
-            plan.overruns += missed
-            self.overruns += missed
-        plan.next_due = nxt
+            self._ticks[plan.slave] = reply_at - reply_wire_s
+        plan.next_due = self._grid_after(plan, max(now, plan.next_due))
 
     def realign(self, now: float) -> None:
         """After an outage: every plan is due at its next grid point, with no catch-up burst."""
