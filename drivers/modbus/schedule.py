@@ -97,6 +97,8 @@ class PollSchedule:
         base = self._origin + plan.phase_s
         k = math.floor((t - base) / plan.interval_s) + 1
         due = base + k * plan.interval_s
+        if due <= t:  # floating-point rounding put us on t itself
+            due = base + (k + 1) * plan.interval_s
         return self._align_to_tick(plan, due)
 
     def tick_estimate(self, slave: int) -> float | None:
@@ -145,8 +147,8 @@ class PollSchedule:
         """Record a poll going out; one that starts a whole period after its due time is an overrun."""
         period = max(plan.interval_s, plan.service_period_s)
         late = now - plan.next_due
-        if late >= period:
-            missed = math.floor(late / period)
+        if late >= period * (1 - 1e-9):
+            missed = math.floor(late / period + 1e-9)
             plan.overruns += missed
             self.overruns += missed
         if plan.last_started is not None:

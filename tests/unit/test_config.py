@@ -1,0 +1,93 @@
+"""Configuration: strict validation with every problem listed, and `oht-agent config check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import DEFAULT_CONFIG, ConfigError, load_config, validate_config
+
+MINIMAL = {"agent": {"id": "oht-001", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/ttyOHT485"}}
+
+
+def test_shipped_config_is_valid_and_matches_the_contract() -> None:
+    cfg = load_config(DEFAULT_CONFIG)
+    assert cfg.agent.id == "oht-001" and cfg.agent.data_dir == "/var/lib/oht-agent"
+    assert cfg.bus.port == "/dev/ttyOHT485" and cfg.bus.baudrate == 115200
+    assert (cfg.api.host, cfg.api.port) == ("127.0.0.1", 8080)
+    assert cfg.upstream.url == ""
+    assert cfg.modules.role_map() == {"power": 2, "safety": 5, "travel": 3, "dock": 4}
+
+
+def test_every_key_in_the_shipped_file_has_a_comment() -> None:
+    lines = DEFAULT_CONFIG.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.lstrip().startswith("#"):
+            assert lines[i - 1].lstrip().startswith("#") or "#" in line, f"key without comment: {line}"
+
+
+def test_defaults_fill_everything_else() -> None:
+    cfg = validate_config(MINIMAL)
+    assert cfg.polling.safety_ms == 50 and cfg.bus.read_retries == 1 and cfg.modules.mandatory
+
+
+def test_all_problems_are_listed_at_once_with_their_keys() -> None:
+    data = {
+        "agent": {"id": "oht 001", "data_dir": "/tmp/x", "colour": "red"},
+        "bus": {"port": "/dev/x", "baudrate": "115200", "scan": [2, 2]},
+        "polling": {"safety_ms": 5},
+        "modules": {"power": 3, "travel": 3},
+        "upstream": {"url": "http://central"},
+        "extra": {},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(data, "robot.toml")
+    text = str(info.value)
+    for key in ("agent.id", "agent.colour", "bus.baudrate", "bus.scan", "polling.safety_ms", "modules", "upstream.url", "extra"):
+        assert key in text, f"{key} not named in:\n{text}"
+    assert len(info.value.problems) == 8
+    assert "robot.toml" in info.value.hint
+    assert info.value.code == "CONFIG_INVALID"
+
+
+def test_missing_required_keys_are_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"agent": {"id": "a"}})
+    assert {p.split(":")[0] for p in info.value.problems} == {"agent.data_dir", "bus"}
+
+
+def test_syntax_error_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent\nid = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert "TOML syntax" in str(info.value) and str(bad) in str(info.value)
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "--config", str(DEFAULT_CONFIG)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[agent]\nid = "x"\ndata_dir = "/tmp"\nbogus = 1\n[bus]\nport = "/dev/x"\nbaudrate = 12\n')
+    assert main(["config", "check", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "agent.bogus" in err and "bus.baudrate" in err and "hint:" in err
+
+
+def test_config_env_variable_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "env.toml"
+    cfg.write_text('[agent]\nid = "from-env"\ndata_dir = "/tmp"\n[bus]\nport = "/dev/x"\n')
+    monkeypatch.setenv("OHT_AGENT_CONFIG", str(cfg))
+    assert main(["config", "check"]) == 0
+    assert "from-env" in capsys.readouterr().out
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("run", "sim", "config", "demo", "OHT_AGENT_CONFIG"):
+        assert word in out
