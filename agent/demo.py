@@ -39,7 +39,7 @@ def run_demo(directory: str | None) -> int:
     data.mkdir(exist_ok=True)
     config_path = workdir / "agent.toml"
     config_path.write_text(DEMO_CONFIG.format(data=data, link=link))
-    sim = SimProcess(link, control, log_path=workdir / "sim.log").start()
+    sim = SimProcess(link, control, log_path=workdir / "sim.log", new_session=True).start()
     print(f"simulator:   pid {sim.pid}, pty {link}, control socket {control}")
     print(f"config:      {config_path}")
     print(f"data:        {data}")

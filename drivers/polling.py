@@ -86,8 +86,8 @@ class ModulePoller:
                 locked = group == "fast" and self.service_period_s >= PHASE_LOCK_MIN_S
                 if locked and i > 0:
                     # A slave that serves one frame per service tick: the first block (status) keeps
-                    # most ticks, the others take every fifth at most.
-                    interval = max(5 * self.interval_s, 5 * self.service_period_s)
+                    # most ticks, each other block takes one tick in ten at most.
+                    interval = max(10 * self.interval_s, 10 * self.service_period_s)
                 plan = PollPlan(
                     key=key,
                     request=read_request(self.binding.address, start, count),

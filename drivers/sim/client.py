@@ -221,11 +221,14 @@ class SimProcess:
         extra_args: Sequence[str] = (),
         log_path: str | os.PathLike[str] | None = None,
         ready_timeout: float = 10.0,
+        new_session: bool = False,
     ) -> None:
         self.link = os.fspath(link)
         self.control_path = os.fspath(control) if control is not None else self.link + ".ctl"
         self.log_path = os.fspath(log_path) if log_path is not None else self.link + ".log"
         self.ready_timeout = ready_timeout
+        # new_session: keep a terminal's Ctrl-C away from the child, so its owner stops it in order.
+        self.new_session = new_session
         args = ["--link", self.link, "--control", self.control_path]
         for spec in slaves or ():
             args += ["--slave", spec]
@@ -262,6 +265,7 @@ class SimProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "drivers.sim", *self.args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
+                start_new_session=self.new_session,
             )
         try:
             self._wait_ready()
