@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the simulator on a new pty and the agent against it, with a temporary data directory.",
     )
     demo.add_argument("--dir", metavar="PATH", help="working directory for the demo (default: a new temporary one)")
+
+    from agent import admin_cli, store_cli
+
+    store_cli.add_parsers(sub, _add_config)
+    admin_cli.add_parsers(sub)
     return parser
 
 
@@ -114,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.demo import run_demo
 
         return run_demo(args.dir)
+    from agent import admin_cli, store_cli
+
+    for handler in (store_cli.dispatch, admin_cli.dispatch):
+        code = handler(args)
+        if code is not None:
+            return code
     return 2
 
 

@@ -1,0 +1,103 @@
+"""What the local API and the upstream sync may ask of the agent: one narrow interface.
+
+`api` and `sync` never touch the bus or the state machine directly; they call an `AgentCore`.
+The runtime's `Controller` implements it. Every method either returns plain data or raises a
+`CodedError` whose code the HTTP layer maps to a status (see `ERROR_STATUS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent.store.commands import CommandRecord
+
+
+@dataclass(frozen=True)
+class EstopResult:
+    confirmed: bool
+    confirm_ms: float | None
+    fault: dict[str, Any] | None  # when not confirmed: {code, message, hint}
+
+
+@dataclass(frozen=True)
+class ResetResult:
+    cleared: list[str]
+    remaining: dict[str, str]  # code -> why it could not be cleared
+    state: str
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    record: CommandRecord
+    created: bool  # False: the idempotency key was seen before; `record` is the first one
+
+
+StatusListener = Callable[[dict[str, Any]], None]
+
+
+class AgentCore(Protocol):
+    agent_id: str
+
+    def status(self) -> dict[str, Any]:
+        """{state, since, verdict: {level, speed_factor, estop_input, faults: [...]}, ready, ready_reasons,
+        bus: {port, port_up, ...}, modules: {role: {address, profile, quality, online, last_error, ...}}}"""
+
+    def modules(self) -> list[dict[str, Any]]:
+        """One entry per bound module: role, address, profile, identity, health."""
+
+    def module(self, name: str) -> dict[str, Any]:
+        """Identity, profile and decoded live values with their age; raises NotFound (code MODULE_NOT_FOUND)."""
+
+    def ready(self) -> tuple[bool, list[str]]: ...
+
+    def alive(self) -> bool: ...
+
+    async def submit_command(
+        self,
+        *,
+        source: str,
+        idempotency_key: str,
+        type: str,
+        params: dict[str, Any],
+        user: str | None,
+        priority: int = 5,
+        not_after: datetime | None = None,
+    ) -> SubmitResult: ...
+
+    async def get_command(self, command_id: str) -> CommandRecord: ...
+
+    async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]: ...
+
+    async def cancel_command(self, command_id: str, *, user: str | None) -> CommandRecord: ...
+
+    async def estop(self, *, source: str, user: str | None, reason: str = "") -> EstopResult: ...
+
+    async def reset(self, *, user: str) -> ResetResult: ...
+
+    def add_status_listener(self, listener: StatusListener) -> None: ...
+
+    def remove_status_listener(self, listener: StatusListener) -> None: ...
+
+
+# How the HTTP layer maps stable error codes to status codes (prefix match, longest first).
+ERROR_STATUS: dict[str, int] = {
+    "COMMAND_NOT_FOUND": 404,
+    "MODULE_NOT_FOUND": 404,
+    "COMMAND_KEY_REUSED": 409,
+    "COMMAND_STATE": 409,
+    "COMMAND_NOT_CANCELLABLE": 409,
+    "COMMAND_EXPIRED": 409,
+    "COMMAND_INVALID": 422,
+    "REGISTER_": 422,
+    "STATE_": 409,
+    "STORE_": 503,
+    "BUS_": 503,
+    "ESTOP_NOT_CONFIRMED": 503,
+}
