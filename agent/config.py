@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.safety.policy import SafetyPolicy
 from drivers.errors import CodedError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,13 @@ class ApiSection(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
 
 
+class WatchdogSection(_Section):
+    """Linux hardware watchdog; systemd's watchdog is configured in the unit (WatchdogSec)."""
+
+    device: str = ""  # e.g. "/dev/watchdog"; empty: not used
+    timeout_s: Annotated[int, Field(ge=1, le=600)] = 10
+
+
 class UpstreamSection(_Section):
     url: str = ""
 
@@ -123,6 +131,8 @@ class Config(_Section):
     modules: ModulesSection = Field(default_factory=ModulesSection)
     polling: PollingSection = Field(default_factory=PollingSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
+    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     upstream: UpstreamSection = Field(default_factory=UpstreamSection)
     source: str = Field(default="", exclude=True)
 

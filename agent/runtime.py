@@ -1,8 +1,11 @@
 """Builds the daemon's components, starts and supervises their tasks, shuts down safely.
 
-Start order: bus master (it owns the port and reconnects by itself), then discovery and role
-binding, then polling. A mandatory module that is missing is looked for again every
-`bus.rediscover_s`; nothing is ever bound by guess.
+Start order: the database (acknowledged means committed), the bus master (it owns the port and
+reconnects by itself), the controller (state machine, supervisor, control loop), then discovery:
+the travel driver's outputs are driven to their safe state and confirmed as soon as it is bound,
+before anything else is commanded. A mandatory module that is missing is looked for again every
+`bus.rediscover_s`; nothing is ever bound by guess. On SIGTERM motion is stopped and confirmed,
+STOPPING=1 is sent, and the process exits.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import time
 from typing import Any
 
 from agent.config import Config
+from agent.control.controller import Controller
+from agent.store.database import Database
+from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import Priority
@@ -49,6 +55,9 @@ class Runtime:
         self.board = SnapshotBoard()
         self.pollers: dict[str, ModulePoller] = {}
         self.last_report: DiscoveryReport | None = None
+        self.db: Database | None = None
+        self.controller: Controller | None = None
+        self.notifier = SdNotifier()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reported: set[str] = set()
@@ -65,18 +74,45 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         log.info("agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate)
-        await self.master.start()
-        self._tasks = [
-            asyncio.create_task(self._discovery_loop(), name="discovery"),
-            asyncio.create_task(self._health_loop(), name="health-log"),
-        ]
         try:
+            await self.start()
             await self._stop.wait()
         finally:
             await self.shutdown()
 
+    async def start(self) -> None:
+        cfg = self.config
+        self.config.data_path.mkdir(parents=True, exist_ok=True)
+        self.db = Database(cfg.data_path)
+        report = await self.db.start()
+        if report.interrupted_commands:
+            log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
+                        report.interrupted_commands)
+        hw_watchdog = None
+        if cfg.watchdog.device:
+            hw_watchdog = HardwareWatchdog(cfg.watchdog.device, cfg.watchdog.timeout_s)
+            hw_watchdog.open()
+        self.controller = Controller(
+            agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety,
+            mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
+            notifier=self.notifier, hw_watchdog=hw_watchdog,
+        )
+        if report.corrupt_moved_to is not None:
+            # Latched until a technician has looked: the old file is kept for analysis.
+            self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
+        await self.master.start()
+        await self.controller.start()
+        self._tasks = [
+            asyncio.create_task(self._discovery_loop(), name="discovery"),
+            asyncio.create_task(self._health_loop(), name="health-log"),
+        ]
+
     async def shutdown(self) -> None:
         log.info("stopping")
+        if self.controller is not None:
+            outcome = await self.controller.shutdown()
+            if outcome is not None:
+                log.info("shutdown stop %s", "confirmed" if outcome.confirmed else "NOT confirmed")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -84,6 +120,9 @@ class Runtime:
         for poller in self.pollers.values():
             poller.uninstall()
         await self.master.close()
+        if self.db is not None:
+            await self.db.close()
+        self.notifier.close()
         log.info("stopped")
 
     # ------------------------------------------------------------------ discovery and binding
@@ -118,7 +157,8 @@ class Runtime:
                 report = await discover(self.master, scan, self.profiles, role_map)
                 self.last_report = report
                 self._log_report(report)
-                for role, binding in report.bindings.items():
+                # The travel driver first: its outputs go to the safe state before anything else.
+                for role, binding in sorted(report.bindings.items(), key=lambda rb: rb[0] != "travel"):
                     self._bind(binding)
                 first = False
             await asyncio.sleep(self.config.bus.rediscover_s)
@@ -147,6 +187,8 @@ class Runtime:
         poller.install()
         self.pollers[binding.role] = poller
         log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
+        if binding.role == "travel" and self.controller is not None:
+            self.controller.bind_travel()
 
     def set_moving(self, moving: bool) -> None:
         """Travel feedback at the moving rate while motion is commanded, the idle rate otherwise."""

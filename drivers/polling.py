@@ -60,6 +60,7 @@ class ModulePoller:
         self.stale_factor = stale_factor
         self._snapshot: ModuleSnapshot = empty_snapshot(binding.role, binding.address, profile.name)
         self.keys: list[str] = []
+        self.bound_at = time.monotonic()
 
     @property
     def fast_prefix(self) -> str:
@@ -71,6 +72,7 @@ class ModulePoller:
 
     def install(self) -> None:
         now = time.monotonic()
+        self.bound_at = now
         profile = self.binding.profile
         link = self.master.configure_slave(
             self.binding.address,
@@ -81,19 +83,23 @@ class ModulePoller:
         groups = [("fast", self.interval_s, self.priority)]
         groups += [(g, self.slow_interval_s, Priority.TELEMETRY) for g in ("slow", "identity")]
         for group, interval, priority in groups:
-            for i, (start, count) in enumerate(plan_poll(profile, group)):
+            blocks = plan_poll(profile, group)
+            for i, (start, count) in enumerate(blocks):
                 key = f"{self.binding.role}:{group}:{start:04x}"
                 locked = group == "fast" and self.service_period_s >= PHASE_LOCK_MIN_S
+                phase = self.phase_s + 0.003 * i
                 if locked and i > 0:
                     # A slave that serves one frame per service tick: the first block (status) keeps
-                    # most ticks, each other block takes one tick in ten at most.
+                    # most ticks; the others take one tick in ten at most, spread apart so they never
+                    # take two ticks in a row from it.
                     interval = max(10 * self.interval_s, 10 * self.service_period_s)
+                    phase = self.phase_s + interval * i / len(blocks)
                 plan = PollPlan(
                     key=key,
                     request=read_request(self.binding.address, start, count),
                     interval_s=interval,
                     priority=priority,
-                    phase_s=self.phase_s + 0.003 * i,
+                    phase_s=phase,
                     service_period_s=self.service_period_s if locked else 0.0,
                     on_result=self._result_handler(start, key),
                     on_error=self._on_error,

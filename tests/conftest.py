@@ -70,3 +70,46 @@ async def master(sim: SimProcess, profiles: dict[str, Profile]) -> AsyncIterator
     yield m
     assert m._task is not None and not m._task.done(), "bus task died"
     await m.close()
+
+
+# ---------------------------------------------------------------- the whole agent, in-process
+AGENT_TOML = """\
+[agent]
+id = "oht-test"
+data_dir = "{data}"
+
+[bus]
+port = "{link}"
+scan = [2, 3, 4, 5]
+rediscover_s = 0.5
+{extra}
+"""
+
+
+def agent_config(tmp_path: Path, link: str, extra: str = ""):  # type: ignore[no-untyped-def]
+    from agent.config import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT_TOML.format(data=tmp_path / "data", link=link, extra=extra))
+    return load_config(path)
+
+
+@pytest.fixture
+async def agent_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start a Runtime in this event loop against a simulator link; waits for IDLE. Stopped at teardown."""
+    from agent.runtime import Runtime
+
+    runtimes: list[Runtime] = []
+
+    async def start(link: str, extra: str = "", wait_state: str | None = "IDLE", timeout: float = 15.0) -> Runtime:
+        rt = Runtime(agent_config(tmp_path, link, extra), health_log_s=3600)
+        runtimes.append(rt)
+        await rt.start()
+        if wait_state is not None:
+            ok = await wait_for(lambda: rt.controller is not None and rt.controller.sm.state.value == wait_state, timeout)
+            assert ok, f"agent did not reach {wait_state}: {rt.controller.status() if rt.controller else None}"
+        return rt
+
+    yield start
+    for rt in runtimes:
+        await rt.shutdown()

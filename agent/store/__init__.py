@@ -1,0 +1,45 @@
+"""SQLite storage of the agent: database, migrations, commands, outbox, backup and restore.
+
+See `database.py` for the write path (group commit) and `/work/shared/DESIGN.md` (Data) for why.
+"""
+
+from agent.store.commands import CommandExpired, CommandRecord, Commands
+from agent.store.database import DB_NAME, Database, StartupReport
+from agent.store.errors import (
+    CommandInvalid,
+    CommandKeyConflict,
+    CommandNotCancellable,
+    CommandNotFound,
+    CommandStateError,
+    DataDirBusy,
+    SchemaTooNew,
+    StoreError,
+    StoreUnavailable,
+)
+from agent.store.lock import DataDirLock
+from agent.store.outbox import Outbox, OutboxRow, PruneResult
+from agent.store.transitions import Transition, record_transition
+
+__all__ = [
+    "DB_NAME",
+    "CommandExpired",
+    "CommandInvalid",
+    "CommandKeyConflict",
+    "CommandNotCancellable",
+    "CommandNotFound",
+    "CommandRecord",
+    "CommandStateError",
+    "Commands",
+    "DataDirBusy",
+    "DataDirLock",
+    "Database",
+    "Outbox",
+    "OutboxRow",
+    "PruneResult",
+    "SchemaTooNew",
+    "StartupReport",
+    "StoreError",
+    "StoreUnavailable",
+    "Transition",
+    "record_transition",
+]

@@ -15,6 +15,13 @@ class BusTimeout(BusError):
     hint = "The module did not answer in time: check its power, its slave address and the RS485 wiring."
 
 
+class BusPreempted(BusTimeout):
+    """A read that was already overdue was abandoned so that a stop could go out."""
+
+    code = "BUS_PREEMPTED"
+    hint = "A stop took the bus; the read is retried after it."
+
+
 class BusCrcError(BusError):
     code = "BUS_CRC_ERROR"
     hint = "Replies arrive damaged: check termination (120 ohm at both ends only), shield and bias resistors."

@@ -26,6 +26,7 @@ from typing import Any
 from drivers.modbus.errors import (
     BusCrcError,
     BusError,
+    BusPreempted,
     BusQueueFull,
     BusStopped,
     BusTimeout,
@@ -195,6 +196,8 @@ class BusMaster:
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, _Job(int(priority), next(self._seq), request, fut, retries, time.monotonic()))
         self._wake()
+        if priority == Priority.STOP:
+            self.port.wake()  # an overdue read on the wire may be pre-empted (see _transact)
         return await fut
 
     async def read(
@@ -404,13 +407,17 @@ class BusMaster:
             except ModbusExceptionReply:
                 self._mark_success(link)
                 raise
+            except BusPreempted as exc:
+                last = exc
+                continue  # not the slave's fault: no failure is counted, the stop goes next
             except (BusTimeout, BusCrcError) as exc:
                 last = exc
                 continue
             self._mark_success(link)
             return regs
         assert last is not None
-        self._mark_failure(link, last)
+        if not isinstance(last, BusPreempted):
+            self._mark_failure(link, last)
         raise last
 
     async def _serve_stops(self) -> None:
@@ -423,6 +430,24 @@ class BusMaster:
             link.stats.fences += 1
             await self._transact(self._fence_for(link), link)
         return await self._transact(request, link)
+
+    def _stop_waiting(self) -> bool:
+        return bool(self._queue) and self._queue[0].priority == Priority.STOP and not self._queue[0].future.done()
+
+    def _stop_target(self) -> int | None:
+        return self._queue[0].request.slave if self._queue else None
+
+    @staticmethod
+    def _preempt_after(link: SlaveLink) -> float:
+        """How long a read may wait before a queued stop may abandon it.
+
+        A slave that already missed replies (failures or ghosts pending) is not waited for at all;
+        a healthy one gets twice its usual round trip, never more than 20 ms.
+        """
+        if link.consecutive_failures > 0 or link.ghosts:
+            return 0.0
+        typical = link.rtt_ema if link.rtt_ema is not None else link.turnaround_s
+        return min(max(0.005, 2 * typical), 0.020)
 
     @staticmethod
     def _fence_for(link: SlaveLink) -> Request:
@@ -444,16 +469,27 @@ class BusMaster:
             port.write(frame)
             link.stats.transactions += 1
             deadline = sent_at + self.timing.deadline_s(len(frame), request.reply_length, link.turnaround_s)
+            preempt_at = sent_at + self._preempt_after(link)
             while True:
                 result = self._scan(request, link)
                 if result is not None:
                     link.note_rtt(time.monotonic() - sent_at)
                     return result
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     link.stats.timeouts += 1
                     self._add_ghost(link, request.signature())
                     raise BusTimeout(f"slave {request.slave} gave no valid reply within {1000 * (deadline - sent_at):.1f} ms")
-                await port.wait_data(deadline)
+                wait_until = deadline
+                if self._stop_waiting() and not request.is_write and request.slave != self._stop_target():
+                    # A stop is queued and this read is overdue: its slave is late or dead, and the
+                    # stop must not wait out the whole deadline. Its reply, if it ever comes, is a ghost.
+                    if now >= preempt_at and not port.buffer:
+                        link.stats.preempted += 1
+                        self._add_ghost(link, request.signature())
+                        raise BusPreempted(f"read from slave {request.slave} abandoned for a stop after {1000 * (now - sent_at):.1f} ms")
+                    wait_until = min(deadline, preempt_at)
+                await port.wait_data(wait_until)
         finally:
             self.on_wire = None
 

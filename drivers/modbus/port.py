@@ -141,6 +141,10 @@ class SerialPort:
             self._wake()
         return total
 
+    def wake(self) -> None:
+        """Make a pending `wait_data` return early (the caller re-checks why)."""
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

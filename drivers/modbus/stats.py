@@ -28,6 +28,7 @@ class SlaveStats:
     retries: int = 0
     fences: int = 0  # extra reads sent to flush a slave's late replies before an identical request
     set_aside: int = 0  # times the slave was set aside after repeated failures
+    preempted: int = 0  # overdue reads abandoned so that a queued stop could go out
     last_ok_at: float | None = None
     rtt_window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
 
@@ -47,6 +48,7 @@ class SlaveStats:
             "retries": self.retries,
             "fences": self.fences,
             "set_aside": self.set_aside,
+            "preempted": self.preempted,
             "rtt_p50_ms": round(percentile(samples, 50) * 1000, 3),
             "rtt_p99_ms": round(percentile(samples, 99) * 1000, 3),
             "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,

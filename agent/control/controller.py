@@ -1,0 +1,575 @@
+"""The controller: the one place that decides what the robot may do next.
+
+It owns the state machine, runs the control loop (supervisor verdict -> conditions -> state
+machine, watchdog feeding, motion window), executes commands through the executor, and
+implements `AgentCore` for the API and sync. Transitions are committed together with their cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from agent.control.conditions import build_conditions
+from agent.control.executor import Executor, Outcome
+from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
+from agent.control.params import OUT_OF_BAND, validate_params
+from agent.control.plant import Hardware, ModuleNotBound, Plant
+from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
+from agent.control.states import Event, State
+from agent.safety.faults import Level
+from agent.safety.policy import SafetyPolicy
+from agent.safety.stop import StopOutcome, StopPath
+from agent.safety.supervisor import RoleLiveness, Supervisor, Verdict
+from agent.store import commands as cmd_store
+from agent.store import outbox
+from agent.store.commands import CommandRecord, Commands
+from agent.store.database import Database
+from agent.store.errors import CommandNotFound, CommandStateError
+from agent.store.transitions import record_transition
+from drivers.errors import CodedError
+from drivers.modbus.errors import BusError
+from drivers.modbus.schedule import Priority
+from drivers.snapshots import Quality
+from drivers.watchdog import HardwareWatchdog, SdNotifier
+
+log = logging.getLogger("oht.control")
+
+LOOP_PERIOD_S = 0.02
+MOTION_WINDOW_S = 0.5  # a running motion command that does not refresh within this is stopped
+
+
+class NotFound(CodedError):
+    code = "MODULE_NOT_FOUND"
+    hint = "use a role name: power, safety, travel, dock"
+
+
+def utc_iso(ts: float | None = None) -> str:
+    when = dt.datetime.now(dt.timezone.utc) if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        hw: Hardware,
+        db: Database,
+        policy: SafetyPolicy,
+        mandatory: list[str],
+        ready_check: Callable[[], tuple[bool, list[str]]],
+        notifier: SdNotifier | None = None,
+        hw_watchdog: HardwareWatchdog | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.hw = hw
+        self.plant = Plant(hw)
+        self.db = db
+        self.commands = Commands(db)
+        self.policy = policy
+        self.mandatory = mandatory
+        self._ready_check = ready_check
+        self.sm = StateMachine()
+        self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000)
+        self._port_seen_up = False
+        self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip)
+        self.executor = Executor(self)
+        self.notifier = notifier or SdNotifier()
+        self.hw_watchdog = hw_watchdog
+        self.started_at = time.monotonic()
+        self._state_since_wall = time.time()
+        self._listeners: list[StatusListener] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._records: asyncio.Queue[tuple[list[Transition], list[dict[str, Any]]]] = asyncio.Queue(maxsize=1024)
+        self.safe_outputs_confirmed = False
+        self._initial_stop: asyncio.Task[StopOutcome] | None = None
+        self._deadman_counter = 0
+        self._deadman_last = 0.0
+        self._deadman_task: asyncio.Task[Any] | None = None
+        self._last_tick = time.monotonic()
+        self.watchdog_pings = 0
+        self.ready_notified = False
+        self.loop_healthy = True
+        self._last_status_key: tuple[Any, ...] = ()
+        self.supervisor.listeners.append(self._on_verdict_change)
+        hw.board.add_listener(lambda snap: self.supervisor.evaluate())
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._control_loop(), name="control-loop"),
+            asyncio.create_task(self._recorder(), name="transition-recorder"),
+            asyncio.create_task(self.executor.run(), name="executor"),
+        ]
+
+    async def shutdown(self) -> StopOutcome | None:
+        """Stop motion and confirm it, then stop the tasks. Returns the final stop outcome."""
+        self.notifier.stopping()
+        self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
+        outcome: StopOutcome | None = None
+        if self.stop_path.bound and self.hw.master.port_up:
+            try:
+                outcome = await asyncio.wait_for(self.stop_path.stop("shutdown"), 2.0)
+            except asyncio.TimeoutError:
+                log.error("shutdown: stop not confirmed within 2 s")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drain_records()
+        if self.hw_watchdog is not None:
+            self.hw_watchdog.close(disarm=True)
+        return outcome
+
+    def bind_travel(self) -> None:
+        """Called when the travel driver is bound: its outputs go to the safe state before anything else."""
+        poller = self.hw.pollers["travel"]
+        self.stop_path.bind(poller.binding.address, poller.binding.profile)
+        self._initial_stop = self.stop_path.request("start-up: outputs to the safe state")
+
+    # ------------------------------------------------------------------ conditions
+    def _port_ok(self) -> bool:
+        up = self.hw.master.port_up
+        if up:
+            self._port_seen_up = True
+        return up or not self._port_seen_up  # before the port was ever open, BOOT waits for it
+
+    def _liveness(self, role: str) -> RoleLiveness | None:
+        poller = self.hw.pollers.get(role)
+        if poller is None:
+            return None
+        return RoleLiveness(poller.snapshot, poller.bound_at, poller.interval_s, poller.binding.profile.turnaround_ms / 1000)
+
+    def _fresh(self, role: str, now: float) -> bool:
+        poller = self.hw.pollers.get(role)
+        if poller is None:
+            return False
+        names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+        return poller.snapshot.overall_quality(names, now) is Quality.FRESH
+
+    def conditions(self, *, target_valid: bool = False, now: float | None = None) -> Conditions:
+        now = time.monotonic() if now is None else now
+        comms = all(r in self.hw.pollers and self.hw.master.is_online(self.hw.pollers[r].binding.address) for r in self.mandatory)
+        return build_conditions(
+            self.supervisor.verdict,
+            comms_ok=comms and self.hw.master.port_up,
+            sensors_ok=all(self._fresh(r, now) for r in self.mandatory),
+            location_ok=self.plant.value("travel", "M1_POSITION_CURRENT") is not None,
+            target_valid=target_valid,
+        )
+
+    def motion_allowed(self) -> bool:
+        return self.sm.motion_allowed(self.conditions(target_valid=True))
+
+    # ------------------------------------------------------------------ the control loop
+    async def _control_loop(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            next_tick += LOOP_PERIOD_S
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.monotonic()
+            lag = now - next_tick
+            if lag > 0.5:
+                next_tick = now  # do not try to catch up a long stall tick by tick
+            try:
+                self._tick(now, lag)
+            except Exception:
+                log.exception("control loop tick failed")
+                self.loop_healthy = False
+
+    def _tick(self, now: float, lag: float) -> None:
+        p = self.policy
+        if lag * 1000 > p.loop_lag_stop_ms:
+            self.supervisor.record_event("LOOP_STALL", f"control loop ran {lag * 1000:.0f} ms late")
+        if lag * 1000 > p.loop_lag_warning_ms:
+            self.supervisor.raise_external("LOOP_LAG", f"control loop {lag * 1000:.0f} ms late")
+        elif self.supervisor.verdict.has("LOOP_LAG"):
+            self.supervisor.clear_external("LOOP_LAG")
+        self._watch_stop(now)
+        if not self.db.healthy:
+            if "STORE_UNAVAILABLE" not in self.supervisor._external:
+                health = self.db.health()
+                self.supervisor.raise_external("STORE_UNAVAILABLE", f"{health.get('code')}: {health.get('message')}")
+        elif "STORE_UNAVAILABLE" in self.supervisor._external:
+            self.supervisor.clear_external("STORE_UNAVAILABLE")
+        verdict = self.supervisor.evaluate(now)
+        self._advance_boot(now)
+        fired = self.sm.observe(self.conditions(now=now))
+        if fired:
+            self._after_transitions(fired)
+        self._motion_window(now)
+        self._feed_deadman(now)
+        healthy = lag * 1000 <= p.loop_lag_stop_ms and self.hw.master._task is not None and not self.hw.master._task.done()
+        self.loop_healthy = healthy
+        if healthy:
+            self._feed_watchdogs(now)
+        self._maybe_notify_status(verdict)
+
+    def _advance_boot(self, now: float) -> None:
+        state = self.sm.state
+        if state is State.BOOT and self.hw.master.port_up and self.db.healthy:
+            self._apply_internal(Event.BOOT_COMPLETE, "database open, bus port open")
+        elif state is State.INIT:
+            ok, _ = self._ready_check()
+            if ok and self.safe_outputs_confirmed:
+                self._apply_internal(Event.INIT_COMPLETE, "mandatory modules bound and fresh, outputs safe")
+        if not self.ready_notified and self.safe_outputs_confirmed and self.db.healthy and self.hw.master.port_up:
+            self.ready_notified = True
+            self.notifier.ready("outputs safe, serving")
+            log.info("ready: database open, bus up, travel outputs confirmed safe")
+
+    def _apply_internal(self, event: Event, reason: str) -> None:
+        try:
+            t = self.sm.handle(event, self.conditions(), reason)
+        except TransitionRefused:
+            return
+        self._after_transitions([t])
+
+    def _after_transitions(self, fired: list[Transition]) -> None:
+        for t in fired:
+            log.info("state %s -> %s (%s: %s)", t.from_state, t.to_state, t.event, t.reason)
+            if t.to_state not in (State.MOVE, State.DOCK, State.PAUSED) and self.executor.current is not None:
+                sig = self.executor.signals
+                if sig.abort_reason is None:
+                    sig.abort_reason, sig.abort_code = f"state {t.to_state}", f"STATE_{t.to_state}"
+        self._state_since_wall = time.time()
+        self._queue_record(fired, [])
+
+    def _watch_stop(self, now: float) -> None:
+        last = self.stop_path.last
+        if last is None:
+            return
+        if last.confirmed:
+            if self._initial_stop is not None and self._initial_stop.done():
+                self.safe_outputs_confirmed = True
+            if self.supervisor.verdict.has("STOP_NOT_CONFIRMED") and "STOP_NOT_CONFIRMED" in self.supervisor._external:
+                self.supervisor.clear_external("STOP_NOT_CONFIRMED")
+        elif last.error is not None and "STOP_NOT_CONFIRMED" not in self.supervisor._external:
+            self.supervisor.raise_external("STOP_NOT_CONFIRMED", f"stop for '{last.reason}' not confirmed ({last.error})")
+
+    def _motion_window(self, now: float) -> None:
+        if self.sm.state not in (State.MOVE, State.DOCK):
+            return
+        refreshed = self.executor.refreshed_at
+        if refreshed is not None and now - refreshed > MOTION_WINDOW_S:
+            log.error("motion command did not refresh for %.0f ms: stopping", (now - refreshed) * 1000)
+            sig = self.executor.signals
+            sig.abort_reason, sig.abort_code = "motion window expired", "MOTION_WINDOW_EXPIRED"
+            self.stop_path.request("motion window expired")
+            self.executor.refreshed_at = None
+
+    def _feed_deadman(self, now: float) -> None:
+        poller = self.hw.pollers.get("travel")
+        if poller is None or not poller.binding.profile.deadman:
+            return
+        if not (self.sm.state in (State.MOVE, State.DOCK) and self.motion_allowed()):
+            return  # fed only while motion is allowed: otherwise the firmware's window turns outputs off
+        window = poller.binding.profile.deadman_window_ms / 1000
+        if now - self._deadman_last < window / 3 or (self._deadman_task is not None and not self._deadman_task.done()):
+            return
+        self._deadman_last = now
+        self._deadman_counter = (self._deadman_counter + 1) & 0xFFFF
+        self._deadman_task = asyncio.get_running_loop().create_task(
+            self._quiet_write("travel", "HEARTBEAT", self._deadman_counter, Priority.SAFETY))
+
+    async def _quiet_write(self, role: str, name: str, value: int, priority: Priority) -> None:
+        try:
+            await self.plant.write(role, name, value, priority)
+        except (BusError, CodedError) as exc:
+            log.warning("%s.%s write failed: %s", role, name, exc.code)
+
+    def _feed_watchdogs(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now - getattr(self, "_last_ping", 0.0) >= interval:
+            self._last_ping = now
+            if self.notifier.watchdog():
+                self.watchdog_pings += 1
+        if self.hw_watchdog is not None:
+            self.hw_watchdog.keepalive()
+
+    # ------------------------------------------------------------------ faults
+    def _on_trip(self, code: str, detail: str) -> None:
+        """A cause at protective-stop level or above appeared: stop now, from wherever we are."""
+        sig = self.executor.signals
+        if self.executor.current is not None and sig.abort_reason is None:
+            sig.abort_reason, sig.abort_code = f"fault {code}", code
+        if self.stop_path.bound:
+            self.stop_path.request(f"fault {code}: {detail}")
+
+    def _on_verdict_change(self, old: Verdict, new: Verdict) -> None:
+        old_codes = {f.code for f in old.faults}
+        new_codes = {f.code for f in new.faults}
+        events = [{"event": "fault_raised", **f.as_dict()} for f in new.faults if f.code not in old_codes]
+        events += [{"event": "fault_cleared", "code": c} for c in old_codes - new_codes]
+        if events:
+            self._queue_record([], events)
+
+    # ------------------------------------------------------------------ recording
+    def _queue_record(self, transitions: list[Transition], events: list[dict[str, Any]]) -> None:
+        try:
+            self._records.put_nowait((transitions, events))
+        except asyncio.QueueFull:
+            log.error("transition recorder queue full: dropping %d transitions, %d events", len(transitions), len(events))
+
+    async def _recorder(self) -> None:
+        while True:
+            transitions, events = await self._records.get()
+            await self._write_records(transitions, events)
+
+    async def _drain_records(self) -> None:
+        while not self._records.empty():
+            await self._write_records(*self._records.get_nowait())
+
+    async def _write_records(self, transitions: list[Transition], events: list[dict[str, Any]], command_id: str | None = None) -> None:
+        async def unit(conn: Any) -> None:
+            for event in events:
+                await outbox.add(conn, outbox.KIND_EVENT, {**event, "at": utc_iso()})
+            for t in transitions:
+                await record_transition(conn, t.from_state.value, t.to_state.value, t.event.value, t.reason, command_id)
+
+        try:
+            await self.db.write(unit)
+        except CodedError as exc:
+            log.error("could not record %d transitions: %s", len(transitions), exc)
+
+    async def transition(self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None) -> Transition:
+        """A command-driven transition: applied, then committed (with its command) before anything moves."""
+        t = self.sm.handle(event, self.conditions(target_valid=target_valid), reason)
+        log.info("state %s -> %s (%s: %s)", t.from_state, t.to_state, t.event, t.reason)
+        self._state_since_wall = time.time()
+        await self._write_records([t], [], command_id)
+        return t
+
+    async def settle_after_motion(self, command_id: str) -> None:
+        """After a motion command: back to IDLE if nothing else moved the state machine meanwhile."""
+        if self.sm.state in (State.MOVE, State.DOCK, State.PAUSED):
+            try:
+                await self.transition(Event.STOP_COMMAND, target_valid=False, reason="motion command ended", command_id=command_id)
+            except TransitionRefused:
+                pass
+
+    async def stop_outputs(self, reason: str) -> dict[str, Any]:
+        outcome = await self.stop_path.stop(reason) if self.stop_path.bound else None
+        if outcome is None:
+            return {"confirmed": False, "confirm_ms": None}
+        return {"confirmed": outcome.confirmed, "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
+                "readback": {"M1_ENABLE": 0, "M1_COMMAND_SPEED": 0, "M1_ACTUAL_SPEED": 0,
+                             "M2_ENABLE": 0, "M2_COMMAND_SPEED": 0, "M2_ACTUAL_SPEED": 0} if outcome.confirmed else {}}
+
+    async def finish_command(self, record: CommandRecord, outcome: Outcome) -> None:
+        try:
+            await self.commands.finish(record.id, outcome.state, outcome.result, outcome.error_code, outcome.error_message)
+        except CodedError as exc:
+            log.error("could not record the result of %s: %s", record.id, exc)
+
+    # ------------------------------------------------------------------ AgentCore
+    def alive(self) -> bool:
+        return all(not t.done() for t in self._tasks) and bool(self._tasks)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        ok, reasons = self._ready_check()
+        reasons = list(reasons)
+        if not self.db.healthy:
+            reasons.append("database is not writable")
+        if not self.safe_outputs_confirmed:
+            reasons.append("travel outputs not yet confirmed safe")
+        return (ok and not reasons, reasons)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        ready, reasons = self.ready()
+        bus = self.hw.master.stats_dict()
+        modules = {}
+        for role, poller in self.hw.pollers.items():
+            stats = bus["slaves"].get(poller.binding.address, {})
+            modules[role] = {
+                "address": poller.binding.address,
+                "profile": poller.binding.profile.name,
+                "quality": "fresh" if self._fresh(role, now) else "stale",
+                "online": self.hw.master.is_online(poller.binding.address),
+                "last_error": poller.snapshot.last_error,
+                **{k: stats.get(k) for k in ("rtt_p50_ms", "rtt_p99_ms", "timeouts", "crc_errors", "success_rate")},
+            }
+        current = self.executor.current
+        last = self.stop_path.last
+        return {
+            "agent_id": self.agent_id,
+            "state": self.sm.state.value,
+            "state_since": utc_iso(self._state_since_wall),
+            "verdict": self.supervisor.verdict.as_dict(),
+            "ready": ready,
+            "ready_reasons": reasons,
+            "bus": {"port": bus["port"], "port_up": bus["port_up"], "queue_depth": bus["queue_depth"], **bus["bus"]},
+            "modules": modules,
+            "command": None if current is None else {"id": current.id, "type": current.type},
+            "last_stop": None if last is None else {"reason": last.reason, "confirmed": last.confirmed,
+                                                    "confirm_ms": last.confirm_ms, "error": last.error},
+            "store": self.db.health(),
+            "uptime_s": round(now - self.started_at, 1),
+        }
+
+    def modules(self) -> list[dict[str, Any]]:
+        return [self.module(role) for role in sorted(self.hw.pollers)]
+
+    def module(self, name: str) -> dict[str, Any]:
+        poller = self.hw.pollers.get(name)
+        if poller is None:
+            raise NotFound(f"no module bound for role {name!r}")
+        now = time.monotonic()
+        profile = poller.binding.profile
+        snap = poller.snapshot
+        identity = {n: snap.value(n) for n in ("DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "HARDWARE_VERSION",
+                                               "SYSTEM_STATUS", "SYSTEM_ERROR") if snap.value(n) is not None}
+        values = {}
+        for reg in profile.registers:
+            reading = snap.readings.get(reg.name)
+            if reading is None:
+                continue
+            values[reg.name] = {"value": reading.value, "unit": reg.unit, "age_ms": round((now - reading.at) * 1000, 1),
+                                "quality": snap.quality(reg.name, now).value}
+        return {"role": name, "address": poller.binding.address, "profile": profile.name,
+                "description": profile.description, "read_only": profile.read_only, "identity": identity,
+                "online": self.hw.master.is_online(poller.binding.address), "values": values}
+
+    async def submit_command(
+        self, *, source: str, idempotency_key: str, type: str, params: dict[str, Any],  # noqa: A002
+        user: str | None, priority: int = 5, not_after: datetime | None = None,
+    ) -> SubmitResult:
+        clean = validate_params(type, params)
+        if not self.db.healthy:
+            health = self.db.health()
+            raise CodedError(f"the database cannot be written: {health.get('message', '')}", code="STORE_UNAVAILABLE",
+                             hint="free disk space or fix the file system, then reset the fault")
+        record, created = await self.commands.submit(source, idempotency_key, type, clean, user=user,
+                                                     priority=priority, not_after=not_after)
+        if created:
+            if type in OUT_OF_BAND:
+                asyncio.get_running_loop().create_task(self._out_of_band(record))
+            else:
+                self.executor.wake()
+        return SubmitResult(record, created)
+
+    async def _out_of_band(self, record: CommandRecord) -> None:
+        """stop / pause / resume act at once on whatever runs."""
+        try:
+            record = await self.commands.mark_running(record.id)
+        except CodedError:
+            return
+        started = time.monotonic()
+        try:
+            if record.type == "stop":
+                sig = self.executor.signals
+                if self.executor.current is not None and sig.abort_reason is None:
+                    sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
+                stopped = await self.stop_outputs(f"stop command {record.id}")
+                outcome = Outcome("succeeded" if stopped["confirmed"] else "failed", stopped,
+                                  None if stopped["confirmed"] else "STOP_NOT_CONFIRMED")
+            elif record.type == "pause":
+                await self.transition(Event.PAUSE_COMMAND, target_valid=True, reason=f"pause {record.id}", command_id=record.id)
+                stopped = await self.stop_outputs(f"pause {record.id}")
+                outcome = Outcome("succeeded", stopped)
+            else:
+                await self.transition(Event.RESUME_COMMAND, target_valid=True, reason=f"resume {record.id}", command_id=record.id)
+                outcome = Outcome("succeeded", {"state": self.sm.state.value})
+        except CodedError as exc:
+            outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
+        outcome.result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+        await self.finish_command(record, outcome)
+
+    async def get_command(self, command_id: str) -> CommandRecord:
+        return await self.commands.get(command_id)
+
+    async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]:
+        return await self.commands.list(state=state, limit=limit)
+
+    async def cancel_command(self, command_id: str, *, user: str | None) -> CommandRecord:
+        current = self.executor.current
+        if current is not None and current.id == command_id:
+            sig = self.executor.signals
+            sig.abort_reason, sig.abort_code = f"cancelled by {user or 'unknown'}", "CANCELLED"
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                record = await self.commands.get(command_id)
+                if record.terminal:
+                    return record
+            raise CommandStateError(f"command {command_id} did not stop within 3 s", code="COMMAND_NOT_CANCELLABLE")
+        return await self.commands.cancel(command_id)
+
+    async def estop(self, *, source: str, user: str | None, reason: str = "") -> EstopResult:
+        who = user or source
+        self.supervisor.record_event("ESTOP_REQUESTED", f"E-stop requested by {who}" + (f": {reason}" if reason else ""))
+        self._apply_internal(Event.ESTOP_TRIGGERED, f"E-stop requested by {who}")
+        if not self.stop_path.bound:
+            return EstopResult(False, None, {"code": "ESTOP_NOT_CONFIRMED", "message": "no travel driver is bound",
+                                             "hint": "use the hardware E-stop; the travel module is not reachable"})
+        task = self.stop_path.request(f"E-stop by {who}")
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(task), self.policy.stop_confirm_timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            outcome = None
+        if outcome is None or not outcome.confirmed:
+            error = outcome.error if outcome else "timeout"
+            return EstopResult(False, None, {"code": "ESTOP_NOT_CONFIRMED",
+                                             "message": f"the stop was sent but not confirmed on the bus ({error})",
+                                             "hint": "use the hardware E-stop now; then check the travel driver and the RS485 link"})
+        return EstopResult(True, outcome.confirm_ms, None)
+
+    async def reset(self, *, user: str) -> ResetResult:
+        """Clear latched faults whose cause is gone; the safety module's latch is written back last."""
+        blockers = self.supervisor.reset_blockers(ignore_module_latch=True)
+        if not blockers and self.supervisor.module_latch_set():
+            poller = self.hw.pollers.get("safety")
+            if poller is not None:
+                try:
+                    await self.plant.write("safety", "RESET_FLAG", 0, Priority.SAFETY)
+                    written = time.monotonic()
+                    for _ in range(60):  # wait for a status read taken after the write
+                        await asyncio.sleep(0.025)
+                        reading = poller.snapshot.readings.get("RESET_FLAG")
+                        if reading is not None and reading.at > written:
+                            break
+                except (BusError, ModuleNotBound) as exc:
+                    blockers["SAFETY_MODULE_LATCHED"] = f"could not release the safety module latch: {exc.code}"
+        cleared, remaining = self.supervisor.clear_latches()
+        remaining.update({k: v for k, v in blockers.items() if k not in remaining})
+        if not remaining:
+            for event, reason in ((Event.ESTOP_RESET, f"reset by {user}"), (Event.FAULT_CLEARED, f"reset by {user}"),
+                                  (Event.SAFE_RESET, f"reset by {user}")):
+                if self.sm.state in (State.ESTOP, State.FAULT, State.SAFE):
+                    try:
+                        await self.transition(event, target_valid=False, reason=reason)
+                    except TransitionRefused:
+                        continue
+        log.info("reset by %s: cleared %s, remaining %s", user, cleared, list(remaining))
+        return ResetResult(cleared, remaining, self.sm.state.value)
+
+    # ------------------------------------------------------------------ status stream
+    def add_status_listener(self, listener: StatusListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_status_listener(self, listener: StatusListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _maybe_notify_status(self, verdict: Verdict) -> None:
+        key = (self.sm.state, verdict.level, tuple(f.code for f in verdict.faults), self.executor.current and self.executor.current.id)
+        if key == self._last_status_key or not self._listeners:
+            self._last_status_key = key
+            return
+        self._last_status_key = key
+        status = self.status()
+        for listener in list(self._listeners):
+            try:
+                listener(status)
+            except Exception:
+                log.exception("status listener failed")
+
+
+__all__ = ["Controller", "NotFound", "CommandNotFound", "ModuleNotBound"]

@@ -1,0 +1,252 @@
+"""The command executor: one command at a time, by priority then arrival; results from read-back.
+
+A command is refused with the reason when the state machine forbids it, expires instead of
+running late, and ends with a result that says what the robot really did (register values read
+back after the action, the stop confirmation for motion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.control import params as P
+from agent.control.state_machine import TransitionRefused, command_allowed
+from agent.control.states import Event, State
+from agent.safety.faults import Level
+from agent.store.commands import CommandRecord
+from agent.store.commands import CommandExpired
+from agent.store.errors import StoreError
+from drivers.errors import CodedError
+
+if TYPE_CHECKING:
+    from agent.control.controller import Controller
+
+log = logging.getLogger("oht.executor")
+
+TRACK_MIN_CM, TRACK_MAX_CM = 0, 300
+LOOP_S = 0.02
+
+
+class CommandFailed(CodedError):
+    code = "COMMAND_FAILED"
+
+
+@dataclass
+class Outcome:
+    state: str  # succeeded | failed | cancelled
+    result: dict[str, Any] = field(default_factory=dict)
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class MotionSignals:
+    """How out-of-band commands (stop, pause, resume) reach the running motion command."""
+
+    abort_reason: str | None = None
+    abort_code: str | None = None
+    paused: asyncio.Event = field(default_factory=asyncio.Event)
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Executor:
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        self.current: CommandRecord | None = None
+        self.signals = MotionSignals()
+        self._wake = asyncio.Event()
+        self.refreshed_at: float | None = None  # last time the running motion command refreshed its window
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> None:
+        commands = self.c.commands
+        while True:
+            try:
+                await commands.expire_due()
+                record = await commands.next_runnable()
+            except StoreError as exc:
+                log.error("executor cannot read commands: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if record is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 0.25)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            await self.execute(record)
+
+    async def execute(self, record: CommandRecord) -> None:
+        try:
+            record = await self.c.commands.mark_running(record.id)
+        except CommandExpired:
+            return
+        except StoreError as exc:
+            log.error("cannot start command %s: %s", record.id, exc)
+            await asyncio.sleep(0.2)
+            return
+        self.current = record
+        self.signals = MotionSignals()
+        started = time.monotonic()
+        try:
+            outcome = await self._dispatch(record)
+        except TransitionRefused as exc:
+            outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
+        except CodedError as exc:
+            outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
+        except Exception as exc:  # never let one command take the executor down
+            log.exception("command %s crashed", record.id)
+            outcome = Outcome("failed", error_code="INTERNAL", error_message=type(exc).__name__)
+        finally:
+            self.current = None
+            self.refreshed_at = None
+        outcome.result.setdefault("elapsed_ms", round((time.monotonic() - started) * 1000, 1))
+        await self.c.finish_command(record, outcome)
+
+    async def _dispatch(self, record: CommandRecord) -> Outcome:
+        refusal = command_allowed(self.c.sm.state, record.type)
+        if refusal is not None:
+            return Outcome("failed", error_code=refusal.code, error_message=refusal.message)
+        handler = getattr(self, f"_do_{record.type}", None)
+        if handler is None:
+            return Outcome("failed", error_code="COMMAND_INVALID", error_message=f"no handler for {record.type}")
+        return await handler(P.parse(record.type, record.params), record)
+
+    # ------------------------------------------------------------------ motion
+    async def _do_move(self, p: P.MoveParams, record: CommandRecord) -> Outcome:
+        position = await self._position("M1_POSITION_CURRENT")
+        sign = 1 if p.direction == "forward" else -1
+        bound_ok = p.distance_cm is None or TRACK_MIN_CM <= position + sign * p.distance_cm <= TRACK_MAX_CM
+        await self.c.transition(Event.MOVE_COMMAND, target_valid=bound_ok, reason=f"move {record.id}", command_id=record.id)
+        return await self._drive("M1", p.direction, p.speed_pct, record, start=position,
+                                 distance=p.distance_cm, duration_ms=p.duration_ms)
+
+    async def _do_hoist(self, p: P.HoistParams, record: CommandRecord) -> Outcome:
+        position = await self._position("M2_POSITION_CURRENT")
+        if position == p.position_cm:
+            return Outcome("succeeded", {"position_cm": position, "moved_cm": 0})
+        direction = "forward" if p.position_cm > position else "reverse"
+        await self.c.transition(Event.MOVE_COMMAND, target_valid=True, reason=f"hoist {record.id}", command_id=record.id)
+        return await self._drive("M2", direction, p.speed_pct, record, start=position,
+                                 distance=abs(p.position_cm - position), duration_ms=None)
+
+    async def _do_dock(self, p: P.DockParams, record: CommandRecord) -> Outcome:
+        await self.c.transition(Event.DOCK_COMMAND, target_valid=True, reason=f"dock {record.id}", command_id=record.id)
+        return await self._drive("M1", "forward", p.speed_pct, record, start=await self._position("M1_POSITION_CURRENT"),
+                                 distance=None, duration_ms=p.timeout_ms, until_docked=True)
+
+    async def _do_undock(self, p: P.UndockParams, record: CommandRecord) -> Outcome:
+        position = await self._position("M1_POSITION_CURRENT")
+        await self.c.transition(Event.MOVE_COMMAND, target_valid=position - p.distance_cm >= TRACK_MIN_CM,
+                                reason=f"undock {record.id}", command_id=record.id)
+        return await self._drive("M1", "reverse", p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=None)
+
+    async def _position(self, name: str) -> int:
+        values = await self.c.plant.read("travel", [name])
+        return int(values[name])
+
+    async def _drive(
+        self, channel: str, direction: str, speed_pct: int, record: CommandRecord, *, start: int,
+        distance: int | None, duration_ms: int | None, until_docked: bool = False,
+    ) -> Outcome:
+        """Run one channel until its bound, then stop and confirm. Outputs are zeroed on every exit."""
+        c, plant, sig = self.c, self.c.plant, self.signals
+        c.hw.set_moving(True)
+        began = time.monotonic()
+        moved = 0
+        applied_factor = -1.0
+        reason, code, state = "bound reached", None, "succeeded"
+        try:
+            while True:
+                now = time.monotonic()
+                self.refreshed_at = now
+                if sig.abort_reason is not None:
+                    reason, code, state = sig.abort_reason, sig.abort_code, "cancelled"
+                    break
+                if c.supervisor.verdict.level >= Level.PROTECTIVE_STOP or c.sm.state not in (State.MOVE, State.DOCK, State.PAUSED):
+                    reason, code, state = f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})", "MOTION_WITHDRAWN", "failed"
+                    break
+                if c.sm.state is State.PAUSED:
+                    if applied_factor != 0.0:
+                        await c.stop_outputs("pause")
+                        applied_factor = 0.0
+                    await asyncio.sleep(LOOP_S)
+                    continue
+                c.sm.refresh()
+                factor = c.supervisor.verdict.speed_factor
+                if factor != applied_factor:
+                    if not c.motion_allowed():
+                        reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
+                        break
+                    speed = max(1, round(speed_pct * factor))
+                    await plant.write(
+                        "travel", f"{channel}_DIRECTION", 1 if direction == "forward" else 2)
+                    await plant.write_many("travel", {f"{channel}_ENABLE": 1, f"{channel}_COMMAND_SPEED": speed})
+                    applied_factor = factor
+                position = plant.value("travel", f"{channel}_POSITION_CURRENT")
+                if position is not None:
+                    moved = abs(int(position) - start)
+                if distance is not None and moved >= distance:
+                    break
+                if until_docked and plant.value("dock", "DOCK_STATUS") == 3:
+                    break
+                if duration_ms is not None and (now - began) * 1000 >= duration_ms:
+                    if until_docked:
+                        reason, code, state = "dock not reached in time", "DOCK_TIMEOUT", "failed"
+                    break
+                await asyncio.sleep(LOOP_S)
+        finally:
+            outcome = await c.stop_outputs(f"{record.type} {record.id}: {reason}")
+            c.hw.set_moving(False)
+            await c.settle_after_motion(record.id)
+        readback = outcome.get("readback", {})
+        result = {"moved_cm": moved, "end": reason, "stop_confirmed": outcome["confirmed"],
+                  "stop_confirm_ms": outcome["confirm_ms"], "readback": readback}
+        if not outcome["confirmed"] and state == "succeeded":
+            state, code = "failed", "STOP_NOT_CONFIRMED"
+        return Outcome(state, result, code, None if state == "succeeded" else reason)
+
+    # ------------------------------------------------------------------ other commands
+    async def _do_charge_start(self, p: P.ChargeStartParams, record: CommandRecord) -> Outcome:
+        plant = self.c.plant
+        await plant.write("power", "I_SET", p.current_a)
+        await plant.write("power", "V_SET", p.voltage_v)
+        await plant.write("power", "CHARGE_REQUEST", 1)
+        readback = await plant.read("power", ["I_SET", "V_SET", "CHARGE_REQUEST", "CHARGE_STATE"])
+        ok = readback["CHARGE_REQUEST"] == 1
+        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+
+    async def _do_charge_stop(self, p: P.NoParams, record: CommandRecord) -> Outcome:
+        await self.c.plant.write("power", "CHARGE_REQUEST", 0)
+        readback = await self.c.plant.read("power", ["CHARGE_REQUEST", "CHARGE_STATE"])
+        ok = readback["CHARGE_REQUEST"] == 0
+        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+
+    async def _do_module_reset(self, p: P.ModuleResetParams, record: CommandRecord) -> Outcome:
+        plant = self.c.plant
+        await plant.write(p.role, "RESET_ERROR_CMD", 1)
+        await asyncio.sleep(0.05)
+        readback = await plant.read(p.role, ["DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "SYSTEM_STATUS", "SYSTEM_ERROR"])
+        if p.role == "travel":
+            await self.c.stop_outputs("after module reset")  # the driver re-initialises: confirm it is still off
+        return Outcome("succeeded", {"role": p.role, "readback": readback})
+
+    async def _do_register_write(self, p: P.RegisterWriteParams, record: CommandRecord) -> Outcome:
+        poller = self.c.plant.poller(p.role)
+        reg = poller.binding.profile.register(p.register_name)
+        if reg.safety:
+            return Outcome("failed", error_code="REGISTER_SAFETY_CRITICAL",
+                           error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)")
+        await self.c.plant.write(p.role, reg.name, p.value)
+        readback = await self.c.plant.read(p.role, [reg.name]) if reg.readable else {}
+        ok = not reg.readable or abs(float(readback[reg.name]) - float(p.value)) <= abs(reg.scale) / 2
+        return Outcome("succeeded" if ok else "failed", {"register": reg.name, "written": p.value, "readback": readback},
+                       None if ok else "READBACK_MISMATCH")

@@ -1,0 +1,392 @@
+"""The agent's SQLite database (`data_dir/agent.db`): open safely, write durably, read, health.
+
+Start-up, in this order: take the data-dir lock (one process per database), `PRAGMA
+quick_check` (a corrupt file is moved aside as `agent.db.corrupt-<id>` with its -wal/-shm and a
+fresh database is created; never reused silently), open exactly one writer connection (WAL,
+synchronous=FULL, foreign keys) plus read-only reader connections, apply pending migrations in
+one transaction, then mark commands that were running when the agent stopped as interrupted.
+What was found is returned as a `StartupReport` for the daemon to raise latched faults.
+
+Writes go through the group-commit writer (writer.py): `await db.write(unit)` returns after the
+unit's data is committed. Storage failures never crash the daemon: the write raises
+`StoreUnavailable` (STORE_DISK_FULL, STORE_READ_ONLY, STORE_IO_ERROR, ...), `healthy` turns False
+and `health()` says why, so the API can refuse new commands while reads keep working. Health
+follows the latest batch: it turns True again after the next successful commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from agent.ids import new_id
+from agent.store import commands as _commands
+from agent.store.clock import now_ts
+from agent.store.errors import (
+    StoreClosed,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+    map_sqlite_error,
+    sqlite_primary_code,
+)
+from agent.store.lock import DataDirLock
+from agent.store.migrations import migrate
+from agent.store.pipeline import Pipelined, enqueue, settle
+from agent.store.writer import GroupWriter, Unit
+
+__all__ = ["DB_NAME", "Database", "StartupReport", "Unit"]
+
+log = logging.getLogger("agent.store")
+
+T = TypeVar("T")
+
+DB_NAME = "agent.db"
+_SIDE_FILES = ("-wal", "-shm")
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # truncate the WAL back to this after checkpoints
+
+
+@dataclass(frozen=True)
+class StartupReport:
+    """What `Database.start` found; the daemon raises a latched fault if `corrupt_moved_to`."""
+
+    corrupt_moved_to: Path | None
+    schema_version: int
+    interrupted_commands: int
+    migrated_from: int = 0
+
+
+class Database:
+    """The store's connections, their lifecycle and health.
+
+    Every wait is bounded: `write_timeout` covers queueing plus execution of one write,
+    `read_timeout` one read, `unit_timeout` the time one unit may hold the writer,
+    `start_timeout` the integrity check and migrations, `close_timeout` the final drain.
+    `max_bytes` bounds the database file (SQLite `max_page_count`): writes beyond it fail with
+    STORE_DISK_FULL instead of filling the partition the rest of the system needs.
+    `queue_size` bounds the writes waiting for the writer (callers then wait, up to their
+    timeout: back-pressure); `max_batch` bounds one transaction.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        max_bytes: int | None = None,
+        queue_size: int = 1024,
+        max_batch: int = 256,
+        readers: int = 2,
+        busy_timeout_ms: int = 5000,
+        write_timeout: float = 30.0,
+        read_timeout: float = 30.0,
+        unit_timeout: float = 10.0,
+        start_timeout: float = 300.0,
+        close_timeout: float = 10.0,
+    ) -> None:
+        if queue_size < 1 or readers < 1 or max_batch < 1:
+            raise ValueError("queue_size, max_batch and readers must be at least 1")
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self._max_bytes = max_bytes
+        self._queue_size = queue_size
+        self._max_batch = max_batch
+        self._n_readers = readers
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_timeout = write_timeout
+        self._read_timeout = read_timeout
+        self._unit_timeout = unit_timeout
+        self._start_timeout = start_timeout
+        self._close_timeout = close_timeout
+        self._lock = DataDirLock(self.data_dir)
+        self._writer_conn: aiosqlite.Connection | None = None
+        self._writer: GroupWriter | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] | None = None
+        self._reader_conns: list[aiosqlite.Connection] = []
+        self._running = False
+        self._healthy = True
+        self._error: StoreError | None = None
+        self._unhealthy_since: str | None = None
+        self.report: StartupReport | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(cls, data_dir: Path | str, **options: Any) -> Database:
+        """Construct and start; the startup report is in `db.report`."""
+        db = cls(data_dir, **options)
+        await db.start()
+        return db
+
+    async def start(self) -> StartupReport:
+        """Lock, check, migrate, open, interrupt stale runs; see the module docstring.
+
+        Raises DataDirBusy, SchemaTooNew, ForeignDatabase, StoreUnavailable or StoreTimeout
+        when the database cannot be served at all; then nothing stays open or locked.
+        """
+        if self._running:
+            raise StoreError("database already started", code="STORE_ALREADY_STARTED")
+        self._lock.acquire()
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                report = await self._start()
+        except TimeoutError:
+            await self._teardown()
+            raise StoreTimeout(
+                f"opening {self.path} took longer than {self._start_timeout:.0f} s",
+                hint="The integrity check or a migration is too slow: check the storage (dmesg).",
+            ) from None
+        except BaseException:
+            await self._teardown()
+            raise
+        self.report = report
+        return report
+
+    async def _start(self) -> StartupReport:
+        moved = await self._check_or_move_aside()
+        self._writer_conn = conn = await self._connect(writer=True)
+        try:
+            before, version = await migrate(conn)
+        except sqlite3.Error as exc:
+            raise map_sqlite_error(exc) from exc
+        for _ in range(self._n_readers):
+            self._reader_conns.append(await self._connect(writer=False))
+        self._readers = asyncio.Queue(maxsize=self._n_readers)
+        for reader in self._reader_conns:
+            self._readers.put_nowait(reader)
+        self._writer = GroupWriter(
+            conn,
+            queue_size=self._queue_size,
+            max_batch=self._max_batch,
+            unit_timeout=self._unit_timeout,
+            on_outcome=self._on_outcome,
+        )
+        self._writer.start()
+        self._running = True
+        interrupted = 0
+        try:
+            interrupted = len(await self.write(_commands.interrupt_running_in))
+        except StoreUnavailable as exc:
+            # Read-only or full: serve reads, report unhealthy, let the daemon raise a fault.
+            log.error("cannot mark interrupted commands at start: %s", exc)
+        if moved is not None:
+            log.error("corrupt database moved aside to %s; started a fresh one", moved)
+        return StartupReport(
+            corrupt_moved_to=moved,
+            schema_version=version,
+            interrupted_commands=interrupted,
+            migrated_from=before,
+        )
+
+    async def close(self) -> None:
+        """Refuse new writes, commit what is queued (bounded), close connections, unlock."""
+        self._running = False
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        self._running = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.stop(self._close_timeout)
+        conns = [c for c in [self._writer_conn, *self._reader_conns] if c is not None]
+        self._writer_conn, self._reader_conns, self._readers = None, [], None
+        for conn in conns:
+            try:
+                await asyncio.wait_for(conn.close(), self._close_timeout)
+            except Exception as exc:  # noqa: BLE001 - closing is best effort, keep going
+                log.warning("closing a database connection failed: %s", exc)
+        self._lock.release()
+
+    async def __aenter__(self) -> Database:
+        if not self._running:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ opening
+
+    async def _connect(self, *, writer: bool) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            if writer:
+                rows = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+                mode = str(next(iter(rows))[0]).lower()
+                if mode != "wal":
+                    raise StoreUnavailable(
+                        f"cannot switch {self.path} to WAL (journal_mode={mode})",
+                        code="STORE_READ_ONLY",
+                        hint="The data directory must be writable by the agent user.",
+                    )
+                # The outbox triggers take their ids from agent/ids.py (migration 2).
+                await conn.create_function("oht_new_id", 0, new_id)
+                await conn.execute("PRAGMA synchronous = FULL")
+                await conn.execute("PRAGMA foreign_keys = ON")
+                await conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+                # Savepoint journals of a batch stay in memory (bounded by max_batch).
+                await conn.execute("PRAGMA temp_store = MEMORY")
+                if self._max_bytes is not None:
+                    (page_size,) = next(iter(await conn.execute_fetchall("PRAGMA page_size")))
+                    pages = max(1, self._max_bytes // int(page_size))
+                    await conn.execute(f"PRAGMA max_page_count = {pages}")
+            else:
+                await conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise map_sqlite_error(exc) from exc
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _check_or_move_aside(self) -> Path | None:
+        """Run `PRAGMA quick_check`; move a corrupt file (and its -wal/-shm) aside."""
+        if not self.path.exists():
+            return None
+        problem: str | None = None
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            rows = [tuple(r) for r in await conn.execute_fetchall("PRAGMA quick_check")]
+            if rows != [("ok",)]:
+                problem = "; ".join(str(r[0]) for r in rows[:5])
+        except sqlite3.Error as exc:
+            if sqlite_primary_code(exc) not in _CORRUPT_CODES:
+                raise map_sqlite_error(exc) from exc
+            problem = str(exc)
+        finally:
+            await conn.close()
+        if problem is None:
+            return None
+        target = self.path.with_name(f"{DB_NAME}.corrupt-{new_id()}")
+        log.error("database %s failed quick_check (%s)", self.path, problem)
+        try:
+            for suffix in _SIDE_FILES:
+                side = Path(f"{self.path}{suffix}")
+                if side.exists():
+                    side.rename(f"{target}{suffix}")
+            self.path.rename(target)
+            fsync_dir(self.data_dir)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"corrupt database {self.path} cannot be moved aside: {exc.strerror}",
+                code="STORE_CORRUPT",
+                hint="Move the file away by hand (keep it for analysis) and restart the agent.",
+            ) from exc
+        return target
+
+    # ------------------------------------------------------------------ health
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store cannot take writes (or is not open)."""
+        return self._running and self._healthy
+
+    @property
+    def last_error(self) -> StoreError | None:
+        """The latest storage error (kept after recovery, for diagnostics)."""
+        return self._error
+
+    def health(self) -> dict[str, Any]:
+        """`{"ok": True}` or `{"ok": False, "code", "message", "hint", "since"}` for /readyz."""
+        if not self._running:
+            return {"ok": False, "code": StoreClosed.code, "message": "database not open"}
+        if self._healthy:
+            return {"ok": True}
+        assert self._error is not None
+        return {"ok": False, **self._error.as_dict(), "since": self._unhealthy_since}
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /metrics: committed batches and units, largest batch, aborts, queue."""
+        writer = self._writer
+        if writer is None:
+            return {}
+        return {**writer.stats, "queued": writer.queued()}
+
+    def _on_outcome(self, error: StoreUnavailable | None) -> None:
+        if error is None:
+            if not self._healthy:
+                log.warning("store takes writes again (after %s)", self._error)
+            self._healthy = True
+            return
+        if self._healthy:
+            log.error("store cannot take writes: %s", error)
+            self._unhealthy_since = now_ts()
+        self._healthy = False
+        self._error = error
+
+    # ------------------------------------------------------------------ writes and reads
+
+    async def write(self, unit: Unit[T] | Pipelined[T], *, timeout: float | None = None) -> T:
+        """Run `unit` in the next group commit; return its value once it is committed.
+
+        Raises what the unit raised (its savepoint rolled back, nothing else affected),
+        StoreUnavailable (nothing of it committed), StoreOverloaded (queue full for the whole
+        timeout, not run), StoreTimeout (outcome unknown if it had started), StoreClosed.
+        """
+        writer = self._writer
+        if not self._running or writer is None:
+            raise StoreClosed("the database is not open")
+        return await writer.write(unit, self._write_timeout if timeout is None else timeout)
+
+    async def read(
+        self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], *, timeout: float | None = None
+    ) -> T:
+        """Run `fn(conn)` on a read-only connection inside one read transaction (a snapshot).
+
+        Reads see only committed data and keep working while writes fail.
+        """
+        readers = self._readers
+        if not self._running or readers is None:
+            raise StoreClosed("the database is not open")
+        limit = self._read_timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + limit
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await readers.get()
+        except TimeoutError:
+            raise StoreTimeout(f"no read connection free within {limit:.1f} s") from None
+        try:
+            begin = enqueue(conn, "BEGIN")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await fn(conn)
+            except TimeoutError:
+                await conn.interrupt()  # stop a runaway query before the ROLLBACK below
+                raise StoreTimeout(f"read did not complete within {limit:.1f} s") from None
+            except sqlite3.Error as exc:
+                err = map_sqlite_error(exc)
+                if sqlite_primary_code(exc) in _CORRUPT_CODES and isinstance(err, StoreUnavailable):
+                    self._on_outcome(err)
+                raise err from exc
+            finally:
+                await settle([begin])
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+        finally:
+            readers.put_nowait(conn)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: fsync the directory that holds the entry."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

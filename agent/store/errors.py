@@ -1,0 +1,220 @@
+"""Errors raised by the store, each with a stable code and a hint for the technician.
+
+The API maps these to HTTP statuses by code (e.g. COMMAND_KEY_REUSED -> 409, COMMAND_NOT_FOUND ->
+404, STORE_* -> 503), the CLI prints them, the daemon raises latched faults for some of them. So
+the codes are part of the contract: add new ones, never rename.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from drivers.errors import CodedError
+
+__all__ = [
+    "BackupError",
+    "CommandError",
+    "CommandInvalid",
+    "CommandKeyConflict",
+    "CommandNotCancellable",
+    "CommandNotFound",
+    "CommandStateError",
+    "DataDirBusy",
+    "ForeignDatabase",
+    "SchemaTooNew",
+    "StoreClosed",
+    "StoreError",
+    "StoreOverloaded",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "map_sqlite_error",
+]
+
+
+class StoreError(CodedError):
+    """Base class of everything the store raises."""
+
+    code = "STORE_ERROR"
+    hint = "See the agent log for the SQL error; this is most likely a bug in the agent."
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot take writes right now (disk full, read-only, I/O error, locked).
+
+    Raised from `Database.write`; the daemon keeps running, reads still work and
+    `Database.health()` reports the code so the API can refuse new commands.
+    """
+
+    code = "STORE_UNAVAILABLE"
+
+
+class StoreClosed(StoreError):
+    code = "STORE_CLOSED"
+    hint = "The agent is shutting down or has not finished starting; retry after it is up."
+
+
+class StoreTimeout(StoreError):
+    """A wait on the database exceeded its bound. For a write the outcome is unknown."""
+
+    code = "STORE_TIMEOUT"
+    hint = (
+        "The database did not answer in time (slow or failing storage?). A write may still have "
+        "been committed: retry with the same idempotency key, never with a new one."
+    )
+
+
+class StoreOverloaded(StoreError):
+    code = "STORE_QUEUE_FULL"
+    hint = "Too many writes are waiting for the disk; retry shortly. Check storage latency."
+
+
+class SchemaTooNew(StoreError):
+    code = "STORE_SCHEMA_NEWER"
+    hint = (
+        "The database was written by a newer oht-agent. Install that version again, or restore "
+        "a backup made by this version (`oht-agent db restore SRC`)."
+    )
+
+
+class ForeignDatabase(StoreError):
+    code = "STORE_NOT_OHT_DATABASE"
+    hint = "The file is an SQLite database of some other program; check the path."
+
+
+class DataDirBusy(StoreError):
+    code = "DATA_DIR_LOCKED"
+    hint = (
+        "Another oht-agent process uses this data directory (is the daemon running?). "
+        "Stop it first: `systemctl stop oht-agent`."
+    )
+
+
+class BackupError(StoreError):
+    code = "BACKUP_FAILED"
+    hint = "Check the paths, free space and permissions of both source and destination."
+
+
+class CommandError(StoreError):
+    """Base class for refusals of the commands repository (the HTTP layer maps them to 4xx)."""
+
+    code = "COMMAND_ERROR"
+
+
+class CommandInvalid(CommandError):
+    code = "COMMAND_INVALID"
+    hint = "Fix the request: see the message for the field that was refused."
+
+
+class CommandNotFound(CommandError):
+    code = "COMMAND_NOT_FOUND"
+    hint = "Check the command id; list commands with GET /api/v1/commands."
+
+
+class CommandKeyConflict(CommandError):
+    code = "COMMAND_KEY_REUSED"
+    hint = (
+        "This idempotency key was already used for a different command. Use a new key for a new "
+        "command; repeat a request only with exactly the same body."
+    )
+
+
+class CommandStateError(CommandError):
+    code = "COMMAND_STATE"
+    hint = "The command is not in a state that allows this; fetch it to see its current state."
+
+
+class CommandNotCancellable(CommandStateError):
+    code = "COMMAND_NOT_CANCELLABLE"
+    hint = (
+        "The command is already running: stopping it is the executor's job (pause, stop or "
+        "E-stop), not a queue operation."
+    )
+
+
+# SQLite primary result codes (the low byte of an extended code).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_NOMEM = 7
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_CONSTRAINT = 19
+_SQLITE_NOTADB = 26
+
+_UNAVAILABLE: dict[int, tuple[str, str]] = {
+    _SQLITE_FULL: (
+        "STORE_DISK_FULL",
+        "The data partition (or the configured database size limit) is full. Free space on the "
+        "data partition or raise store.max_db_mb; commands are refused until writes succeed.",
+    ),
+    _SQLITE_READONLY: (
+        "STORE_READ_ONLY",
+        "The database file or its file system is read-only. Check `mount` (a file system "
+        "remounted read-only after I/O errors?), file ownership and permissions of the data dir.",
+    ),
+    _SQLITE_IOERR: (
+        "STORE_IO_ERROR",
+        "The storage reported an I/O error. Check `dmesg` for SD/eMMC errors and whether the file "
+        "system was remounted read-only; plan a storage replacement.",
+    ),
+    _SQLITE_CANTOPEN: (
+        "STORE_IO_ERROR",
+        "The database (or its -wal/-shm file) cannot be opened. Check that the data directory "
+        "exists, is writable by the agent user and that the file system is mounted.",
+    ),
+    _SQLITE_BUSY: (
+        "STORE_BUSY",
+        "Another process holds a lock on the database (an sqlite3 shell?). Close it.",
+    ),
+    _SQLITE_LOCKED: (
+        "STORE_BUSY",
+        "The database is locked by another statement. Retry; report it if it persists.",
+    ),
+    _SQLITE_NOMEM: (
+        "STORE_NO_MEMORY",
+        "SQLite ran out of memory. Check the memory use of the agent and of the machine.",
+    ),
+    _SQLITE_CORRUPT: (
+        "STORE_CORRUPT",
+        "The database file is damaged. Restart the agent: it moves the file aside and starts a "
+        "fresh one; then restore the last backup if needed.",
+    ),
+    _SQLITE_NOTADB: (
+        "STORE_CORRUPT",
+        "The database file is not a database any more. Restart the agent: it moves the file "
+        "aside and starts a fresh one.",
+    ),
+}
+
+
+def sqlite_primary_code(exc: BaseException) -> int | None:
+    """The primary SQLite result code of an sqlite3 exception, if it carries one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
+    """Translate an sqlite3 exception into a coded store error (the original stays as cause).
+
+    Storage-level failures become `StoreUnavailable` with a specific code; everything else
+    (constraint violations, SQL errors) is a `StoreError`, because it is a bug in a unit of
+    work rather than a condition of the machine.
+    """
+    primary = sqlite_primary_code(exc)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if primary in _UNAVAILABLE:
+        code, hint = _UNAVAILABLE[primary]
+        err: StoreError = StoreUnavailable(f"{exc} ({name})", code=code, hint=hint)
+    elif primary == _SQLITE_CONSTRAINT:
+        err = StoreError(f"constraint failed: {exc}", code="STORE_CONSTRAINT")
+    else:
+        err = StoreError(f"{exc} ({name})", code="STORE_SQL_ERROR")
+    err.__cause__ = exc
+    return err
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an sqlite3 exception means the storage cannot take writes."""
+    return sqlite_primary_code(exc) in _UNAVAILABLE

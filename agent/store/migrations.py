@@ -1,0 +1,212 @@
+"""Schema migrations: an ordered list of SQL steps, the version kept in `PRAGMA user_version`.
+
+Why this shape: a robot in the field is upgraded from whatever version it runs, possibly several
+releases old, and a power cut may hit in the middle of an upgrade. So every pending step is applied
+in ONE transaction together with the new `user_version` (both live in the database file, so they
+commit or roll back together), and a fresh install runs exactly the same steps as an upgrade; there
+is no separate "current schema" that could drift from the migrated one.
+
+Rules for adding a migration:
+- append a `Migration` with the next version number; never edit or reorder a released one;
+- statements are plain SQL, one per string (no `executescript`: it would commit mid-way);
+- table rebuilds that need `foreign_keys=OFF` cannot run inside this transaction: add a
+  dedicated mechanism for them when the first one is needed.
+
+A database whose version is newer than `LATEST_VERSION` is refused (STORE_SCHEMA_NEWER): old code
+must not write into a schema it does not know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from agent.store.errors import ForeignDatabase, SchemaTooNew
+
+__all__ = [
+    "APPLICATION_ID",
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "Migration",
+    "migrate",
+    "read_identity",
+]
+
+# 'OHTA' in the SQLite header: tells our files apart from any other SQLite database.
+APPLICATION_ID = 0x4F485441
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_V1_COMMANDS = Migration(
+    1,
+    "commands",
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """
+        CREATE TABLE commands (
+            seq             INTEGER PRIMARY KEY,
+            id              TEXT    NOT NULL UNIQUE,
+            source          TEXT    NOT NULL CHECK (source IN ('api', 'upstream', 'cli')),
+            idempotency_key TEXT    NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+            user            TEXT,
+            type            TEXT    NOT NULL CHECK (length(type) BETWEEN 1 AND 64),
+            params          TEXT    NOT NULL CHECK (json_valid(params)),
+            priority        INTEGER NOT NULL DEFAULT 5 CHECK (priority BETWEEN 1 AND 10),
+            not_after       TEXT,
+            state           TEXT    NOT NULL DEFAULT 'queued' CHECK (state IN (
+                                'queued', 'running', 'succeeded', 'failed',
+                                'cancelled', 'expired', 'interrupted')),
+            created_at      TEXT    NOT NULL,
+            updated_at      TEXT    NOT NULL,
+            started_at      TEXT,
+            finished_at     TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            result          TEXT    CHECK (result IS NULL OR json_valid(result)),
+            error_code      TEXT,
+            error_message   TEXT,
+            UNIQUE (source, idempotency_key)
+        )
+        """,
+        # next_runnable: queued first, most urgent, then arrival order.
+        "CREATE INDEX commands_runnable ON commands (state, priority DESC, seq)",
+        # list(state=...) newest first, paged by seq.
+        "CREATE INDEX commands_state_seq ON commands (state, seq)",
+    ),
+)
+
+# A command row as JSON (the outbox payload): the same keys as agent.store.commands.CommandRecord.
+_COMMAND_JSON = (
+    "json_object('seq', NEW.seq, 'id', NEW.id, 'source', NEW.source,"
+    " 'idempotency_key', NEW.idempotency_key, 'user', NEW.user, 'type', NEW.type,"
+    " 'params', json(NEW.params), 'priority', NEW.priority, 'not_after', NEW.not_after,"
+    " 'state', NEW.state, 'created_at', NEW.created_at, 'updated_at', NEW.updated_at,"
+    " 'started_at', NEW.started_at, 'finished_at', NEW.finished_at,"
+    " 'attempts', NEW.attempts, 'result', json(NEW.result), 'error_code', NEW.error_code,"
+    " 'error_message', NEW.error_message)"
+)
+
+_V2_TRANSITIONS_OUTBOX = Migration(
+    2,
+    "state transitions and outbox",
+    (
+        """
+        CREATE TABLE state_transitions (
+            seq        INTEGER PRIMARY KEY,
+            id         TEXT NOT NULL UNIQUE,
+            at         TEXT NOT NULL,
+            from_state TEXT NOT NULL,
+            to_state   TEXT NOT NULL,
+            event      TEXT NOT NULL,
+            reason     TEXT,
+            command_id TEXT REFERENCES commands (id)
+        )
+        """,
+        "CREATE INDEX state_transitions_command ON state_transitions (command_id)"
+        " WHERE command_id IS NOT NULL",
+        """
+        CREATE TABLE outbox (
+            seq        INTEGER PRIMARY KEY,
+            id         TEXT NOT NULL UNIQUE,
+            kind       TEXT NOT NULL CHECK (length(kind) BETWEEN 1 AND 32),
+            created_at TEXT NOT NULL,
+            payload    TEXT NOT NULL CHECK (json_valid(payload)),
+            sent_at    TEXT
+        )
+        """,
+        # What sync drains and what pruning looks at: unsent rows in arrival order.
+        "CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL",
+        # Every command that is accepted or changes state puts its record into the outbox in
+        # the same statement, whichever code path made the change. `oht_new_id()` is the
+        # UUIDv7 generator (agent/ids.py), registered on the writer connection. A later
+        # migration that adds a column to `commands` must recreate these two triggers.
+        f"""
+        CREATE TRIGGER commands_outbox_insert AFTER INSERT ON commands
+        BEGIN
+            INSERT INTO outbox (id, kind, created_at, payload)
+            VALUES (oht_new_id(), 'command', NEW.updated_at, {_COMMAND_JSON});
+        END
+        """,
+        f"""
+        CREATE TRIGGER commands_outbox_state AFTER UPDATE OF state ON commands
+        WHEN NEW.state IS NOT OLD.state
+        BEGIN
+            INSERT INTO outbox (id, kind, created_at, payload)
+            VALUES (
+                oht_new_id(),
+                CASE WHEN NEW.state IN ('queued', 'running') THEN 'command'
+                     ELSE 'command_result' END,
+                NEW.updated_at,
+                {_COMMAND_JSON}
+            );
+        END
+        """,
+    ),
+)
+
+# Next: v3 users and sessions, v4 audit (append here; never edit the ones above).
+MIGRATIONS: tuple[Migration, ...] = (
+    _V1_COMMANDS,
+    _V2_TRANSITIONS_OUTBOX,
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+if [m.version for m in MIGRATIONS] != list(range(1, len(MIGRATIONS) + 1)):
+    raise RuntimeError("migrations must be numbered 1, 2, 3, ... without gaps")
+
+
+async def read_identity(conn: aiosqlite.Connection) -> tuple[int, int, int]:
+    """(application_id, user_version, number of schema objects) of the open database."""
+    (app_id,) = next(iter(await conn.execute_fetchall("PRAGMA application_id")))
+    (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
+    (objects,) = next(iter(await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")))
+    return int(app_id), int(version), int(objects)
+
+
+def check_identity(app_id: int, version: int, objects: int, *, what: str) -> None:
+    """Refuse a database this code must not write: newer schema, or not ours at all."""
+    if version > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"{what} has schema version {version}; this oht-agent knows up to {LATEST_VERSION}"
+        )
+    if version == 0 and objects > 0:
+        raise ForeignDatabase(f"{what} has tables but no oht-agent schema version")
+    if version > 0 and app_id != APPLICATION_ID:
+        raise ForeignDatabase(
+            f"{what} has application_id {app_id:#x}, not oht-agent's {APPLICATION_ID:#x}"
+        )
+
+
+async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -> tuple[int, int]:
+    """Apply every migration above the current version up to `target` in one transaction.
+
+    Returns (version before, version after). `conn` must be in autocommit mode
+    (isolation_level=None) with no transaction open. Raises SchemaTooNew / ForeignDatabase
+    before touching anything; an SQL failure rolls the whole upgrade back and propagates.
+    """
+    if not 0 <= target <= LATEST_VERSION:
+        raise ValueError(f"target version {target} outside 0..{LATEST_VERSION}")
+    app_id, current, objects = await read_identity(conn)
+    check_identity(app_id, current, objects, what="the database")
+    pending = [m for m in MIGRATIONS if current < m.version <= target]
+    if not pending:
+        return current, current
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for migration in pending:
+            for statement in migration.statements:
+                await conn.execute(statement)
+        await conn.execute(f"PRAGMA user_version = {pending[-1].version}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+    return current, pending[-1].version

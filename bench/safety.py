@@ -1,0 +1,138 @@
+"""Safety benchmark: how fast a stop reaches the bus and is confirmed, with polling saturating the bus.
+
+Runs alone: `.venv/bin/python bench/safety.py`; the last line printed is one JSON object.
+
+The whole agent runs in this process against the firmware simulator with the firmware's own
+timing (the safety module answers on its 100 ms service tick, the motor driver on its 10 ms tick),
+and extra polls of the power and dock modules keep the line busy the whole time.
+
+- estop_wire: E-stop request (the controller call behind POST /api/v1/estop) -> the simulator has
+  received the first stop frame (both read the system-wide CLOCK_MONOTONIC).   target p99 <= 10 ms
+- estop_confirm: request -> both channels read back at zero.                    target p99 <= 50 ms
+- commloss_confirm: the safety module falls silent -> stop confirmed.           target p99 <= 300 ms
+Baseline in the same run: the bare transaction time of the in-flight traffic (`transaction_ms`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.config import validate_config  # noqa: E402
+from agent.runtime import Runtime  # noqa: E402
+from drivers.modbus.frames import read_request  # noqa: E402
+from drivers.modbus.schedule import PollPlan  # noqa: E402
+from drivers.modbus.stats import percentile  # noqa: E402
+from drivers.sim.client import SimProcess  # noqa: E402
+
+TRAVEL, SAFETY, POWER, DOCK = 3, 5, 2, 4
+ESTOP_SAMPLES = 60
+COMMLOSS_SAMPLES = 25
+
+
+async def wait(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.005)
+    return pred()
+
+
+async def back_to_idle(rt: Runtime, sim: SimProcess) -> None:
+    for _ in range(40):
+        result = await rt.controller.reset(user="bench")
+        if not result.remaining and rt.controller.sm.state.value == "IDLE":
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"could not reset: {rt.controller.status()['verdict']}")
+
+
+def saturate(rt: Runtime) -> list[float]:
+    starts: list[float] = []
+    now = time.monotonic()
+    for i, (slave, start, count) in enumerate([(POWER, 0, 10), (DOCK, 0x30, 6), (POWER, 0x14, 10), (DOCK, 0x40, 1)]):
+        rt.master.schedule.add(PollPlan(key=f"load{i}", request=read_request(slave, start, count), interval_s=0.002,
+                                        phase_s=0.0005 * i, on_result=lambda regs, at: starts.append(at)), now)
+    return starts
+
+
+async def main() -> dict[str, object]:
+    logging.basicConfig(level=logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="oht-bench-safety-") as tmp:
+        sim = SimProcess(Path(tmp) / "bus.tty", Path(tmp) / "bus.ctl", seed=11).start()
+        try:
+            cfg = validate_config({"agent": {"id": "bench", "data_dir": f"{tmp}/data"},
+                                   "bus": {"port": sim.link, "scan": [2, 3, 4, 5]}})
+            rt = Runtime(cfg, health_log_s=3600)
+            await rt.start()
+            if not await wait(lambda: rt.controller.sm.state.value == "IDLE", 20):
+                raise RuntimeError("agent did not reach IDLE")
+            starts = saturate(rt)
+            await asyncio.sleep(0.5)
+            rng = random.Random(4)
+            wire, confirm = [], []
+            for i in range(ESTOP_SAMPLES):
+                sim.control.set(TRAVEL, 0x0001, 1)  # outputs on, as while moving
+                sim.control.set(TRAVEL, 0x0002, 40)
+                await asyncio.sleep(rng.uniform(0.02, 0.06))
+                t0 = time.monotonic()
+                result = await rt.controller.estop(source="bench", user="bench", reason=str(i))
+                if not result.confirmed:
+                    raise RuntimeError(f"E-stop not confirmed: {result.fault}")
+                frames = [w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"] == [0, 0]]
+                wire.append(frames[0]["t"] - t0)
+                confirm.append(result.confirm_ms / 1000)
+                await back_to_idle(rt, sim)
+            busy = (starts[-1] - starts[0]) / max(len(starts) - 1, 1)
+            commloss = []
+            for i in range(COMMLOSS_SAMPLES):
+                await asyncio.sleep(rng.uniform(0.05, 0.15))
+                before = rt.controller.stop_path.last
+                t0 = time.monotonic()
+                sim.control.silence(SAFETY, True)
+                ok = await wait(lambda: rt.controller.stop_path.last is not before and rt.controller.stop_path.last.confirmed
+                                and rt.controller.stop_path.last.requested_at > t0, 3.0)
+                if not ok:
+                    raise RuntimeError("comm-loss stop not confirmed")
+                commloss.append(rt.controller.stop_path.last.confirmed_at - t0)
+                sim.control.silence(SAFETY, False)
+                await wait(lambda: rt.master.is_online(SAFETY), 5.0)
+                await asyncio.sleep(0.4)
+                await back_to_idle(rt, sim)
+            await rt.shutdown()
+        finally:
+            sim.stop()
+    ms = lambda xs, q: round(percentile(xs, q) * 1000, 2)  # noqa: E731
+    out: dict[str, object] = {
+        "bench": "safety",
+        "transaction_ms": round(busy * 1000, 3),
+        "estop_wire_p50_ms": ms(wire, 50), "estop_wire_p99_ms": ms(wire, 99),
+        "estop_confirm_p50_ms": ms(confirm, 50), "estop_confirm_p99_ms": ms(confirm, 99),
+        "commloss_confirm_p50_ms": ms(commloss, 50), "commloss_confirm_p99_ms": ms(commloss, 99),
+        "samples": {"estop": len(wire), "commloss": len(commloss)},
+    }
+    out["targets"] = {
+        "estop_wire_p99<=10ms": out["estop_wire_p99_ms"] <= 10,
+        "estop_confirm_p99<=50ms": out["estop_confirm_p99_ms"] <= 50,
+        "commloss_confirm_p99<=300ms": out["commloss_confirm_p99_ms"] <= 300,
+    }
+    out["targets_met"] = all(out["targets"].values())  # type: ignore[union-attr]
+    return out
+
+
+if __name__ == "__main__":
+    result = asyncio.run(main())
+    print(f"E-stop -> first stop frame  p50 {result['estop_wire_p50_ms']} ms  p99 {result['estop_wire_p99_ms']} ms")
+    print(f"E-stop -> confirmed         p50 {result['estop_confirm_p50_ms']} ms  p99 {result['estop_confirm_p99_ms']} ms")
+    print(f"safety silent -> confirmed  p50 {result['commloss_confirm_p50_ms']} ms  p99 {result['commloss_confirm_p99_ms']} ms")
+    print(f"(in-flight transaction time under load: {result['transaction_ms']} ms)")
+    print(json.dumps(result))
