@@ -104,7 +104,7 @@ class PollingSection(_Section):
 
 class ApiSection(_Section):
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (the one chosen is logged)
 
 
 class WatchdogSection(_Section):

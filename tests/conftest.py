@@ -82,6 +82,9 @@ data_dir = "{data}"
 port = "{link}"
 scan = [2, 3, 4, 5]
 rediscover_s = 0.5
+
+[api]
+port = 0
 {extra}
 """
 

@@ -68,6 +68,14 @@ class Executor:
     async def run(self) -> None:
         commands = self.c.commands
         while True:
+            if self.c.sm.state in (State.BOOT, State.INIT):
+                # Starting up: queued commands wait (their not_after still bounds how long).
+                await asyncio.sleep(0.05)
+                try:
+                    await commands.expire_due()
+                except StoreError:
+                    pass
+                continue
             try:
                 await commands.expire_due()
                 record = await commands.next_runnable()
