@@ -1,6 +1,6 @@
 """SQLite storage of the agent: database, migrations, commands, outbox, backup and restore.
 
-See `database.py` for the write path (group commit) and `/work/shared/DESIGN.md` (Data) for why.
+See `database.py` for the write path (group commit): acknowledged means committed.
 """
 
 from agent.store.commands import CommandExpired, CommandRecord, Commands
