@@ -114,6 +114,17 @@ class WatchdogSection(_Section):
     timeout_s: Annotated[int, Field(ge=1, le=600)] = 10
 
 
+class EstopGpioSection(_Section):
+    """The hardwired E-stop read through libgpiod (active low; one or two channels)."""
+
+    enabled: bool = False
+    chip: str = "/dev/gpiochip1"
+    lines: Annotated[list[Annotated[int, Field(ge=0, le=1023)]], Field(min_length=1, max_length=2)] = Field(default_factory=lambda: [59])
+    active_low: bool = True
+    debounce_ms: Annotated[int, Field(ge=0, le=100)] = 10
+    discrepancy_ms: Annotated[int, Field(ge=10, le=1000)] = 50
+
+
 class UpstreamSection(_Section):
     url: str = ""
 
@@ -133,6 +144,7 @@ class Config(_Section):
     api: ApiSection = Field(default_factory=ApiSection)
     safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
+    estop_gpio: EstopGpioSection = Field(default_factory=EstopGpioSection)
     upstream: UpstreamSection = Field(default_factory=UpstreamSection)
     source: str = Field(default="", exclude=True)
 

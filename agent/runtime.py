@@ -18,9 +18,11 @@ from typing import Any
 
 from agent.config import Config
 from agent.control.controller import Controller
+from agent.safety.estop_input import EstopChannels
 from agent.store.database import Database
 from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
+from drivers.gpio import GpioInputs, GpioUnavailable
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import Priority
 from drivers.polling import Binding, ModulePoller
@@ -58,6 +60,8 @@ class Runtime:
         self.db: Database | None = None
         self.controller: Controller | None = None
         self.notifier = SdNotifier()
+        self.estop_channels: EstopChannels | None = None
+        self.gpio: GpioInputs | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reported: set[str] = set()
@@ -88,6 +92,11 @@ class Runtime:
         if report.interrupted_commands:
             log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
                         report.interrupted_commands)
+        estop_state = None
+        if cfg.estop_gpio.enabled:
+            # Until the lines are read the input counts as pressed: when in doubt, stop.
+            self.estop_channels = EstopChannels(len(cfg.estop_gpio.lines), cfg.estop_gpio.discrepancy_ms / 1000)
+            estop_state = self.estop_channels.state
         hw_watchdog = None
         if cfg.watchdog.device:
             hw_watchdog = HardwareWatchdog(cfg.watchdog.device, cfg.watchdog.timeout_s)
@@ -95,17 +104,37 @@ class Runtime:
         self.controller = Controller(
             agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety,
             mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
-            notifier=self.notifier, hw_watchdog=hw_watchdog,
+            notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state,
         )
         if report.corrupt_moved_to is not None:
             # Latched until a technician has looked: the old file is kept for analysis.
             self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
         await self.master.start()
         await self.controller.start()
+        self._open_gpio()
         self._tasks = [
             asyncio.create_task(self._discovery_loop(), name="discovery"),
             asyncio.create_task(self._health_loop(), name="health-log"),
         ]
+
+    def _open_gpio(self) -> None:
+        cfg = self.config.estop_gpio
+        if self.estop_channels is None:
+            return
+        self.gpio = GpioInputs(cfg.chip, cfg.lines, active_low=cfg.active_low, debounce_ms=cfg.debounce_ms,
+                               on_change=self._on_gpio)
+        try:
+            self._on_gpio(self.gpio.open(), time.monotonic())
+            log.info("E-stop input on %s lines %s", cfg.chip, cfg.lines)
+        except GpioUnavailable as exc:
+            self.gpio = None
+            log.error("%s: the E-stop input stays active until it can be read. Hint: %s", exc, exc.hint)
+
+    def _on_gpio(self, values: tuple[bool, ...], at: float) -> None:
+        assert self.estop_channels is not None
+        self.estop_channels.feed(values, at)
+        if self.controller is not None:
+            self.controller.supervisor.evaluate()
 
     async def shutdown(self) -> None:
         log.info("stopping")
@@ -117,6 +146,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.gpio is not None:
+            self.gpio.close()
         for poller in self.pollers.values():
             poller.uninstall()
         await self.master.close()

@@ -22,6 +22,7 @@ from agent.control.params import OUT_OF_BAND, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
+from agent.safety.estop_input import EstopInputState
 from agent.safety.faults import Level
 from agent.safety.policy import SafetyPolicy
 from agent.safety.stop import StopOutcome, StopPath
@@ -66,6 +67,7 @@ class Controller:
         ready_check: Callable[[], tuple[bool, list[str]]],
         notifier: SdNotifier | None = None,
         hw_watchdog: HardwareWatchdog | None = None,
+        estop_input: Callable[[float], EstopInputState | None] | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.hw = hw
@@ -78,7 +80,8 @@ class Controller:
         self.sm = StateMachine()
         self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000)
         self._port_seen_up = False
-        self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip)
+        self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
+                                     estop_input=estop_input)
         self.executor = Executor(self)
         self.notifier = notifier or SdNotifier()
         self.hw_watchdog = hw_watchdog

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agent.safety.estop_input import EstopInputState
 from agent.safety.faults import CATALOGUE, Level
 from agent.safety.policy import SafetyPolicy
 from drivers.snapshots import ModuleSnapshot, Quality
@@ -99,11 +100,13 @@ class Supervisor:
         port_up: Callable[[], bool],
         on_trip: Callable[[str, str], None],
         clock: Callable[[], float] = time.monotonic,
+        estop_input: Callable[[float], EstopInputState | None] | None = None,
     ) -> None:
         self.policy = policy
         self._liveness = liveness
         self._port_up = port_up
         self._on_trip = on_trip
+        self._estop_input = estop_input
         self._clock = clock
         self._present: dict[str, tuple[float, str, str]] = {}  # code -> (since, since_utc, detail)
         self._latched: dict[str, tuple[float, str, str]] = {}
@@ -197,6 +200,7 @@ class Supervisor:
         if not self._port_up():
             causes["BUS_PORT_DOWN"] = "the RS485 port is not open"
         self._link_causes(now, causes)
+        self._gpio_causes(now, causes)
         self._safety_module_causes(now, causes)
         self._power_causes(now, causes)
         return causes
@@ -250,6 +254,15 @@ class Supervisor:
                     out[name] = float(value)
         return out
 
+    def _gpio_causes(self, now: float, causes: dict[str, str]) -> None:
+        state = self._estop_input(now) if self._estop_input is not None else None
+        if state is None:
+            return
+        if state.pressed:
+            causes["ESTOP_PRESSED"] = f"the E-stop input (GPIO) is active: channels {list(state.channels)}"
+        if state.discrepancy:
+            causes["ESTOP_INPUT_DISCREPANCY"] = f"E-stop channels disagree: {list(state.channels)}"
+
     def _safety_module_causes(self, now: float, causes: dict[str, str]) -> None:
         values = self._fresh_values(
             "safety",
@@ -260,7 +273,7 @@ class Supervisor:
         if not values:
             return
         if values.get("EMERGENCY_STOP_STATUS") == 1:
-            causes["ESTOP_PRESSED"] = "the safety module reports the E-stop input pressed"
+            causes.setdefault("ESTOP_PRESSED", "the safety module reports the E-stop input pressed")
         status = values.get("SAFETY_SYSTEM_STATUS")
         if status == 1:
             causes["SAFETY_MODULE_WARNING"] = "safety module status WARNING"
