@@ -150,10 +150,125 @@ _V2_TRANSITIONS_OUTBOX = Migration(
     ),
 )
 
-# Next: v3 users and sessions, v4 audit (append here; never edit the ones above).
+# v3 and v4 belong to the local API (agent/auth, agent/api): accounts, sessions, API keys and the
+# hash-chained audit log. Secrets are stored only as digests (scrypt for passwords, SHA-256 for
+# tokens and keys); the audit table is append-only by trigger (see agent/store/audit.py).
+_V3_USERS_SESSIONS_KEYS = Migration(
+    3,
+    "users, sessions and API keys",
+    (
+        """
+        CREATE TABLE users (
+            seq                 INTEGER PRIMARY KEY,
+            id                  TEXT NOT NULL UNIQUE,
+            name                TEXT NOT NULL UNIQUE COLLATE NOCASE CHECK (length(name) BETWEEN 2 AND 64),
+            role                TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'technician', 'admin')),
+            password_hash       TEXT NOT NULL CHECK (password_hash LIKE 'scrypt$%'),
+            created_at          TEXT NOT NULL,
+            created_by          TEXT NOT NULL,
+            updated_at          TEXT NOT NULL,
+            password_changed_at TEXT NOT NULL,
+            disabled_at         TEXT,
+            disabled_by         TEXT,
+            last_login_at       TEXT
+        )
+        """,
+        # Users are disabled, never deleted: audit rows name them.
+        "CREATE TRIGGER users_no_delete BEFORE DELETE ON users"
+        " BEGIN SELECT RAISE(ABORT, 'users are disabled, never deleted'); END",
+        """
+        CREATE TABLE sessions (
+            seq            INTEGER PRIMARY KEY,
+            id             TEXT NOT NULL UNIQUE,
+            user_id        TEXT NOT NULL REFERENCES users (id),
+            token_hash     TEXT NOT NULL UNIQUE CHECK (length(token_hash) = 64),
+            created_at     TEXT NOT NULL,
+            expires_at     TEXT NOT NULL,
+            idle_timeout_s INTEGER NOT NULL CHECK (idle_timeout_s > 0),
+            last_seen_at   TEXT NOT NULL,
+            source_ip      TEXT,
+            revoked_at     TEXT,
+            revoked_reason TEXT
+        )
+        """,
+        "CREATE INDEX sessions_user_open ON sessions (user_id) WHERE revoked_at IS NULL",
+        "CREATE INDEX sessions_expires ON sessions (expires_at)",
+        """
+        CREATE TABLE api_keys (
+            seq          INTEGER PRIMARY KEY,
+            id           TEXT NOT NULL UNIQUE,
+            prefix       TEXT NOT NULL UNIQUE CHECK (length(prefix) = 10),
+            key_hash     TEXT NOT NULL CHECK (length(key_hash) = 64),
+            name         TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 64),
+            role         TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'technician', 'admin')),
+            created_by   TEXT NOT NULL,
+            created_at   TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at   TEXT,
+            revoked_by   TEXT
+        )
+        """,
+    ),
+)
+
+_V4_AUDIT = Migration(
+    4,
+    "hash-chained audit log",
+    (
+        """
+        CREATE TABLE audit (
+            seq           INTEGER PRIMARY KEY,
+            id            TEXT NOT NULL UNIQUE,
+            at            TEXT NOT NULL,
+            actor         TEXT NOT NULL,
+            auth_method   TEXT NOT NULL,
+            source_ip     TEXT,
+            action        TEXT NOT NULL,
+            target        TEXT,
+            params_digest TEXT,
+            result        TEXT NOT NULL CHECK (result IN ('ok', 'denied', 'error')),
+            code          TEXT,
+            request_id    TEXT,
+            prev_hash     TEXT NOT NULL CHECK (length(prev_hash) = 64),
+            row_hash      TEXT NOT NULL CHECK (length(row_hash) = 64)
+        )
+        """,
+        # The head: last seq, last hash and row count, so that a cut-off tail is detected.
+        """
+        CREATE TABLE audit_head (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            last_seq  INTEGER NOT NULL,
+            last_hash TEXT NOT NULL,
+            rows      INTEGER NOT NULL
+        )
+        """,
+        "INSERT INTO audit_head (id, last_seq, last_hash, rows) VALUES (1, 0, '" + "0" * 64 + "', 0)",
+        # A row must extend the chain exactly: next seq, previous hash.
+        "CREATE TRIGGER audit_extends_chain BEFORE INSERT ON audit"
+        " WHEN NEW.seq IS NOT (SELECT last_seq + 1 FROM audit_head WHERE id = 1)"
+        " OR NEW.prev_hash IS NOT (SELECT last_hash FROM audit_head WHERE id = 1)"
+        " BEGIN SELECT RAISE(ABORT, 'audit row does not extend the chain'); END",
+        "CREATE TRIGGER audit_moves_head AFTER INSERT ON audit BEGIN"
+        " UPDATE audit_head SET last_seq = NEW.seq, last_hash = NEW.row_hash, rows = rows + 1"
+        " WHERE id = 1; END",
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit"
+        " BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit"
+        " BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+        "CREATE TRIGGER audit_head_no_delete BEFORE DELETE ON audit_head"
+        " BEGIN SELECT RAISE(ABORT, 'the audit head cannot be deleted'); END",
+        "CREATE TRIGGER audit_head_forward_only BEFORE UPDATE ON audit_head"
+        " WHEN NEW.last_seq IS NOT OLD.last_seq + 1 OR NEW.rows IS NOT OLD.rows + 1"
+        " BEGIN SELECT RAISE(ABORT, 'the audit head only moves with a new row'); END",
+    ),
+)
+
+# Next: v5 (append here; never edit the ones above).
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_COMMANDS,
     _V2_TRANSITIONS_OUTBOX,
+    _V3_USERS_SESSIONS_KEYS,
+    _V4_AUDIT,
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -187,8 +302,7 @@ def check_identity(app_id: int, version: int, objects: int, *, what: str) -> Non
 async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -> tuple[int, int]:
     """Apply every migration above the current version up to `target` in one transaction.
 
-    Returns (version before, version after). `conn` must be in autocommit mode
-    (isolation_level=None) with no transaction open. Raises SchemaTooNew / ForeignDatabase
+    Returns (version before, version after). `conn` must have no transaction open. Raises SchemaTooNew / ForeignDatabase
     before touching anything; an SQL failure rolls the whole upgrade back and propagates.
     """
     if not 0 <= target <= LATEST_VERSION:

@@ -1,0 +1,82 @@
+"""`create_app(core, db, settings)`: the local HTTP API as one FastAPI application.
+
+The runtime builds it once and serves it with `agent.api.server.ApiServer`. There is no test
+mode: tests build exactly this app over a real database and the real controller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from agent.api.context import ApiContext
+from agent.api.errors import install_handlers
+from agent.api.metrics import ApiMetrics, flatten_status
+from agent.api.middleware import ApiMiddleware
+from agent.api.routes import ROUTERS
+from agent.api.settings import ApiSettings
+from agent.api.streaming import StreamHub
+from agent.auth.service import AuthService
+from agent.auth.throttle import AuditGate
+from agent.control.facade import AgentCore
+from agent.store.audit import Audit
+from agent.store.database import Database
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """Local API of the OHT-50 edge agent.
+
+Authenticate with `Authorization: Bearer <token>` (from `POST /api/v1/auth/login`) or with an API
+key (`Authorization: Bearer oak_...`). Errors are `{code, message, hint?, request_id}`.
+"""
+
+
+def _metric_sources(core: AgentCore, db: Database) -> dict[str, Any]:
+    values = flatten_status(core.status())
+    ready, _reasons = core.ready()
+    values["oht_ready"] = 1.0 if ready else 0.0
+    values["oht_alive"] = 1.0 if core.alive() else 0.0
+    for key, value in db.stats().items():
+        values[f"oht_store_{key}"] = float(value)
+    values["oht_store_healthy"] = 1.0 if db.healthy else 0.0
+    return values
+
+
+def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
+    app = FastAPI(
+        title="oht-agent",
+        version=settings.version,
+        description=DESCRIPTION,
+        openapi_url=None,  # served by routes/openapi.py behind a login instead
+        docs_url=None,
+        redoc_url=None,
+    )
+    auth = AuthService(db, settings.auth_limits, audit_gate=AuditGate(settings.audit_anonymous_per_minute))
+    metrics = ApiMetrics(lambda: _metric_sources(core, db))
+    streams = StreamHub(
+        core,
+        auth,
+        metrics,
+        max_hz=settings.stream_max_hz,
+        max_clients=settings.stream_max_clients,
+        send_timeout_s=settings.stream_send_timeout_s,
+        recheck_s=settings.stream_recheck_s,
+    )
+    api = ApiContext(core=core, db=db, settings=settings, auth=auth, audit=Audit(db), metrics=metrics, streams=streams)
+    app.state.api = api
+    install_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_credentials=False,
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(ApiMiddleware, api=api)
+    return app

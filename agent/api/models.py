@@ -1,0 +1,208 @@
+"""Request and response bodies of the API (the OpenAPI schema is generated from these).
+
+Requests forbid unknown fields: a typo in a field name is an error, not a silently ignored
+setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyOut",
+    "AuditPage",
+    "AuditRow",
+    "CommandOut",
+    "CommandRequest",
+    "ErrorOut",
+    "EstopOut",
+    "EstopRequest",
+    "LoginRequest",
+    "LoginResponse",
+    "PasswordChange",
+    "PasswordSet",
+    "ResetOut",
+    "UserCreate",
+    "UserOut",
+    "errors",
+]
+
+RoleName = Literal["viewer", "operator", "technician", "admin"]
+# Bounded sizes keep every request cheap to validate; the policy itself is checked by the service.
+Password = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginRequest(_In):
+    username: Annotated[str, Field(min_length=1, max_length=256)]
+    password: Password
+
+
+class LoginResponse(BaseModel):
+    token: str
+    expires_at: str
+    role: RoleName
+
+
+class WhoAmI(BaseModel):
+    actor: str
+    role: RoleName
+    method: str
+
+
+class PasswordChange(_In):
+    current_password: Password
+    new_password: Password
+
+
+class PasswordSet(_In):
+    password: Password
+
+
+class SessionsRevoked(BaseModel):
+    revoked_sessions: int
+    message: str
+
+
+class UserCreate(_In):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    role: RoleName
+    password: Password
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    role: RoleName
+    disabled: bool
+    created_at: str
+    created_by: str
+    password_changed_at: str
+    disabled_at: str | None
+    disabled_by: str | None
+    last_login_at: str | None
+
+
+class ApiKeyCreate(_In):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    role: RoleName
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    prefix: str
+    name: str
+    role: RoleName
+    created_by: str
+    created_at: str
+    last_used_at: str | None
+    revoked: bool
+    revoked_at: str | None
+    revoked_by: str | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The full key. It is shown only in this answer; store it now.")
+
+
+class CommandRequest(_In):
+    type: Annotated[str, Field(min_length=1, max_length=64)]
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=1, le=10)] = 5
+    not_after: AwareDatetime | None = None
+
+
+class CommandOut(BaseModel):
+    seq: int
+    id: str
+    source: str
+    idempotency_key: str
+    user: str | None
+    type: str
+    params: dict[str, Any]
+    priority: int
+    not_after: str | None
+    state: str
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    result: Any = None
+    error_code: str | None
+    error_message: str | None
+
+
+class EstopRequest(_In):
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class EstopOut(BaseModel):
+    confirmed: bool
+    confirm_ms: float | None
+
+
+class ResetOut(BaseModel):
+    cleared: list[str]
+    remaining: dict[str, str]
+    state: str
+
+
+class AuditRow(BaseModel):
+    seq: int
+    id: str
+    at: str
+    actor: str
+    auth_method: str
+    source_ip: str | None
+    action: str
+    target: str | None
+    params_digest: str | None
+    result: str
+    code: str | None
+    request_id: str | None
+    prev_hash: str
+    row_hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditRow]
+    next_after_seq: int
+
+
+class AuditVerifyOut(BaseModel):
+    ok: bool
+    rows: int
+    first_bad_seq: int | None
+    reason: str
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_in: float
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable code, a message, maybe a hint, and the request id."""
+
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+    hint: str | None = None
+    request_id: str
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` argument documenting error statuses with the one error shape."""
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
+# What any authenticated route can answer besides its success.
+AUTH_ERRORS = (400, 401, 403, 413, 422, 500)

@@ -1,0 +1,127 @@
+"""Errors of authentication and account management, each with a stable code and a hint.
+
+The HTTP layer maps the codes to statuses (`agent.api.errors.API_ERROR_STATUS`); the CLI prints
+them. Messages never contain a password, token, key or ticket.
+"""
+
+from __future__ import annotations
+
+from drivers.errors import CodedError
+
+__all__ = [
+    "ApiKeyInvalid",
+    "ApiKeyNotFound",
+    "AuthError",
+    "AuthExpired",
+    "AuthFailed",
+    "AuthInvalid",
+    "AuthRequired",
+    "LoginThrottled",
+    "PasswordMismatch",
+    "PasswordRejected",
+    "PermissionDenied",
+    "RoleInvalid",
+    "RoleNotAllowed",
+    "SessionRequired",
+    "UserExists",
+    "UserNameInvalid",
+    "UserNotFound",
+    "LastAdmin",
+]
+
+
+class AuthError(CodedError):
+    """Base class of everything this package raises."""
+
+    code = "AUTH_ERROR"
+
+
+class AuthRequired(AuthError):
+    code = "AUTH_REQUIRED"
+    hint = "Send `Authorization: Bearer <token>` with a token from POST /api/v1/auth/login or an API key."
+
+
+class AuthInvalid(AuthError):
+    code = "AUTH_INVALID"
+    hint = "The token or API key is unknown, revoked or malformed: log in again or ask an admin for a new key."
+
+
+class AuthExpired(AuthError):
+    code = "AUTH_EXPIRED"
+    hint = "The session reached its lifetime or was idle too long: log in again."
+
+
+class AuthFailed(AuthError):
+    """Wrong user name, wrong password or disabled account: deliberately indistinguishable."""
+
+    code = "AUTH_FAILED"
+    hint = "Check the user name and password. Repeated failures are throttled and audited."
+
+
+class LoginThrottled(AuthError):
+    code = "AUTH_THROTTLED"
+    hint = "Too many failed logins from this address or for this account: wait for Retry-After seconds."
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermissionDenied(AuthError):
+    code = "PERMISSION_DENIED"
+    hint = "Your role does not include this action; ask an admin if you need it."
+
+
+class RoleNotAllowed(PermissionDenied):
+    code = "ROLE_NOT_ALLOWED"
+    hint = "A user or key can only be given a role up to your own."
+
+
+class SessionRequired(AuthError):
+    code = "AUTH_SESSION_REQUIRED"
+    hint = "This action applies to a login session; API keys are revoked with DELETE /api/v1/api-keys/{id}."
+
+
+class PasswordRejected(AuthError):
+    code = "PASSWORD_REJECTED"
+    hint = "Use at least 12 characters (a few unrelated words work well) and not the user name."
+
+
+class RoleInvalid(AuthError):
+    code = "ROLE_INVALID"
+    hint = "Roles are viewer, operator, technician and admin."
+
+
+class UserNameInvalid(AuthError):
+    code = "USER_NAME_INVALID"
+    hint = "User names are 2-64 characters: a letter, then letters, digits, '.', '_' or '-'."
+
+
+class UserExists(AuthError):
+    code = "USER_EXISTS"
+    hint = "User names are unique regardless of case; disabled users keep their name."
+
+
+class UserNotFound(AuthError):
+    code = "USER_NOT_FOUND"
+    hint = "List users with `oht-agent user list` or GET /api/v1/users."
+
+
+class LastAdmin(AuthError):
+    code = "USER_LAST_ADMIN"
+    hint = "Create or enable another admin first: the agent must always keep one admin."
+
+
+class ApiKeyNotFound(AuthError):
+    code = "API_KEY_NOT_FOUND"
+    hint = "List keys with GET /api/v1/api-keys; ids are shown there."
+
+
+class ApiKeyInvalid(AuthError):
+    code = "API_KEY_INVALID"
+    hint = "Name the key after its client: 1-64 printable characters."
+
+
+class PasswordMismatch(AuthError):
+    code = "AUTH_PASSWORD_MISMATCH"
+    hint = "The current password was not correct; failures count toward the login throttle."
