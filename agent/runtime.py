@@ -16,12 +16,16 @@ import signal
 import time
 from typing import Any
 
+from agent.api.app import create_app
+from agent.api.server import ApiServer
+from agent.api.settings import ApiSettings
 from agent.config import Config
 from agent.control.controller import Controller
 from agent.safety.estop_input import EstopChannels
 from agent.store.database import Database
 from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
+from drivers.errors import CodedError
 from drivers.gpio import GpioInputs, GpioUnavailable
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import Priority
@@ -60,6 +64,7 @@ class Runtime:
         self.db: Database | None = None
         self.controller: Controller | None = None
         self.notifier = SdNotifier()
+        self.api: ApiServer | None = None
         self.estop_channels: EstopChannels | None = None
         self.gpio: GpioInputs | None = None
         self._stop = asyncio.Event()
@@ -136,6 +141,18 @@ class Runtime:
         if self.controller is not None:
             self.controller.supervisor.evaluate()
 
+    async def start_api(self) -> None:
+        """Serve the local API (after the first discovery round, so the status explains what is missing)."""
+        if self.api is not None or self.controller is None or self.db is None:
+            return
+        cfg = self.config
+        app = create_app(self.controller, self.db, ApiSettings(agent_id=cfg.agent.id, data_dir=cfg.data_path))
+        server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
+        await server.start()
+        self.api = server
+        extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
+        log.info("API serving on %s%s", self.api.url, extra)
+
     async def shutdown(self) -> None:
         log.info("stopping")
         if self.controller is not None:
@@ -146,6 +163,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.api is not None:
+            await self.api.stop()
         if self.gpio is not None:
             self.gpio.close()
         for poller in self.pollers.values():
@@ -192,6 +211,12 @@ class Runtime:
                 for role, binding in sorted(report.bindings.items(), key=lambda rb: rb[0] != "travel"):
                     self._bind(binding)
                 first = False
+            if self.api is None:
+                try:
+                    await self.start_api()
+                except (CodedError, OSError) as exc:
+                    self.api = None
+                    log.error("API not serving: %s (retrying)", exc)
             await asyncio.sleep(self.config.bus.rediscover_s)
 
     async def _wait_port(self) -> None:

@@ -1,0 +1,30 @@
+"""kill -9 at random moments while commands stream in through the API: nothing acknowledged is lost,
+nothing runs twice, the database stays intact (50 cycles here; 500 in `make bench`, bench/crash.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.system.crash_harness import run_crash_loop
+
+
+def check(report) -> None:  # type: ignore[no-untyped-def]
+    summary = report.summary()
+    assert report.cycles >= 1
+    assert len(report.acknowledged) >= report.cycles, summary  # commands really streamed in
+    assert not report.lost, summary
+    assert not report.executed_twice, summary
+    assert not report.foreign_writes, summary
+    assert not report.quick_check_failures, summary
+    assert report.states.get("queued", 0) == 0 and report.states.get("running", 0) == 0, summary
+
+
+def test_crash_loop_50_cycles(tmp_path: Path) -> None:
+    check(run_crash_loop(tmp_path, cycles=50, seed=7))
+
+
+@pytest.mark.slow
+def test_crash_loop_500_cycles(tmp_path: Path) -> None:
+    check(run_crash_loop(tmp_path, cycles=500, seed=8))
