@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import hmac
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -230,6 +231,7 @@ async def serve_and_measure(work: Path, link: str, duration: float, concurrency:
         }
         phases = {}
         for name, (url, method, path, credential, rate) in plan.items():
+            logging.getLogger("bench").warning("phase %s", name)  # so faults logged below can be placed
             probe = LagProbe()
             task = asyncio.create_task(probe.run())
             phases[name] = await load(url, method, path, credential, duration, concurrency, rate)
@@ -254,9 +256,7 @@ def main() -> int:
         print(json.dumps(asyncio.run(client_main(json.loads(args.client)))))
         return 0
 
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s")
     from drivers.sim.client import SimProcess
 
     with tempfile.TemporaryDirectory(prefix="oht-bench-api-") as tmp:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from agent.api import ApiServer, ApiSettings, create_app
+from agent.api import ApiServer
 from agent.api.context import ApiContext
 from agent.auth import tokens
 from agent.auth.principal import CallContext, cli_principal
@@ -46,12 +46,11 @@ def free_port() -> int:
 
 
 class Agent:
-    """`Runtime` + `create_app` + `ApiServer` on 127.0.0.1, in a thread."""
+    """The `Runtime` (which serves the API on 127.0.0.1) in a thread with its own loop."""
 
-    def __init__(self, tmp: Path, link: str, **settings: Any) -> None:
+    def __init__(self, tmp: Path, link: str) -> None:
         self.data = tmp / "data"
         self.link = link
-        self.settings_overrides = settings
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime: Runtime | None = None
         self.server: ApiServer | None = None
@@ -102,16 +101,18 @@ class Agent:
         )
         self.runtime = Runtime(cfg)
         await self.runtime.start()
-        assert self.runtime.controller is not None and self.runtime.db is not None
-        settings = ApiSettings(agent_id="oht-test", data_dir=self.data, **self.settings_overrides)
-        self.app = create_app(self.runtime.controller, self.runtime.db, settings)
-        self.server = ApiServer(self.app, "127.0.0.1", 0, self.data)
-        await self.server.start()
+        # The runtime serves the API itself once the first discovery round is done.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while self.runtime.api is None:
+            if loop.time() > deadline:
+                raise RuntimeError("the runtime did not start its API within 20 s")
+            await asyncio.sleep(0.05)
+        self.server = self.runtime.api
+        self.app = self.server.app
         self.url = self.server.url
 
     async def _stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
         if self.runtime is not None:
             await self.runtime.shutdown()
 
@@ -176,11 +177,11 @@ class Agent:
         raise AssertionError(f"agent not ready within {timeout} s: {last.text if last else '-'}")
 
 
-def start_agent(tmp_path: Path, **settings: Any) -> Iterator[tuple[Agent, SimProcess]]:
+def start_agent(tmp_path: Path) -> Iterator[tuple[Agent, SimProcess]]:
     """Simulator process + agent; both stopped afterwards. Use from module-scoped fixtures."""
     sim = SimProcess(tmp_path / "bus.tty", tmp_path / "bus.ctl", seed=7)
     sim.start()
-    agent = Agent(tmp_path, sim.link, **settings)
+    agent = Agent(tmp_path, sim.link)
     try:
         agent.start()
         agent.wait_ready()
