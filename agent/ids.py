@@ -105,7 +105,8 @@ class UUIDv7Generator:
 
     def new_id(self) -> str:
         """The next id in its canonical 36-character form (lower-case hex with hyphens)."""
-        return str(uuid.UUID(int=self.new_int()))
+        h = f"{self.new_int():032x}"  # what str(uuid.UUID(int=...)) gives, without the object
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _default = UUIDv7Generator()

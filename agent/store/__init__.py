@@ -1,6 +1,7 @@
 """SQLite storage of the agent: database, migrations, commands, outbox, backup and restore.
 
-See `database.py` for the write path (group commit): acknowledged means committed.
+`database.py` opens and checks the database; `writer.py` is the write path (group commit):
+acknowledged means committed.
 """
 
 from agent.store.commands import CommandExpired, CommandRecord, Commands

@@ -7,6 +7,7 @@ sqlite3 shell, in JSON payloads and upstream.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 __all__ = ["format_ts", "now_ts", "parse_ts", "utc_now"]
@@ -31,4 +32,11 @@ def parse_ts(text: str) -> datetime:
 
 
 def now_ts() -> str:
-    return format_ts(utc_now())
+    """The current UTC time as stored (a hot path: formatted without strftime)."""
+    ns = time.time_ns()
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    t = time.gmtime(seconds)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d}Z"
+    )

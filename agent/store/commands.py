@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from agent.store.errors import (
     CommandNotCancellable,
     CommandNotFound,
     CommandStateError,
+    StoreError,
 )
 from agent.store.pipeline import Pipelined
 
@@ -111,10 +112,17 @@ class CommandRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> CommandRecord:
-        values = dict(row)
-        values["params"] = jsoncodec.loads(values["params"])
-        values["result"] = jsoncodec.loads(values["result"])
-        return cls(**values)
+        """From a `SELECT *` / `RETURNING *` row (columns in table order, as the fields)."""
+        values = tuple(row)
+        if len(values) != _N_FIELDS:
+            raise StoreError(f"commands row has {len(values)} columns, expected {_N_FIELDS}")
+        return cls(
+            *values[:6],
+            jsoncodec.loads(values[6]),
+            *values[7:15],
+            jsoncodec.loads(values[15]),
+            *values[16:],
+        )
 
     @property
     def terminal(self) -> bool:
@@ -122,6 +130,9 @@ class CommandRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_N_FIELDS = len(fields(CommandRecord))
 
 
 # ---------------------------------------------------------------------------- validation
@@ -223,7 +234,13 @@ _UPSERT = (
 
 
 class _Submit(Pipelined[tuple[CommandRecord, bool]]):
-    """`submit` as a pipelined unit: one statement, no decision before its rows come back."""
+    """`submit` as a pipelined unit: one statement, no decision before its rows come back.
+
+    It refuses only a reused key (CommandKeyConflict), and then its statement changed nothing
+    (the no-op update), so a lone submit may be committed before its rows are read.
+    """
+
+    commit_before_result = True
 
     def __init__(self, request: _Submission) -> None:
         self.request = request

@@ -173,8 +173,15 @@ class Database:
         self._writer.start()
         self._running = True
         interrupted = 0
+
+        async def first_write(conn: aiosqlite.Connection) -> int:
+            # A real write (the same version again) finds a read-only file or a full disk now,
+            # not at the first command; then the commands left running are interrupted.
+            await conn.execute(f"PRAGMA user_version = {version}")
+            return len(await _commands.interrupt_running_in(conn))
+
         try:
-            interrupted = len(await self.write(_commands.interrupt_running_in))
+            interrupted = await self.write(first_write)
         except StoreUnavailable as exc:
             # Read-only or full: serve reads, report unhealthy, let the daemon raise a fault.
             log.error("cannot mark interrupted commands at start: %s", exc)
@@ -222,7 +229,8 @@ class Database:
     # ------------------------------------------------------------------ opening
 
     async def _connect(self, *, writer: bool) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # The writer uses implicit transactions (see writer.py); readers begin explicitly.
+        conn = await aiosqlite.connect(self.path, isolation_level="IMMEDIATE" if writer else None)
         conn.row_factory = sqlite3.Row
         try:
             await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
@@ -260,18 +268,12 @@ class Database:
         """Run `PRAGMA quick_check`; move a corrupt file (and its -wal/-shm) aside."""
         if not self.path.exists():
             return None
-        problem: str | None = None
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            rows = [tuple(r) for r in await conn.execute_fetchall("PRAGMA quick_check")]
-            if rows != [("ok",)]:
-                problem = "; ".join(str(r[0]) for r in rows[:5])
-        except sqlite3.Error as exc:
-            if sqlite_primary_code(exc) not in _CORRUPT_CODES:
-                raise map_sqlite_error(exc) from exc
-            problem = str(exc)
-        finally:
-            await conn.close()
+            # Read-only first: a read-write connection would checkpoint into (or delete) the
+            # -wal of a damaged database on close, destroying what someone may want to examine.
+            problem = await self._quick_check(read_only=True)
+        except StoreUnavailable:
+            problem = await self._quick_check(read_only=False)  # e.g. no read-only WAL access
         if problem is None:
             return None
         target = self.path.with_name(f"{DB_NAME}.corrupt-{new_id()}")
@@ -290,6 +292,20 @@ class Database:
                 hint="Move the file away by hand (keep it for analysis) and restart the agent.",
             ) from exc
         return target
+
+    async def _quick_check(self, *, read_only: bool) -> str | None:
+        """None if the file passes quick_check, else what is wrong with it."""
+        target = f"{self.path.resolve().as_uri()}?mode=ro" if read_only else str(self.path)
+        conn = await aiosqlite.connect(target, uri=read_only, isolation_level=None)
+        try:
+            rows = [tuple(r) for r in await conn.execute_fetchall("PRAGMA quick_check")]
+        except sqlite3.Error as exc:
+            if sqlite_primary_code(exc) not in _CORRUPT_CODES:
+                raise map_sqlite_error(exc) from exc
+            return str(exc)
+        finally:
+            await conn.close()
+        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
 
     # ------------------------------------------------------------------ health
 

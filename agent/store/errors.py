@@ -27,7 +27,9 @@ __all__ = [
     "StoreOverloaded",
     "StoreTimeout",
     "StoreUnavailable",
+    "is_unavailable",
     "map_sqlite_error",
+    "sqlite_primary_code",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Group commit: one writer task, one transaction per batch, one savepoint per unit of work.
+"""Group commit: one writer task, one transaction per batch, a savepoint per unit of work.
 
 Why: durability costs one fsync per COMMIT (0.2 ms on this disk, 1-20 ms on SD/eMMC) and nothing
 may be acknowledged before it is committed. One task takes every pending unit, runs them in one
@@ -7,20 +7,29 @@ still returns only after its own data is durable.
 
 A batch on the single writer connection:
 
-    SAVEPOINT batch                       -- opens the transaction; cannot fail on a lock
+    BEGIN IMMEDIATE
       SAVEPOINT unit; <plain unit>; RELEASE unit
-      SAVEPOINT unit; <plain unit fails>; ROLLBACK TO unit; RELEASE unit   -- only it is lost
-      SAVEPOINT p1; <pipelined> SAVEPOINT p2; <pipelined> ...              -- sent without waiting
-    COMMIT                                -- then every caller's future is resolved
+      SAVEPOINT unit; <plain unit that fails>; ROLLBACK TO unit; RELEASE unit   -- only it is lost
+      SAVEPOINT r1; <pipelined unit>; <pipelined unit>; ...       -- sent without waiting for rows
+    COMMIT                                                        -- then the callers are answered
 
-A batch of one unit needs no inner savepoint: rolling the unit back is rolling the batch back.
-Pipelined units (see pipeline.py) are all enqueued before any of their rows are read; if one of
-them refuses, the batch rolls back to its savepoint (which also undoes the ones queued after it)
-and re-sends those.
+Pipelined units (pipeline.py) hand over their statements up front, so a run of them is sent in
+one go under one savepoint and costs about one round trip to the SQLite thread, not one per
+unit. If one of them refuses, the run is rolled back to that savepoint and sent again carefully,
+with a savepoint per unit, so that again only the refusing unit is lost.
 
-A plain unit is `async def unit(conn) -> T`: it must use only `conn` (aiosqlite, autocommit mode,
-rows as sqlite3.Row), fetch every statement it starts (`execute_fetchall` for RETURNING), and
-never BEGIN, COMMIT or ROLLBACK. If SQLite rolls the whole transaction back by itself (it does on
+A batch of one unit needs neither BEGIN nor savepoint (rolling the unit back is rolling the batch
+back): the writer connection uses Python's implicit transactions (isolation_level="IMMEDIATE"),
+which put "BEGIN IMMEDIATE" in front of the first INSERT/UPDATE/DELETE/REPLACE in the same call.
+A lone pipelined unit that declares `commit_before_result` even gets its COMMIT in the same round
+trip. The implicit BEGIN is also the safety net of pipelining: if SQLite rolls a transaction back
+by itself, statements already queued behind the failure open a new transaction (rolled back
+below) instead of committing one by one. So write statements must start with one of those four
+keywords (not WITH).
+
+A plain unit is `async def unit(conn) -> T`: it must use only `conn` (aiosqlite, rows as
+sqlite3.Row), fetch every statement it starts (`execute_fetchall` for RETURNING), and never
+BEGIN, COMMIT or ROLLBACK. If SQLite rolls the whole transaction back by itself (it may on
 SQLITE_FULL, IOERR, BUSY, NOMEM), or the COMMIT fails, every unit of the batch gets the error:
 nothing of the batch was committed and nothing is reported as done.
 """
@@ -217,10 +226,14 @@ class GroupWriter:
             return
         conn = self._conn
         nested = len(jobs) > 1
+        if not nested and getattr(jobs[0].unit, "commit_before_result", False):
+            await self._run_alone_committing(jobs[0])
+            return
         outcomes: list[_Outcome] = []
-        # Statements enqueued but not yet checked (savepoints, releases); every path that
-        # needs to know the transaction's state settles them first.
-        self._inflight = [enqueue(conn, "SAVEPOINT batch")]
+        # Statements enqueued but not yet checked (BEGIN, savepoints, releases); every path
+        # that needs to know the transaction's state settles them first. A single unit needs
+        # no BEGIN: the connection opens the transaction with its first write (see module doc).
+        self._inflight = [enqueue(conn, "BEGIN IMMEDIATE")] if nested else []
         try:
             index = 0
             while index < len(jobs):
@@ -233,16 +246,13 @@ class GroupWriter:
                 else:
                     outcomes.append(await self._run_plain(jobs[index], nested))
                     index += 1
-            if not nested and outcomes[0].error is not None:
+            if not nested and (not outcomes or outcomes[0].error is not None):
                 # The only unit refused and was rolled back with the transaction.
                 self._resolve(outcomes)
                 return
             failure = await self._settle_inflight()
-            if failure is None:
-                try:
-                    await conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    failure = exc
+            if failure is None and conn.in_transaction:  # a unit that only read: nothing to do
+                failure = await settle([enqueue(conn, "COMMIT")])
             if failure is not None:
                 raise _BatchAborted(failure)
         except _BatchAborted as aborted:
@@ -253,6 +263,46 @@ class GroupWriter:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
         self._resolve(outcomes)
 
+    async def _run_alone_committing(self, job: _Job[Any]) -> None:
+        """A lone pipelined unit that allows it: its statement and COMMIT in one round trip."""
+        conn = self._conn
+        unit: Pipelined[Any] = job.unit  # type: ignore[assignment]
+        job.started = True
+        try:
+            statements = list(unit.statements())
+            if len(statements) != 1:
+                raise StoreError(
+                    f"{type(unit).__name__} sets commit_before_result with "
+                    f"{len(statements)} statements; it needs exactly one",
+                    code="STORE_INTERNAL",
+                )
+            (statement,) = statements
+        except Exception as exc:  # noqa: BLE001 - a bad unit refuses only itself
+            self._resolve([_Outcome(job, error=_as_caller_error(exc))])
+            return
+        futures = [enqueue(conn, *statement), enqueue(conn, "COMMIT")]
+        await settle(futures)
+        failure = await settle(futures[:1])
+        if failure is not None:
+            # The statement changed nothing; the COMMIT either committed nothing or found the
+            # transaction already rolled back by SQLite (whose error is the one to report).
+            await settle(futures[1:])
+            await self._rollback_quietly()
+            self._resolve([_Outcome(job, error=_as_caller_error(failure))])
+            return
+        failure = await settle(futures[1:])
+        if failure is not None:
+            await self._abort([job], [], _BatchAborted(failure))
+            return
+        self.stats["batches"] += 1
+        self.stats["units"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], 1)
+        try:
+            outcome = _Outcome(job, value=unit.result([list(futures[0].result())]))
+        except Exception as exc:  # noqa: BLE001 - a refusal: nothing was changed (see contract)
+            outcome = _Outcome(job, error=_as_caller_error(exc))
+        self._resolve([outcome])
+
     async def _settle_inflight(self) -> BaseException | None:
         inflight, self._inflight = self._inflight, []
         return await settle(inflight)
@@ -260,6 +310,8 @@ class GroupWriter:
     async def _run_plain(self, job: _Job[Any], nested: bool) -> _Outcome:
         """One awaited unit in its own savepoint; raises _BatchAborted if the batch is lost."""
         conn = self._conn
+        if job.future.done():  # the caller gave up while earlier units ran: skip it
+            return _Outcome(job, error=StoreTimeout("skipped: the caller stopped waiting"))
         if nested:
             self._inflight.append(enqueue(conn, "SAVEPOINT unit"))
         job.started = True  # from here on a caller's timeout means "outcome unknown"
@@ -303,6 +355,8 @@ class GroupWriter:
         sent: list[tuple[_Job[Any], list[asyncio.Future[Any]]]] = []
         refused: BaseException | None = None
         for job in run:
+            if job.future.done():  # the caller gave up meanwhile: skip it
+                continue
             job.started = True
             try:
                 statements = job.unit.statements()  # type: ignore[union-attr]
@@ -332,8 +386,7 @@ class GroupWriter:
                     continue
             culprit = job
         if refused is None:
-            self._inflight.append(enqueue(conn, f"RELEASE {name}"))
-            return outcomes
+            return outcomes  # the savepoint is released by the COMMIT
         if _loses_transaction(refused) or not conn.in_transaction:
             raise _BatchAborted(refused, culprit)
         failure = await settle([enqueue(conn, f"ROLLBACK TO {name}"), enqueue(conn, f"RELEASE {name}")])
@@ -349,6 +402,8 @@ class GroupWriter:
         while pending:
             sent = []
             for job in pending:
+                if job.future.done():  # the caller gave up meanwhile: skip it
+                    continue
                 job.started = True
                 name = f"p{next(self._names)}" if nested else None
                 if name:
@@ -399,7 +454,11 @@ class GroupWriter:
         failure = await self._settle_inflight()
         if failure is not None:
             raise _BatchAborted(failure, job)
-        if _loses_transaction(exc) or not conn.in_transaction:
+        if _loses_transaction(exc):
+            raise _BatchAborted(exc, job)
+        if not conn.in_transaction:
+            if savepoint is None:
+                return  # a single unit that failed before writing anything
             raise _BatchAborted(exc, job)
         undo = [f"ROLLBACK TO {savepoint}", f"RELEASE {savepoint}"] if savepoint else ["ROLLBACK"]
         failure = await settle([enqueue(conn, sql) for sql in undo])

@@ -1,0 +1,145 @@
+"""Migrations: every past version upgrades to exactly the fresh schema, keeping its data."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import fields
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from agent.ids import new_id
+from agent.store.commands import CommandRecord
+from agent.store.database import DB_NAME, Database
+from agent.store.errors import ForeignDatabase, SchemaTooNew
+from agent.store.migrations import (
+    _COMMAND_JSON,
+    APPLICATION_ID,
+    LATEST_VERSION,
+    MIGRATIONS,
+    migrate,
+)
+
+
+def normalised_schema(path: Path) -> list[tuple[str, str, str]]:
+    """(type, name, SQL with whitespace collapsed) of every schema object, sorted."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(t, n, re.sub(r"\s+", " ", sql).strip()) for t, n, sql in rows]
+
+
+async def build_at(path: Path, version: int) -> str | None:
+    """A database at `version` (migrations 1..version), with one command if the table exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.create_function("oht_new_id", 0, new_id)  # as the writer registers it
+        await migrate(conn, target=version)
+        if version < 1:
+            return None
+        command_id = new_id()
+        await conn.execute(
+            "INSERT INTO commands (id, source, idempotency_key, type, params, priority, state,"
+            " created_at, updated_at) VALUES (?, 'api', 'old', 'move', '{\"to\": 1}', 7,"
+            " 'queued', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')",
+            (command_id,),
+        )
+        return command_id
+    finally:
+        await conn.close()
+
+
+def test_versions_are_contiguous_and_latest_is_last() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, LATEST_VERSION + 1))
+    assert LATEST_VERSION >= 2
+
+
+@pytest.mark.parametrize("start", range(LATEST_VERSION))
+async def test_upgrade_from_every_past_version_equals_fresh_install(
+    tmp_path: Path, start: int
+) -> None:
+    fresh = await Database.open(tmp_path / "fresh")
+    await fresh.close()
+    old = tmp_path / "old" / DB_NAME
+    command_id = await build_at(old, start)
+    db = await Database.open(old.parent)
+    try:
+        assert db.report is not None
+        assert (db.report.migrated_from, db.report.schema_version) == (start, LATEST_VERSION)
+        if command_id is not None:
+            rows = await db.read(
+                lambda conn: conn.execute_fetchall(
+                    "SELECT idempotency_key, params, priority FROM commands WHERE id = ?",
+                    (command_id,),
+                )
+            )
+            assert [tuple(r) for r in rows] == [("old", '{"to": 1}', 7)]
+    finally:
+        await db.close()
+    assert normalised_schema(old) == normalised_schema(tmp_path / "fresh" / DB_NAME)
+    conn = sqlite3.connect(old)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    conn.close()
+
+
+async def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    await build_at(path, 1)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE outbox (x)")  # migration 2 will collide with this
+    conn.commit()
+    conn.close()
+    before = normalised_schema(path)
+    async with aiosqlite.connect(path, isolation_level=None) as conn2:
+        with pytest.raises(sqlite3.OperationalError):
+            await migrate(conn2)
+        assert not conn2.in_transaction
+    assert normalised_schema(path) == before
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+
+
+async def test_newer_and_foreign_databases_are_not_touched(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    conn.close()
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("PRAGMA user_version = 1")  # a version, but not our application id
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    for path, error in ((newer, SchemaTooNew), (foreign, ForeignDatabase)):
+        before = path.read_bytes()
+        async with aiosqlite.connect(path, isolation_level=None) as c:
+            with pytest.raises(error):
+                await migrate(c)
+        assert path.read_bytes() == before
+
+
+def test_outbox_trigger_payload_has_the_fields_of_command_record() -> None:
+    """The triggers (frozen SQL in migration 2) and the dataclass must describe the same row."""
+    triggers = [s for m in MIGRATIONS for s in m.statements if "TRIGGER commands_outbox" in s]
+    assert len(triggers) == 2 and all(_COMMAND_JSON in t for t in triggers)
+    pairs = re.findall(r"'(\w+)', (?:json\()?NEW\.(\w+)", _COMMAND_JSON)
+    assert all(key == column for key, column in pairs)
+    assert [key for key, _ in pairs] == [f.name for f in fields(CommandRecord)]
+
+
+async def test_command_record_reads_columns_in_table_order(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path)
+    try:
+        rows = await db.read(lambda conn: conn.execute_fetchall("PRAGMA table_info(commands)"))
+    finally:
+        await db.close()
+    assert [r[1] for r in rows] == [f.name for f in fields(CommandRecord)]
