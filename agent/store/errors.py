@@ -148,8 +148,9 @@ _SQLITE_NOTADB = 26
 _UNAVAILABLE: dict[int, tuple[str, str]] = {
     _SQLITE_FULL: (
         "STORE_DISK_FULL",
-        "The data partition (or the configured database size limit) is full. Free space on the "
-        "data partition or raise store.max_db_mb; commands are refused until writes succeed.",
+        "The data partition (or the database size limit, if one is configured) is full. Free "
+        "space on the data partition (`df`, old backups, logs); commands are refused until "
+        "writes succeed again.",
     ),
     _SQLITE_READONLY: (
         "STORE_READ_ONLY",
