@@ -116,3 +116,13 @@ async def agent_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield start
     for rt in runtimes:
         await rt.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow soak and crash loops run only when asked for with `-m slow` (make test-slow / make bench)."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
