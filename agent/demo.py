@@ -7,7 +7,11 @@ link, the simulator's control socket, the generated agent.toml and the data dire
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +31,14 @@ port = "{link}"
 
 [api]
 host = "127.0.0.1"
-port = 8080
+port = {port}
 """
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_demo(directory: str | None) -> int:
@@ -38,11 +48,20 @@ def run_demo(directory: str | None) -> int:
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     config_path = workdir / "agent.toml"
-    config_path.write_text(DEMO_CONFIG.format(data=data, link=link))
+    port = _free_port()
+    config_path.write_text(DEMO_CONFIG.format(data=data, link=link, port=port))
+    # No default password anywhere: the demo's admin gets a new random one each run, shown only here.
+    password = secrets.token_urlsafe(12)
+    subprocess.run([sys.executable, "-m", "agent", "user", "add", "demo", "--role", "admin", "--password-stdin",
+                    "--config", str(config_path)], input=password.encode(), check=True, capture_output=True)
     sim = SimProcess(link, control, log_path=workdir / "sim.log", new_session=True).start()
     print(f"simulator:   pid {sim.pid}, pty {link}, control socket {control}")
     print(f"config:      {config_path}")
     print(f"data:        {data}")
+    print(f"API:         http://127.0.0.1:{port}/  (status page)")
+    print(f"log in:      user demo, password {password}  (made for this demo run only)")
+    print(f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/auth/login -H 'Content-Type: application/json' "
+          f"-d '{{\"username\": \"demo\", \"password\": \"{password}\"}}'")
     print("try, in another terminal:")
     print(f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\"")
     print("Ctrl-C stops both.\n")
