@@ -61,6 +61,7 @@ class ModulePoller:
         self._snapshot: ModuleSnapshot = empty_snapshot(binding.role, binding.address, profile.name)
         self.keys: list[str] = []
         self.bound_at = time.monotonic()
+        self.interval_since = self.bound_at  # when the current fast interval took effect
 
     @property
     def fast_prefix(self) -> str:
@@ -115,6 +116,8 @@ class ModulePoller:
 
     def set_interval(self, interval_s: float) -> None:
         """Change the fast interval (the travel motor polls faster while moving)."""
+        if interval_s != self.interval_s:
+            self.interval_since = time.monotonic()
         self.interval_s = interval_s
         self.master.schedule.set_interval(self.fast_prefix, interval_s, time.monotonic())
 

@@ -79,6 +79,7 @@ class Controller:
         self._ready_check = ready_check
         self.sm = StateMachine()
         self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000)
+        self.plant.on_travel_write = self.stop_path.note_output_write
         self._port_seen_up = False
         self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
                                      estop_input=estop_input)
@@ -146,7 +147,8 @@ class Controller:
         poller = self.hw.pollers.get(role)
         if poller is None:
             return None
-        return RoleLiveness(poller.snapshot, poller.bound_at, poller.interval_s, poller.binding.profile.turnaround_ms / 1000)
+        return RoleLiveness(poller.snapshot, poller.bound_at, poller.interval_s, poller.binding.profile.turnaround_ms / 1000,
+                            poller.interval_since)
 
     def _fresh(self, role: str, now: float) -> bool:
         poller = self.hw.pollers.get(role)
@@ -358,8 +360,8 @@ class Controller:
             except TransitionRefused:
                 pass
 
-    async def stop_outputs(self, reason: str) -> dict[str, Any]:
-        outcome = await self.stop_path.stop(reason) if self.stop_path.bound else None
+    async def stop_outputs(self, reason: str, *, reuse_recent: bool = False) -> dict[str, Any]:
+        outcome = await self.stop_path.stop(reason, reuse_recent=reuse_recent) if self.stop_path.bound else None
         if outcome is None:
             return {"confirmed": False, "confirm_ms": None}
         return {"confirmed": outcome.confirmed, "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
@@ -454,12 +456,12 @@ class Controller:
                                                      priority=priority, not_after=not_after)
         if created:
             if type in OUT_OF_BAND:
-                asyncio.get_running_loop().create_task(self._out_of_band(record))
+                asyncio.get_running_loop().create_task(self.run_out_of_band(record))
             else:
                 self.executor.wake()
         return SubmitResult(record, created)
 
-    async def _out_of_band(self, record: CommandRecord) -> None:
+    async def run_out_of_band(self, record: CommandRecord) -> None:
         """stop / pause / resume act at once on whatever runs."""
         try:
             record = await self.commands.mark_running(record.id)
@@ -471,7 +473,7 @@ class Controller:
                 sig = self.executor.signals
                 if self.executor.current is not None and sig.abort_reason is None:
                     sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
-                stopped = await self.stop_outputs(f"stop command {record.id}")
+                stopped = await self.stop_outputs(f"stop command {record.id}", reuse_recent=True)
                 outcome = Outcome("succeeded" if stopped["confirmed"] else "failed", stopped,
                                   None if stopped["confirmed"] else "STOP_NOT_CONFIRMED")
             elif record.type == "pause":

@@ -60,6 +60,7 @@ class Executor:
         self.signals = MotionSignals()
         self._wake = asyncio.Event()
         self.refreshed_at: float | None = None  # last time the running motion command refreshed its window
+        self._oob_seen: dict[str, float] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -82,6 +83,16 @@ class Executor:
             except StoreError as exc:
                 log.error("executor cannot read commands: %s", exc)
                 await asyncio.sleep(0.5)
+                continue
+            if record is not None and record.type in P.OUT_OF_BAND:
+                # stop/pause/resume are run by the controller the moment they are stored; only if
+                # that did not happen within a second does the executor run one itself.
+                first = self._oob_seen.setdefault(record.id, time.monotonic())
+                if time.monotonic() - first < 1.0:
+                    await asyncio.sleep(0.005)
+                    continue
+                self._oob_seen.pop(record.id, None)
+                await self.c.run_out_of_band(record)
                 continue
             if record is None:
                 self._wake.clear()

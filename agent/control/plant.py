@@ -7,6 +7,7 @@ reaches the bus.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,7 @@ class Hardware(Protocol):
 @dataclass
 class Plant:
     hw: Hardware
+    on_travel_write: Callable[[], None] | None = None
 
     def poller(self, role: str) -> ModulePoller:
         poller = self.hw.pollers.get(role)
@@ -45,17 +47,23 @@ class Plant:
             raise ModuleNotBound(f"no {role} module is bound")
         return poller
 
+    def _note(self, role: str) -> None:
+        if role == "travel" and self.on_travel_write is not None:
+            self.on_travel_write()  # any travel write may re-enable outputs: the next stop goes to the bus
+
     def bound(self, role: str) -> bool:
         return role in self.hw.pollers
 
     async def write(self, role: str, name: str, value: float | int, priority: Priority = Priority.COMMAND) -> None:
         poller = self.poller(role)
+        self._note(role)
         address, words = plan_write(poller.binding.profile, name, value)
         await self.hw.master.execute(write_request(poller.binding.address, address, words), priority)
 
     async def write_many(self, role: str, values: dict[str, float | int], priority: Priority = Priority.COMMAND) -> None:
         """Several registers; adjacent ones go out in one frame, in address order."""
         poller = self.poller(role)
+        self._note(role)
         planned = sorted(plan_write(poller.binding.profile, n, v) for n, v in values.items())
         frames: list[tuple[int, list[int]]] = []
         for address, words in planned:

@@ -66,6 +66,8 @@ class StopPath:
         self._current: asyncio.Task[StopOutcome] | None = None
         self.last: StopOutcome | None = None
         self.history: list[StopOutcome] = []
+        self.reuse_s = 0.1
+        self._outputs_written_at: float | None = None
 
     @property
     def bound(self) -> bool:
@@ -88,16 +90,30 @@ class StopPath:
         self._writes = writes
         self._address = address
 
-    def request(self, reason: str) -> asyncio.Task[StopOutcome]:
-        """Start a stop (or join the one in progress). Never raises; the outcome says what happened."""
+    def note_output_write(self) -> None:
+        """Called for every write that may turn the driver's outputs on: a later stop must go to the bus."""
+        self._outputs_written_at = time.monotonic()
+
+    def request(self, reason: str, *, reuse_recent: bool = False) -> asyncio.Task[StopOutcome]:
+        """Start a stop (or join the one in progress). Never raises; the outcome says what happened.
+
+        With `reuse_recent` (stop commands, not E-stops or fault trips), a stop confirmed within the
+        last `reuse_s` with no output write since is answered with that confirmation, so that a
+        flood of stop commands cannot crowd the safety polls off the bus.
+        """
         current = self._current
         if current is not None and not current.done():
+            return current
+        last = self.last
+        if (reuse_recent and current is not None and last is not None and last.confirmed and last.confirmed_at is not None
+                and time.monotonic() - last.confirmed_at < self.reuse_s
+                and (self._outputs_written_at is None or self._outputs_written_at < last.requested_at)):
             return current
         self._current = asyncio.get_running_loop().create_task(self._run(reason), name="stop-path")
         return self._current
 
-    async def stop(self, reason: str) -> StopOutcome:
-        return await asyncio.shield(self.request(reason))
+    async def stop(self, reason: str, *, reuse_recent: bool = False) -> StopOutcome:
+        return await asyncio.shield(self.request(reason, reuse_recent=reuse_recent))
 
     async def _run(self, reason: str) -> StopOutcome:
         requested = time.monotonic()

@@ -82,6 +82,7 @@ class RoleLiveness:
     bound_at: float
     interval_s: float
     turnaround_s: float
+    interval_since: float = 0.0  # when interval_s took effect (a faster rate cannot be owed earlier replies)
 
 
 LivenessSource = Callable[[str], RoleLiveness | None]
@@ -214,7 +215,7 @@ class Supervisor:
         last = max((r.at for r in snap.readings.values()), default=None) if snap is not None else None
         if last is None:
             return now - (live.bound_at + self.FIRST_REPLY_GRACE_S)
-        return now - last
+        return now - max(last, live.interval_since)
 
     def _link_causes(self, now: float, causes: dict[str, str]) -> None:
         p = self.policy

@@ -162,3 +162,32 @@ async def test_motion_window_stops_a_stalled_executor(sim: SimProcess, agent_fac
     assert await wait_for(lambda: outputs(sim)["M1_ENABLE"] == 0 and outputs(sim)["M1_ACTUAL"] == 0, 1.5)
     assert await wait_for(lambda: "motion window expired" in rt.controller.stop_path.last.reason
                           and rt.controller.stop_path.last.confirmed, 1.0)
+
+
+async def test_a_flood_of_stop_commands_does_not_starve_the_safety_polls(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    rt = await agent_factory(sim.link)
+    sim.control.clear_writes()
+    results = await asyncio.gather(*(submit(rt, f"flood-{i}", "stop", {}) for i in range(200)))
+    records = [await terminal(rt, r.record.id) for r in results]
+    assert all(r.state == "succeeded" and r.result["confirmed"] for r in records)
+    await asyncio.sleep(0.5)
+    verdict = rt.controller.supervisor.verdict
+    assert not verdict.has("SAFETY_LINK_LOST") and rt.controller.sm.state.value == "IDLE", verdict.as_dict()
+    stop_frames = [w for w in sim.control.writes(TRAVEL) if w["address"] == 0x0001]
+    assert len(stop_frames) < 50  # confirmed stops are shared, not repeated 200 times
+    # A move re-enables the outputs: the next stop must reach the bus again.
+    await start_moving(rt, sim, key="after-flood", duration_ms=3000)
+    before = len([w for w in sim.control.writes(TRAVEL) if w["address"] == 0x0001 and w["values"] == [0, 0]])
+    stop = await terminal(rt, (await submit(rt, "final-stop", "stop", {})).record.id)
+    after = len([w for w in sim.control.writes(TRAVEL) if w["address"] == 0x0001 and w["values"] == [0, 0]])
+    assert stop.state == "succeeded" and after > before and outputs(sim)["M1_ENABLE"] == 0
+
+
+async def test_moving_after_a_long_idle_is_not_a_link_loss(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """Idle, the driver is polled every second; the faster moving rate must not count the idle gap as silence."""
+    rt = await agent_factory(sim.link)
+    await asyncio.sleep(2.2)
+    move_id = await start_moving(rt, sim, key="after-idle", duration_ms=1500)
+    record = await terminal(rt, move_id, 10.0)
+    assert record.state == "succeeded", record
+    assert not rt.controller.supervisor.verdict.faults, rt.controller.supervisor.verdict.as_dict()
