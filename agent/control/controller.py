@@ -98,6 +98,7 @@ class Controller:
         self._deadman_task: asyncio.Task[Any] | None = None
         self._last_tick = time.monotonic()
         self.watchdog_pings = 0
+        self._last_ping = 0.0
         self.ready_notified = False
         self.loop_healthy = True
         self._last_status_key: tuple[Any, ...] = ()
@@ -195,14 +196,14 @@ class Controller:
             self.supervisor.record_event("LOOP_STALL", f"control loop ran {lag * 1000:.0f} ms late")
         if lag * 1000 > p.loop_lag_warning_ms:
             self.supervisor.raise_external("LOOP_LAG", f"control loop {lag * 1000:.0f} ms late")
-        elif self.supervisor.verdict.has("LOOP_LAG"):
+        elif self.supervisor.external_active("LOOP_LAG"):
             self.supervisor.clear_external("LOOP_LAG")
         self._watch_stop(now)
         if not self.db.healthy:
-            if "STORE_UNAVAILABLE" not in self.supervisor._external:
+            if not self.supervisor.external_active("STORE_UNAVAILABLE"):
                 health = self.db.health()
                 self.supervisor.raise_external("STORE_UNAVAILABLE", f"{health.get('code')}: {health.get('message')}")
-        elif "STORE_UNAVAILABLE" in self.supervisor._external:
+        elif self.supervisor.external_active("STORE_UNAVAILABLE"):
             self.supervisor.clear_external("STORE_UNAVAILABLE")
         verdict = self.supervisor.evaluate(now)
         self._advance_boot(now)
@@ -254,9 +255,9 @@ class Controller:
         if last.confirmed:
             if self._initial_stop is not None and self._initial_stop.done():
                 self.safe_outputs_confirmed = True
-            if self.supervisor.verdict.has("STOP_NOT_CONFIRMED") and "STOP_NOT_CONFIRMED" in self.supervisor._external:
+            if self.supervisor.external_active("STOP_NOT_CONFIRMED"):
                 self.supervisor.clear_external("STOP_NOT_CONFIRMED")
-        elif last.error is not None and "STOP_NOT_CONFIRMED" not in self.supervisor._external:
+        elif last.error is not None and not self.supervisor.external_active("STOP_NOT_CONFIRMED"):
             self.supervisor.raise_external("STOP_NOT_CONFIRMED", f"stop for '{last.reason}' not confirmed ({last.error})")
 
     def _motion_window(self, now: float) -> None:
@@ -292,7 +293,7 @@ class Controller:
 
     def _feed_watchdogs(self, now: float) -> None:
         interval = self.notifier.watchdog_interval_s
-        if interval is not None and now - getattr(self, "_last_ping", 0.0) >= interval:
+        if interval is not None and now - self._last_ping >= interval:
             self._last_ping = now
             if self.notifier.watchdog():
                 self.watchdog_pings += 1

@@ -143,6 +143,9 @@ class Supervisor:
         self._external.pop(code, None)
         return self.evaluate()
 
+    def external_active(self, code: str) -> bool:
+        return code in self._external
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, now: float | None = None) -> Verdict:
         now = self._clock() if now is None else now
