@@ -25,6 +25,8 @@ from agent.control.states import COMMAND_EVENTS, COMMANDS_ALLOWED, TRANSITIONS, 
 
 S, E = State, Event
 
+from tests.state_paths import PATHS  # noqa: E402
+
 CLEAR = Conditions(
     estop_active=False,
     latched_faults=frozenset(),
@@ -89,20 +91,6 @@ ROWS: list[tuple[State, Event, State, frozenset[str]]] = [
 ]
 ROW_KEYS = {(src, ev) for src, ev, _dst, _g in ROWS}
 
-# A path of events (all accepted with CLEAR) from BOOT to each state.
-PATHS: dict[State, list[Event]] = {
-    S.BOOT: [],
-    S.INIT: [E.BOOT_COMPLETE],
-    S.IDLE: [E.BOOT_COMPLETE, E.INIT_COMPLETE],
-    S.MOVE: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.MOVE_COMMAND],
-    S.DOCK: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.DOCK_COMMAND],
-    S.PAUSED: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.MOVE_COMMAND, E.PAUSE_COMMAND],
-    S.CONFIG: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.CONFIG_COMMAND],
-    S.FAULT: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.FAULT_DETECTED],
-    S.ESTOP: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.ESTOP_TRIGGERED],
-    S.SAFE: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.ESTOP_TRIGGERED, E.SAFE_RESET],
-    S.SHUTDOWN: [E.BOOT_COMPLETE, E.INIT_COMPLETE, E.SHUTDOWN],
-}
 
 
 class FakeClock:
