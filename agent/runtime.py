@@ -191,7 +191,7 @@ class Runtime:
                 reasons.append(f"{role} module not bound")
                 continue
             snap = poller.snapshot
-            names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+            names = poller.binding.profile.poll_names("fast")
             if snap.overall_quality(names, now) is not Quality.FRESH:
                 reasons.append(f"{role} module readings are not fresh")
         return (not reasons, reasons)
@@ -292,7 +292,7 @@ class Runtime:
         modules = {}
         for role, poller in self.pollers.items():
             snap = poller.snapshot
-            names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+            names = poller.binding.profile.poll_names("fast")
             modules[role] = {
                 "address": poller.binding.address,
                 "profile": poller.binding.profile.name,

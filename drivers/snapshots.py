@@ -61,11 +61,14 @@ class ModuleSnapshot:
     def overall_quality(self, names: tuple[str, ...], now: float | None = None) -> Quality:
         """The worst quality among `names` (MISSING < STALE < FRESH)."""
         now = time.monotonic() if now is None else now
-        qualities = {self.quality(n, now) for n in names}
-        for q in (Quality.MISSING, Quality.STALE):
-            if q in qualities:
-                return q
-        return Quality.FRESH
+        worst = Quality.FRESH
+        for name in names:
+            reading = self.readings.get(name)
+            if reading is None:
+                return Quality.MISSING
+            if now - reading.at > reading.max_age_s:
+                worst = Quality.STALE
+        return worst
 
     def with_readings(self, updates: Mapping[str, Reading], *, online: bool, error: str | None, now: float) -> ModuleSnapshot:
         merged = dict(self.readings)

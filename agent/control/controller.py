@@ -155,7 +155,7 @@ class Controller:
         poller = self.hw.pollers.get(role)
         if poller is None:
             return False
-        names = tuple(r.name for r in poller.binding.profile.poll_registers("fast"))
+        names = poller.binding.profile.poll_names("fast")
         return poller.snapshot.overall_quality(names, now) is Quality.FRESH
 
     def conditions(self, *, target_valid: bool = False, now: float | None = None) -> Conditions:

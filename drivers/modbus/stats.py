@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 
 def percentile(samples: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); 0.0 for no samples."""
-    if not samples:
+    return ranked(sorted(samples), q)
+
+
+def ranked(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of samples already sorted ascending; 0.0 for none."""
+    if not ordered:
         return 0.0
-    ordered = sorted(samples)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
 
@@ -31,12 +35,23 @@ class SlaveStats:
     preempted: int = 0  # overdue reads abandoned so that a queued stop could go out
     last_ok_at: float | None = None
     rtt_window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    rtt_recorded: int = 0  # samples ever recorded: tells whether the window changed
+    _rtt_cache: tuple[int, float, float] = (0, 0.0, 0.0)  # (rtt_recorded, p50, p99) last worked out
 
     def record_rtt(self, seconds: float) -> None:
         self.rtt_window.append(seconds)
+        self.rtt_recorded += 1
+
+    def rtt_percentiles(self) -> tuple[float, float]:
+        """(p50, p99) of the window in seconds. Status pages ask for these far more often than
+        the window changes, so one sort serves both and is reused until a new sample comes."""
+        if self._rtt_cache[0] != self.rtt_recorded:
+            ordered = sorted(self.rtt_window)
+            self._rtt_cache = (self.rtt_recorded, ranked(ordered, 50), ranked(ordered, 99))
+        return self._rtt_cache[1], self._rtt_cache[2]
 
     def as_dict(self) -> dict[str, float | int | None]:
-        samples = list(self.rtt_window)
+        p50, p99 = self.rtt_percentiles()
         return {
             "transactions": self.transactions,
             "ok": self.ok,
@@ -49,8 +64,8 @@ class SlaveStats:
             "fences": self.fences,
             "set_aside": self.set_aside,
             "preempted": self.preempted,
-            "rtt_p50_ms": round(percentile(samples, 50) * 1000, 3),
-            "rtt_p99_ms": round(percentile(samples, 99) * 1000, 3),
+            "rtt_p50_ms": round(p50 * 1000, 3),
+            "rtt_p99_ms": round(p99 * 1000, 3),
             "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,
         }
 

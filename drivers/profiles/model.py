@@ -111,6 +111,8 @@ class Profile:
     extends: str | None = None
     _by_name: Mapping[str, Register] = field(init=False, repr=False, compare=False, hash=False)
     _by_address: Mapping[int, Register] = field(init=False, repr=False, compare=False, hash=False)
+    _poll_groups: Mapping[str, tuple[Register, ...]] = field(init=False, repr=False, compare=False, hash=False)
+    _poll_names: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         # Registers are kept sorted by address so that plans, listings and snapshots are stable.
@@ -123,6 +125,13 @@ class Profile:
                 by_address.setdefault(addr, reg)
         object.__setattr__(self, "_by_name", MappingProxyType({r.name: r for r in ordered}))
         object.__setattr__(self, "_by_address", MappingProxyType(by_address))
+        # Asked for on every control tick and every status request: worked out once.
+        groups: dict[str, list[Register]] = {}
+        for reg in ordered:
+            if reg.readable:
+                groups.setdefault(reg.poll, []).append(reg)
+        object.__setattr__(self, "_poll_groups", MappingProxyType({g: tuple(rs) for g, rs in groups.items()}))
+        object.__setattr__(self, "_poll_names", MappingProxyType({g: tuple(r.name for r in rs) for g, rs in groups.items()}))
 
     def register(self, name: str) -> Register:
         """The register called `name`; raises `UnknownRegister` (a KeyError) otherwise."""
@@ -156,7 +165,11 @@ class Profile:
 
     def poll_registers(self, group: str) -> tuple[Register, ...]:
         """Readable registers of a poll group, in address order."""
-        return tuple(r for r in self.registers if r.poll == group and r.readable)
+        return self._poll_groups.get(group, ())
+
+    def poll_names(self, group: str) -> tuple[str, ...]:
+        """Names of the readable registers of a poll group, in address order."""
+        return self._poll_names.get(group, ())
 
     def accepts_firmware(self, version: int) -> bool:
         return self.firmware_min <= version <= self.firmware_max

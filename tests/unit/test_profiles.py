@@ -466,3 +466,11 @@ def test_select_profile_refuses_ambiguous(profiles):
     with pytest.raises(ProfileError) as info:
         select_profile(_identity(6, 0x0101), [profiles["safety-safefw"], twin])
     assert "safety-safefw" in info.value.message and "safety-twin" in info.value.message
+
+
+def test_poll_groups_are_the_readable_registers_of_each_group_in_address_order() -> None:
+    for profile in load_profiles(PROFILES_DIR).values():
+        for group in ("fast", "slow", "identity", "none", "never-heard-of"):
+            expected = tuple(r for r in profile.registers if r.poll == group and r.readable)
+            assert profile.poll_registers(group) == expected
+            assert profile.poll_names(group) == tuple(r.name for r in expected)
