@@ -361,8 +361,10 @@ class Controller:
             except TransitionRefused:
                 pass
 
-    async def stop_outputs(self, reason: str, *, reuse_recent: bool = False) -> dict[str, Any]:
-        outcome = await self.stop_path.stop(reason, reuse_recent=reuse_recent) if self.stop_path.bound else None
+    async def stop_outputs(self, reason: str, *, routine: bool = True) -> dict[str, Any]:
+        """Stop the travel outputs and wait for the confirmation. Routine unless said otherwise:
+        the urgent stops (E-stop, fault trip) go through the stop path directly."""
+        outcome = await self.stop_path.stop(reason, routine=routine) if self.stop_path.bound else None
         if outcome is None:
             return {"confirmed": False, "confirm_ms": None}
         return {"confirmed": outcome.confirmed, "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
@@ -474,7 +476,7 @@ class Controller:
                 sig = self.executor.signals
                 if self.executor.current is not None and sig.abort_reason is None:
                     sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
-                stopped = await self.stop_outputs(f"stop command {record.id}", reuse_recent=True)
+                stopped = await self.stop_outputs(f"stop command {record.id}")
                 outcome = Outcome("succeeded" if stopped["confirmed"] else "failed", stopped,
                                   None if stopped["confirmed"] else "STOP_NOT_CONFIRMED")
             elif record.type == "pause":

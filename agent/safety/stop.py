@@ -5,6 +5,14 @@ On DRV-FW a stop is ENABLE = 0 and COMMAND_SPEED = 0 on both channels (never the
 are written in one frame, and the stop counts only once ENABLE, COMMAND_SPEED and ACTUAL_SPEED
 of both channels read back as 0. Until then the writes are repeated. Concurrent requests share
 the stop in progress.
+
+Two kinds of stop. An urgent one (E-stop, fault trip, motion window expired, start-up,
+shutdown) goes on the bus at STOP priority and may abandon another slave's overdue read. A
+routine one (stop command, pause, end of a command) goes at HALT priority: first in the queue,
+but it waits for a phase-locked poll's slot, and it is answered with a confirmation younger
+than `reuse_s` when nothing has written the outputs since. So neither a flood of stop commands
+nor their writes can starve the safety module's polls, and an urgent stop never waits behind a
+routine one.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class StopPath:
         self._reads: list[tuple[int, int]] = []
         self._check: dict[str, int] = {}
         self._current: asyncio.Task[StopOutcome] | None = None
+        self._current_urgent = False
         self.last: StopOutcome | None = None
         self.history: list[StopOutcome] = []
         self.reuse_s = 0.1
@@ -94,28 +103,31 @@ class StopPath:
         """Called for every write that may turn the driver's outputs on: a later stop must go to the bus."""
         self._outputs_written_at = time.monotonic()
 
-    def request(self, reason: str, *, reuse_recent: bool = False) -> asyncio.Task[StopOutcome]:
+    def request(self, reason: str, *, routine: bool = False) -> asyncio.Task[StopOutcome]:
         """Start a stop (or join the one in progress). Never raises; the outcome says what happened.
 
-        With `reuse_recent` (stop commands, not E-stops or fault trips), a stop confirmed within the
-        last `reuse_s` with no output write since is answered with that confirmation, so that a
-        flood of stop commands cannot crowd the safety polls off the bus.
+        A `routine` stop joins whatever stop is running, or is answered with the last confirmation
+        if it is younger than `reuse_s` and no output was written since. An urgent stop joins only
+        an urgent one: behind a routine stop it starts its own run at STOP priority (writing the
+        zeros twice is harmless).
         """
         current = self._current
-        if current is not None and not current.done():
+        if current is not None and not current.done() and (routine or self._current_urgent):
             return current
         last = self.last
-        if (reuse_recent and current is not None and last is not None and last.confirmed and last.confirmed_at is not None
+        if (routine and current is not None and last is not None and last.confirmed and last.confirmed_at is not None
                 and time.monotonic() - last.confirmed_at < self.reuse_s
                 and (self._outputs_written_at is None or self._outputs_written_at < last.requested_at)):
             return current
-        self._current = asyncio.get_running_loop().create_task(self._run(reason), name="stop-path")
+        priority = Priority.HALT if routine else Priority.STOP
+        self._current = asyncio.get_running_loop().create_task(self._run(reason, priority), name="stop-path")
+        self._current_urgent = not routine
         return self._current
 
-    async def stop(self, reason: str, *, reuse_recent: bool = False) -> StopOutcome:
-        return await asyncio.shield(self.request(reason, reuse_recent=reuse_recent))
+    async def stop(self, reason: str, *, routine: bool = False) -> StopOutcome:
+        return await asyncio.shield(self.request(reason, routine=routine))
 
-    async def _run(self, reason: str) -> StopOutcome:
+    async def _run(self, reason: str, priority: Priority) -> StopOutcome:
         requested = time.monotonic()
         first_write: float | None = None
         attempts = 0
@@ -129,10 +141,10 @@ class StopPath:
             attempts += 1
             try:
                 for start, values in self._writes:
-                    await self.master.execute(write_request(address, start, values), Priority.STOP, retries=1)
+                    await self.master.execute(write_request(address, start, values), priority, retries=1)
                     if first_write is None:
                         first_write = time.monotonic()
-                if await self._read_back_zero(address, requested):
+                if await self._read_back_zero(address, requested, priority):
                     outcome = StopOutcome(True, reason, requested, first_write, time.monotonic(), attempts)
                     self._remember(outcome)
                     return outcome
@@ -144,13 +156,13 @@ class StopPath:
                 log.error("stop not confirmed after %.0f ms (%s); still trying", 1000 * (time.monotonic() - requested), error)
             await asyncio.sleep(0.01 if attempts < 10 else 0.1)
 
-    async def _read_back_zero(self, address: int, requested: float) -> bool:
+    async def _read_back_zero(self, address: int, requested: float, priority: Priority) -> bool:
         """True once every checked register reads 0; False to rewrite (outputs re-enabled or decel too long)."""
         deadline = time.monotonic() + self.decel_allowance_s
         while True:
             values: dict[int, int] = {}
             for start, count in self._reads:
-                regs = await self.master.execute(read_request(address, start, count), Priority.STOP, retries=1)
+                regs = await self.master.execute(read_request(address, start, count), priority, retries=1)
                 values.update({start + i: v for i, v in enumerate(regs)})
             commanded = [values[self._check[n]] for n in STOP_WRITE_REGISTERS]
             actual = [values[self._check[n]] for n in ("M1_ACTUAL_SPEED", "M2_ACTUAL_SPEED")]

@@ -46,7 +46,7 @@ from drivers.modbus.frames import (
     write_request,
 )
 from drivers.modbus.port import SerialPort, pause_until
-from drivers.modbus.schedule import PollPlan, PollSchedule, Priority
+from drivers.modbus.schedule import STOPS, PollPlan, PollSchedule, Priority
 from drivers.modbus.stats import BusStats, SlaveStats
 from drivers.modbus.timing import LineTiming, line_timing
 
@@ -186,9 +186,9 @@ class BusMaster:
         if not self.port.is_open:
             raise PortUnavailable(f"{self.port.path} is not open ({self.port.lost_reason or 'connecting'})")
         link = self.link(request.slave)
-        if not link.online and priority != Priority.STOP:
+        if not link.online and priority not in STOPS:
             raise SlaveSetAside(f"slave {request.slave} is set aside after repeated failures")
-        if len(self._queue) >= self.queue_limit and priority != Priority.STOP:
+        if len(self._queue) >= self.queue_limit and priority not in STOPS:
             self.stats.queue_rejected += 1
             raise BusQueueFull(f"bus queue holds {len(self._queue)} requests")
         if retries is None:
@@ -251,7 +251,10 @@ class BusMaster:
             heapq.heappop(self._queue)
             return None
         plan = self.schedule.due(now, self._eligible)
-        if head is not None and (plan is None or head.priority <= plan.priority):
+        # A due phase-locked poll goes before every job but an urgent stop: missing its slot
+        # costs a whole service period (100 ms on the safety module), the job waits a few ms.
+        locked_due = plan is not None and plan.phase_locked and (head is None or head.priority != Priority.STOP)
+        if head is not None and not locked_due and (plan is None or head.priority <= plan.priority):
             if head.priority != Priority.STOP:
                 locked = self._hold_back_until(head.request, now, head.queued_at, None)
                 if locked is not None:
@@ -345,7 +348,7 @@ class BusMaster:
             return
         link = self.link(job.request.slave)
         try:
-            if not link.online and job.priority != Priority.STOP:
+            if not link.online and job.priority not in STOPS:
                 raise SlaveSetAside(f"slave {link.address} is set aside after repeated failures")
             regs = await self._perform(job.request, link, job.retries, Priority(job.priority))
         except BusError as exc:

@@ -18,13 +18,24 @@ from drivers.modbus.frames import Request
 
 
 class Priority(enum.IntEnum):
-    """Lower value goes first. A stop write waits only for the transaction already on the wire."""
+    """Lower value goes first.
+
+    STOP is the urgent stop (E-stop, fault trip): it waits only for the transaction already on
+    the wire, and abandons that one if it is an overdue read of another slave. HALT is the
+    routine stop (a stop command, a pause, the end of a command): first in the queue, but like
+    every other job it lets a phase-locked poll take its slot and abandons nothing. A flood of
+    routine stops must not cost the safety module its polls.
+    """
 
     STOP = 0
-    SAFETY = 1
-    COMMAND = 2
-    TELEMETRY = 3
-    PROBE = 4
+    HALT = 1
+    SAFETY = 2
+    COMMAND = 3
+    TELEMETRY = 4
+    PROBE = 5
+
+
+STOPS = frozenset({Priority.STOP, Priority.HALT})  # never refused for load or a set-aside slave
 
 
 ResultCallback = Callable[[tuple[int, ...], float], None]

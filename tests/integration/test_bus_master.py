@@ -223,12 +223,69 @@ async def test_stop_jumps_the_queue(sim: SimProcess, master: BusMaster) -> None:
     tasks = [asyncio.create_task(master.execute(read_request(POWER, 0, 10), Priority.TELEMETRY)) for _ in range(50)]
     await asyncio.sleep(0.002)
     t0 = time.monotonic()
-    await master.execute(write_request(TRAVEL, 0x0001, [0, 0]), Priority.STOP)
+    await master.execute(write_request(TRAVEL, 0x0001, [0, 0]), Priority.HALT)
     stop_done = time.monotonic() - t0
     await asyncio.gather(*tasks)
     reads_done = time.monotonic() - t0
     assert reads_done > 0.2  # the queue really was long
     assert stop_done < 0.05, f"stop took {stop_done * 1000:.1f} ms behind 50 queued reads"
+
+
+@pytest.mark.parametrize(("priority", "abandoned"), [(Priority.STOP, True), (Priority.HALT, False)])
+async def test_only_an_urgent_stop_abandons_an_overdue_read(
+    sim: SimProcess, master: BusMaster, priority: Priority, abandoned: bool
+) -> None:
+    """A read the safety module answers late (80 ms here) is abandoned for an E-stop, never for a
+    routine stop: that one waits for the reply, so the safety link keeps its polls."""
+    sim.control.service_period(TRAVEL, 0)
+    sim.control.service_period(SAFETY, 0)
+    sim.control.delay(SAFETY, 80)
+    read = asyncio.create_task(master.execute(read_request(SAFETY, 0, 6), Priority.SAFETY, retries=0))
+    await asyncio.sleep(0.03)
+    assert not read.done() and master.on_wire is not None and master.on_wire.slave == SAFETY
+    t0 = time.monotonic()
+    await master.execute(write_request(TRAVEL, 0x0001, [0, 0]), priority)
+    stop_took = time.monotonic() - t0
+    outcome = (await asyncio.gather(read, return_exceptions=True))[0]
+    if abandoned:
+        assert isinstance(outcome, BusError) and master.links[SAFETY].stats.preempted == 1
+        assert stop_took < 0.04, f"urgent stop waited {stop_took * 1000:.1f} ms"
+    else:
+        assert isinstance(outcome, tuple) and len(outcome) == 6
+        assert master.links[SAFETY].stats.preempted == 0
+        assert stop_took >= 0.03, "the routine stop went out before the read it had to wait for"
+
+
+async def test_a_flood_of_routine_stops_leaves_the_safety_polls_their_ticks(sim: SimProcess, master: BusMaster) -> None:
+    """Stop commands stream in (a write and a read-back to the travel driver, back to back, for
+    3 s) while the safety module is polled on its 100 ms tick: no safety poll is abandoned, none
+    fails, and no gap between safety replies comes near the 250 ms link budget."""
+    replies: list[float] = []
+    failures: list[Exception] = []
+    plan = PollPlan(
+        key="safety:fast", request=read_request(SAFETY, 0, 6), interval_s=0.05, priority=Priority.SAFETY,
+        service_period_s=0.1, on_result=lambda regs, at: replies.append(at), on_error=lambda exc, at: failures.append(exc),
+    )  # fmt: skip
+    master.schedule.add(plan, time.monotonic())
+    await asyncio.sleep(0.5)
+
+    async def routine_stops() -> int:
+        count = 0
+        ends = time.monotonic() + 3.0
+        while time.monotonic() < ends:
+            await master.execute(write_request(TRAVEL, 0x0001, [0, 0]), Priority.HALT)
+            await master.execute(read_request(TRAVEL, 0x0001, 2), Priority.HALT)
+            count += 1
+        return count
+
+    start = len(replies)
+    stops = await asyncio.gather(*(routine_stops() for _ in range(3)))
+    assert sum(stops) > 100  # the bus really was kept busy with stops
+    window = replies[start:]
+    gaps = [b - a for a, b in zip(window, window[1:])]
+    assert len(window) >= 20 and not failures
+    assert master.links[SAFETY].stats.preempted == 0
+    assert max(gaps) < 0.21, f"largest gap between safety replies {max(gaps) * 1000:.0f} ms"
 
 
 async def test_no_exception_escapes_the_bus_task_under_every_fault(sim: SimProcess, master: BusMaster) -> None:

@@ -154,3 +154,22 @@ async def test_never_the_old_0x0014_register(sim: SimProcess, agent_factory) -> 
     await rt.controller.estop(source="api", user="op", reason="")
     assert not [w for w in sim.control.writes(TRAVEL) if w["address"] <= 0x0014 < w["address"] + len(w["values"])
                 and w["address"] != 0x0011]
+
+
+async def test_an_urgent_stop_never_waits_behind_a_routine_one(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """A routine stop (stop command, pause) joins whatever stop runs; an E-stop or fault trip joins
+    only an urgent one, so it goes on the bus at STOP priority whatever was running before."""
+    rt = await agent_factory(sim.link)
+    path = rt.controller.stop_path
+    routine = path.request("stop command", routine=True)
+    urgent = path.request("E-stop by test")
+    assert urgent is not routine, "the E-stop joined a routine stop and would wait at its priority"
+    assert path.request("another stop command", routine=True) is urgent
+    assert path.request("fault trip") is urgent
+    outcomes = await asyncio.gather(routine, urgent)
+    assert all(o.confirmed for o in outcomes)
+    # Nothing written since: a routine stop is answered from the fresh confirmation, an urgent one is not.
+    assert path.request("stop command", routine=True) is urgent
+    again = path.request("E-stop by test")
+    assert again is not urgent and (await again).confirmed
+
