@@ -1,8 +1,9 @@
 """Periodic polling of bound modules: read plans from profiles, decoded into snapshots.
 
 Each bound module gets one poll plan per merged read block of its "fast" group (at the role's
-interval) and of its "slow" and "identity" groups (every identity interval). Results are decoded
-through the profile and published on the snapshot board.
+interval) and of its "slow" and "identity" groups (every identity interval). On a slave that
+serves one frame per service tick every plan is phase-locked. Results are decoded through the
+profile and published on the snapshot board.
 """
 
 from __future__ import annotations
@@ -75,38 +76,46 @@ class ModulePoller:
         now = time.monotonic()
         self.bound_at = now
         profile = self.binding.profile
-        link = self.master.configure_slave(
+        self.master.configure_slave(
             self.binding.address,
             turnaround_s=profile.turnaround_ms / 1000.0,
             service_period_s=self.service_period_s,
         )
-        del link
-        groups = [("fast", self.interval_s, self.priority)]
-        groups += [(g, self.slow_interval_s, Priority.TELEMETRY) for g in ("slow", "identity")]
-        for group, interval, priority in groups:
-            blocks = plan_poll(profile, group)
-            for i, (start, count) in enumerate(blocks):
-                key = f"{self.binding.role}:{group}:{start:04x}"
-                locked = group == "fast" and self.service_period_s >= PHASE_LOCK_MIN_S
-                phase = self.phase_s + 0.003 * i
-                if locked and i > 0:
-                    # A slave that serves one frame per service tick: the first block (status) keeps
-                    # most ticks; the others take one tick in ten at most, spread apart so they never
-                    # take two ticks in a row from it.
-                    interval = max(10 * self.interval_s, 10 * self.service_period_s)
-                    phase = self.phase_s + interval * i / len(blocks)
-                plan = PollPlan(
-                    key=key,
-                    request=read_request(self.binding.address, start, count),
-                    interval_s=interval,
-                    priority=priority,
-                    phase_s=phase,
-                    service_period_s=self.service_period_s if locked else 0.0,
-                    on_result=self._result_handler(start, key),
-                    on_error=self._on_error,
-                )
-                self.master.schedule.add(plan, now)
-                self.keys.append(key)
+        locked = self.service_period_s >= PHASE_LOCK_MIN_S
+        plans = [
+            (group, start, count)
+            for group in ("fast", "slow", "identity")
+            for start, count in plan_poll(profile, group)
+        ]
+        secondaries = len(plans) - 1
+        for index, (group, start, count) in enumerate(plans):
+            key = f"{self.binding.role}:{group}:{start:04x}"
+            priority = self.priority if group == "fast" else Priority.TELEMETRY
+            interval = self.interval_s if group == "fast" else self.slow_interval_s
+            phase = self.phase_s + 0.003 * index
+            if locked and index > 0:
+                # A slave that serves one frame per service tick: every block is phase-locked, or
+                # a read sent at an arbitrary moment would hold the bus for up to a whole tick and
+                # take the tick of the next locked poll. The first block (status) keeps most ticks;
+                # the others are background reads, spread over a cycle of ten ticks, each taking
+                # at most one in ten and never two ticks in a row between them.
+                cycle = max(10 * self.interval_s, 10 * self.service_period_s)
+                if group == "fast":
+                    interval = cycle
+                phase = self.phase_s + cycle * index / (secondaries + 1)
+            plan = PollPlan(
+                key=key,
+                request=read_request(self.binding.address, start, count),
+                interval_s=interval,
+                priority=priority,
+                phase_s=phase,
+                service_period_s=self.service_period_s if locked else 0.0,
+                background=index > 0,
+                on_result=self._result_handler(start, key),
+                on_error=self._on_error,
+            )
+            self.master.schedule.add(plan, now)
+            self.keys.append(key)
         self.board.publish(self._snapshot)
 
     def uninstall(self) -> None:

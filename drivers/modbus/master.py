@@ -72,6 +72,7 @@ class SlaveLink:
     stats: SlaveStats = field(default_factory=SlaveStats)
     rtt_ema: float | None = None
     managed: bool = False  # configured for a bound module: may be set aside and probed
+    reply_sent_at: float | None = None  # when the slave sent its last reply (read time less wire time)
 
     def note_rtt(self, seconds: float) -> None:
         self.stats.record_rtt(seconds)
@@ -135,6 +136,9 @@ class BusMaster:
         link.managed = True
         link.turnaround_s = max(turnaround_s, service_period_s)
         link.service_period_s = service_period_s
+        if service_period_s > 0 and link.reply_sent_at is not None:
+            # Its identity was read moments ago, on a tick: the polls about to be added start aligned.
+            self.schedule.observe_tick(address, link.reply_sent_at, service_period_s, time.monotonic())
         return link
 
     def link(self, address: int) -> SlaveLink:
@@ -251,6 +255,8 @@ class BusMaster:
             heapq.heappop(self._queue)
             return None
         plan = self.schedule.due(now, self._eligible)
+        if plan is not None and self.schedule.move_off_served_tick(plan, now):
+            return None  # its tick went to other traffic: it waits for the next free one
         # A due phase-locked poll goes before every job but an urgent stop: missing its slot
         # costs a whole service period (100 ms on the safety module), the job waits a few ms.
         locked_due = plan is not None and plan.phase_locked and (head is None or head.priority != Priority.STOP)
@@ -366,14 +372,12 @@ class BusMaster:
             regs = await self._perform(plan.request, link, self.read_retries, plan.priority)
         except BusError as exc:
             done = time.monotonic()
-            self.schedule.completed(plan, done, reply_at=None, reply_wire_s=0.0)
+            self.schedule.completed(plan, done)
             if plan.on_error is not None:
                 self._safe_callback(plan.on_error, exc, done)
             return
         done = time.monotonic()
-        self.schedule.completed(
-            plan, done, reply_at=self.port.last_rx, reply_wire_s=self.timing.wire_s(plan.request.reply_length)
-        )
+        self.schedule.completed(plan, done)
         self.stats.poll_overruns = self.schedule.overruns
         if plan.on_result is not None:
             self._safe_callback(plan.on_result, regs, done)
@@ -517,10 +521,12 @@ class BusMaster:
                 link.stats.ok += 1
                 link.stats.last_ok_at = time.monotonic()
                 link.ghosts.clear()  # in-order slave: anything older has come or never will
+                self._note_reply(link, n)
                 return checked.registers
             if verdict is Verdict.EXCEPTION:
                 link.stats.exceptions += 1
                 link.ghosts.clear()
+                self._note_reply(link, n)
                 raise ModbusExceptionReply(request.slave, request.function, checked.exception_code)
             if verdict is Verdict.CRC_ERROR:
                 link.stats.crc_errors += 1
@@ -532,6 +538,12 @@ class BusMaster:
             owner = link if verdict is Verdict.MISMATCH else self._links.get(checked.slave)
             self._drop_unsolicited(owner, checked.signature)
         return None
+
+    def _note_reply(self, link: SlaveLink, reply_length: int) -> None:
+        """Remember when the slave sent this reply; from a slave served once per tick, it dates a tick."""
+        link.reply_sent_at = self.port.last_rx - self.timing.wire_s(reply_length)
+        if link.service_period_s > 0:
+            self.schedule.observe_tick(link.address, link.reply_sent_at, link.service_period_s, time.monotonic())
 
     def _drop_unsolicited(self, owner: SlaveLink | None, signature: tuple[int, ...]) -> None:
         if owner is not None and signature in owner.ghosts:

@@ -5,13 +5,18 @@ due time is the next grid point after now: the missed points are counted as over
 replayed as a burst. Plans for slaves whose firmware services frames only every N ms (the safety
 module: 100 ms) are phase-locked: the request is timed to reach the slave just before its service
 tick, so a poll holds the bus for a few milliseconds instead of up to a whole period.
+
+The tick is learned from every reply of such a slave. Each tick serves one frame: locked plans of
+one slave claim distinct ticks, and a plan whose tick was taken by other traffic (a command, a
+discovery read) moves to the next free tick instead of going out late and holding the bus.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from drivers.modbus.frames import Request
@@ -37,6 +42,8 @@ class Priority(enum.IntEnum):
 
 STOPS = frozenset({Priority.STOP, Priority.HALT})  # never refused for load or a set-aside slave
 
+TICK_WINDOW = 8  # recent tick sightings per slave that the estimate is taken from
+
 
 ResultCallback = Callable[[tuple[int, ...], float], None]
 ErrorCallback = Callable[[Exception, float], None]
@@ -51,6 +58,9 @@ class PollPlan:
     phase_s: float = 0.0
     service_period_s: float = 0.0
     lead_s: float = 0.006  # how far ahead of the slave's service tick a phase-locked poll is sent
+    # A locked background read (a slave's secondary blocks) never takes the tick next to another
+    # background read's, so the slave's main poll keeps at least every other tick.
+    background: bool = False
     on_result: ResultCallback | None = None
     on_error: ErrorCallback | None = None
     enabled: bool = True
@@ -77,6 +87,8 @@ class PollSchedule:
         self._plans: dict[str, PollPlan] = {}
         self._origin = start
         self._ticks: dict[int, float] = {}  # slave address -> a recent estimate of its service tick
+        self._sightings: dict[int, deque[float]] = {}  # slave address -> recent ticks as observed
+        self._served: dict[int, float] = {}  # slave address -> the last tick known to have served a frame
         self.overruns = 0
 
     def __iter__(self) -> Iterator[PollPlan]:
@@ -104,45 +116,58 @@ class PollSchedule:
                 plan.interval_s = interval_s
                 plan.next_due = min(plan.next_due, self._grid_after(plan, now))
 
-    def _grid_after(self, plan: PollPlan, t: float) -> float:
+    def _grid_after(self, plan: PollPlan, t: float, unplaced: Collection[PollPlan] = ()) -> float:
         base = self._origin + plan.phase_s
         k = math.floor((t - base) / plan.interval_s) + 1
         due = base + k * plan.interval_s
         if due <= t:  # floating-point rounding put us on t itself
             due = base + (k + 1) * plan.interval_s
-        return self._align_to_tick(plan, due)
+        return self._align_to_tick(plan, due, unplaced)
 
     def tick_estimate(self, slave: int) -> float | None:
         return self._ticks.get(slave)
 
-    def _align_to_tick(self, plan: PollPlan, due: float) -> float:
+    def _align_to_tick(self, plan: PollPlan, due: float, unplaced: Collection[PollPlan] = ()) -> float:
         """Move a phase-locked plan to just before the first free service tick at or after `due`.
 
         The firmware handles one frame per tick, so two locked plans of one slave never share a
-        tick: a plan takes the next tick no other locked plan of that slave has claimed.
+        tick: a plan takes the next tick no other locked plan of that slave has claimed. Plans in
+        `unplaced` are being moved too: their old due times claim nothing.
         """
         tick = self._ticks.get(plan.slave)
         if not plan.phase_locked or tick is None:
             return due
         period = plan.service_period_s
         n = math.ceil((due + plan.lead_s - tick) / period)
-        claimed = {
-            round((other.next_due + other.lead_s - tick) / period)
-            for other in self._plans.values()
-            if other is not plan and other.enabled and other.phase_locked and other.slave == plan.slave
-        }
+        claimed: set[int] = set()
+        for other in self._plans.values():
+            if other is plan or not other.enabled or not other.phase_locked or other.slave != plan.slave:
+                continue
+            if other in unplaced:
+                continue
+            m = round((other.next_due + other.lead_s - tick) / period)
+            claimed.add(m)
+            if plan.background and other.background:
+                claimed.update((m - 1, m + 1))
         while n in claimed:
             n += 1
         return tick + n * period - plan.lead_s
 
     def due(self, now: float, eligible: Callable[[PollPlan], bool]) -> PollPlan | None:
-        """The most urgent plan that is due at `now` (priority first, then earliest due)."""
+        """The most urgent plan that is due at `now`: phase-locked first, then priority, then earliest due.
+
+        A locked plan is due only in the moment before its slave's tick and holds the bus for a
+        few milliseconds; other traffic was held back to leave it that moment, so it is due at the
+        same time and must not take it.
+        """
         best: PollPlan | None = None
+        best_key: tuple[bool, int, float] | None = None
         for plan in self._plans.values():
             if not plan.enabled or plan.next_due > now or not eligible(plan):
                 continue
-            if best is None or (plan.priority, plan.next_due) < (best.priority, best.next_due):
-                best = plan
+            key = (not plan.phase_locked, plan.priority, plan.next_due)
+            if best_key is None or key < best_key:
+                best, best_key = plan, key
         return best
 
     def next_due_time(self, eligible: Callable[[PollPlan], bool]) -> float | None:
@@ -169,13 +194,58 @@ class PollSchedule:
         plan.last_started = now
         plan.runs += 1
 
-    def completed(self, plan: PollPlan, now: float, *, reply_at: float | None, reply_wire_s: float) -> None:
+    def observe_tick(self, slave: int, seen_at: float, period: float, now: float) -> None:
+        """Learn a slave's service tick from one of its replies (any reply: poll, job or probe).
+
+        `seen_at` is when the reply was read, less its time on the wire. A reply is only ever seen
+        late (the event loop may be busy when it arrives), never early, so the recent sightings are
+        brought onto one period grid and one of the earliest is taken: the lowest quarter, which a
+        busy loop must delay most sightings to move, and which one early outlier (the slave's own
+        jitter) does not decide alone. A reply read more than half a period late cannot be told
+        from an early one.
+
+        The first estimate for a slave realigns its locked plans: until then they were timed blind.
+        """
+        seen = self._sightings.setdefault(slave, deque(maxlen=TICK_WINDOW))
+        seen.append(seen_at)
+        on_grid = sorted(t + round((seen_at - t) / period) * period for t in seen)
+        first = slave not in self._ticks
+        tick = on_grid[len(on_grid) // 4]
+        self._ticks[slave] = tick
+        self._served[slave] = tick + round((seen_at - tick) / period) * period
+        if first:
+            self.realign(now, slave=slave)
+
+    def move_off_served_tick(self, plan: PollPlan, now: float) -> bool:
+        """Move a locked plan whose tick has already served another frame to the next free tick.
+
+        A job or a held-back read that reached the slave first took the tick: sent now, the poll
+        would wait a whole service period on the bus and push the next locked poll past its own
+        tick, and so on down the line. Returns True if the plan moved.
+        """
+        tick = self._ticks.get(plan.slave)
+        served = self._served.get(plan.slave)
+        if not plan.phase_locked or tick is None or served is None:
+            return False
+        period = plan.service_period_s
+        if plan.next_due + plan.lead_s > served + period / 2:
+            return False
+        plan.next_due = self._align_to_tick(plan, max(now, served + period / 2 - plan.lead_s))
+        return True
+
+    def completed(self, plan: PollPlan, now: float) -> None:
         """Advance `plan` to its next grid point after `now`: missed points are skipped, never replayed."""
-        if plan.phase_locked and reply_at is not None:
-            self._ticks[plan.slave] = reply_at - reply_wire_s
         plan.next_due = self._grid_after(plan, max(now, plan.next_due))
 
-    def realign(self, now: float) -> None:
-        """After an outage: every plan is due at its next grid point, with no catch-up burst."""
-        for plan in self._plans.values():
-            plan.next_due = self._grid_after(plan, now)
+    def realign(self, now: float, slave: int | None = None) -> None:
+        """Every plan (of `slave`, if given) is due at its next grid point, with no catch-up burst.
+
+        Used after an outage, and once a slave's service tick is first known. The plans are placed
+        in order of priority, and their old due times claim no tick, so the most urgent plan gets
+        the first free tick.
+        """
+        plans = [p for p in self._plans.values() if slave is None or p.slave == slave]
+        unplaced = set(plans)
+        for plan in sorted(plans, key=lambda p: (p.priority, p.phase_s, p.key)):
+            unplaced.discard(plan)
+            plan.next_due = self._grid_after(plan, now, unplaced)

@@ -173,3 +173,30 @@ async def test_an_urgent_stop_never_waits_behind_a_routine_one(sim: SimProcess, 
     again = path.request("E-stop by test")
     assert again is not urgent and (await again).confirmed
 
+
+
+async def test_slow_safety_reads_never_take_the_status_polls_ticks(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    """The safety module serves one frame per 100 ms tick. Its slow and identity blocks (read every
+    `identity_ms`, here every second) must go out on ticks of their own: sent at an arbitrary
+    moment, each held the bus up to a whole tick and took the next status poll's tick, and the
+    delays ran on down the line until the travel driver and then the safety module were lost."""
+    rt = await agent_factory(sim.link, extra="[polling]\nidentity_ms = 1000\n")
+    master = rt.master
+    safety, travel = master.link(SAFETY), master.link(TRAVEL)
+    recorded_before = safety.stats.rtt_recorded
+    worst = {"safety": 0.0, "travel": 0.0}
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        now = time.monotonic()
+        for name, link in (("safety", safety), ("travel", travel)):
+            worst[name] = max(worst[name], now - link.stats.last_ok_at)
+        await asyncio.sleep(0.01)
+    new = safety.stats.rtt_recorded - recorded_before
+    rtts = list(safety.stats.rtt_window)[-new:]
+    held = [round(r * 1000) for r in rtts if r > 0.05]
+    assert len(rtts) >= 30, f"only {len(rtts)} safety replies in 4 s"
+    assert len(held) <= 2, f"safety reads that held the bus waiting for a tick (ms): {held}"
+    assert worst["safety"] < 0.22, f"safety module unanswered for {worst['safety'] * 1000:.0f} ms"
+    # The idle travel driver is polled once a second: one poll may be late, none may be missed.
+    assert worst["travel"] < 1.3, f"travel driver unanswered for {worst['travel'] * 1000:.0f} ms"
+    assert not rt.controller.supervisor.verdict.latched_codes, rt.controller.supervisor.verdict

@@ -32,7 +32,7 @@ def test_completion_never_bursts_and_stays_on_grid(interval: float, phase: float
     for delay in delays:
         now = max(now, p.next_due) + delay  # the poll runs late by `delay`, then completes
         schedule.started(p, now)
-        schedule.completed(p, now, reply_at=now, reply_wire_s=0.0)
+        schedule.completed(p, now)
         assert p.next_due > now  # never due again at once: missed grid points are not replayed
         assert p.next_due - now <= interval + 1e-9  # and not later than the next grid point
         assert on_grid(p.next_due, 100.0, interval, phase)
@@ -81,3 +81,87 @@ def test_set_interval_applies_to_prefix_only(a: float, b: float, now: float) -> 
     schedule.set_interval("travel:fast:", b, now)
     assert fast.interval_s == b and other.interval_s == a
     assert fast.next_due - now <= max(a, b) + 1e-9 and not math.isnan(fast.next_due)
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.05, 0.2),  # service period
+    st.floats(0.0, 10.0),  # the slave's true tick phase
+    st.lists(st.floats(0.0, 0.49), min_size=1, max_size=20),  # how late each reply was read, in periods
+    st.integers(0, 50),  # first tick index
+)
+def test_tick_estimate_stays_on_the_slave_grid_under_loop_lag(period: float, tick: float, lags: list[float], k0: int) -> None:
+    """Replies are read late, never early: the estimate lies on or after a true tick, and no later
+    than the largest lag among the recent sightings."""
+    schedule = PollSchedule(start=0.0)
+    seen = []
+    for i, lag in enumerate(lags):
+        at = tick + (k0 + 3 * i) * period + lag * period
+        seen.append(lag)
+        schedule.observe_tick(3, at, period, now=at)
+    estimate = schedule.tick_estimate(3)
+    assert estimate is not None
+    offset = (estimate - tick) / period
+    offset -= math.floor(offset + 1e-9)  # position within the period, in periods
+    window = seen[-8:]
+    assert -1e-6 <= offset <= max(window) + 1e-6
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.05, 0.2),  # service period
+    st.floats(0.0, 10.0),  # tick estimate
+    st.lists(st.floats(0.01, 0.5), min_size=1, max_size=4),  # intervals of the other locked plans
+    st.integers(-2, 3),  # the served tick, relative to the plan's target
+    st.floats(0.0, 0.99),  # where `now` falls in the period before the served tick's follower
+)
+def test_a_locked_poll_never_goes_to_a_tick_already_served(
+    period: float, tick: float, ivs: list[float], served_rel: int, now_frac: float
+) -> None:
+    schedule = PollSchedule(start=0.0)
+    main = plan("main", 0.05, period=period)
+    others = [plan(f"o{i}", iv, period=period) for i, iv in enumerate(ivs)]
+    for p in [main, *others]:
+        schedule.add(p, 20.0)
+    schedule.observe_tick(3, tick, period, now=20.0)  # first sighting: every locked plan is placed
+    target = round((main.next_due + main.lead_s - tick) / period)
+    served = tick + (target + served_rel) * period
+    schedule.observe_tick(3, served + 0.001, period, now=served + 0.002)
+    now = max(main.next_due, served + 0.002) + now_frac * 0.5 * period
+    moved = schedule.move_off_served_tick(main, now)
+    new_tick = round((main.next_due + main.lead_s - tick) / period)
+    if served_rel < 0:
+        assert not moved and new_tick == target  # its tick is still ahead: it keeps it
+    else:
+        assert moved
+        assert tick + new_tick * period > served + 1e-9, "moved onto a tick that has already served a frame"
+        assert main.next_due >= now - 1e-9
+        claimed = {round((o.next_due + o.lead_s - tick) / period) for o in others}
+        assert new_tick not in claimed
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.05, 0.2),  # service period
+    st.floats(0.0, 10.0),  # tick estimate
+    st.lists(st.tuples(st.floats(0.5, 30.0), st.floats(0.0, 1.0)), min_size=1, max_size=8),  # background plans
+    st.floats(10.0, 20.0),
+)
+def test_background_reads_leave_a_tick_between_them(
+    period: float, tick: float, background: list[tuple[float, float]], now: float
+) -> None:
+    """A slave's secondary blocks never take two ticks in a row: its main poll keeps every other one."""
+    schedule = PollSchedule(start=0.0)
+    main = plan("main", 0.05, period=period)
+    schedule.add(main, now)
+    plans = []
+    for i, (iv, phase) in enumerate(background):
+        p = PollPlan(key=f"b{i}", request=read_request(3, 0x40, 2), interval_s=iv, phase_s=phase,
+                     service_period_s=period, background=True)
+        schedule.add(p, now)
+        plans.append(p)
+    schedule.observe_tick(3, tick, period, now=now)
+    ticks = sorted(round((p.next_due + p.lead_s - tick) / period) for p in plans)
+    assert all(b - a >= 2 for a, b in zip(ticks, ticks[1:])), ticks
+    main_tick = round((main.next_due + main.lead_s - tick) / period)
+    assert main_tick not in ticks
