@@ -105,6 +105,26 @@ class PollingSection(_Section):
 class ApiSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (the one chosen is logged)
+    session_lifetime_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 8 * 3600
+    session_idle_s: Annotated[int, Field(ge=60, le=24 * 3600)] = 30 * 60
+    login_account_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    login_ip_failures: Annotated[int, Field(ge=1, le=1000)] = 20
+    login_window_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*" or not origin.startswith(("https://", "http://")):
+                raise ValueError(f"{origin!r}: list each origin as scheme://host[:port]; no wildcard")
+        return origins
+
+    @model_validator(mode="after")
+    def _idle_within_lifetime(self) -> ApiSection:
+        if self.session_idle_s > self.session_lifetime_s:
+            raise ValueError("session_idle_s must not exceed session_lifetime_s")
+        return self
 
 
 class WatchdogSection(_Section):

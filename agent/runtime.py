@@ -146,7 +146,7 @@ class Runtime:
         if self.api is not None or self.controller is None or self.db is None:
             return
         cfg = self.config
-        app = create_app(self.controller, self.db, ApiSettings(agent_id=cfg.agent.id, data_dir=cfg.data_path))
+        app = create_app(self.controller, self.db, ApiSettings.from_config(cfg))
         server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
         await server.start()
         self.api = server
@@ -190,9 +190,7 @@ class Runtime:
             if poller is None:
                 reasons.append(f"{role} module not bound")
                 continue
-            snap = poller.snapshot
-            names = poller.binding.profile.poll_names("fast")
-            if snap.overall_quality(names, now) is not Quality.FRESH:
+            if poller.fast_quality(now) is not Quality.FRESH:
                 reasons.append(f"{role} module readings are not fresh")
         return (not reasons, reasons)
 
@@ -292,15 +290,13 @@ class Runtime:
         modules = {}
         for role, poller in self.pollers.items():
             snap = poller.snapshot
-            names = poller.binding.profile.poll_names("fast")
             modules[role] = {
                 "address": poller.binding.address,
                 "profile": poller.binding.profile.name,
-                "quality": snap.overall_quality(names, now).value,
+                "quality": poller.fast_quality(now).value,
                 "online": snap.online,
                 "last_error": snap.last_error,
-                **{k: v for k, v in stats["slaves"].get(poller.binding.address, {}).items()
-                   if k in ("rtt_p50_ms", "rtt_p99_ms", "timeouts", "crc_errors", "success_rate")},
+                **self.master.link_summary(poller.binding.address),
             }
         return {"port_up": stats["port_up"], "bus": stats["bus"], "modules": modules}
 

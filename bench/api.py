@@ -54,6 +54,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from drivers.modbus.stats import ranked  # noqa: E402
+
 PASSWORD = "bench password, long enough"
 BARE_TOKEN = "bench-bare-token-0123456789"
 PACED_RATE = 200.0  # requests/s offered in the paced phases (spread over all connections)
@@ -90,13 +92,6 @@ end
 
 
 # ---------------------------------------------------------------------------- load client (child)
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
@@ -166,8 +161,8 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "requests": len(values),
         "rps": round(len(values) / wall, 1),
-        "p50_ms": round(percentile(values, 0.50) * 1000, 2),
-        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+        "p50_ms": round(ranked(values, 50) * 1000, 2),
+        "p99_ms": round(ranked(values, 99) * 1000, 2),
         "max_ms": round(values[-1] * 1000, 2) if values else None,
         "statuses": statuses,
         "errors": errors,
@@ -192,7 +187,7 @@ class LagProbe:
 
     def summary(self) -> dict[str, float]:
         values = sorted(self.lags)
-        return {"loop_lag_p99_ms": round(percentile(values, 0.99) * 1000, 1), "loop_lag_max_ms": round(values[-1] * 1000, 1) if values else 0.0}
+        return {"loop_lag_p99_ms": round(ranked(values, 99) * 1000, 1), "loop_lag_max_ms": round(values[-1] * 1000, 1) if values else 0.0}
 
 
 def bare_app() -> Any:

@@ -17,7 +17,7 @@ from drivers.modbus.master import BusMaster
 from drivers.modbus.merge import plan_poll
 from drivers.modbus.schedule import PollPlan, Priority
 from drivers.profiles.model import Profile
-from drivers.snapshots import ModuleSnapshot, Reading, SnapshotBoard, empty_snapshot
+from drivers.snapshots import ModuleSnapshot, Quality, Reading, SnapshotBoard, empty_snapshot
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,10 @@ class ModulePoller:
             self.interval_since = time.monotonic()
         self.interval_s = interval_s
         self.master.schedule.set_interval(self.fast_prefix, interval_s, time.monotonic())
+
+    def fast_quality(self, now: float) -> Quality:
+        """The worst quality among the fast group's values: what readiness and status go by."""
+        return self._snapshot.overall_quality(self.binding.profile.poll_names("fast"), now)
 
     def max_age_s(self, interval_s: float) -> float:
         """Stale after a few missed polls, and never sooner than one retry could take."""

@@ -8,6 +8,7 @@ computed from that age at the moment of asking, so a silent module turns stale b
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ class Reading:
     at: float  # time.monotonic() of the reply
     max_age_s: float  # older than this, the value is stale (set from the poll that brings it)
 
+    @property
+    def fresh_until(self) -> float:
+        """The last moment at which this value is still fresh: the one freshness rule."""
+        return self.at + self.max_age_s
+
 
 @dataclass(frozen=True)
 class ModuleSnapshot:
@@ -40,13 +46,16 @@ class ModuleSnapshot:
     online: bool
     last_error: str | None  # stable error code of the last failed poll, None after a success
     published_at: float
+    # names -> when the first of them turns stale (-inf: one is missing). The snapshot never
+    # changes, so this is worked out once per snapshot and group, not on every status request.
+    _fresh_until: dict[tuple[str, ...], float] = field(default_factory=dict, compare=False, repr=False)
 
     def quality(self, name: str, now: float | None = None) -> Quality:
         reading = self.readings.get(name)
         if reading is None:
             return Quality.MISSING
         now = time.monotonic() if now is None else now
-        return Quality.FRESH if now - reading.at <= reading.max_age_s else Quality.STALE
+        return Quality.FRESH if now <= reading.fresh_until else Quality.STALE
 
     def value(self, name: str) -> Value | None:
         reading = self.readings.get(name)
@@ -60,15 +69,15 @@ class ModuleSnapshot:
 
     def overall_quality(self, names: tuple[str, ...], now: float | None = None) -> Quality:
         """The worst quality among `names` (MISSING < STALE < FRESH)."""
+        until = self._fresh_until.get(names)
+        if until is None:
+            readings = [self.readings.get(name) for name in names]
+            until = -math.inf if any(r is None for r in readings) else min((r.fresh_until for r in readings if r), default=math.inf)
+            self._fresh_until[names] = until
+        if until == -math.inf:
+            return Quality.MISSING
         now = time.monotonic() if now is None else now
-        worst = Quality.FRESH
-        for name in names:
-            reading = self.readings.get(name)
-            if reading is None:
-                return Quality.MISSING
-            if now - reading.at > reading.max_age_s:
-                worst = Quality.STALE
-        return worst
+        return Quality.FRESH if now <= until else Quality.STALE
 
     def with_readings(self, updates: Mapping[str, Reading], *, online: bool, error: str | None, now: float) -> ModuleSnapshot:
         merged = dict(self.readings)

@@ -124,7 +124,10 @@ class ApiMiddleware:
                 await self.app(scope, _replay(body, receive), send_wrapper)
             else:
                 try:
-                    async with asyncio.timeout(self.api.settings.admission_wait_s):
+                    if self._slots.locked():  # only a request that must queue pays for a timer
+                        async with asyncio.timeout(self.api.settings.admission_wait_s):
+                            await self._slots.acquire()
+                    else:
                         await self._slots.acquire()
                 except TimeoutError:
                     state["error_code"] = "API_BUSY"

@@ -83,6 +83,16 @@ class ApiSettings:
         )
 
     @classmethod
-    def from_config(cls, config: Config, **overrides: object) -> ApiSettings:
-        """Settings for the daemon: identity and data directory from the configuration."""
-        return cls(agent_id=config.agent.id, data_dir=config.data_path, **overrides)  # type: ignore[arg-type]
+    def from_config(cls, config: Config) -> ApiSettings:
+        """Settings for the daemon: identity, data directory and the `[api]` section."""
+        api = config.api
+        return cls(
+            agent_id=config.agent.id,
+            data_dir=config.data_path,
+            session_lifetime_s=float(api.session_lifetime_s),
+            session_idle_s=float(api.session_idle_s),
+            login_account_failures=api.login_account_failures,
+            login_ip_failures=api.login_ip_failures,
+            login_window_s=float(api.login_window_s),
+            cors_origins=tuple(api.cors_origins),
+        )

@@ -153,10 +153,7 @@ class Controller:
 
     def _fresh(self, role: str, now: float) -> bool:
         poller = self.hw.pollers.get(role)
-        if poller is None:
-            return False
-        names = poller.binding.profile.poll_names("fast")
-        return poller.snapshot.overall_quality(names, now) is Quality.FRESH
+        return poller is not None and poller.fast_quality(now) is Quality.FRESH
 
     def conditions(self, *, target_valid: bool = False, now: float | None = None) -> Conditions:
         now = time.monotonic() if now is None else now
@@ -361,10 +358,10 @@ class Controller:
             except TransitionRefused:
                 pass
 
-    async def stop_outputs(self, reason: str, *, routine: bool = True) -> dict[str, Any]:
-        """Stop the travel outputs and wait for the confirmation. Routine unless said otherwise:
-        the urgent stops (E-stop, fault trip) go through the stop path directly."""
-        outcome = await self.stop_path.stop(reason, routine=routine) if self.stop_path.bound else None
+    async def stop_outputs(self, reason: str) -> dict[str, Any]:
+        """A routine stop of the travel outputs (stop command, pause, end of a command), waited
+        for until confirmed. The urgent stops (E-stop, fault trip) go through the stop path directly."""
+        outcome = await self.stop_path.stop(reason, routine=True) if self.stop_path.bound else None
         if outcome is None:
             return {"confirmed": False, "confirm_ms": None}
         return {"confirmed": outcome.confirmed, "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
@@ -393,17 +390,17 @@ class Controller:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         ready, reasons = self.ready()
-        bus = self.hw.master.stats_dict()
+        master = self.hw.master
         modules = {}
         for role, poller in self.hw.pollers.items():
-            stats = bus["slaves"].get(poller.binding.address, {})
+            address = poller.binding.address
             modules[role] = {
-                "address": poller.binding.address,
+                "address": address,
                 "profile": poller.binding.profile.name,
                 "quality": "fresh" if self._fresh(role, now) else "stale",
-                "online": self.hw.master.is_online(poller.binding.address),
+                "online": master.is_online(address),
                 "last_error": poller.snapshot.last_error,
-                **{k: stats.get(k) for k in ("rtt_p50_ms", "rtt_p99_ms", "timeouts", "crc_errors", "success_rate")},
+                **master.link_summary(address),
             }
         current = self.executor.current
         last = self.stop_path.last
@@ -414,7 +411,7 @@ class Controller:
             "verdict": self.supervisor.verdict.as_dict(),
             "ready": ready,
             "ready_reasons": reasons,
-            "bus": {"port": bus["port"], "port_up": bus["port_up"], "queue_depth": bus["queue_depth"], **bus["bus"]},
+            "bus": master.bus_summary(),
             "modules": modules,
             "command": None if current is None else {"id": current.id, "type": current.type},
             "last_stop": None if last is None else {"reason": last.reason, "confirmed": last.confirmed,

@@ -214,6 +214,21 @@ class BusMaster:
     ) -> None:
         await self.execute(write_request(slave, address, values), priority)
 
+    def link_summary(self, address: int) -> dict[str, Any]:
+        """Round trips, timeouts, CRC errors and success rate of one slave ({} if never addressed)."""
+        link = self._links.get(address)
+        return {} if link is None else link.stats.summary()
+
+    def bus_summary(self) -> dict[str, Any]:
+        """Port and line counters, without the per-slave detail of `stats_dict`."""
+        return {
+            "port": self.port.path,
+            "port_up": self.port.is_open,
+            "queue_depth": len(self._queue),
+            **self.stats.as_dict(),
+            "poll_overruns": self.schedule.overruns,
+        }
+
     def stats_dict(self) -> dict[str, Any]:
         return {
             "port": self.port.path,

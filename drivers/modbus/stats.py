@@ -50,13 +50,21 @@ class SlaveStats:
             self._rtt_cache = (self.rtt_recorded, ranked(ordered, 50), ranked(ordered, 99))
         return self._rtt_cache[1], self._rtt_cache[2]
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, float | int | None]:
+        """The link health a status page shows per module."""
         p50, p99 = self.rtt_percentiles()
+        return {
+            "rtt_p50_ms": round(p50 * 1000, 3),
+            "rtt_p99_ms": round(p99 * 1000, 3),
+            "timeouts": self.timeouts,
+            "crc_errors": self.crc_errors,
+            "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,
+        }
+
+    def as_dict(self) -> dict[str, float | int | None]:
         return {
             "transactions": self.transactions,
             "ok": self.ok,
-            "timeouts": self.timeouts,
-            "crc_errors": self.crc_errors,
             "exceptions": self.exceptions,
             "mismatched": self.mismatched,
             "late_dropped": self.late_dropped,
@@ -64,9 +72,7 @@ class SlaveStats:
             "fences": self.fences,
             "set_aside": self.set_aside,
             "preempted": self.preempted,
-            "rtt_p50_ms": round(p50 * 1000, 3),
-            "rtt_p99_ms": round(p99 * 1000, 3),
-            "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,
+            **self.summary(),
         }
 
 

@@ -91,3 +91,32 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for word in ("run", "sim", "config", "demo", "OHT_AGENT_CONFIG"):
         assert word in out
+
+
+def test_api_section_reaches_the_api_settings() -> None:
+    from agent.api.settings import ApiSettings
+
+    data = {**MINIMAL, "api": {"session_lifetime_s": 3600, "session_idle_s": 600, "login_account_failures": 3,
+                               "login_ip_failures": 9, "login_window_s": 300, "cors_origins": ["https://ops.example"]}}
+    settings = ApiSettings.from_config(validate_config(data))
+    limits = settings.auth_limits
+    assert (limits.session_lifetime_s, limits.session_idle_s) == (3600.0, 600.0)
+    assert (limits.throttle.account_failures, limits.throttle.ip_failures, limits.throttle.window_s) == (3, 9, 300.0)
+    assert settings.cors_origins == ("https://ops.example",)
+    shipped = ApiSettings.from_config(load_config(DEFAULT_CONFIG))
+    assert shipped.cors_origins == () and shipped.session_idle_s <= shipped.session_lifetime_s
+
+
+@pytest.mark.parametrize(
+    ("api", "key"),
+    [
+        ({"cors_origins": ["*"]}, "api.cors_origins"),
+        ({"cors_origins": ["ops.example"]}, "api.cors_origins"),
+        ({"session_lifetime_s": 600, "session_idle_s": 1200}, "api"),
+        ({"login_account_failures": 0}, "api.login_account_failures"),
+    ],
+)
+def test_unsafe_api_settings_are_refused(api: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({**MINIMAL, "api": api})
+    assert any(p.startswith(key) for p in info.value.problems), info.value.problems

@@ -17,11 +17,12 @@ from agent.api.routes import (
     users,
 )
 
+# Routes are matched in this order, one by one: the ones polled most often come first.
 ROUTERS = (
-    health.router,
-    auth.router,
     status.router,
     commands.router,
+    health.router,
+    auth.router,
     control.router,
     users.router,
     api_keys.router,
