@@ -129,6 +129,7 @@ class BusMaster:
         self._closing = False
         self._wakeup: asyncio.Future[None] | None = None
         self.on_wire: Request | None = None
+        self._sent_at = 0.0  # when the request on the wire was written
 
     # ----------------------------------------------------------------- configuration
     def configure_slave(self, address: int, *, turnaround_s: float, service_period_s: float = 0.0) -> SlaveLink:
@@ -486,7 +487,7 @@ class BusMaster:
         frame = request.encode()
         port.buffer.clear()
         self.on_wire = request
-        sent_at = time.monotonic()
+        sent_at = self._sent_at = time.monotonic()
         try:
             port.write(frame)
             link.stats.transactions += 1
@@ -536,12 +537,12 @@ class BusMaster:
                 link.stats.ok += 1
                 link.stats.last_ok_at = time.monotonic()
                 link.ghosts.clear()  # in-order slave: anything older has come or never will
-                self._note_reply(link, n)
+                self._note_reply(link, request, n)
                 return checked.registers
             if verdict is Verdict.EXCEPTION:
                 link.stats.exceptions += 1
                 link.ghosts.clear()
-                self._note_reply(link, n)
+                self._note_reply(link, request, n)
                 raise ModbusExceptionReply(request.slave, request.function, checked.exception_code)
             if verdict is Verdict.CRC_ERROR:
                 link.stats.crc_errors += 1
@@ -554,11 +555,14 @@ class BusMaster:
             self._drop_unsolicited(owner, checked.signature)
         return None
 
-    def _note_reply(self, link: SlaveLink, reply_length: int) -> None:
+    def _note_reply(self, link: SlaveLink, request: Request, reply_length: int) -> None:
         """Remember when the slave sent this reply; from a slave served once per tick, it dates a tick."""
         link.reply_sent_at = self.port.last_rx - self.timing.wire_s(reply_length)
         if link.service_period_s > 0:
-            self.schedule.observe_tick(link.address, link.reply_sent_at, link.service_period_s, time.monotonic())
+            reached_slave = self._sent_at + self.timing.wire_s(len(request.encode()))
+            self.schedule.observe_tick(
+                link.address, link.reply_sent_at, link.service_period_s, time.monotonic(), sent_at=reached_slave
+            )
 
     def _drop_unsolicited(self, owner: SlaveLink | None, signature: tuple[int, ...]) -> None:
         if owner is not None and signature in owner.ghosts:

@@ -127,6 +127,10 @@ class PollSchedule:
     def tick_estimate(self, slave: int) -> float | None:
         return self._ticks.get(slave)
 
+    def served_tick(self, slave: int) -> float | None:
+        """The last service tick known to have served a frame of `slave`."""
+        return self._served.get(slave)
+
     def _align_to_tick(self, plan: PollPlan, due: float, unplaced: Collection[PollPlan] = ()) -> float:
         """Move a phase-locked plan to just before the first free service tick at or after `due`.
 
@@ -194,7 +198,7 @@ class PollSchedule:
         plan.last_started = now
         plan.runs += 1
 
-    def observe_tick(self, slave: int, seen_at: float, period: float, now: float) -> None:
+    def observe_tick(self, slave: int, seen_at: float, period: float, now: float, sent_at: float | None = None) -> None:
         """Learn a slave's service tick from one of its replies (any reply: poll, job or probe).
 
         `seen_at` is when the reply was read, less its time on the wire. A reply is only ever seen
@@ -204,6 +208,12 @@ class PollSchedule:
         jitter) does not decide alone. A reply read more than half a period late cannot be told
         from an early one.
 
+        The tick that served the request is the first one after it was sent (`sent_at`, when
+        the request reached the slave), not the one nearest the moment the reply was read: a
+        stalled loop reads a reply late, and that must not mark the next tick as used. Only a
+        reply that came more than a period after that tick (the slave still had an older frame
+        to serve) is placed by its own time.
+
         The first estimate for a slave realigns its locked plans: until then they were timed blind.
         """
         seen = self._sightings.setdefault(slave, deque(maxlen=TICK_WINDOW))
@@ -212,7 +222,12 @@ class PollSchedule:
         first = slave not in self._ticks
         tick = on_grid[len(on_grid) // 4]
         self._ticks[slave] = tick
-        self._served[slave] = tick + round((seen_at - tick) / period) * period
+        served = tick + round((seen_at - tick) / period) * period
+        if sent_at is not None:
+            after_send = tick + math.ceil((sent_at - tick) / period - 1e-9) * period
+            if seen_at - after_send < period:
+                served = after_send
+        self._served[slave] = served
         if first:
             self.realign(now, slave=slave)
 

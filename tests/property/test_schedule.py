@@ -165,3 +165,30 @@ def test_background_reads_leave_a_tick_between_them(
     assert all(b - a >= 2 for a, b in zip(ticks, ticks[1:])), ticks
     main_tick = round((main.next_due + main.lead_s - tick) / period)
     assert main_tick not in ticks
+
+
+@settings(max_examples=200)
+@given(
+    st.floats(0.05, 0.2),  # service period
+    st.floats(0.0, 10.0),  # the slave's tick phase
+    st.integers(10, 50),  # index of the tick that serves the request
+    st.floats(0.0, 0.95),  # how late the reply was read (a stalled loop), in periods
+    st.floats(0.01, 0.9),  # how long before that tick the request reached the slave, in periods
+)
+def test_a_reply_read_late_marks_the_tick_that_served_it(
+    period: float, tick: float, k: int, read_late: float, ahead: float
+) -> None:
+    """A stalled loop reads a reply late; the tick after it must stay free for the next poll."""
+    schedule = PollSchedule(start=0.0)
+    for i in range(8):  # prompt replies: the estimate is the slave's tick
+        at = tick + i * period
+        schedule.observe_tick(3, at, period, now=at, sent_at=at - 0.004)
+    served = tick + k * period
+    schedule.observe_tick(3, served + read_late * period, period, now=served + read_late * period,
+                          sent_at=served - ahead * period)
+    assert schedule.served_tick(3) is not None
+    assert abs(schedule.served_tick(3) - served) < 1e-6
+    main = plan("main", 0.05, period=period)
+    schedule.add(main, served + read_late * period)
+    main.next_due = served + period - main.lead_s  # due for the next tick
+    assert not schedule.move_off_served_tick(main, served + read_late * period), "the next tick is free"
