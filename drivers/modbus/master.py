@@ -129,7 +129,7 @@ class BusMaster:
         self._closing = False
         self._wakeup: asyncio.Future[None] | None = None
         self.on_wire: Request | None = None
-        self._sent_at = 0.0  # when the request on the wire was written
+        self._reached_slave_at = 0.0  # when the request on the wire had fully reached its slave
 
     # ----------------------------------------------------------------- configuration
     def configure_slave(self, address: int, *, turnaround_s: float, service_period_s: float = 0.0) -> SlaveLink:
@@ -487,7 +487,8 @@ class BusMaster:
         frame = request.encode()
         port.buffer.clear()
         self.on_wire = request
-        sent_at = self._sent_at = time.monotonic()
+        sent_at = time.monotonic()
+        self._reached_slave_at = sent_at + self.timing.wire_s(len(frame))
         try:
             port.write(frame)
             link.stats.transactions += 1
@@ -537,12 +538,12 @@ class BusMaster:
                 link.stats.ok += 1
                 link.stats.last_ok_at = time.monotonic()
                 link.ghosts.clear()  # in-order slave: anything older has come or never will
-                self._note_reply(link, request, n)
+                self._note_reply(link, n)
                 return checked.registers
             if verdict is Verdict.EXCEPTION:
                 link.stats.exceptions += 1
                 link.ghosts.clear()
-                self._note_reply(link, request, n)
+                self._note_reply(link, n)
                 raise ModbusExceptionReply(request.slave, request.function, checked.exception_code)
             if verdict is Verdict.CRC_ERROR:
                 link.stats.crc_errors += 1
@@ -555,13 +556,13 @@ class BusMaster:
             self._drop_unsolicited(owner, checked.signature)
         return None
 
-    def _note_reply(self, link: SlaveLink, request: Request, reply_length: int) -> None:
+    def _note_reply(self, link: SlaveLink, reply_length: int) -> None:
         """Remember when the slave sent this reply; from a slave served once per tick, it dates a tick."""
         link.reply_sent_at = self.port.last_rx - self.timing.wire_s(reply_length)
         if link.service_period_s > 0:
-            reached_slave = self._sent_at + self.timing.wire_s(len(request.encode()))
             self.schedule.observe_tick(
-                link.address, link.reply_sent_at, link.service_period_s, time.monotonic(), sent_at=reached_slave
+                link.address, link.reply_sent_at, link.service_period_s, time.monotonic(),
+                sent_at=self._reached_slave_at,
             )
 
     def _drop_unsolicited(self, owner: SlaveLink | None, signature: tuple[int, ...]) -> None:
