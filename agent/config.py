@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.control.motion import MotionLimits
 from agent.safety.policy import SafetyPolicy
 from drivers.errors import CodedError
 
@@ -163,6 +164,7 @@ class Config(_Section):
     polling: PollingSection = Field(default_factory=PollingSection)
     api: ApiSection = Field(default_factory=ApiSection)
     safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
+    motion: MotionLimits = Field(default_factory=MotionLimits)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     estop_gpio: EstopGpioSection = Field(default_factory=EstopGpioSection)
     upstream: UpstreamSection = Field(default_factory=UpstreamSection)

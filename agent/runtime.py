@@ -1,9 +1,11 @@
 """Builds the daemon's components, starts and supervises their tasks, shuts down safely.
 
-Start order: the database (acknowledged means committed), the bus master (it owns the port and
-reconnects by itself), the controller (state machine, supervisor, control loop), then discovery:
-the travel driver's outputs are driven to their safe state and confirmed as soon as it is bound,
-before anything else is commanded. A mandatory module that is missing is looked for again every
+Start order: the bus master (it owns the port and reconnects by itself), then the travel driver
+at its configured address alone: identified, bound and its outputs driven to the safe state and
+confirmed, while the database is opened and checked in parallel (a driver left running by a
+crashed agent must not wait for a check whose time grows with the database, nor for absent
+addresses to time out). Then the controller (state machine, supervisor, control loop) and
+discovery of the other modules. A mandatory module that is missing is looked for again every
 `bus.rediscover_s`; nothing is ever bound by guess. On SIGTERM motion is stopped and confirmed,
 STOPPING=1 is sent, and the process exits.
 """
@@ -107,10 +109,30 @@ class Runtime:
         cfg = self.config
         self.config.data_path.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.data_path)
-        report = await self.db.start()
+        self._build_controller()
+        await self.master.start()
+        travel_first = asyncio.create_task(self._stop_travel_first(), name="travel-first")
+        try:
+            report = await self.db.start()
+        finally:
+            await travel_first
         if report.interrupted_commands:
             log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
                         report.interrupted_commands)
+        assert self.controller is not None
+        if report.corrupt_moved_to is not None:
+            # Latched until a technician has looked: the old file is kept for analysis.
+            self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
+        await self.controller.start()
+        self._open_gpio()
+        self._tasks = [
+            asyncio.create_task(self._discovery_loop(), name="discovery"),
+            asyncio.create_task(self._health_loop(), name="health-log"),
+        ]
+
+    def _build_controller(self) -> None:
+        cfg = self.config
+        assert self.db is not None
         estop_state = None
         if cfg.estop_gpio.enabled:
             # Until the lines are read the input counts as pressed: when in doubt, stop.
@@ -123,18 +145,36 @@ class Runtime:
         self.controller = Controller(
             agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety,
             mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
-            notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state,
+            notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state, motion=cfg.motion,
         )
-        if report.corrupt_moved_to is not None:
-            # Latched until a technician has looked: the old file is kept for analysis.
-            self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
-        await self.master.start()
-        await self.controller.start()
-        self._open_gpio()
-        self._tasks = [
-            asyncio.create_task(self._discovery_loop(), name="discovery"),
-            asyncio.create_task(self._health_loop(), name="health-log"),
-        ]
+
+    async def _stop_travel_first(self, timeout_s: float = 1.5) -> None:
+        """Identify and bind the travel driver at its configured address alone, and stop it.
+
+        Waits at most `timeout_s` for the confirmation (the discovery loop keeps looking for a
+        driver that is not there yet, and the stop keeps being retried until it is confirmed).
+        """
+        assert self.controller is not None
+        deadline = time.monotonic() + timeout_s
+        while not self.master.port_up and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if not self.master.port_up:
+            return
+        address = self.config.modules.travel
+        report = await discover(self.master, [address], self.profiles, {"travel": address})
+        self._log_report(report)
+        binding = report.bindings.get("travel")
+        if binding is None:
+            return
+        self._bind(binding)
+        initial = self.controller.initial_stop
+        if initial is not None:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(initial), max(0.05, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                log.error("start-up stop of the travel driver not yet confirmed; still trying")
+                return
+            log.info("start-up: travel outputs confirmed safe %.0f ms after the stop was requested", outcome.confirm_ms or 0)
 
     def _open_gpio(self) -> None:
         cfg = self.config.estop_gpio
@@ -215,7 +255,8 @@ class Runtime:
             if missing:
                 await self._wait_port()
                 role_map = {r: a for r, a in self.config.modules.role_map().items() if r in missing}
-                scan = self.config.bus.scan if first else list(role_map.values())
+                bound = {p.binding.address for p in self.pollers.values()}
+                scan = [a for a in self.config.bus.scan if a not in bound] if first else list(role_map.values())
                 report = await discover(self.master, scan, self.profiles, role_map)
                 self.last_report = report
                 self._log_report(report)

@@ -17,8 +17,10 @@ from typing import Any
 
 from agent.control.conditions import build_conditions
 from agent.control.executor import Executor, Outcome
+from agent.control.motion import MotionLimits
+from agent.control.output_monitor import OutputMonitor
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
-from agent.control.params import OUT_OF_BAND, validate_params
+from agent.control.params import MOTION_TYPES, OUT_OF_BAND, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
@@ -35,6 +37,7 @@ from agent.store.errors import CommandNotFound, CommandStateError
 from agent.store.transitions import record_transition
 from drivers.errors import CodedError
 from drivers.modbus.errors import BusError
+from drivers.modbus.interlock import Permit
 from drivers.modbus.schedule import Priority
 from drivers.snapshots import Quality
 from drivers.watchdog import HardwareWatchdog, SdNotifier
@@ -68,6 +71,7 @@ class Controller:
         notifier: SdNotifier | None = None,
         hw_watchdog: HardwareWatchdog | None = None,
         estop_input: Callable[[float], EstopInputState | None] | None = None,
+        motion: MotionLimits | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.hw = hw
@@ -75,11 +79,13 @@ class Controller:
         self.db = db
         self.commands = Commands(db)
         self.policy = policy
+        self.motion = motion if motion is not None else MotionLimits()
         self.mandatory = mandatory
         self._ready_check = ready_check
         self.sm = StateMachine()
-        self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000)
-        self.plant.on_travel_write = self.stop_path.note_output_write
+        self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000,
+                                  current_max_a=policy.stop_current_max_a)
+        self.output_monitor = OutputMonitor(policy.stop_current_max_a, policy.uncommanded_motion_cm)
         self._port_seen_up = False
         self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
                                      estop_input=estop_input)
@@ -114,22 +120,38 @@ class Controller:
         ]
 
     async def shutdown(self) -> StopOutcome | None:
-        """Stop motion and confirm it, then stop the tasks. Returns the final stop outcome."""
+        """Stop motion, end the tasks, then a final stop that no cache can answer. Returns its outcome.
+
+        The first stop goes out at once (and revokes every output permit); the executor and the
+        control loop are then cancelled, so nothing can write the outputs again; the final stop
+        is written and read back anew before the bus closes. The hardware watchdog is disarmed
+        only when that final stop is confirmed: otherwise it is left to reset the board.
+        """
         self.notifier.stopping()
         self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
-        outcome: StopOutcome | None = None
-        if self.stop_path.bound and self.hw.master.port_up:
-            try:
-                outcome = await asyncio.wait_for(self.stop_path.stop("shutdown"), 2.0)
-            except asyncio.TimeoutError:
-                log.error("shutdown: stop not confirmed within 2 s")
+        bound = self.stop_path.bound and self.hw.master.port_up
+        if bound:
+            self.stop_path.request("shutdown")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        outcome: StopOutcome | None = None
+        if bound:
+            try:
+                outcome = await asyncio.wait_for(self.stop_path.stop("shutdown: final stop", fresh=True), 2.0)
+            except asyncio.TimeoutError:
+                log.error("shutdown: final stop not confirmed within 2 s")
         await self._drain_records()
         if self.hw_watchdog is not None:
-            self.hw_watchdog.close(disarm=True)
+            safe = outcome is not None and outcome.confirmed
+            if not safe:
+                log.error("shutdown: final stop not confirmed; the hardware watchdog is left armed")
+            self.hw_watchdog.close(disarm=safe)
         return outcome
+
+    @property
+    def initial_stop(self) -> asyncio.Task[StopOutcome] | None:
+        return self._initial_stop
 
     def bind_travel(self) -> None:
         """Called when the travel driver is bound: its outputs go to the safe state before anything else."""
@@ -208,6 +230,7 @@ class Controller:
         if fired:
             self._after_transitions(fired)
         self._motion_window(now)
+        self._watch_outputs(now)
         self._feed_deadman(now)
         healthy = lag * 1000 <= p.loop_lag_stop_ms and self.hw.master._task is not None and not self.hw.master._task.done()
         self.loop_healthy = healthy
@@ -268,6 +291,27 @@ class Controller:
             self.stop_path.request("motion window expired")
             self.executor.refreshed_at = None
 
+    def _watch_outputs(self, now: float) -> None:
+        """Outside motion the driver must read back off and the carriage must stand still."""
+        poller = self.hw.pollers.get("travel")
+        if poller is None:
+            return
+        motion = self.sm.state in (State.MOVE, State.DOCK)
+        stop = self.stop_path
+        if (not motion and not stop.in_progress and stop.last_confirmed is not None
+                and self.hw.master.interlock.energised_since(stop.last_confirmed.readback_sent_at or 0.0)):
+            # An energising frame went out after the last confirmed stop, and none is running.
+            stop.request("outputs energised outside motion")
+        causes = self.output_monitor.check(
+            poller.snapshot, now, motion=motion or stop.in_progress,
+            stopped_since=None if stop.last_confirmed is None else stop.last_confirmed.confirmed_at)
+        for code in ("OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION"):
+            detail = causes.get(code)
+            if detail is not None and not self.supervisor.external_active(code):
+                self.supervisor.raise_external(code, detail)
+            elif detail is None and self.supervisor.external_active(code):
+                self.supervisor.clear_external(code)
+
     def _feed_deadman(self, now: float) -> None:
         poller = self.hw.pollers.get("travel")
         if poller is None or not poller.binding.profile.deadman:
@@ -279,12 +323,13 @@ class Controller:
             return
         self._deadman_last = now
         self._deadman_counter = (self._deadman_counter + 1) & 0xFFFF
+        permit = self.plant.permit("dead-man heartbeat")  # taken with the motion check above
         self._deadman_task = asyncio.get_running_loop().create_task(
-            self._quiet_write("travel", "HEARTBEAT", self._deadman_counter, Priority.SAFETY))
+            self._quiet_write("travel", "HEARTBEAT", self._deadman_counter, Priority.SAFETY, permit))
 
-    async def _quiet_write(self, role: str, name: str, value: int, priority: Priority) -> None:
+    async def _quiet_write(self, role: str, name: str, value: int, priority: Priority, permit: Permit | None = None) -> None:
         try:
-            await self.plant.write(role, name, value, priority)
+            await self.plant.write(role, name, value, priority, permit=permit)
         except (BusError, CodedError) as exc:
             log.warning("%s.%s write failed: %s", role, name, exc.code)
 
@@ -448,6 +493,7 @@ class Controller:
         user: str | None, priority: int = 5, not_after: datetime | None = None,
     ) -> SubmitResult:
         clean = validate_params(type, params)
+        not_after = self._deadline_for(type, not_after)
         if not self.db.healthy:
             health = self.db.health()
             raise CodedError(f"the database cannot be written: {health.get('message', '')}", code="STORE_UNAVAILABLE",
@@ -460,6 +506,17 @@ class Controller:
             else:
                 self.executor.wake()
         return SubmitResult(record, created)
+
+    def _deadline_for(self, type_: str, not_after: datetime | None) -> datetime | None:
+        """Motion commands always have a deadline: the default TTL when none is given, and a client's
+        deadline is capped, so a queued move never runs long after it was asked for."""
+        if type_ not in MOTION_TYPES:
+            return not_after
+        now = dt.datetime.now(dt.timezone.utc)
+        cap = now + dt.timedelta(seconds=self.motion.max_command_ttl_s)
+        if not_after is None:
+            return now + dt.timedelta(seconds=self.motion.command_ttl_s)
+        return min(not_after, cap)
 
     async def run_out_of_band(self, record: CommandRecord) -> None:
         """stop / pause / resume act at once on whatever runs."""
@@ -527,7 +584,11 @@ class Controller:
         return EstopResult(True, outcome.confirm_ms, None)
 
     async def reset(self, *, user: str) -> ResetResult:
-        """Clear latched faults whose cause is gone; the safety module's latch is written back last."""
+        """Clear latched faults whose cause is gone; the safety module's latch is written back last.
+
+        Before it leaves a stop state, a fresh stop is written and read back (never a cached
+        confirmation): a reset must not report IDLE while the driver runs.
+        """
         blockers = self.supervisor.reset_blockers(ignore_module_latch=True)
         if not blockers and self.supervisor.module_latch_set():
             poller = self.hw.pollers.get("safety")
@@ -544,6 +605,8 @@ class Controller:
                     blockers["SAFETY_MODULE_LATCHED"] = f"could not release the safety module latch: {exc.code}"
         cleared, remaining = self.supervisor.clear_latches()
         remaining.update({k: v for k, v in blockers.items() if k not in remaining})
+        if not remaining and self.sm.state in (State.ESTOP, State.FAULT, State.SAFE):
+            remaining.update(await self._fresh_stop_before_reset(user))
         if not remaining:
             for event, reason in ((Event.ESTOP_RESET, f"reset by {user}"), (Event.FAULT_CLEARED, f"reset by {user}"),
                                   (Event.SAFE_RESET, f"reset by {user}")):
@@ -554,6 +617,25 @@ class Controller:
                         continue
         log.info("reset by %s: cleared %s, remaining %s", user, cleared, list(remaining))
         return ResetResult(cleared, remaining, self.sm.state.value)
+
+    async def _fresh_stop_before_reset(self, user: str) -> dict[str, str]:
+        """A stop written and read back anew (never a cached confirmation) before a stop state is
+        left, so a reset cannot report IDLE while the driver runs. Routine priority: the robot is
+        already stopped, and repeated resets must not cost the safety module its polls."""
+        if not self.stop_path.bound:
+            return {}
+        try:
+            fresh = await asyncio.wait_for(self.stop_path.stop(f"reset by {user}", routine=True, fresh=True),
+                                           self.policy.stop_confirm_timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            fresh = None
+        if fresh is None or not fresh.confirmed:
+            error = fresh.error if fresh is not None else "timeout"
+            return {"STOP_NOT_CONFIRMED": f"the travel driver did not confirm a fresh stop ({error})"}
+        self._watch_outputs(time.monotonic())  # readings from before this stop no longer count
+        remaining = {f.code: f"cause still present: {f.detail}" for f in self.supervisor.verdict.faults
+                     if f.code in ("OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION") and f.cause_present}
+        return remaining
 
     # ------------------------------------------------------------------ status stream
     def add_status_listener(self, listener: StatusListener) -> None:

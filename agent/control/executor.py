@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.control import params as P
+from agent.control.motion import ProgressWatch
 from agent.control.state_machine import TransitionRefused, command_allowed
 from agent.control.states import Event, State
 from agent.safety.faults import Level
@@ -21,6 +22,7 @@ from agent.store.commands import CommandRecord
 from agent.store.commands import CommandExpired
 from agent.store.errors import StoreError
 from drivers.errors import CodedError
+from drivers.modbus.interlock import PermitRevoked
 
 if TYPE_CHECKING:
     from agent.control.controller import Controller
@@ -176,10 +178,23 @@ class Executor:
         self, channel: str, direction: str, speed_pct: int, record: CommandRecord, *, start: int,
         distance: int | None, duration_ms: int | None, until_docked: bool = False,
     ) -> Outcome:
-        """Run one channel until its bound, then stop and confirm. Outputs are zeroed on every exit."""
+        """Run one channel until its bound, then stop and confirm. Outputs are zeroed on every exit.
+
+        Before every output write the abort signal, the state and the motion guard are checked
+        again, and the write's output permit is taken in that same step: a stop requested after
+        the check revokes it, and the bus drops the write at the wire. Besides its own bound
+        (distance, duration, docked) the motion ends at its time bound, when the position stops
+        changing while speed is commanded (TRAVEL_STALLED), or when the live position leaves the
+        track. The state's timeout is refreshed only while progress is seen, never past the bound.
+        """
         c, plant, sig = self.c, self.c.plant, self.signals
+        limits = c.motion
         c.hw.set_moving(True)
         began = time.monotonic()
+        bound_s = limits.time_bound_s(distance_cm=distance, duration_ms=duration_ms, speed_pct=speed_pct,
+                                      slowest_factor=c.policy.warning_speed_factor)
+        hard_deadline = began + bound_s
+        progress = ProgressWatch(limits)
         moved = 0
         applied_factor = -1.0
         reason, code, state = "bound reached", None, "succeeded"
@@ -193,26 +208,42 @@ class Executor:
                 if c.supervisor.verdict.level >= Level.PROTECTIVE_STOP or c.sm.state not in (State.MOVE, State.DOCK, State.PAUSED):
                     reason, code, state = f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})", "MOTION_WITHDRAWN", "failed"
                     break
+                if now >= hard_deadline:
+                    reason, code, state = f"time bound of {bound_s:.1f} s exceeded", "MOTION_TIME_EXCEEDED", "failed"
+                    break
                 if c.sm.state is State.PAUSED:
                     if applied_factor != 0.0:
                         await c.stop_outputs("pause")
                         applied_factor = 0.0
+                        progress.commanded(time.monotonic(), 0)
                     await asyncio.sleep(LOOP_S)
                     continue
-                c.sm.refresh()
                 factor = c.supervisor.verdict.speed_factor
                 if factor != applied_factor:
                     if not c.motion_allowed():
                         reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
                         break
                     speed = max(1, round(speed_pct * factor))
-                    await plant.write(
-                        "travel", f"{channel}_DIRECTION", 1 if direction == "forward" else 2)
-                    await plant.write_many("travel", {f"{channel}_ENABLE": 1, f"{channel}_COMMAND_SPEED": speed})
+                    try:
+                        await self._energise(channel, direction, speed)
+                    except PermitRevoked:
+                        await asyncio.sleep(LOOP_S)  # a stop came: the checks above say why on the next pass
+                        continue
                     applied_factor = factor
+                    progress.commanded(time.monotonic(), speed)
                 position = plant.value("travel", f"{channel}_POSITION_CURRENT")
                 if position is not None:
                     moved = abs(int(position) - start)
+                    if channel == "M1" and not TRACK_MIN_CM <= position <= TRACK_MAX_CM:
+                        reason, code, state = f"position {position} cm is outside the track", "TRACK_LIMIT", "failed"
+                        break
+                if progress.observe(now, position):
+                    c.sm.refresh(limit=hard_deadline)
+                if progress.stalled(now):
+                    reason, code, state = (f"no progress for {limits.stall_window_s(speed_pct * applied_factor):.1f} s "
+                                           f"with speed commanded"), "TRAVEL_STALLED", "failed"
+                    c.supervisor.record_event("TRAVEL_STALLED", f"{record.type} {record.id}: {reason}")
+                    break
                 if distance is not None and moved >= distance:
                     break
                 if until_docked and plant.value("dock", "DOCK_STATUS") == 3:
@@ -228,10 +259,17 @@ class Executor:
             await c.settle_after_motion(record.id)
         readback = outcome.get("readback", {})
         result = {"moved_cm": moved, "end": reason, "stop_confirmed": outcome["confirmed"],
-                  "stop_confirm_ms": outcome["confirm_ms"], "readback": readback}
+                  "stop_confirm_ms": outcome["confirm_ms"], "readback": readback, "time_bound_s": round(bound_s, 1)}
         if not outcome["confirmed"] and state == "succeeded":
             state, code = "failed", "STOP_NOT_CONFIRMED"
         return Outcome(state, result, code, None if state == "succeeded" else reason)
+
+    async def _energise(self, channel: str, direction: str, speed: int) -> None:
+        """Direction, then enable and speed, under one permit taken now (after the caller's checks)."""
+        plant = self.c.plant
+        permit = plant.permit(f"{channel} {direction} {speed} %")
+        await plant.write("travel", f"{channel}_DIRECTION", 1 if direction == "forward" else 2, permit=permit)
+        await plant.write_many("travel", {f"{channel}_ENABLE": 1, f"{channel}_COMMAND_SPEED": speed}, permit=permit)
 
     # ------------------------------------------------------------------ other commands
     async def _do_charge_start(self, p: P.ChargeStartParams, record: CommandRecord) -> Outcome:

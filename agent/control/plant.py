@@ -2,16 +2,19 @@
 
 Everything that turns a command into bus traffic goes through here, so a register name is
 always resolved through the bound module's profile and a write is range-checked before it
-reaches the bus.
+reaches the bus. A travel write that can make the carriage move (a nonzero enable, speed,
+direction or dead-man heartbeat) is refused here unless it carries an output permit, and the bus
+drops it at the wire if a stop revoked that permit meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.safety.stop import ENERGISING_REGISTERS
 from drivers.errors import CodedError
+from drivers.modbus.interlock import Permit
 from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.master import BusMaster
 from drivers.modbus.merge import plan_register_reads
@@ -24,6 +27,11 @@ from drivers.snapshots import Quality, SnapshotBoard
 class ModuleNotBound(CodedError):
     code = "MODULE_NOT_BOUND"
     hint = "the module for this role was not found at start-up; check the status page's discovery problems"
+
+
+class OutputNotPermitted(CodedError):
+    code = "OUTPUT_NOT_PERMITTED"
+    hint = "an energising travel write needs an output permit taken where motion was checked; this is a bug in the caller"
 
 
 class Hardware(Protocol):
@@ -39,7 +47,6 @@ class Hardware(Protocol):
 @dataclass
 class Plant:
     hw: Hardware
-    on_travel_write: Callable[[], None] | None = None
 
     def poller(self, role: str) -> ModulePoller:
         poller = self.hw.pollers.get(role)
@@ -47,23 +54,33 @@ class Plant:
             raise ModuleNotBound(f"no {role} module is bound")
         return poller
 
-    def _note(self, role: str) -> None:
-        if role == "travel" and self.on_travel_write is not None:
-            self.on_travel_write()  # any travel write may re-enable outputs: the next stop goes to the bus
+    def permit(self, reason: str = "") -> Permit:
+        """Leave to energise the travel outputs until the next stop request: take it in the same
+        step (no await between) as the check that motion is allowed."""
+        return self.hw.master.interlock.issue(reason)
+
+    @staticmethod
+    def _permit_for(role: str, values: dict[str, float | int], permit: Permit | None) -> Permit | None:
+        energising = role == "travel" and any(v != 0 and n in ENERGISING_REGISTERS for n, v in values.items())
+        if energising and permit is None:
+            raise OutputNotPermitted(f"travel write of {sorted(values)} without an output permit")
+        return permit
 
     def bound(self, role: str) -> bool:
         return role in self.hw.pollers
 
-    async def write(self, role: str, name: str, value: float | int, priority: Priority = Priority.COMMAND) -> None:
+    async def write(self, role: str, name: str, value: float | int, priority: Priority = Priority.COMMAND,
+                    *, permit: Permit | None = None) -> None:
         poller = self.poller(role)
-        self._note(role)
+        permit = self._permit_for(role, {name: value}, permit)
         address, words = plan_write(poller.binding.profile, name, value)
-        await self.hw.master.execute(write_request(poller.binding.address, address, words), priority)
+        await self.hw.master.execute(write_request(poller.binding.address, address, words), priority, permit=permit)
 
-    async def write_many(self, role: str, values: dict[str, float | int], priority: Priority = Priority.COMMAND) -> None:
+    async def write_many(self, role: str, values: dict[str, float | int], priority: Priority = Priority.COMMAND,
+                         *, permit: Permit | None = None) -> None:
         """Several registers; adjacent ones go out in one frame, in address order."""
         poller = self.poller(role)
-        self._note(role)
+        permit = self._permit_for(role, values, permit)
         planned = sorted(plan_write(poller.binding.profile, n, v) for n, v in values.items())
         frames: list[tuple[int, list[int]]] = []
         for address, words in planned:
@@ -72,7 +89,7 @@ class Plant:
             else:
                 frames.append((address, list(words)))
         for address, words in frames:
-            await self.hw.master.execute(write_request(poller.binding.address, address, words), priority)
+            await self.hw.master.execute(write_request(poller.binding.address, address, words), priority, permit=permit)
 
     async def read(self, role: str, names: list[str], priority: Priority = Priority.COMMAND) -> dict[str, float | int]:
         """Read registers now (not from the snapshot), decoded through the profile."""

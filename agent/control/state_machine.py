@@ -398,15 +398,23 @@ class StateMachine:
             )
         return fired
 
-    def refresh(self) -> None:
-        """Restart the current state's timer while a valid motion command is still running."""
+    def refresh(self, limit: float | None = None) -> None:
+        """Restart the current state's timer while a motion command is running and progressing.
+
+        With `limit` (a clock value: the command's own time bound) the state's deadline is never
+        moved past it, so no stream of refreshes can keep a motion state alive beyond its bound.
+        """
         if self._state not in MOTION_STATES:
             raise StateMachineError(
                 f"refresh is only allowed in MOVE or DOCK, not in {self._state.value}",
                 code="STATE_REFRESH_NOT_ALLOWED",
                 hint="only a running motion command keeps its state alive",
             )
-        self._entered_at = self._clock()
+        now = self._clock()
+        timeout = self._timeouts.get(self._state)
+        if limit is not None and timeout is not None:
+            now = max(self._entered_at, min(now, limit - timeout))
+        self._entered_at = now
 
     def motion_allowed(self, conditions: Conditions) -> bool:
         """Whether the executor may keep commanding motion: in MOVE/DOCK and that state's guard holds.

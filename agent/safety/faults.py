@@ -75,6 +75,15 @@ _SPECS = [
               "The local database cannot be written (disk full or read-only): commands are refused. Free space, then reset."),
     FaultSpec("STORE_CORRUPT", Level.PROTECTIVE_STOP, True,
               "The local database was corrupt and was moved aside; a new one was started. Keep the old file for analysis, then reset."),
+    FaultSpec("OUTPUTS_NOT_SAFE", Level.EMERGENCY_STOP, True,
+              "The travel driver reads back enabled or with a speed set while no motion is commanded: something else "
+              "writes to it, or it ignored a stop. Use the hardware E-stop, check the RS485 line for a second master, then reset."),
+    FaultSpec("UNCOMMANDED_MOTION", Level.EMERGENCY_STOP, True,
+              "The carriage moved, or the motor drew current, after a confirmed stop. Use the hardware E-stop and check "
+              "the driver's output stage and brake before resetting."),
+    FaultSpec("TRAVEL_STALLED", Level.PROTECTIVE_STOP, True,
+              "Speed was commanded but the position did not change: check for a jam, a slipping wheel, the encoder "
+              "and the driver's MAX_SPEED before resetting."),
 ]
 
 CATALOGUE: MappingProxyType[str, FaultSpec] = MappingProxyType({s.code: s for s in _SPECS})

@@ -45,6 +45,7 @@ from drivers.modbus.frames import (
     reply_signature,
     write_request,
 )
+from drivers.modbus.interlock import OutputInterlock, Permit, PermitRevoked
 from drivers.modbus.port import SerialPort, pause_until
 from drivers.modbus.schedule import STOPS, PollPlan, PollSchedule, Priority
 from drivers.modbus.stats import BusStats, SlaveStats
@@ -87,6 +88,7 @@ class _Job:
     future: asyncio.Future[tuple[int, ...]] = field(compare=False)
     retries: int = field(compare=False)
     queued_at: float = field(compare=False)
+    permit: Permit | None = field(compare=False, default=None)
 
 
 class BusMaster:
@@ -113,6 +115,7 @@ class BusMaster:
         self.port = SerialPort(path, baudrate=baudrate, parity=parity, stopbits=stopbits, on_lost=self._on_port_lost)
         self.schedule = PollSchedule(start=time.monotonic())
         self.stats = BusStats()
+        self.interlock = OutputInterlock()
         self.read_retries = read_retries
         self.write_retries = write_retries
         self.fail_threshold = fail_threshold
@@ -183,9 +186,14 @@ class BusMaster:
 
     # ----------------------------------------------------------------- public requests
     async def execute(
-        self, request: Request, priority: Priority = Priority.COMMAND, *, retries: int | None = None
+        self, request: Request, priority: Priority = Priority.COMMAND, *, retries: int | None = None,
+        permit: Permit | None = None,
     ) -> tuple[int, ...]:
-        """Queue `request`, wait for its checked reply (registers read, or values written)."""
+        """Queue `request`, wait for its checked reply (registers read, or values written).
+
+        A write that may energise an output carries a `permit`: it goes to the wire only if no stop
+        was requested since the permit was issued, checked as the frame is written (PermitRevoked).
+        """
         if self._closing or self._task is None:
             raise BusStopped("bus master is not running")
         if not self.port.is_open:
@@ -199,7 +207,7 @@ class BusMaster:
         if retries is None:
             retries = self.write_retries if request.is_write else self.read_retries
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, _Job(int(priority), next(self._seq), request, fut, retries, time.monotonic()))
+        heapq.heappush(self._queue, _Job(int(priority), next(self._seq), request, fut, retries, time.monotonic(), permit))
         self._wake()
         if priority == Priority.STOP:
             self.port.wake()  # an overdue read on the wire may be pre-empted (see _transact)
@@ -372,7 +380,7 @@ class BusMaster:
         try:
             if not link.online and job.priority not in STOPS:
                 raise SlaveSetAside(f"slave {link.address} is set aside after repeated failures")
-            regs = await self._perform(job.request, link, job.retries, Priority(job.priority))
+            regs = await self._perform(job.request, link, job.retries, Priority(job.priority), job.permit)
         except BusError as exc:
             if not job.future.done():
                 job.future.set_exception(exc)
@@ -418,7 +426,9 @@ class BusMaster:
         self._mark_success(link)
 
     # ----------------------------------------------------------------- transactions
-    async def _perform(self, request: Request, link: SlaveLink, retries: int, priority: Priority) -> tuple[int, ...]:
+    async def _perform(
+        self, request: Request, link: SlaveLink, retries: int, priority: Priority, permit: Permit | None = None
+    ) -> tuple[int, ...]:
         last: BusError | None = None
         for attempt in range(retries + 1):
             if attempt:
@@ -426,7 +436,9 @@ class BusMaster:
                 if priority != Priority.STOP:
                     await self._serve_stops()
             try:
-                regs = await self._attempt(request, link)
+                regs = await self._attempt(request, link, permit)
+            except PermitRevoked:
+                raise  # not the slave's fault, and never retried
             except ModbusExceptionReply:
                 self._mark_success(link)
                 raise
@@ -448,11 +460,11 @@ class BusMaster:
         while self._queue and self._queue[0].priority == Priority.STOP:
             await self._run_job(heapq.heappop(self._queue))
 
-    async def _attempt(self, request: Request, link: SlaveLink) -> tuple[int, ...]:
+    async def _attempt(self, request: Request, link: SlaveLink, permit: Permit | None = None) -> tuple[int, ...]:
         if link.ghosts and request.signature() in link.ghosts:
             link.stats.fences += 1
             await self._transact(self._fence_for(link), link)
-        return await self._transact(request, link)
+        return await self._transact(request, link, permit)
 
     def _stop_waiting(self) -> bool:
         return bool(self._queue) and self._queue[0].priority == Priority.STOP and not self._queue[0].future.done()
@@ -481,9 +493,12 @@ class BusMaster:
         link.ghosts.clear()  # cannot happen with MAX_GHOSTS distinct shapes < 10 read sizes, but stay safe
         return read_request(link.address, FENCE_ADDRESS, 1)
 
-    async def _transact(self, request: Request, link: SlaveLink) -> tuple[int, ...]:
+    async def _transact(self, request: Request, link: SlaveLink, permit: Permit | None = None) -> tuple[int, ...]:
         port = self.port
         await self._quiet()
+        if permit is not None:
+            # The last moment before the frame leaves: no await between this check and the write.
+            self.interlock.check(permit)
         frame = request.encode()
         port.buffer.clear()
         self.on_wire = request
@@ -491,6 +506,8 @@ class BusMaster:
         self._reached_slave_at = sent_at + self.timing.wire_s(len(frame))
         try:
             port.write(frame)
+            if permit is not None:
+                self.interlock.note_on_wire(sent_at)
             link.stats.transactions += 1
             deadline = sent_at + self.timing.deadline_s(len(frame), request.reply_length, link.turnaround_s)
             preempt_at = sent_at + self._preempt_after(link)
