@@ -232,8 +232,14 @@ class Supervisor:
         else:
             times = [readings[name].at for name in critical if name in readings]
             last = min(times) if len(times) == len(critical) else None
+        settled_at = live.bound_at + self.FIRST_REPLY_GRACE_S
         if last is None:
-            return now - (live.bound_at + self.FIRST_REPLY_GRACE_S)
+            return now - settled_at
+        if critical is not None:
+            # Right after bind the module's configuration and identity are read on ticks of their
+            # own while the loop is still busy starting up: the status block's budget starts after
+            # the grace (no motion is allowed before the role is ready anyway).
+            return now - max(last, live.interval_since, settled_at)
         return now - max(last, live.interval_since)
 
     def _link_causes(self, now: float, causes: dict[str, str]) -> None:
@@ -299,8 +305,7 @@ class Supervisor:
         settled = now > live.bound_at + self.FIRST_REPLY_GRACE_S
 
         def lapsed(name: str) -> bool:
-            quality = snap.quality(name, now)
-            return quality is Quality.STALE or (quality is Quality.MISSING and settled)
+            return settled and snap.quality(name, now) is not Quality.FRESH
 
         values = self._fresh_values(
             "safety",
