@@ -1,13 +1,15 @@
 """Periodic polling of bound modules: read plans from profiles, decoded into snapshots.
 
 Each bound module gets one poll plan per merged read block of its "fast" group (at the role's
-interval) and of its "slow" and "identity" groups (every identity interval). On a slave that
-serves one frame per service tick every plan is phase-locked. Results are decoded through the
-profile and published on the snapshot board.
+interval) and of its "slow" and "identity" groups (once at bind, then every identity interval).
+On a slave that serves one frame per service tick every plan is phase-locked, the fast read gets
+every tick and the rare reads take a tick now and then. Results are decoded through the profile
+and published on the snapshot board. docs/polling.md explains the rates and freshness rules.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,6 +34,8 @@ class Binding:
 # Aligning polls to a slave's service tick pays off when the tick is long (SAFE-FW: 100 ms); for
 # a 10 ms tick the average wait (5 ms) is smaller than the lead a locked poll needs to be safe.
 PHASE_LOCK_MIN_S = 0.05
+# A value read on every tick of such a slave is stale once two ticks passed without a new one.
+LOCKED_STALE_TICKS = 2
 
 
 class ModulePoller:
@@ -87,22 +91,19 @@ class ModulePoller:
             for group in ("fast", "slow", "identity")
             for start, count in plan_poll(profile, group)
         ]
-        secondaries = len(plans) - 1
+        rare = [p for p in plans if p[0] != "fast"]
         for index, (group, start, count) in enumerate(plans):
             key = f"{self.binding.role}:{group}:{start:04x}"
-            priority = self.priority if group == "fast" else Priority.TELEMETRY
-            interval = self.interval_s if group == "fast" else self.slow_interval_s
+            fast = group == "fast"
+            priority = self.priority if fast else Priority.TELEMETRY
+            interval = self.interval_s if fast else self.slow_interval_s
             phase = self.phase_s + 0.003 * index
-            if locked and index > 0:
-                # A slave that serves one frame per service tick: every block is phase-locked, or
-                # a read sent at an arbitrary moment would hold the bus for up to a whole tick and
-                # take the tick of the next locked poll. The first block (status) keeps most ticks;
-                # the others are background reads, spread over a cycle of ten ticks, each taking
-                # at most one in ten and never two ticks in a row between them.
-                cycle = max(10 * self.interval_s, 10 * self.service_period_s)
-                if group == "fast":
-                    interval = cycle
-                phase = self.phase_s + cycle * index / (secondaries + 1)
+            if locked and not fast:
+                # A slave that serves one frame per service tick: the fast group (the safety
+                # module's status, distances and enables, one read) keeps every tick it can get;
+                # the rare blocks are phase-locked background reads spread over the slow cycle,
+                # never in two ticks in a row, so they cost the fast read one tick in many.
+                phase = self.phase_s + self.slow_interval_s * (rare.index((group, start, count)) + 1) / (len(rare) + 1)
             plan = PollPlan(
                 key=key,
                 request=read_request(self.binding.address, start, count),
@@ -110,11 +111,13 @@ class ModulePoller:
                 priority=priority,
                 phase_s=phase,
                 service_period_s=self.service_period_s if locked else 0.0,
-                background=index > 0,
+                background=not fast,
                 on_result=self._result_handler(start, key),
                 on_error=self._on_error,
             )
-            self.master.schedule.add(plan, now)
+            # The configuration and identity are read once right at bind: until then the role
+            # does not count as ready (see fast_quality), then every slow interval.
+            self.master.schedule.add(plan, now, first_due=None if fast else now)
             self.keys.append(key)
         self.board.publish(self._snapshot)
 
@@ -131,13 +134,29 @@ class ModulePoller:
         self.master.schedule.set_interval(self.fast_prefix, interval_s, time.monotonic())
 
     def fast_quality(self, now: float) -> Quality:
-        """The worst quality among the fast group's values: what readiness and status go by."""
-        return self._snapshot.overall_quality(self.binding.profile.poll_names("fast"), now)
+        """The worst quality among the fast group's values: what readiness and status go by.
+
+        MISSING until the slow group (the module's configuration) has been read once: a role whose
+        configuration the agent has not seen is not ready, whatever its fast values say.
+        """
+        profile = self.binding.profile
+        if self._snapshot.overall_quality(profile.poll_names("slow"), math.inf) is Quality.MISSING:
+            return Quality.MISSING
+        return self._snapshot.overall_quality(profile.poll_names("fast"), now)
 
     def max_age_s(self, interval_s: float) -> float:
-        """Stale after a few missed polls, and never sooner than one retry could take."""
+        """How long a value stays fresh: a few missed polls, never sooner than one retry could take.
+
+        On a slave served once per tick the fast read gets every tick, so a value is fresh for two
+        ticks (one missed read) plus one transaction: the reply's share of the turnaround budget
+        beyond the wait for the tick. Anything older is stale, and the supervisor acts on that.
+        """
         effective = max(interval_s, self.service_period_s)
-        return self.stale_factor * effective + self.binding.profile.turnaround_ms / 1000.0
+        turnaround = self.binding.profile.turnaround_ms / 1000.0
+        if self.service_period_s >= PHASE_LOCK_MIN_S and interval_s <= self.service_period_s:
+            transaction = max(turnaround - self.service_period_s, 0.02)
+            return LOCKED_STALE_TICKS * effective + transaction
+        return self.stale_factor * effective + turnaround
 
     def _result_handler(self, start: int, key: str):  # type: ignore[no-untyped-def]
         profile = self.binding.profile

@@ -84,6 +84,12 @@ _SPECS = [
     FaultSpec("TRAVEL_STALLED", Level.PROTECTIVE_STOP, True,
               "Speed was commanded but the position did not change: check for a jam, a slipping wheel, the encoder "
               "and the driver's MAX_SPEED before resetting."),
+    FaultSpec("SAFETY_DATA_STALE", Level.EMERGENCY_STOP, True,
+              "The safety module's status or an enabled sensor's distance is no longer read in time (the module may answer other reads). "
+              "Check the bus load, the module's wiring and its error counters in the status page."),
+    FaultSpec("SAFETY_SENSORS_UNKNOWN", Level.PROTECTIVE_STOP, True,
+              "The agent does not know which obstacle sensors of the safety module are enabled (their enable flags were not read, "
+              "or not recently): motion is refused. Check the safety module's link, then reset."),
 ]
 
 CATALOGUE: MappingProxyType[str, FaultSpec] = MappingProxyType({s.code: s for s in _SPECS})

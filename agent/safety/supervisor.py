@@ -24,6 +24,10 @@ log = logging.getLogger("oht.safety")
 # Codes whose cause the safety module holds in its own latch (status frozen while RESET_FLAG = 1):
 # they can only be re-evaluated after the reset writes RESET_FLAG back to 0.
 MODULE_LATCH_CODES = frozenset({"SAFETY_MODULE_CRITICAL", "SAFETY_MODULE_ERROR", "SAFETY_MODULE_LATCHED"})
+# Roles whose link is alive only while these registers (their status block) answer.
+SAFETY_STATUS = ("SAFETY_SYSTEM_STATUS", "EMERGENCY_STOP_STATUS", "RESET_FLAG")
+LIVENESS_REGISTERS: dict[str, tuple[str, ...]] = {"safety": SAFETY_STATUS}
+SENSORS = (1, 2, 3, 4)
 EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
                             "OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION", "TRAVEL_STALLED"})
 
@@ -214,11 +218,29 @@ class Supervisor:
     # its service tick and for the other modules' first polls, so the budget starts after this grace.
     FIRST_REPLY_GRACE_S = 1.0
 
-    def _age(self, live: RoleLiveness, now: float) -> float:
+    def _age(self, live: RoleLiveness, now: float, role: str | None = None) -> float:
+        """Time since the role's link last proved alive.
+
+        For most roles any reply proves it. For a role with a critical block (the safety module's
+        status) only that block's own replies count, and only once all of its registers came: other
+        blocks answering says nothing about whether the module's verdict is still being read.
+        """
         snap = live.snapshot
-        last = max((r.at for r in snap.readings.values()), default=None) if snap is not None else None
+        readings = snap.readings if snap is not None else {}
+        critical = LIVENESS_REGISTERS.get(role or "")
+        if critical is None:
+            last = max((r.at for r in readings.values()), default=None)
+        else:
+            times = [readings[name].at for name in critical if name in readings]
+            last = min(times) if len(times) == len(critical) else None
+        settled_at = live.bound_at + self.FIRST_REPLY_GRACE_S
         if last is None:
-            return now - (live.bound_at + self.FIRST_REPLY_GRACE_S)
+            return now - settled_at
+        if critical is not None:
+            # Right after bind the module's configuration and identity are read on ticks of their
+            # own while the loop is still busy starting up: the status block's budget starts after
+            # the grace (no motion is allowed before the role is ready anyway).
+            return now - max(last, live.interval_since, settled_at)
         return now - max(last, live.interval_since)
 
     def _link_causes(self, now: float, causes: dict[str, str]) -> None:
@@ -233,9 +255,10 @@ class Supervisor:
                 continue
             # Never shorter than two poll periods plus one reply budget, or a slow idle poll would trip it.
             budget = max(budget_ms / 1000.0, 2 * live.interval_s + live.turnaround_s) if role != "safety" else budget_ms / 1000.0
-            age = self._age(live, now)
+            age = self._age(live, now, role)
             if age > budget:
-                causes[code] = f"no valid reply from the {role} module for {age * 1000:.0f} ms (budget {budget * 1000:.0f} ms)"
+                what = "status-block reply" if role in LIVENESS_REGISTERS else "valid reply"
+                causes[code] = f"no {what} from the {role} module for {age * 1000:.0f} ms (budget {budget * 1000:.0f} ms)"
         live = self._liveness("power")
         if live is not None:
             warn = max(p.power_link_warning_ms / 1000.0, 2 * live.interval_s + live.turnaround_s)
@@ -269,14 +292,42 @@ class Supervisor:
             causes["ESTOP_INPUT_DISCREPANCY"] = f"E-stop channels disagree: {list(state.channels)}"
 
     def _safety_module_causes(self, now: float, causes: dict[str, str]) -> None:
+        """The module's own verdict, and the agent's obstacle distances, from fresh readings only.
+
+        Missing data never reads as "all clear": a stale status or a stale distance of an enabled
+        sensor is SAFETY_DATA_STALE, and enable flags that are not fresh mean the agent does not
+        know which sensors count (SAFETY_SENSORS_UNKNOWN), never that there are none. A module
+        bound moments ago is given FIRST_REPLY_GRACE_S for its first reads.
+        """
+        live = self._liveness("safety")
+        if live is None or live.snapshot is None:
+            return
+        snap = live.snapshot
+        settled = now > live.bound_at + self.FIRST_REPLY_GRACE_S
+
+        def lapsed(name: str) -> bool:
+            return settled and snap.quality(name, now) is not Quality.FRESH
+
         values = self._fresh_values(
             "safety",
-            ["SAFETY_SYSTEM_STATUS", "EMERGENCY_STOP_STATUS", "RESET_FLAG"]
-            + [f"ANALOG_INPUT_{i}" for i in range(1, 5)] + [f"ANALOG_{i}_ENABLE" for i in range(1, 5)],
+            list(SAFETY_STATUS) + [f"ANALOG_INPUT_{i}" for i in SENSORS] + [f"ANALOG_{i}_ENABLE" for i in SENSORS],
             now,
-        )
-        if not values:
-            return
+        ) or {}
+        stale = [name for name in SAFETY_STATUS if lapsed(name)]
+        unknown = [i for i in SENSORS if lapsed(f"ANALOG_{i}_ENABLE")]
+        if unknown:
+            causes["SAFETY_SENSORS_UNKNOWN"] = f"enable flags of sensors {unknown} are not fresh: which sensors count is unknown"
+        distances: list[float] = []
+        for i in SENSORS:
+            if values.get(f"ANALOG_{i}_ENABLE") != 1:
+                continue
+            name = f"ANALOG_INPUT_{i}"
+            if name in values:
+                distances.append(values[name])
+            elif lapsed(name):
+                stale.append(name)
+        if stale:
+            causes["SAFETY_DATA_STALE"] = f"safety module readings not fresh: {', '.join(stale)}"
         if values.get("EMERGENCY_STOP_STATUS") == 1:
             causes.setdefault("ESTOP_PRESSED", "the safety module reports the E-stop input pressed")
         status = values.get("SAFETY_SYSTEM_STATUS")
@@ -288,8 +339,6 @@ class Supervisor:
             causes["SAFETY_MODULE_ERROR"] = "safety module status ERROR"
         if values.get("RESET_FLAG") == 1:
             causes["SAFETY_MODULE_LATCHED"] = "safety module RESET_FLAG (0x0004) is 1: relay 1 latched"
-        distances = [values[f"ANALOG_INPUT_{i}"] for i in range(1, 5)
-                     if values.get(f"ANALOG_{i}_ENABLE") == 1 and f"ANALOG_INPUT_{i}" in values]
         if distances:
             nearest = min(distances)
             p = self.policy

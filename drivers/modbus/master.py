@@ -47,6 +47,7 @@ from drivers.modbus.frames import (
 )
 from drivers.modbus.interlock import OutputInterlock, Permit, PermitRevoked
 from drivers.modbus.port import SerialPort, pause_until
+from drivers.modbus.probes import ProbeCandidate, pick_probe
 from drivers.modbus.schedule import STOPS, PollPlan, PollSchedule, Priority
 from drivers.modbus.stats import BusStats, SlaveStats
 from drivers.modbus.timing import LineTiming, line_timing
@@ -104,7 +105,9 @@ class BusMaster:
         read_retries: int = 1,
         write_retries: int = 2,
         fail_threshold: int = 3,
-        probe_backoff_s: tuple[float, float] = (0.2, 2.0),
+        # A set-aside slave is probed at most this far apart: the cap bounds how long polling
+        # takes to come back once the line returns (under 2 s with the probe and first poll).
+        probe_backoff_s: tuple[float, float] = (0.2, 1.0),
         reconnect_backoff_s: tuple[float, float] = (0.05, 1.0),
         queue_limit: int = 256,
         default_turnaround_s: float = 0.1,
@@ -292,15 +295,23 @@ class BusMaster:
             heapq.heappop(self._queue)
             await self._run_job(head)
             return None
+        # A due probe of a set-aside slave goes before routine polls: on a busy bus the idle gap
+        # it used to wait for never comes, and the module would stay set aside long after the
+        # line returned. It still leaves a due phase-locked or safety poll its moment.
+        probe, probe_wait = self._due_probe(now)
+        if probe is not None and (plan is None or (not plan.phase_locked and plan.priority >= Priority.TELEMETRY)):
+            request = read_request(probe.address, FENCE_ADDRESS, 1)
+            locked = self._hold_back_until(request, now, probe.next_probe_at, None)
+            if locked is not None and plan is None:
+                return min(locked, probe.next_probe_at + self.hold_back_limit_s)
+            if locked is None:
+                await self._run_probe(probe)
+                return None
         if plan is not None:
             locked = self._hold_back_until(plan.request, now, plan.next_due, plan)
             if locked is not None:
                 return min(locked, plan.next_due + self.hold_back_limit_s)
             await self._run_poll(plan)
-            return None
-        probe, probe_wait = self._due_probe(now)
-        if probe is not None:
-            await self._run_probe(probe)
             return None
         wake = now + 0.5
         nxt = self.schedule.next_due_time(self._eligible)
@@ -337,20 +348,15 @@ class BusMaster:
         return None
 
     def _due_probe(self, now: float) -> tuple[SlaveLink | None, float | None]:
-        """The set-aside slave to probe now, or (None, when to look again)."""
-        waiting = [l for l in self._links.values() if not l.online]
+        """The set-aside slave to probe now, or (None, when to look again). See drivers/modbus/probes.py."""
+        waiting = [
+            ProbeCandidate(link.address, link.next_probe_at, link.service_period_s > 0)
+            for link in self._links.values() if not link.online
+        ]
         if not waiting:
             return None, None
-        link = min(waiting, key=lambda l: l.next_probe_at)
-        if link.next_probe_at > now:
-            return None, link.next_probe_at
-        probe = read_request(link.address, FENCE_ADDRESS, 1)
-        expected = self.timing.deadline_s(8, probe.reply_length, link.turnaround_s)
-        nxt = self.schedule.next_due_time(self._eligible)
-        overdue = now - link.next_probe_at > 2 * self.probe_backoff_s[1]
-        if nxt is not None and nxt - now < expected and not overdue:
-            return None, nxt + 0.0005  # would delay a healthy slave's poll: wait for a wider gap
-        return link, None
+        address, wait = pick_probe(waiting, now)
+        return (self._links[address], None) if address is not None else (None, wait)
 
     async def _idle(self, wake_at: float) -> None:
         delay = wake_at - time.monotonic()
@@ -418,6 +424,10 @@ class BusMaster:
             await self._attempt(read_request(link.address, FENCE_ADDRESS, 1), link)
         except ModbusExceptionReply:
             pass  # it answered: alive
+        except BusPreempted:
+            # Cut off for an urgent stop: not the slave's failure. Due again right after the stop,
+            # with no longer back-off (each cut used to double it, up to its cap).
+            return
         except BusError:
             now = time.monotonic()
             link.backoff_s = min(max(link.backoff_s * 2, self.probe_backoff_s[0]), self.probe_backoff_s[1])
@@ -638,7 +648,7 @@ class BusMaster:
         if not link.online:
             link.online = True
             link.backoff_s = 0.0
-            self.schedule.realign(time.monotonic())
+            self.schedule.realign(time.monotonic(), slave=link.address)  # the others keep their ticks
             self._emit("slave_online", address=link.address)
 
     def _mark_failure(self, link: SlaveLink, exc: BusError) -> None:

@@ -97,10 +97,15 @@ class PollSchedule:
     def __len__(self) -> int:
         return len(self._plans)
 
-    def add(self, plan: PollPlan, now: float) -> None:
+    def add(self, plan: PollPlan, now: float, *, first_due: float | None = None) -> None:
+        """Install `plan` on its grid; with `first_due`, its first run is then (on a free tick), not
+        at the next grid point, which for a 30 s configuration read may be half a minute away."""
         if plan.interval_s <= 0:
             raise ValueError(f"poll {plan.key}: interval must be positive")
-        plan.next_due = self._grid_after(plan, now - 1e-9)
+        if first_due is not None:
+            plan.next_due = self._align_to_tick(plan, first_due)
+        else:
+            plan.next_due = self._grid_after(plan, now - 1e-9)
         self._plans[plan.key] = plan
 
     def remove(self, key: str) -> None:

@@ -59,6 +59,12 @@ class SlaveStats:
             "timeouts": self.timeouts,
             "crc_errors": self.crc_errors,
             "success_rate": round(self.ok / self.transactions, 4) if self.transactions else None,
+            # replies that answered nothing asked now: late ones recognised and dropped, frames
+            # that matched no request, and the fence reads sent to flush them
+            "late_dropped": self.late_dropped,
+            "mismatched": self.mismatched,
+            "fences": self.fences,
+            "set_aside": self.set_aside,
         }
 
     def as_dict(self) -> dict[str, float | int | None]:
@@ -66,11 +72,7 @@ class SlaveStats:
             "transactions": self.transactions,
             "ok": self.ok,
             "exceptions": self.exceptions,
-            "mismatched": self.mismatched,
-            "late_dropped": self.late_dropped,
             "retries": self.retries,
-            "fences": self.fences,
-            "set_aside": self.set_aside,
             "preempted": self.preempted,
             **self.summary(),
         }

@@ -212,3 +212,24 @@ async def test_startup_objects_are_left_out_of_full_collections(sim: SimProcess,
     rt = await agent_factory(sim.link)
     assert await wait_for(lambda: rt.api is not None, 5.0)
     assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+
+
+async def test_obstacle_in_the_first_seconds_after_start_stops_the_move(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    # Sensor 1 enabled on the module, whose own zones are set so low that only the agent decides.
+    for zone in range(4):
+        sim.control.set(SAFETY, 0x0044 + zone, 5)  # SAFETY_ZONE1..4_THRESHOLD
+    sim.control.set(SAFETY, 0x0010, 500)  # ANALOG_INPUT_1: clear track (0 would be a sensor error)
+    sim.control.set(SAFETY, 0x001A, 1)  # ANALOG_1_ENABLE
+    rt = await agent_factory(sim.link)
+    await start_moving(rt, sim)
+    placed = time.monotonic()
+    sim.control.obstacle(1, 20)
+    assert await wait_for(lambda: rt.controller.supervisor.verdict.has("OBSTACLE_EMERGENCY"), 2.0), (
+        rt.controller.supervisor.verdict.as_dict())
+    assert await wait_for(lambda: any(w["address"] == M1_ENABLE and w["values"][0] == 0
+                                      for w in sim.control.writes(TRAVEL, since=placed)), 2.0)
+    first_stop = min(w["t"] for w in sim.control.writes(TRAVEL, since=placed)
+                     if w["address"] == M1_ENABLE and w["values"][0] == 0)
+    # one 100 ms tick to be read, one to spare on a loaded machine, plus the stop frame itself
+    assert first_stop - placed < 0.5, f"first stop frame {1000 * (first_stop - placed):.0f} ms after the obstacle"
+    assert await wait_for(lambda: outputs(sim)["M1_ENABLE"] == 0, 1.0)

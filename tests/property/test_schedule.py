@@ -192,3 +192,37 @@ def test_a_reply_read_late_marks_the_tick_that_served_it(
     schedule.add(main, served + read_late * period)
     main.next_due = served + period - main.lead_s  # due for the next tick
     assert not schedule.move_off_served_tick(main, served + read_late * period), "the next tick is free"
+
+
+# ---------------------------------------------------------------- probes of set-aside slaves
+from drivers.modbus.probes import ProbeCandidate, pick_probe  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    waits=st.lists(st.floats(min_value=0.0, max_value=2.0), min_size=1, max_size=6),
+    served=st.lists(st.booleans(), min_size=6, max_size=6),
+    probe_s=st.floats(min_value=0.001, max_value=0.16),
+    backoff=st.floats(min_value=0.2, max_value=1.0),
+)
+def test_no_set_aside_slave_starves_on_a_busy_bus(waits: list[float], served: list[bool], probe_s: float, backoff: float) -> None:
+    """Probes are picked on a bus that is never idle: each due slave is probed within one probe
+    round of all set-aside slaves after it fell due, the tick-served one never after a plain one."""
+    candidates = {a: ProbeCandidate(a, w, served[a]) for a, w in enumerate(waits)}
+    probed_at: dict[int, list[float]] = {a: [] for a in candidates}
+    now = 0.0
+    while now < 6.0:
+        address, _ = pick_probe(candidates.values(), now)
+        if address is None:
+            now += 0.005  # a routine poll: the bus is busy, never an idle gap
+            continue
+        due = candidates[address].next_probe_at
+        # the tick-served slave goes first among those due
+        others = [c for c in candidates.values() if c.next_probe_at <= now and c.address != address]
+        assert not (any(c.tick_served for c in others) and not candidates[address].tick_served)
+        probed_at[address].append(now)
+        assert now - due <= len(candidates) * probe_s + 0.005 + 1e-9, (address, now, due)
+        now += probe_s  # the probe failed: the slave is still silent
+        candidates[address] = ProbeCandidate(address, now + backoff, candidates[address].tick_served)
+    for address, times in probed_at.items():
+        assert times, f"slave {address} was never probed"
