@@ -24,7 +24,8 @@ log = logging.getLogger("oht.safety")
 # Codes whose cause the safety module holds in its own latch (status frozen while RESET_FLAG = 1):
 # they can only be re-evaluated after the reset writes RESET_FLAG back to 0.
 MODULE_LATCH_CODES = frozenset({"SAFETY_MODULE_CRITICAL", "SAFETY_MODULE_ERROR", "SAFETY_MODULE_LATCHED"})
-EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT"})
+EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
+                            "SAFETY_CONFIG_MISMATCH", "SAFETY_MODULE_REBOOTED"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class Supervisor:
         self._events: dict[str, str] = {}
         self._estop_clear_since: float | None = None
         self._hysteresis: set[str] = set()
+        # Sensors whose distances are judged, whatever the module says it has enabled: a module
+        # that forgot its enables (a reboot) must not switch off the agent's own check. None: the
+        # enable flags as read from the module (no configured expectation).
+        self.judged_sensors: frozenset[int] | None = None
         self.verdict = Verdict(Level.OK, (), False, 1.0, clock())
         self.listeners: list[Callable[[Verdict, Verdict], None]] = []
 
@@ -287,8 +292,10 @@ class Supervisor:
             causes["SAFETY_MODULE_ERROR"] = "safety module status ERROR"
         if values.get("RESET_FLAG") == 1:
             causes["SAFETY_MODULE_LATCHED"] = "safety module RESET_FLAG (0x0004) is 1: relay 1 latched"
+        judged = self.judged_sensors
         distances = [values[f"ANALOG_INPUT_{i}"] for i in range(1, 5)
-                     if values.get(f"ANALOG_{i}_ENABLE") == 1 and f"ANALOG_INPUT_{i}" in values]
+                     if (i in judged if judged is not None else values.get(f"ANALOG_{i}_ENABLE") == 1)
+                     and f"ANALOG_INPUT_{i}" in values]
         if distances:
             nearest = min(distances)
             p = self.policy
