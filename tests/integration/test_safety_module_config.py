@@ -81,7 +81,6 @@ async def test_reboot_is_detected_and_reapplied_motion_waits_for_a_reset(
     assert await wait_for(lambda: sim.control.read(SAFETY, ANALOG_1_ENABLE, 4) == [1, 1, 1, 1], 3.0)
     assert config_writes(sim, rebooted)
     assert await wait_for(lambda: rt.safety_config.verified, 3.0)
-    assert not rt.controller.supervisor.verdict.faults[0].cause_present or True
     # Still latched: motion is refused until a technician resets.
     assert "SAFETY_MODULE_REBOOTED" in latched(rt)
     await move_refused(rt, "after-reboot")
@@ -100,7 +99,7 @@ async def test_reboot_without_reapply_keeps_motion_refused_until_the_configurati
     sim.control.reboot(SAFETY, boot_ms=boot_ms)
     assert await wait_for(lambda: {"SAFETY_MODULE_REBOOTED", "SAFETY_CONFIG_MISMATCH"} <= latched(rt), 3.0), \
         rt.controller.supervisor.verdict
-    assert rt.controller.sm.state.value == "FAULT"
+    assert await wait_for(lambda: rt.controller.sm.state.value == "FAULT", 1.0)
     await asyncio.sleep(1.5)  # a few more read-backs: none of them writes
     assert not config_writes(sim, rebooted)
     assert sim.control.read(SAFETY, ANALOG_1_ENABLE, 1) == [0]
