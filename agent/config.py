@@ -103,6 +103,71 @@ class PollingSection(_Section):
     identity_ms: Annotated[int, Field(ge=1000, le=3600000)] = 30000
 
 
+SENSORS = 4  # SAFE-FW: four analog distance sensors and four digital inputs
+
+
+class SafetyModuleSection(_Section):
+    """What the safety module must hold: the agent owns it, applies it at bind and verifies it.
+
+    Values are raw register values of the SAFE-FW map. The module forgets all of them on a
+    reboot (its power-on defaults leave every sensor off), so the agent compares them with what
+    the module reports at least once a second.
+    """
+
+    analog_enable: Annotated[list[bool], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
+        default_factory=lambda: [True] * SENSORS)
+    zone_thresholds: Annotated[list[Annotated[int, Field(ge=1, le=10000)]], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
+        default_factory=lambda: [30, 50, 60, 70])
+    di_enable: Annotated[list[bool], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
+        default_factory=lambda: [False] * SENSORS)
+    di_active_level: Annotated[list[Annotated[int, Field(ge=0, le=1)]], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
+        default_factory=lambda: [1] * SENSORS)
+    response_time_ms: Annotated[int, Field(ge=1, le=1000)] = 50
+    auto_reset: bool = False
+    safety_mode: Annotated[int, Field(ge=1, le=4)] = 1
+    verify_interval_ms: Annotated[int, Field(ge=200, le=1000)] = 1000
+    reapply_after_reboot: bool = True
+
+    @field_validator("zone_thresholds")
+    @classmethod
+    def _zones_rise(cls, v: list[int]) -> list[int]:
+        if any(a >= b for a, b in zip(v, v[1:])):
+            raise ValueError("zone 1 must be the nearest: each threshold must be larger than the one before")
+        return v
+
+    @field_validator("analog_enable")
+    @classmethod
+    def _one_sensor(cls, v: list[bool]) -> list[bool]:
+        if not any(v):
+            raise ValueError("at least one distance sensor must be enabled: a module with none enabled never trips")
+        return v
+
+    @field_validator("auto_reset")
+    @classmethod
+    def _manual_reset(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("must be false: the module must not release its relay latch by itself (a technician resets)")
+        return v
+
+    def enabled_sensors(self) -> frozenset[int]:
+        """Sensor numbers (1-4) whose distances take part in the safety decision."""
+        return frozenset(i + 1 for i, on in enumerate(self.analog_enable) if on)
+
+    def expected_registers(self) -> dict[str, int]:
+        """Register name -> raw value, in the safety module profile's names."""
+        regs: dict[str, int] = {}
+        for i in range(SENSORS):
+            n = i + 1
+            regs[f"ANALOG_{n}_ENABLE"] = int(self.analog_enable[i])
+            regs[f"DI{n}_ENABLE"] = int(self.di_enable[i])
+            regs[f"DI{n}_ACTIVE_LEVEL"] = self.di_active_level[i]
+            regs[f"SAFETY_ZONE{n}_THRESHOLD"] = self.zone_thresholds[i]
+        regs["SAFETY_RESPONSE_TIME"] = self.response_time_ms
+        regs["AUTO_RESET_ENABLE"] = int(self.auto_reset)
+        regs["SAFETY_MODE"] = self.safety_mode
+        return regs
+
+
 class ApiSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (the one chosen is logged)
@@ -165,6 +230,7 @@ class Config(_Section):
     api: ApiSection = Field(default_factory=ApiSection)
     safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
     motion: MotionLimits = Field(default_factory=MotionLimits)
+    safety_module: SafetyModuleSection = Field(default_factory=SafetyModuleSection)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     estop_gpio: EstopGpioSection = Field(default_factory=EstopGpioSection)
     upstream: UpstreamSection = Field(default_factory=UpstreamSection)

@@ -25,6 +25,7 @@ from agent.api.settings import ApiSettings
 from agent.config import Config
 from agent.control.controller import Controller
 from agent.safety.estop_input import EstopChannels
+from agent.safety.module_config import LockedWriter, ModuleConfigGuard
 from agent.store.database import Database
 from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
@@ -76,6 +77,7 @@ class Runtime:
         )
         self.board = SnapshotBoard()
         self.pollers: dict[str, ModulePoller] = {}
+        self.safety_config: ModuleConfigGuard | None = None
         self.last_report: DiscoveryReport | None = None
         self.db: Database | None = None
         self.controller: Controller | None = None
@@ -120,6 +122,8 @@ class Runtime:
             log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
                         report.interrupted_commands)
         assert self.controller is not None
+        # Distances are judged for the sensors the module must have on, not for what it reports.
+        self.controller.supervisor.judged_sensors = cfg.safety_module.enabled_sensors()
         if report.corrupt_moved_to is not None:
             # Latched until a technician has looked: the old file is kept for analysis.
             self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
@@ -221,6 +225,8 @@ class Runtime:
             await self.api.stop()
         if self.gpio is not None:
             self.gpio.close()
+        if self.safety_config is not None:
+            self.safety_config.uninstall()
         for poller in self.pollers.values():
             poller.uninstall()
         await self.master.close()
@@ -246,7 +252,15 @@ class Runtime:
                 continue
             if poller.fast_quality(now) is not Quality.FRESH:
                 reasons.append(f"{role} module readings are not fresh")
+            if role == "safety" and not self.safety_config_verified():
+                reasons.append("safety module configuration not verified")
         return (not reasons, reasons)
+
+    def safety_config_verified(self) -> bool:
+        """The bound safety module holds `[safety_module]`, read back since bind or the last write."""
+        if self.safety_config is None:
+            return "safety" not in self.config.modules.mandatory
+        return self.safety_config.verified
 
     async def _discovery_loop(self) -> None:
         first = True
@@ -295,11 +309,26 @@ class Runtime:
             phase_s=ROLE_PHASE_S.get(binding.role, 0.0),
             priority=Priority.SAFETY if binding.role == "safety" else Priority.TELEMETRY,
         )
+        if binding.role == "safety" and self.controller is not None:
+            # Its read-backs are placed before the poller's background reads: commissioning must
+            # end within the start-up time, and the slow reads can wait a second.
+            self._guard_safety_config(binding)
         poller.install()
         self.pollers[binding.role] = poller
         log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
         if binding.role == "travel" and self.controller is not None:
             self.controller.bind_travel()
+
+    def _guard_safety_config(self, binding: Binding) -> None:
+        """Apply `[safety_module]` to the module just bound, then keep reading it back."""
+        assert self.controller is not None
+        cfg = self.config.safety_module
+        self.safety_config = ModuleConfigGuard(
+            binding, cfg.expected_registers(), schedule=self.master.schedule, faults=self.controller.supervisor,
+            write=LockedWriter(self.master.schedule, binding), interval_s=cfg.verify_interval_ms / 1000.0, reapply_after_reboot=cfg.reapply_after_reboot,
+            phase_s=ROLE_PHASE_S["safety"],
+        )
+        self.safety_config.install()
 
     def set_moving(self, moving: bool) -> None:
         """Travel feedback at the moving rate while motion is commanded, the idle rate otherwise."""

@@ -183,7 +183,8 @@ class Controller:
         return build_conditions(
             self.supervisor.verdict,
             comms_ok=comms and self.hw.master.port_up,
-            sensors_ok=all(self._fresh(r, now) for r in self.mandatory),
+            # A safety module whose configuration is not verified may have its sensors off.
+            sensors_ok=all(self._fresh(r, now) for r in self.mandatory) and self.hw.safety_config_verified(),
             location_ok=self.plant.value("travel", "M1_POSITION_CURRENT") is not None,
             target_valid=target_valid,
         )

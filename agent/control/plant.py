@@ -43,6 +43,8 @@ class Hardware(Protocol):
 
     def set_moving(self, moving: bool) -> None: ...
 
+    def safety_config_verified(self) -> bool: ...
+
 
 @dataclass
 class Plant:

@@ -90,6 +90,13 @@ _SPECS = [
     FaultSpec("SAFETY_SENSORS_UNKNOWN", Level.PROTECTIVE_STOP, True,
               "The agent does not know which obstacle sensors of the safety module are enabled (their enable flags were not read, "
               "or not recently): motion is refused. Check the safety module's link, then reset."),
+    FaultSpec("SAFETY_CONFIG_MISMATCH", Level.PROTECTIVE_STOP, True,
+              "The safety module does not hold the configuration of [safety_module] (the detail names the register, "
+              "what it holds and what is expected). Find out who changed it; restart the agent to write it again "
+              "(it is applied at bind), wait for it to read back right, then reset."),
+    FaultSpec("SAFETY_MODULE_REBOOTED", Level.PROTECTIVE_STOP, True,
+              "The safety module came back with its power-on defaults (a brown-out or MCU reset): its sensors were off. "
+              "Check its supply and wiring; once the configuration reads back right, reset."),
 ]
 
 CATALOGUE: MappingProxyType[str, FaultSpec] = MappingProxyType({s.code: s for s in _SPECS})

@@ -29,7 +29,8 @@ SAFETY_STATUS = ("SAFETY_SYSTEM_STATUS", "EMERGENCY_STOP_STATUS", "RESET_FLAG")
 LIVENESS_REGISTERS: dict[str, tuple[str, ...]] = {"safety": SAFETY_STATUS}
 SENSORS = (1, 2, 3, 4)
 EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
-                            "OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION", "TRAVEL_STALLED"})
+                            "OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION", "TRAVEL_STALLED",
+                            "SAFETY_CONFIG_MISMATCH", "SAFETY_MODULE_REBOOTED"})
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ class Supervisor:
         self._events: dict[str, str] = {}
         self._estop_clear_since: float | None = None
         self._hysteresis: set[str] = set()
+        # Sensors whose distances are judged, whatever the module says it has enabled: a module
+        # that forgot its enables (a reboot) must not switch off the agent's own check. None: the
+        # enable flags as read from the module (no configured expectation).
+        self.judged_sensors: frozenset[int] | None = None
         self.verdict = Verdict(Level.OK, (), False, 1.0, clock())
         self.listeners: list[Callable[[Verdict, Verdict], None]] = []
 
@@ -318,8 +323,10 @@ class Supervisor:
         if unknown:
             causes["SAFETY_SENSORS_UNKNOWN"] = f"enable flags of sensors {unknown} are not fresh: which sensors count is unknown"
         distances: list[float] = []
+        judged = self.judged_sensors  # the sensors the module must have on (configuration), if known
         for i in SENSORS:
-            if values.get(f"ANALOG_{i}_ENABLE") != 1:
+            enabled = i in judged if judged is not None else values.get(f"ANALOG_{i}_ENABLE") == 1
+            if not enabled:
                 continue
             name = f"ANALOG_INPUT_{i}"
             if name in values:

@@ -120,3 +120,30 @@ def test_unsafe_api_settings_are_refused(api: dict[str, object], key: str) -> No
     with pytest.raises(ConfigError) as info:
         validate_config({**MINIMAL, "api": api})
     assert any(p.startswith(key) for p in info.value.problems), info.value.problems
+
+
+def test_config_check_rejects_unsafe_safety_module_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`[safety_module]` is the module's expected configuration: values that would leave it blind
+    or self-resetting are refused with the key named, and the check exits 1."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\nid = "a"\ndata_dir = "/tmp/x"\n[bus]\nport = "/dev/null"\n'
+                    "[safety_module]\nanalog_enable = [false, false, false, false]\n"
+                    "zone_thresholds = [50, 30, 60, 70]\nauto_reset = true\nsafety_mode = 7\n"
+                    "di_active_level = [1, 2, 1, 1]\nverify_interval_ms = 5000\n")
+    assert main(["config", "check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    for key, words in (("safety_module.analog_enable", "at least one distance sensor"),
+                       ("safety_module.zone_thresholds", "zone 1 must be the nearest"),
+                       ("safety_module.auto_reset", "must be false"),
+                       ("safety_module.safety_mode", "less than or equal to 4"),
+                       ("safety_module.di_active_level", "less than or equal to 1"),
+                       ("safety_module.verify_interval_ms", "less than or equal to 1000")):
+        line = next((ln for ln in err.splitlines() if key in ln), None)
+        assert line is not None and words in line, (key, err)
+
+
+def test_safety_module_defaults_enable_the_sensors_and_manual_reset() -> None:
+    expected = validate_config(MINIMAL).safety_module.expected_registers()
+    assert [expected[f"ANALOG_{n}_ENABLE"] for n in range(1, 5)] == [1, 1, 1, 1]
+    assert expected["AUTO_RESET_ENABLE"] == 0 and expected["SAFETY_MODE"] == 1
+    assert [expected[f"SAFETY_ZONE{n}_THRESHOLD"] for n in range(1, 5)] == [30, 50, 60, 70]
