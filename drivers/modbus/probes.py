@@ -2,15 +2,21 @@
 
 A slave that failed repeatedly is set aside and only probed, with a growing back-off, until it
 answers again. Probes run on their own schedule even while healthy polls keep the bus busy (a
-gap as long as a probe's deadline may never come). Among the slaves whose probe is due, a slave
-served once per service tick (the safety module) goes first, because the whole carriage waits
-for it; then the one that has waited longest. Every due slave is considered, not only the first.
+gap as long as a probe's deadline may never come). Among the slaves whose probe is due, the one
+that has waited longest goes first, and a slave served once per service tick (the safety module)
+counts as having waited `TICK_SERVED_HEADSTART_S` longer, because the whole carriage waits for
+it. The head start is shorter than the shortest probe back-off, so a slave probed once cannot
+come back ahead of one that was already waiting: no set-aside slave starves. Every due slave is
+considered, not only the first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+TICK_SERVED_HEADSTART_S = 0.1  # below the bus master's shortest probe back-off (0.2 s)
 
 
 @dataclass(frozen=True)
@@ -31,5 +37,5 @@ def pick_probe(waiting: Iterable[ProbeCandidate], now: float) -> tuple[int | Non
             soonest = candidate.next_probe_at
     if not due:
         return None, soonest
-    best = min(due, key=lambda c: (not c.tick_served, c.next_probe_at, c.address))
+    best = min(due, key=lambda c: (c.next_probe_at - (TICK_SERVED_HEADSTART_S if c.tick_served else 0.0), c.address))
     return best.address, None

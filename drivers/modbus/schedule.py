@@ -223,7 +223,9 @@ class PollSchedule:
         """
         seen = self._sightings.setdefault(slave, deque(maxlen=TICK_WINDOW))
         seen.append(seen_at)
-        on_grid = sorted(t + round((seen_at - t) / period) * period for t in seen)
+        # Half a period rounds the same way for every sighting (not half-to-even), so an exact tie
+        # cannot split the sightings across two grid points.
+        on_grid = sorted(t + math.floor((seen_at - t) / period + 0.5) * period for t in seen)
         first = slave not in self._ticks
         tick = on_grid[len(on_grid) // 4]
         self._ticks[slave] = tick
