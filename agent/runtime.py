@@ -323,12 +323,16 @@ class Runtime:
         """Apply `[safety_module]` to the module just bound, then keep reading it back."""
         assert self.controller is not None
         cfg = self.config.safety_module
+        if self.safety_config is not None:  # bound again: the old guard's reads and listener go
+            self.safety_config.uninstall()
+            self.board.remove_listener(self.safety_config.observe)
         self.safety_config = ModuleConfigGuard(
             binding, cfg.expected_registers(), schedule=self.master.schedule, faults=self.controller.supervisor,
             write=LockedWriter(self.master.schedule, binding), interval_s=cfg.verify_interval_ms / 1000.0, reapply_after_reboot=cfg.reapply_after_reboot,
             phase_s=ROLE_PHASE_S["safety"],
         )
         self.safety_config.install()
+        self.board.add_listener(self.safety_config.observe)
 
     def set_moving(self, moving: bool) -> None:
         """Travel feedback at the moving rate while motion is commanded, the idle rate otherwise."""

@@ -8,8 +8,10 @@ trace. So the agent holds the expected values (`[safety_module]`), and this guar
 - at bind reads them, writes whatever differs (commissioning) and reads it back: until every
   value has read back right the configuration is unverified, the safety role is not ready and
   motion is not allowed;
-- then reads them back continuously, on phase-locked background polls of the bus schedule (one
-  small block at a time, each on a service tick of its own, so the status polls keep theirs);
+- then reads them back continuously: the registers the module's status poll already reads on
+  every tick (sensor enables, input enables and levels) are judged from the poll's snapshots;
+  the rest on phase-locked background polls of the bus schedule (one small block at a time, each
+  on a service tick of its own, so the status polls keep theirs);
 - on any difference raises SAFETY_CONFIG_MISMATCH (latched protective stop) for as long as it
   lasts; when every value that tells a configured module from a fresh one reads its power-on
   default again, the module has rebooted: SAFETY_MODULE_REBOOTED is latched as well and, if
@@ -37,6 +39,7 @@ from drivers.modbus.merge import plan_register_reads
 from drivers.modbus.schedule import PollPlan, Priority, PollSchedule
 from drivers.polling import Binding
 from drivers.profiles import plan_write
+from drivers.snapshots import ModuleSnapshot
 
 log = logging.getLogger("oht.safety.config")
 
@@ -153,10 +156,17 @@ class ModuleConfigGuard:
         # Registers that tell a configured module from one just powered up.
         self.telltales = frozenset(r.name for r in known if r.default != expected[r.name])
         self.blocks: list[Block] = []
-        for start, count in plan_register_reads(known, max_registers=profile.max_read_registers,
+        # Registers of the status poll (the fast group) come with every snapshot: no read of ours.
+        polled = [r for r in known if r.poll == "fast"]
+        self.polled_block = Block(-1, 0, tuple(r.name for r in polled)) if polled else None
+        if self.polled_block is not None:
+            self.blocks.append(self.polled_block)
+        own = [r for r in known if r.poll != "fast"]
+        for start, count in plan_register_reads(own, max_registers=profile.max_read_registers,
                                                 max_gap=profile.max_read_registers, readable=profile.is_readable):
-            names = tuple(r.name for r in known if start <= r.address < start + count)
+            names = tuple(r.name for r in own if start <= r.address < start + count)
             self.blocks.append(Block(start, count, names))
+        self._snapshot_at = float("-inf")
         self.state = ConfigState.UNVERIFIED
         self.diffs: dict[str, tuple[int | float | None, int]] = {}
         self._block_diffs: dict[int, dict[str, tuple[int | float | None, int]]] = {}
@@ -180,7 +190,7 @@ class ModuleConfigGuard:
             self._mismatch(f"profile {self.binding.profile.name} has no readable register {', '.join(self.missing)}: "
                            "the configuration cannot be verified")
         service = self.binding.profile.service_period_ms / 1000.0
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(b for b in self.blocks if b is not self.polled_block):
             key = f"safety:config:{block.start:04x}"
             # Blocks spread over the interval: one small read at a time, each on a tick of its own.
             plan = PollPlan(
@@ -212,6 +222,20 @@ class ModuleConfigGuard:
                 "applied": self.applied, "reboots": self.reboots}
 
     # ------------------------------------------------------------------ read-back
+    def observe(self, snap: ModuleSnapshot) -> None:
+        """A snapshot of the bound module: judge the registers the status poll brought, once per poll."""
+        block = self.polled_block
+        if block is None or snap.role != self.binding.role:
+            return
+        readings = [snap.readings.get(n) for n in block.names]
+        if any(r is None for r in readings):
+            return
+        at = min(r.at for r in readings if r is not None)
+        if at <= self._snapshot_at:
+            return
+        self._snapshot_at = at
+        self._judge(block, {n: snap.readings[n].value for n in block.names}, at)
+
     def _handler(self, block: Block):  # type: ignore[no-untyped-def]
         profile = self.binding.profile
 

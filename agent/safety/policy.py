@@ -33,7 +33,7 @@ class SafetyPolicy(BaseModel):
     estop_release_ms: Annotated[int, Field(ge=50, le=5000)] = 50
     # A stop is confirmed only while the driver's motor current is at most this (a second signal
     # besides the speed registers); and after a confirmed stop the carriage must not move further.
-    stop_current_max_a: Annotated[float, Field(ge=0, le=50)] = 0.5
+    stop_current_max_a: Annotated[float, Field(ge=0, le=50)] = 0.2
     uncommanded_motion_cm: Annotated[int, Field(ge=1, le=100)] = 3
 
     @model_validator(mode="after")

@@ -77,7 +77,7 @@ class StopPath:
         confirm_timeout_s: float = 1.0,
         readback_interval_s: float = 0.005,
         decel_allowance_s: float = 2.0,
-        current_max_a: float = 0.5,
+        current_max_a: float = 0.2,
     ) -> None:
         self.master = master
         self.interlock = master.interlock

@@ -79,6 +79,14 @@ class _Ops:
     def faults_clear(self) -> Any:
         return self._call("faults_clear", {})
 
+    def freeze(self, addr: int, address: int, value: int | None) -> Any:
+        """Every read of register ``address`` reports ``value`` (None thaws it): frozen feedback."""
+        return self._call("freeze", {"addr": addr, "address": address, "value": value})
+
+    def stuck_outputs(self, addr: int, on: bool = True) -> Any:
+        """The driver's output stage no longer follows its registers: it runs on as it was."""
+        return self._call("stuck_outputs", {"addr": addr, "on": on})
+
     def estop(self, pressed: bool, addr: int | None = None) -> Any:
         """The E-stop input wired into the safety module(s)."""
         return self._call("estop", {"pressed": pressed, "addr": addr})
@@ -117,6 +125,10 @@ class _Ops:
         """Write frames received after monotonic time ``since``: dicts with t, t_applied, addr, fc,
         address, values, applied (executed as asked), exception (code or None)."""
         return self._call("writes", {"addr": addr, "since": since}, lambda r: r["writes"])
+
+    def reads(self, addr: int | None = None, since: float = 0.0) -> Any:
+        """Read requests received after monotonic time ``since``: dicts with t, addr, fc, address, count."""
+        return self._call("reads", {"addr": addr, "since": since}, lambda r: r["reads"])
 
     def clear_writes(self) -> Any:
         return self._call("clear_writes", {})

@@ -177,6 +177,25 @@ class Commands:
     def op_faults_clear(self, req: dict[str, Any]) -> dict[str, Any]:
         for slave in self.sim.slaves.values():
             slave.faults.clear()
+            slave.firmware.outputs_stuck = False
+        return {}
+
+    def op_freeze(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Reads of one register report a fixed value (``value`` null: thaw it)."""
+        address = _int(req, "address", 0, 0xFFFF)
+        value = req.get("value")
+        for slave in self._targets(req):
+            if value is None:
+                slave.faults.frozen.pop(address, None)
+            else:
+                slave.faults.frozen[address] = _int(req, "value", 0, 0xFFFF)
+        return {}
+
+    def op_stuck_outputs(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The output stage ignores what is written (a welded driver): motion goes on as it was."""
+        on = _bool(req, "on", True)
+        for slave in self._targets(req):
+            slave.firmware.outputs_stuck = on
         return {}
 
     # --- physical inputs ---
@@ -252,6 +271,13 @@ class Commands:
         unit = None if req.get("addr") is None else self._slave(req).unit
         items = [w for w in self.sim.writes if w["t"] > since and (unit is None or w["addr"] == unit)]
         return {"writes": items}
+
+    def op_reads(self, req: dict[str, Any]) -> dict[str, Any]:
+        since = _number(req, "since", float("-inf"), float("inf"), 0.0)
+        unit = None if req.get("addr") is None else self._slave(req).unit
+        items = [{"t": t, "addr": u, "fc": fc, "address": a, "count": n}
+                 for t, u, fc, a, n in self.sim.reads if t > since and (unit is None or u == unit)]
+        return {"reads": items}
 
     def op_clear_writes(self, req: dict[str, Any]) -> dict[str, Any]:
         self.sim.writes.clear()

@@ -109,7 +109,11 @@ class SimSlave:
                 return fail(rtu.EXC_ILLEGAL_VALUE)
             if not bank.mapped(req.address, req.count):
                 return fail(rtu.EXC_ILLEGAL_ADDRESS)
-            return Outcome(rtu.read_reply(unit, fc, bank.read(req.address, req.count)), True, None)
+            values = bank.read(req.address, req.count)
+            frozen = self.faults.frozen
+            if frozen:
+                values = [frozen.get(req.address + i, v) for i, v in enumerate(values)]
+            return Outcome(rtu.read_reply(unit, fc, values), True, None)
         if fc == rtu.FC_WRITE_MULTIPLE and (req.malformed or not 1 <= req.count <= rtu.MAX_WRITE_COUNT):
             return fail(rtu.EXC_ILLEGAL_VALUE)
         if not bank.mapped(req.address, req.count) or not bank.writable(req.address, req.count):

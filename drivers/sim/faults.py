@@ -27,6 +27,8 @@ class Faults:
     wrong_address_rate: float = 0.0
     #: Rebooting until this monotonic time: frames are ignored, nothing is executed.
     boot_until: float = 0.0
+    #: Register address -> value every read reports there (a frozen feedback register).
+    frozen: dict[int, int] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def clear(self) -> None:
@@ -40,6 +42,7 @@ class Faults:
         self.reply_as = 0
         self.wrong_address_rate = 0.0
         self.boot_until = 0.0
+        self.frozen.clear()
 
     def roll(self, rate: float) -> bool:
         """True with probability ``rate`` (no RNG draw for 0 and 1, keeping seeds stable)."""
@@ -60,4 +63,5 @@ class Faults:
             "exception_rate": self.exception_rate,
             "reply_as": self.reply_as,
             "wrong_address_rate": self.wrong_address_rate,
+            "frozen": {str(a): v for a, v in self.frozen.items()},
         }

@@ -59,6 +59,8 @@ class Firmware:
         self.bank = bank
         self.unit = unit
         self.peers = peers
+        #: Set by the control socket: the output stage keeps doing what it did, whatever is written.
+        self.outputs_stuck = False
         self.power_on(0.0)
 
     def power_on(self, now: float) -> None:
@@ -211,6 +213,8 @@ class TravelFirmware(Firmware):
     def on_write(self, address: int, now: float) -> None:
         b = self.bank
         for ch in self.CHANNELS:
+            if self.outputs_stuck:
+                break  # a welded output stage: ENABLE = 0 cuts nothing
             if address == b.address_of(ch + "ENABLE") and not b.get(ch + "ENABLE"):
                 # Output cut at once in the write handler, no ramp.
                 self.velocity[ch] = 0.0
@@ -251,7 +255,9 @@ class TravelFirmware(Firmware):
                 self._trip_deadman()
         for ch in self.CHANNELS:
             v = self.velocity[ch]
-            if not b.get(ch + "ENABLE"):
+            if self.outputs_stuck:
+                pass  # the motor runs on at the speed it had
+            elif not b.get(ch + "ENABLE"):
                 v = 0.0
             else:
                 direction = b.get(ch + "DIRECTION")

@@ -44,6 +44,7 @@ IDLE_GAP_S = 0.0015
 BITS_PER_CHAR = 10
 #: Keep this many write records for the `writes` query.
 WRITE_LOG_SIZE = 100_000
+READ_LOG_SIZE = 50_000  # reads are many more: the recent ones are what tests ask about
 
 _ROLE_ORDER = {"travel": 0, "safety": 1, "power": 2, "dock": 3}
 
@@ -82,6 +83,8 @@ class Simulator:
             self.slaves[unit] = SimSlave(unit, profile, self, fault_rng, period, phase)
         self._tick_order = sorted(self.slaves.values(), key=lambda s: _ROLE_ORDER.get(s.profile.role, 9))
         self.writes: deque[dict[str, Any]] = deque(maxlen=WRITE_LOG_SIZE)
+        #: Every read request a slave received: (time received, unit, function, address, count).
+        self.reads: deque[tuple[float, int, int, int, int]] = deque(maxlen=READ_LOG_SIZE)
         self.bus = {"frames_unserved": 0, "crc_errors_unattributed": 0, "partials_dropped": 0,
                     "replies_lost": 0, "bytes_in": 0, "bytes_out": 0}
         self.master_fd: int | None = None
@@ -316,6 +319,7 @@ class Simulator:
     def _log_write(self, slave: SimSlave, req: rtu.Request, received: float, applied_at: float | None,
                    *, applied: bool, exception: int | None) -> None:
         if req.function not in rtu.WRITE_FUNCTIONS:
+            self.reads.append((received, slave.unit, req.function, req.address, req.count))
             return
         self.writes.append({
             "t": received, "t_applied": applied_at, "addr": slave.unit, "fc": req.function,

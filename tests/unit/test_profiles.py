@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from drivers.errors import CodedError
+from drivers.modbus.merge import plan_poll
 from drivers.profiles import (
     IDENTITY_COUNT,
     IDENTITY_START,
@@ -69,14 +70,16 @@ def test_safety_profile_matches_safe_fw(profiles):
     assert [p.register(f"SAFETY_ZONE{i}_THRESHOLD").default for i in range(1, 5)] == [30, 50, 60, 70]
     assert p.register("RELAY1_CONTROL").address == 0x0040 and p.register("RELAY1_CONTROL").safety
     assert p.register("SAFETY_MODE").min == 1 and p.register("SAFETY_MODE").max == 4
-    for addr in [*range(0x0006, 0x0010), *range(0x0016, 0x001A)]:
+    for addr in [*range(0x0006, 0x0010), *range(0x0016, 0x001A), *range(0x002E, 0x0040)]:
         # unused addresses the firmware answers (its register array): placeholders that let the
         # status read run through to the distances, never polled for themselves
         reg = p.by_address(addr)
         assert reg is not None and reg.poll == "none" and not reg.safety
     fast = {r.name for r in p.poll_registers("fast")}
     assert {"SAFETY_SYSTEM_STATUS", "ANALOG_INPUT_1", "DI4_STATUS", "RESET_FLAG"} <= fast
-    assert "SAFETY_ZONE1_THRESHOLD" not in fast
+    # the configuration comes with every status read, so it is verified without reads of its own
+    assert {"ANALOG_1_ENABLE", "SAFETY_ZONE1_THRESHOLD", "AUTO_RESET_ENABLE", "SAFETY_MODE"} <= fast
+    assert plan_poll(p, "fast") == [(0x0000, 0x004C)]
 
 
 def test_travel_profile_hazard_register_is_direction(profiles):
@@ -107,7 +110,7 @@ def test_decode_block_skips_registers_cut_by_the_block(profiles):
     words = [1, 0, 0, 0, 1, 7]
     assert p.decode_block(0x0000, words)["RESET_FLAG"] == 1
     assert set(p.decode_block(0x0002, [0, 0])) == {"SAFETY_ZONE_STATUS", "PROXIMITY_ALERT_STATUS"}
-    assert p.decode_block(0x002E, [0] * 18) == {}  # unmapped addresses produce nothing
+    assert p.decode_block(0x0050, [0] * 18) == {}  # unmapped addresses produce nothing
 
 
 def test_unknown_register_name(profiles):

@@ -55,9 +55,13 @@ def test_configuration_and_identity_are_read_at_bind(tmp_path: Path) -> None:
 def test_not_ready_until_the_configuration_was_read(tmp_path: Path) -> None:
     master, poller = safety_poller(tmp_path)
     now = time.monotonic()
-    fast_start, fast_count = plan_poll(SAFETY, "fast")[0]
-    poller._result_handler(fast_start, f"safety:fast:{fast_start:04x}")(tuple([0] * fast_count), now)
     assert poller.fast_quality(now) is Quality.MISSING
+    # The safety module's configuration (enables, thresholds, modes) is part of its status read:
+    # the one read makes the role fresh, and it holds every configuration register.
+    fast_start, fast_count = plan_poll(SAFETY, "fast")[0]
+    poller._result_handler(fast_start, f"safety:fast:{fast_start:04x}")(tuple([1] * fast_count), now)
+    for name in ("ANALOG_1_ENABLE", "SAFETY_ZONE1_THRESHOLD", "AUTO_RESET_ENABLE", "SAFETY_MODE"):
+        assert poller.snapshot.quality(name, now) is Quality.FRESH
     for start, count in plan_poll(SAFETY, "slow"):
         poller._result_handler(start, f"safety:slow:{start:04x}")(tuple([1] * count), now)
     assert poller.fast_quality(now) is Quality.FRESH
