@@ -5,50 +5,117 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from drivers.sim.client import SimProcess
 from drivers.watchdog import HardwareWatchdog
 
 from tests.conftest import wait_for
-from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, TRAVEL, outputs, start_moving
+from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, SAFETY, TRAVEL, outputs, start_moving
 
 
 class FakeSystemd:
-    """Plays systemd's side of sd_notify: a datagram socket that records every message with its time."""
+    """Plays systemd's side of sd_notify as PID 1 does: a datagram socket read continuously by its
+    own thread, each message recorded with the time it arrived. (A reader that only looks when
+    the test asks would let the kernel's queue of 10 datagrams fill up between looks.)"""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.05)
         self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="fake-systemd", daemon=True)
+        self._reader.start()
 
-    def collect(self) -> list[tuple[float, str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._closing.is_set():
             try:
                 data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.messages
-            self.messages.append((time.monotonic(), data.decode()))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def collect(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.messages)
 
     def times(self, text: str) -> list[float]:
         return [t for t, m in self.collect() if text in m]
 
+    def close(self) -> None:
+        self._closing.set()
+        self._reader.join(timeout=2.0)
+        self.sock.close()
 
-@pytest.fixture
-def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSystemd:
-    fake = FakeSystemd(tmp_path / "notify.sock")
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+
+def notify_env(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 100 ms
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    return fake
+
+
+@pytest.fixture
+def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSystemd]:
+    fake = FakeSystemd(tmp_path / "notify.sock")
+    notify_env(monkeypatch, tmp_path / "notify.sock")
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def deaf_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A PID 1 too busy to read: the socket is bound and never read, so its queue fills and stays full."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    notify_env(monkeypatch, tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+async def frames_received(sim: SimProcess, address: int) -> int:
+    stats = await asyncio.to_thread(sim.control.stats)
+    return int(stats["slaves"][str(address)]["frames_received"])
+
+
+@pytest.mark.timeout(30)  # before the fix the whole event loop froze in sendto, this test with it
+async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: SimProcess, agent_factory, deaf_systemd) -> None:  # type: ignore[no-untyped-def]
+    rt = await agent_factory(sim.link)
+    assert await wait_for(lambda: rt.api is not None, 5.0)
+    notifier = rt.controller.notifier
+    assert await wait_for(lambda: notifier.dropped >= 5, 5.0), "the queue never filled: the test proves nothing"
+    # The socket stays full from here on. For two seconds the loop must go on as usual.
+    dropped_before = notifier.dropped
+    polled_before = await frames_received(sim, SAFETY)
+    worst_lateness = 0.0
+    until = time.monotonic() + 2.0
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(0.02)
+        worst_lateness = max(worst_lateness, time.monotonic() - asked - 0.02)
+    assert worst_lateness < 0.4, f"the event loop stalled for {worst_lateness * 1000:.0f} ms"
+    assert notifier.dropped - dropped_before >= 10, "the control loop stopped feeding (and so ticking)"
+    assert await frames_received(sim, SAFETY) - polled_before >= 10, "the bus stopped polling the safety module"
+    async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
+        answer = await client.get("/healthz")
+    assert answer.status_code == 200, answer.text
+    assert not rt.controller.supervisor.verdict.has("LOOP_STALL")
+    assert rt.controller.sm.state.value == "IDLE"
 
 
 async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
+    assert await wait_for(lambda: systemd.times("READY=1"), 1.0)
     ready = systemd.times("READY=1")
     assert len(ready) == 1
     first_stop = [w for w in sim.control.writes(TRAVEL) if w["address"] == M1_ENABLE][0]
