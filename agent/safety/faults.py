@@ -75,6 +75,10 @@ _SPECS = [
               "The local database cannot be written (disk full or read-only): commands are refused. Free space, then reset."),
     FaultSpec("STORE_CORRUPT", Level.PROTECTIVE_STOP, True,
               "The local database was corrupt and was moved aside; a new one was started. Keep the old file for analysis, then reset."),
+    FaultSpec("TASK_DIED", Level.EMERGENCY_STOP, True,
+              "A task of the agent ended unexpectedly (the detail names it): motion was stopped and the watchdogs are no "
+              "longer fed, so the agent will be restarted by its watchdog. Send the journal (journalctl -u oht-agent) "
+              "to the developers."),
 ]
 
 CATALOGUE: MappingProxyType[str, FaultSpec] = MappingProxyType({s.code: s for s in _SPECS})

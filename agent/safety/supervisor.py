@@ -24,7 +24,8 @@ log = logging.getLogger("oht.safety")
 # Codes whose cause the safety module holds in its own latch (status frozen while RESET_FLAG = 1):
 # they can only be re-evaluated after the reset writes RESET_FLAG back to 0.
 MODULE_LATCH_CODES = frozenset({"SAFETY_MODULE_CRITICAL", "SAFETY_MODULE_ERROR", "SAFETY_MODULE_LATCHED"})
-EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT"})
+EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
+                            "TASK_DIED"})
 
 
 @dataclass(frozen=True)
