@@ -133,6 +133,7 @@ class Runtime:
             asyncio.create_task(self._discovery_loop(), name="discovery"),
             asyncio.create_task(self._health_loop(), name="health-log"),
         ]
+        self._supervise_tasks()
 
     def _build_controller(self) -> None:
         cfg = self.config
@@ -180,6 +181,15 @@ class Runtime:
                 return
             log.info("start-up: travel outputs confirmed safe %.0f ms after the stop was requested", outcome.confirm_ms or 0)
 
+    def _supervise_tasks(self) -> None:
+        """Every long-lived task is supervised by the controller: if one ends, the watchdogs starve."""
+        assert self.controller is not None and self.db is not None
+        supervisor = self.controller.tasks
+        supervisor.watch(self.master._task, "bus-master")
+        supervisor.watch(self.db._writer._task if self.db._writer is not None else None, "store-writer")
+        for task in self._tasks:
+            supervisor.watch(task)
+
     def _open_gpio(self) -> None:
         cfg = self.config.estop_gpio
         if self.estop_channels is None:
@@ -208,6 +218,7 @@ class Runtime:
         server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
         await server.start()
         self.api = server
+        self.controller.tasks.watch(server._task, "api-server")
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
 

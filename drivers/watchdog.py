@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 log = logging.getLogger("oht.watchdog")
 
@@ -19,9 +21,17 @@ WDIOC_GETTIMEOUT = 0x80045707  # _IOR('W', 7, int)
 
 
 class SdNotifier:
-    """sd_notify over $NOTIFY_SOCKET (a leading '@' is the abstract namespace). No-op without it."""
+    """sd_notify over $NOTIFY_SOCKET (a leading '@' is the abstract namespace). No-op without it.
 
-    def __init__(self, socket_path: str | None = None) -> None:
+    It is called from the control loop, so it must never block: the datagram is sent with
+    MSG_DONTWAIT on a non-blocking socket. When the receiver has not read its queue (a busy PID 1;
+    the kernel holds only `net.unix.max_dgram_qlen` datagrams, 10 by default) the message is
+    dropped and counted, never retried: a late WATCHDOG=1 is worth nothing, and the next tick
+    sends a fresh one. Failures are logged at most once per `log_every_s`, with the count.
+    """
+
+    def __init__(self, socket_path: str | None = None, *, log_every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET", "")
         self.path = path
         self._sock: socket.socket | None = None
@@ -30,23 +40,47 @@ class SdNotifier:
         self.watchdog_interval_s: float | None = None
         if usec.isdigit() and (not pid or pid == str(os.getpid())):
             self.watchdog_interval_s = int(usec) / 1e6 / 2  # ping at half the period
+        self.sent = 0
+        self.dropped = 0  # messages not delivered: receiver's queue full, or a socket error
+        self.missed_pings = 0  # WATCHDOG=1 among them
+        self._log_every_s = log_every_s
+        self._clock = clock
+        self._last_warning: float | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.path)
 
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        return self._sock
+
     def notify(self, message: str) -> bool:
+        """Send one notification now or not at all; True when the kernel took it."""
         if not self.path:
             return False
         address = "\0" + self.path[1:] if self.path.startswith("@") else self.path
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(message.encode(), address)
-            return True
-        except OSError as exc:
-            log.warning("sd_notify failed: %s", exc)
+            self._socket().sendto(message.encode(), socket.MSG_DONTWAIT, address)
+        except BlockingIOError:
+            self._dropped(message, "the receiver's queue is full: systemd is not reading it")
             return False
+        except OSError as exc:
+            self._dropped(message, str(exc))
+            return False
+        self.sent += 1
+        return True
+
+    def _dropped(self, message: str, why: str) -> None:
+        self.dropped += 1
+        if message.startswith("WATCHDOG=1"):
+            self.missed_pings += 1
+        now = self._clock()
+        if self._last_warning is None or now - self._last_warning >= self._log_every_s:
+            self._last_warning = now
+            log.warning("sd_notify: %s not sent (%s); %d message(s) dropped so far, %d of them watchdog pings",
+                        message.split("\n", 1)[0], why, self.dropped, self.missed_pings)
 
     def ready(self, status: str = "") -> bool:
         return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))

@@ -12,6 +12,7 @@ import pytest
 from drivers.modbus.master import BusMaster
 from drivers.profiles import Profile, load_profiles
 from drivers.sim.client import SimProcess
+from tests.hang_guard import pytest_exception_interact, pytest_runtest_protocol  # noqa: F401  (a hang ends the run)
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "config" / "profiles"

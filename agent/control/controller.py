@@ -35,6 +35,7 @@ from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
 from agent.store.errors import CommandNotFound, CommandStateError
 from agent.store.transitions import record_transition
+from agent.supervision import TaskSupervisor
 from drivers.errors import CodedError
 from drivers.modbus.errors import BusError
 from drivers.modbus.interlock import Permit
@@ -96,6 +97,7 @@ class Controller:
         self._state_since_wall = time.time()
         self._listeners: list[StatusListener] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self.tasks = TaskSupervisor(on_death=self._on_task_died)  # every long-lived task, the runtime's too
         self._records: asyncio.Queue[tuple[list[Transition], list[dict[str, Any]]]] = asyncio.Queue(maxsize=1024)
         self.safe_outputs_confirmed = False
         self._initial_stop: asyncio.Task[StopOutcome] | None = None
@@ -118,6 +120,8 @@ class Controller:
             asyncio.create_task(self._recorder(), name="transition-recorder"),
             asyncio.create_task(self.executor.run(), name="executor"),
         ]
+        for task in self._tasks:
+            self.tasks.watch(task)
 
     async def shutdown(self) -> StopOutcome | None:
         """Stop motion, end the tasks, then a final stop that no cache can answer. Returns its outcome.
@@ -127,6 +131,7 @@ class Controller:
         is written and read back anew before the bus closes. The hardware watchdog is disarmed
         only when that final stop is confirmed: otherwise it is left to reset the board.
         """
+        self.tasks.stopping()  # tasks end on purpose from here on
         self.notifier.stopping()
         self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
         bound = self.stop_path.bound and self.hw.master.port_up
@@ -233,11 +238,15 @@ class Controller:
         self._motion_window(now)
         self._watch_outputs(now)
         self._feed_deadman(now)
-        healthy = lag * 1000 <= p.loop_lag_stop_ms and self.hw.master._task is not None and not self.hw.master._task.done()
+        self._maybe_notify_status(verdict)
+        # Last, so that a tick that raised anywhere above feeds nothing. Healthy: on time, and every
+        # supervised task (bus master, executor, recorder, store writer, API, ...) still running.
+        master_task = self.hw.master._task
+        healthy = (lag * 1000 <= p.loop_lag_stop_ms and self.tasks.healthy
+                   and master_task is not None and not master_task.done())
         self.loop_healthy = healthy
         if healthy:
             self._feed_watchdogs(now)
-        self._maybe_notify_status(verdict)
 
     def _advance_boot(self, now: float) -> None:
         state = self.sm.state
@@ -335,6 +344,8 @@ class Controller:
             log.warning("%s.%s write failed: %s", role, name, exc.code)
 
     def _feed_watchdogs(self, now: float) -> None:
+        if not self.tasks.healthy or self.tasks.is_stopping:
+            return  # once a task died the pings end for good: the watchdog restarts the agent
         interval = self.notifier.watchdog_interval_s
         if interval is not None and now - self._last_ping >= interval:
             self._last_ping = now
@@ -342,6 +353,13 @@ class Controller:
                 self.watchdog_pings += 1
         if self.hw_watchdog is not None:
             self.hw_watchdog.keepalive()
+
+    def _on_task_died(self, name: str, why: str) -> None:
+        """A supervised task ended: latch TASK_DIED (an emergency stop, through `_on_trip`)."""
+        self.loop_healthy = False
+        detail = "; ".join(f"{n} {w}" for n, w in self.tasks.deaths.items())
+        self.supervisor.raise_external("TASK_DIED", detail)
+        self.notifier.status(f"task {name} {why}: waiting for the watchdog to restart the agent")
 
     # ------------------------------------------------------------------ faults
     def _on_trip(self, code: str, detail: str) -> None:
@@ -422,7 +440,8 @@ class Controller:
 
     # ------------------------------------------------------------------ AgentCore
     def alive(self) -> bool:
-        return all(not t.done() for t in self._tasks) and bool(self._tasks)
+        """Every supervised task runs (not only the controller's own): what /healthz reports."""
+        return bool(self._tasks) and self.tasks.healthy
 
     def ready(self) -> tuple[bool, list[str]]:
         ok, reasons = self._ready_check()

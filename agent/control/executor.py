@@ -89,7 +89,11 @@ class Executor:
             if record is not None and record.type in P.OUT_OF_BAND:
                 # stop/pause/resume are run by the controller the moment they are stored; only if
                 # that did not happen within a second does the executor run one itself.
-                first = self._oob_seen.setdefault(record.id, time.monotonic())
+                # Only the one at the head of the queue is waited for: any other id seen before was run
+                # by the controller meanwhile (or was pushed back and starts its second again), so the
+                # map holds one entry instead of one per out-of-band command ever stored.
+                first = self._oob_seen.get(record.id, time.monotonic())
+                self._oob_seen = {record.id: first}
                 if time.monotonic() - first < 1.0:
                     await asyncio.sleep(0.005)
                     continue

@@ -97,6 +97,10 @@ _SPECS = [
     FaultSpec("SAFETY_MODULE_REBOOTED", Level.PROTECTIVE_STOP, True,
               "The safety module came back with its power-on defaults (a brown-out or MCU reset): its sensors were off. "
               "Check its supply and wiring; once the configuration reads back right, reset."),
+    FaultSpec("TASK_DIED", Level.EMERGENCY_STOP, True,
+              "A task of the agent ended unexpectedly (the detail names it): motion was stopped and the watchdogs are no "
+              "longer fed, so the agent will be restarted by its watchdog. Send the journal (journalctl -u oht-agent) "
+              "to the developers."),
 ]
 
 CATALOGUE: MappingProxyType[str, FaultSpec] = MappingProxyType({s.code: s for s in _SPECS})

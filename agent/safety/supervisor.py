@@ -30,7 +30,7 @@ LIVENESS_REGISTERS: dict[str, tuple[str, ...]] = {"safety": SAFETY_STATUS}
 SENSORS = (1, 2, 3, 4)
 EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
                             "OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION", "TRAVEL_STALLED",
-                            "SAFETY_CONFIG_MISMATCH", "SAFETY_MODULE_REBOOTED"})
+                            "SAFETY_CONFIG_MISMATCH", "SAFETY_MODULE_REBOOTED", "TASK_DIED"})
 
 
 @dataclass(frozen=True)

@@ -5,50 +5,117 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from drivers.sim.client import SimProcess
 from drivers.watchdog import HardwareWatchdog
 
 from tests.conftest import wait_for
-from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, TRAVEL, outputs, start_moving
+from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, SAFETY, TRAVEL, outputs, start_moving
 
 
 class FakeSystemd:
-    """Plays systemd's side of sd_notify: a datagram socket that records every message with its time."""
+    """Plays systemd's side of sd_notify as PID 1 does: a datagram socket read continuously by its
+    own thread, each message recorded with the time it arrived. (A reader that only looks when
+    the test asks would let the kernel's queue of 10 datagrams fill up between looks.)"""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.05)
         self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="fake-systemd", daemon=True)
+        self._reader.start()
 
-    def collect(self) -> list[tuple[float, str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._closing.is_set():
             try:
                 data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.messages
-            self.messages.append((time.monotonic(), data.decode()))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def collect(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.messages)
 
     def times(self, text: str) -> list[float]:
         return [t for t, m in self.collect() if text in m]
 
+    def close(self) -> None:
+        self._closing.set()
+        self._reader.join(timeout=2.0)
+        self.sock.close()
 
-@pytest.fixture
-def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeSystemd:
-    fake = FakeSystemd(tmp_path / "notify.sock")
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+
+def notify_env(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 100 ms
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    return fake
+
+
+@pytest.fixture
+def systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSystemd]:
+    fake = FakeSystemd(tmp_path / "notify.sock")
+    notify_env(monkeypatch, tmp_path / "notify.sock")
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def deaf_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A PID 1 too busy to read: the socket is bound and never read, so its queue fills and stays full."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    notify_env(monkeypatch, tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+async def frames_received(sim: SimProcess, address: int) -> int:
+    stats = await asyncio.to_thread(sim.control.stats)
+    return int(stats["slaves"][str(address)]["frames_received"])
+
+
+@pytest.mark.timeout(30)  # before the fix the whole event loop froze in sendto, this test with it
+async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: SimProcess, agent_factory, deaf_systemd) -> None:  # type: ignore[no-untyped-def]
+    rt = await agent_factory(sim.link)
+    assert await wait_for(lambda: rt.api is not None, 5.0)
+    notifier = rt.controller.notifier
+    assert await wait_for(lambda: notifier.dropped >= 5, 5.0), "the queue never filled: the test proves nothing"
+    # The socket stays full from here on. For two seconds the loop must go on as usual.
+    dropped_before = notifier.dropped
+    polled_before = await frames_received(sim, SAFETY)
+    worst_lateness = 0.0
+    until = time.monotonic() + 2.0
+    while time.monotonic() < until:
+        asked = time.monotonic()
+        await asyncio.sleep(0.02)
+        worst_lateness = max(worst_lateness, time.monotonic() - asked - 0.02)
+    assert worst_lateness < 0.4, f"the event loop stalled for {worst_lateness * 1000:.0f} ms"
+    assert notifier.dropped - dropped_before >= 10, "the control loop stopped feeding (and so ticking)"
+    assert await frames_received(sim, SAFETY) - polled_before >= 10, "the bus stopped polling the safety module"
+    async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
+        answer = await client.get("/healthz")
+    assert answer.status_code == 200, answer.text
+    assert not rt.controller.supervisor.verdict.has("LOOP_STALL")
+    assert rt.controller.sm.state.value == "IDLE"
 
 
 async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
+    assert await wait_for(lambda: systemd.times("READY=1"), 1.0)
     ready = systemd.times("READY=1")
     assert len(ready) == 1
     first_stop = [w for w in sim.control.writes(TRAVEL) if w["address"] == M1_ENABLE][0]
@@ -112,3 +179,113 @@ async def test_no_heartbeat_while_motion_is_not_allowed(sim_factory, agent_facto
     await agent_factory(sim.link)
     await asyncio.sleep(0.5)
     assert not [w for w in sim.control.writes(TRAVEL) if w["address"] == 0x00F0]
+
+
+# ---------------------------------------------------------------- pings only while every task lives
+async def supervised_agent(sim: SimProcess, agent_factory, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An agent fed by the simulator with both watchdogs: the fake systemd and a file as /dev/watchdog."""
+    device = tmp_path / "watchdog-device"
+    device.write_bytes(b"")
+    rt = await agent_factory(sim.link, extra=f'[watchdog]\ndevice = "{device}"\ntimeout_s = 5\n')
+    assert await wait_for(lambda: rt.api is not None, 5.0)
+    return rt, device
+
+
+async def starved(systemd: FakeSystemd, device: Path, since: float) -> tuple[int, int]:
+    """Pings and keepalive bytes that arrived over one second, starting 0.3 s after `since`
+    (what was already on its way when the task died may still land in those 0.3 s)."""
+    await asyncio.sleep(max(0.0, since + 0.3 - time.monotonic()))
+    pings_at, bytes_at = len(systemd.times("WATCHDOG=1")), device.stat().st_size
+    await asyncio.sleep(1.0)
+    return len(systemd.times("WATCHDOG=1")) - pings_at, device.stat().st_size - bytes_at
+
+
+async def fed(systemd: FakeSystemd, device: Path) -> tuple[int, int]:
+    pings_at, bytes_at = len(systemd.times("WATCHDOG=1")), device.stat().st_size
+    await asyncio.sleep(0.5)
+    return len(systemd.times("WATCHDOG=1")) - pings_at, device.stat().st_size - bytes_at
+
+
+def task_named(rt, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def, type-arg]
+    return next(t for t in asyncio.all_tasks() if t.get_name() == name)
+
+
+async def test_a_dead_executor_starves_both_watchdogs_latches_task_died_and_stops(
+        sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rt, device = await supervised_agent(sim, agent_factory, tmp_path)
+    pings, keepalives = await fed(systemd, device)
+    assert pings >= 3 and keepalives >= 10, "not fed while healthy: the test would prove nothing"
+    executor = task_named(rt, "executor")
+    died_at = time.monotonic()
+    executor.cancel()
+    assert await wait_for(executor.done, 1.0)
+    pings, keepalives = await starved(systemd, device, died_at)
+    assert pings == 0, f"{pings} WATCHDOG=1 arrived after the executor died"
+    assert keepalives == 0, f"/dev/watchdog got {keepalives} keepalive bytes after the executor died"
+    verdict = rt.controller.supervisor.verdict
+    assert verdict.has("TASK_DIED") and verdict.level.label == "emergency_stop"
+    fault = next(f for f in verdict.faults if f.code == "TASK_DIED")
+    assert fault.latched and "executor" in fault.detail
+    assert "TASK_DIED" in rt.controller.supervisor.reset_blockers(), "a reset must not clear it: the task is still dead"
+    # The trip went to the bus: the travel driver got a stop write after the death.
+    stops = [w for w in sim.control.writes(TRAVEL, since=died_at) if w["address"] == M1_ENABLE and w["values"][0] == 0]
+    assert stops, "no stop was written to the travel driver"
+    async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
+        answer = await client.get("/healthz")
+    assert answer.status_code == 503 and answer.json()["code"] == "NOT_ALIVE", answer.text
+    # For good: the pings do not come back later (the task is still dead).
+    await asyncio.sleep(0.3)
+    pings, keepalives = await fed(systemd, device)
+    assert pings == 0 and keepalives == 0
+
+
+async def test_a_dead_runtime_task_starves_the_watchdogs(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rt, device = await supervised_agent(sim, agent_factory, tmp_path)
+    assert (await fed(systemd, device))[0] >= 3
+    discovery = task_named(rt, "discovery")
+    died_at = time.monotonic()
+    discovery.cancel()
+    assert await wait_for(discovery.done, 1.0)
+    assert await starved(systemd, device, died_at) == (0, 0)
+    assert rt.controller.supervisor.verdict.has("TASK_DIED")
+    assert not rt.controller.alive()
+
+
+async def test_an_api_server_that_returns_on_its_own_is_a_death(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rt, device = await supervised_agent(sim, agent_factory, tmp_path)
+    assert (await fed(systemd, device))[0] >= 3
+    server = task_named(rt, "api-server")
+    died_at = time.monotonic()
+    rt.api._server.should_exit = True  # uvicorn leaves serve() as if it had decided to stop
+    assert await wait_for(server.done, 10.0)
+    assert await starved(systemd, device, died_at) == (0, 0)
+    assert "api-server" in rt.controller.tasks.deaths
+    assert "returned" in rt.controller.tasks.deaths["api-server"]
+
+
+async def test_a_tick_that_raises_feeds_nothing(sim: SimProcess, agent_factory, systemd, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    rt, device = await supervised_agent(sim, agent_factory, tmp_path)
+    assert (await fed(systemd, device))[0] >= 3
+
+    def broken(verdict: object) -> None:
+        raise RuntimeError("a bug late in the tick")
+
+    broke_at = time.monotonic()
+    monkeypatch.setattr(rt.controller, "_maybe_notify_status", broken)  # the last step before the feed
+    assert await starved(systemd, device, broke_at) == (0, 0)
+    monkeypatch.undo()  # ticks complete again: feeding resumes (no task died)
+    pings, keepalives = await fed(systemd, device)
+    assert pings >= 3 and keepalives >= 10
+    assert not rt.controller.tasks.deaths
+
+
+async def test_a_clean_shutdown_is_not_a_death(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
+    rt = await agent_factory(sim.link)
+    assert await wait_for(lambda: rt.api is not None, 5.0)
+    supervised = rt.controller.tasks.names()
+    assert {"control-loop", "transition-recorder", "executor", "bus-master", "store-writer", "discovery",
+            "health-log", "api-server"} <= set(supervised)
+    await rt.shutdown()
+    assert not rt.controller.tasks.deaths
+    assert not rt.controller.supervisor.verdict.has("TASK_DIED")

@@ -21,10 +21,12 @@ def check(report) -> None:  # type: ignore[no-untyped-def]
     assert report.states.get("queued", 0) == 0 and report.states.get("running", 0) == 0, summary
 
 
+@pytest.mark.timeout(600)  # about 150 s on a loaded 2-core machine, over the default limit
 def test_crash_loop_50_cycles(tmp_path: Path) -> None:
     check(run_crash_loop(tmp_path, cycles=50, seed=7))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ten times the 50-cycle run
 def test_crash_loop_500_cycles(tmp_path: Path) -> None:
     check(run_crash_loop(tmp_path, cycles=500, seed=8))

@@ -99,5 +99,6 @@ def test_acknowledged_commands_survive_kill_9(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 300 cycles: fifteen times the 20-cycle run (about 6 s)
 def test_acknowledged_commands_survive_kill_9_soak(tmp_path: Path) -> None:
     _crash_loop(tmp_path, cycles=300, seed=int(time.time()))
