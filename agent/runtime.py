@@ -2,9 +2,9 @@
 
 Start order: the bus master (it owns the port and reconnects by itself), then the travel driver
 at its configured address alone: identified, bound and its outputs driven to the safe state and
-confirmed, while the database is opened and checked in parallel (a driver left running by a
-crashed agent must not wait for a check whose time grows with the database, nor for absent
-addresses to time out). Then the controller (state machine, supervisor, control loop) and
+confirmed (a driver left running by a crashed agent must not wait for a database check whose
+time grows with the database, nor for absent addresses to time out, nor for the HTTP stack to be
+imported). Then the database, the controller (state machine, supervisor, control loop) and
 discovery of the other modules. A mandatory module that is missing is looked for again every
 `bus.rediscover_s`; nothing is ever bound by guess. On SIGTERM motion is stopped and confirmed,
 STOPPING=1 is sent, and the process exits.
@@ -17,14 +17,11 @@ import gc
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.api.app import create_app
-from agent.api.server import ApiServer
-from agent.api.settings import ApiSettings
 from agent.config import Config
-from agent.control.controller import Controller
 from agent.safety.estop_input import EstopChannels
+from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
 from agent.store.database import Database
 from drivers.watchdog import HardwareWatchdog, SdNotifier
@@ -36,6 +33,10 @@ from drivers.modbus.schedule import Priority
 from drivers.polling import Binding, ModulePoller
 from drivers.profiles import Profile, load_profiles
 from drivers.snapshots import Quality, SnapshotBoard
+
+if TYPE_CHECKING:
+    from agent.api.server import ApiServer
+    from agent.control.controller import Controller
 
 log = logging.getLogger("oht.runtime")
 
@@ -54,6 +55,18 @@ def freeze_startup_heap() -> None:
     """
     gc.freeze()
     log.debug("%d start-up objects left out of garbage collection", gc.get_freeze_count())
+
+
+def import_controller() -> None:
+    """Load the controller (state machine, executor, store): called in a worker thread."""
+    import agent.control.controller  # noqa: F401
+
+
+def import_api() -> None:
+    """Load the API modules (FastAPI, pydantic models, uvicorn): called in a worker thread."""
+    import agent.api.app  # noqa: F401
+    import agent.api.server  # noqa: F401
+    import agent.api.settings  # noqa: F401
 
 
 class Runtime:
@@ -86,6 +99,8 @@ class Runtime:
         self.estop_channels: EstopChannels | None = None
         self.gpio: GpioInputs | None = None
         self._stop = asyncio.Event()
+        self._api_import: asyncio.Task[None] | None = None
+        self.stop_path = StopPath.from_policy(self.master, config.safety)
         self._tasks: list[asyncio.Task[Any]] = []
         self._reported: set[str] = set()
 
@@ -111,17 +126,20 @@ class Runtime:
         cfg = self.config
         self.config.data_path.mkdir(parents=True, exist_ok=True)
         self.db = Database(cfg.data_path)
-        self._build_controller()
         await self.master.start()
-        travel_first = asyncio.create_task(self._stop_travel_first(), name="travel-first")
-        try:
-            report = await self.db.start()
-        finally:
-            await travel_first
+        initial_stop = await self._stop_travel_first()
+        # The controller and the HTTP stack take longer to import than the stop path: they are
+        # imported in a thread once the driver is safe, neither before that nor on the event loop.
+        await asyncio.to_thread(import_controller)
+        self._build_controller()
+        assert self.controller is not None
+        if initial_stop is not None:
+            self.controller.adopt_initial_stop(initial_stop)
+        self._api_import = asyncio.create_task(asyncio.to_thread(import_api), name="api-import")
+        report = await self.db.start()
         if report.interrupted_commands:
             log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
                         report.interrupted_commands)
-        assert self.controller is not None
         # Distances are judged for the sensors the module must have on, not for what it reports.
         self.controller.supervisor.judged_sensors = cfg.safety_module.enabled_sensors()
         if report.corrupt_moved_to is not None:
@@ -136,6 +154,8 @@ class Runtime:
         self._supervise_tasks()
 
     def _build_controller(self) -> None:
+        from agent.control.controller import Controller
+
         cfg = self.config
         assert self.db is not None
         estop_state = None
@@ -151,35 +171,38 @@ class Runtime:
             agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety,
             mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
             notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state, motion=cfg.motion,
+            stop_path=self.stop_path,
         )
 
-    async def _stop_travel_first(self, timeout_s: float = 1.5) -> None:
+    async def _stop_travel_first(self, timeout_s: float = 1.5) -> asyncio.Task[StopOutcome] | None:
         """Identify and bind the travel driver at its configured address alone, and stop it.
 
-        Waits at most `timeout_s` for the confirmation (the discovery loop keeps looking for a
-        driver that is not there yet, and the stop keeps being retried until it is confirmed).
+        Returns the start-up stop (for the controller to adopt), having waited at most `timeout_s`
+        for its confirmation; None if no driver answered there yet (the discovery loop keeps
+        looking for it, and binding it then stops it first).
         """
-        assert self.controller is not None
         deadline = time.monotonic() + timeout_s
         while not self.master.port_up and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         if not self.master.port_up:
-            return
+            return None
         address = self.config.modules.travel
         report = await discover(self.master, [address], self.profiles, {"travel": address})
         self._log_report(report)
         binding = report.bindings.get("travel")
         if binding is None:
-            return
+            return None
+        self.stop_path.bind(binding.address, binding.profile)
+        initial = self.stop_path.request("start-up: outputs to the safe state")  # before any poll
         self._bind(binding)
-        initial = self.controller.initial_stop
-        if initial is not None:
-            try:
-                outcome = await asyncio.wait_for(asyncio.shield(initial), max(0.05, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                log.error("start-up stop of the travel driver not yet confirmed; still trying")
-                return
-            log.info("start-up: travel outputs confirmed safe %.0f ms after the stop was requested", outcome.confirm_ms or 0)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(initial), max(0.05, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.error("start-up stop of the travel driver not yet confirmed; still trying")
+            return initial
+        log.info("start-up: travel outputs confirmed safe %.0f ms after the stop was requested (monotonic %.3f)",
+                 outcome.confirm_ms or 0, outcome.confirmed_at or 0.0)
+        return initial
 
     def _supervise_tasks(self) -> None:
         """Every long-lived task is supervised by the controller: if one ends, the watchdogs starve."""
@@ -214,6 +237,12 @@ class Runtime:
         if self.api is not None or self.controller is None or self.db is None:
             return
         cfg = self.config
+        if self._api_import is not None:
+            await self._api_import  # started with the start-up stop (see start())
+        from agent.api.app import create_app
+        from agent.api.server import ApiServer
+        from agent.api.settings import ApiSettings
+
         app = create_app(self.controller, self.db, ApiSettings.from_config(cfg))
         server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
         await server.start()
@@ -222,8 +251,10 @@ class Runtime:
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> StopOutcome | None:
+        """Stop the carriage and every task, close the bus and the database; returns the final stop."""
         log.info("stopping")
+        outcome: StopOutcome | None = None
         if self.controller is not None:
             outcome = await self.controller.shutdown()
             if outcome is not None:
@@ -245,6 +276,7 @@ class Runtime:
             await self.db.close()
         self.notifier.close()
         log.info("stopped")
+        return outcome
 
     # ------------------------------------------------------------------ discovery and binding
     def mandatory_missing(self) -> list[str]:
@@ -327,8 +359,13 @@ class Runtime:
         poller.install()
         self.pollers[binding.role] = poller
         log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
-        if binding.role == "travel" and self.controller is not None:
-            self.controller.bind_travel()
+        if binding.role == "travel":
+            # Its outputs go to the safe state before anything else: by the controller once it runs,
+            # by the start-up path (which stops it itself) before.
+            poller = self.pollers["travel"]
+            self.stop_path.bind(poller.binding.address, poller.binding.profile)
+            if self.controller is not None:
+                self.controller.bind_travel()
 
     def _guard_safety_config(self, binding: Binding) -> None:
         """Apply `[safety_module]` to the module just bound, then keep reading it back."""

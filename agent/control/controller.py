@@ -73,6 +73,7 @@ class Controller:
         hw_watchdog: HardwareWatchdog | None = None,
         estop_input: Callable[[float], EstopInputState | None] | None = None,
         motion: MotionLimits | None = None,
+        stop_path: StopPath | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.hw = hw
@@ -84,8 +85,9 @@ class Controller:
         self.mandatory = mandatory
         self._ready_check = ready_check
         self.sm = StateMachine()
-        self.stop_path = StopPath(hw.master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000,
-                                  current_max_a=policy.stop_current_max_a)
+        # The runtime may have made (and bound, and started) the stop path before the controller
+        # existed: the start-up stop of the travel driver comes first of all.
+        self.stop_path = stop_path if stop_path is not None else StopPath.from_policy(hw.master, policy)
         self.output_monitor = OutputMonitor(policy.stop_current_max_a, policy.uncommanded_motion_cm)
         self._port_seen_up = False
         self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
@@ -158,10 +160,15 @@ class Controller:
     def initial_stop(self) -> asyncio.Task[StopOutcome] | None:
         return self._initial_stop
 
+    def adopt_initial_stop(self, task: asyncio.Task[StopOutcome]) -> None:
+        """The start-up stop the runtime issued before the controller was built."""
+        self._initial_stop = task
+
     def bind_travel(self) -> None:
         """Called when the travel driver is bound: its outputs go to the safe state before anything else."""
         poller = self.hw.pollers["travel"]
-        self.stop_path.bind(poller.binding.address, poller.binding.profile)
+        if not self.stop_path.bound:
+            self.stop_path.bind(poller.binding.address, poller.binding.profile)
         self._initial_stop = self.stop_path.request("start-up: outputs to the safe state")
 
     # ------------------------------------------------------------------ conditions

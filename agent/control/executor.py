@@ -222,11 +222,12 @@ class Executor:
                         progress.commanded(time.monotonic(), 0)
                     await asyncio.sleep(LOOP_S)
                     continue
+                # Every pass, not only when the speed changes: stale sensors or a lost link withdraw motion.
+                if not c.motion_allowed():
+                    reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
+                    break
                 factor = c.supervisor.verdict.speed_factor
                 if factor != applied_factor:
-                    if not c.motion_allowed():
-                        reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
-                        break
                     speed = max(1, round(speed_pct * factor))
                     try:
                         await self._energise(channel, direction, speed)

@@ -28,6 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from agent.safety.policy import SafetyPolicy
 from drivers.modbus.errors import BusError
 from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.master import BusMaster
@@ -97,6 +98,10 @@ class StopPath:
         self.last_confirmed: StopOutcome | None = None
         self.history: list[StopOutcome] = []
         self.reuse_s = 0.1
+
+    @classmethod
+    def from_policy(cls, master: BusMaster, policy: SafetyPolicy) -> StopPath:
+        return cls(master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000, current_max_a=policy.stop_current_max_a)
 
     @property
     def bound(self) -> bool:

@@ -294,6 +294,10 @@ class BusMaster:
                     return min(locked, head.queued_at + self.hold_back_limit_s)
             heapq.heappop(self._queue)
             await self._run_job(head)
+            if head.priority in STOPS:
+                # A stop is a sequence of frames (writes, read-backs) and its next frame is queued
+                # only when its task runs again: let it, before a poll takes the bus in between.
+                await asyncio.sleep(0)
             return None
         # A due probe of a set-aside slave goes before routine polls: on a busy bus the idle gap
         # it used to wait for never comes, and the module would stay set aside long after the

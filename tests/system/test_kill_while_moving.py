@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.conftest import AGENT_TOML
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.system import moving_agent
 
 
 def test_kill_9_while_moving_deadman_turns_outputs_off(tmp_path: Path, sim_factory) -> None:  # type: ignore[no-untyped-def]
@@ -19,17 +16,8 @@ def test_kill_9_while_moving_deadman_turns_outputs_off(tmp_path: Path, sim_facto
     sim.control.set(3, 0x000A, 100)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(AGENT_TOML.format(data=tmp_path / "data", link=sim.link, extra=""))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/system/moving_agent.py"), str(cfg)],
-                            stdout=subprocess.PIPE, stderr=open(tmp_path / "agent.log", "wb"), env=env)
+    proc = moving_agent.start(cfg, tmp_path / "agent.log")
     try:
-        deadline = time.monotonic() + 20
-        line = b""
-        while time.monotonic() < deadline and b"MOVING" not in line:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line and proc.poll() is not None:
-                break
-        assert b"MOVING" in line, (tmp_path / "agent.log").read_text()[-3000:]
         time.sleep(0.3)
         assert sim.control.registers(3)[0x0001] == 1
         killed = time.monotonic()

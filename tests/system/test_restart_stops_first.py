@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from drivers.sim.client import SimProcess
+from tests.system import moving_agent
 
 REPO = Path(__file__).resolve().parents[2]
 TRAVEL, M1_ENABLE = 3, 0x0001
@@ -33,24 +34,10 @@ port = 0
 """
 
 
-def _start_moving_agent(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/system/moving_agent.py"), str(cfg)],
-                            stdout=subprocess.PIPE, stderr=open(log, "wb"), env=env)
-    deadline = time.monotonic() + 30
-    line = b""
-    while time.monotonic() < deadline and b"MOVING" not in line:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        if not line and proc.poll() is not None:
-            break
-    assert b"MOVING" in line, log.read_text()[-3000:]
-    return proc
-
-
 def test_after_kill_9_the_new_agent_stops_the_driver_before_scanning(tmp_path: Path, sim: SimProcess) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text(CONFIG.format(data=tmp_path / "data", link=sim.link))  # scan: the default list, 2..7
-    moving = _start_moving_agent(cfg, tmp_path / "first.log")
+    moving = moving_agent.start(cfg, tmp_path / "first.log")
     try:
         os.kill(moving.pid, signal.SIGKILL)
         moving.wait(timeout=5)
@@ -75,7 +62,7 @@ def test_after_kill_9_the_new_agent_stops_the_driver_before_scanning(tmp_path: P
         assert not others, f"the agent read other modules before stopping the driver: {others[:3]}"
         # And it does get on with the rest: every module is read once the driver is safe.
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and {r["addr"] for r in sim.control.reads(since=stop_at)} < {2, 4, 5}:
+        while time.monotonic() < deadline and not {r["addr"] for r in sim.control.reads(since=stop_at)} >= {2, 4, 5}:
             time.sleep(0.1)
         assert {r["addr"] for r in sim.control.reads(since=stop_at)} >= {2, 4, 5}
         assert sim.control.registers(TRAVEL)[M1_ENABLE] == 0
