@@ -70,6 +70,12 @@ async def back_to_idle(rt: Runtime, sim: SimProcess) -> None:
     raise RuntimeError(f"could not reset: {rt.controller.status()['verdict']}")
 
 
+def stopped_since(rt: Runtime, t: float) -> bool:
+    """A stop was requested after `t`: the output monitor caught the outputs the bench switched on
+    (it stops outputs that are on with no motion commanded), so this sample measures nothing."""
+    return any(o.requested_at > t for o in rt.controller.stop_path.history)
+
+
 def saturate(rt: Runtime) -> list[float]:
     starts: list[float] = []
     now = time.monotonic()
@@ -127,22 +133,33 @@ async def main() -> dict[str, object]:
             rng = random.Random(4)
             wire, confirm = [], []
             for i in range(ESTOP_SAMPLES):
+                forced = time.monotonic()
                 sim.control.set(TRAVEL, 0x0001, 1)  # outputs on, as while moving
                 sim.control.set(TRAVEL, 0x0002, 40)
                 await asyncio.sleep(rng.uniform(0.02, 0.06))
+                if stopped_since(rt, forced):
+                    await back_to_idle(rt, sim)  # the output monitor saw the forced outputs first: not a sample
+                    continue
                 t0 = time.monotonic()
                 result = await rt.controller.estop(source="bench", user="bench", reason=str(i))
                 if not result.confirmed:
                     raise RuntimeError(f"E-stop not confirmed: {result.fault}")
                 frames = [w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"] == [0, 0]]
+                if not frames:  # it joined a stop already on its way (the monitor's): not a sample
+                    await back_to_idle(rt, sim)
+                    continue
                 wire.append(frames[0]["t"] - t0)
                 confirm.append(result.confirm_ms / 1000)
                 await back_to_idle(rt, sim)
             press = []
             for i in range(PRESS_SAMPLES):
+                forced = time.monotonic()
                 sim.control.set(TRAVEL, 0x0001, 1)
                 sim.control.set(TRAVEL, 0x0002, 40)
                 await asyncio.sleep(rng.uniform(0.05, 0.25))  # a different phase against the module's tick
+                if stopped_since(rt, forced):
+                    await back_to_idle(rt, sim)  # the output monitor saw the forced outputs first: not a sample
+                    continue
                 t0 = time.monotonic()
                 sim.control.estop(True)
                 stop_seen = lambda: [w for w in sim.control.writes(TRAVEL, since=t0)  # noqa: E731
