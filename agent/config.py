@@ -111,7 +111,7 @@ class SafetyModuleSection(_Section):
 
     Values are raw register values of the SAFE-FW map. The module forgets all of them on a
     reboot (its power-on defaults leave every sensor off), so the agent compares them with what
-    the module reports at least once a second.
+    the module reports: the sensor enables on every status read, the rest every verify interval.
     """
 
     analog_enable: Annotated[list[bool], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
@@ -125,7 +125,7 @@ class SafetyModuleSection(_Section):
     response_time_ms: Annotated[int, Field(ge=1, le=1000)] = 50
     auto_reset: bool = False
     safety_mode: Annotated[int, Field(ge=1, le=4)] = 1
-    verify_interval_ms: Annotated[int, Field(ge=200, le=1000)] = 1000
+    verify_interval_ms: Annotated[int, Field(ge=500, le=60000)] = 5000
     reapply_after_reboot: bool = True
 
     @field_validator("zone_thresholds")

@@ -23,7 +23,6 @@ from agent.config import Config
 from agent.safety.estop_input import EstopChannels
 from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
-from agent.store.database import Database
 from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
 from drivers.errors import CodedError
@@ -37,6 +36,7 @@ from drivers.snapshots import Quality, SnapshotBoard
 if TYPE_CHECKING:
     from agent.api.server import ApiServer
     from agent.control.controller import Controller
+    from agent.store.database import Database
 
 log = logging.getLogger("oht.runtime")
 
@@ -58,8 +58,9 @@ def freeze_startup_heap() -> None:
 
 
 def import_controller() -> None:
-    """Load the controller (state machine, executor, store): called in a worker thread."""
+    """Load the controller (state machine, executor) and the store: called in a worker thread."""
     import agent.control.controller  # noqa: F401
+    import agent.store.database  # noqa: F401
 
 
 def import_api() -> None:
@@ -125,12 +126,14 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.config
         self.config.data_path.mkdir(parents=True, exist_ok=True)
-        self.db = Database(cfg.data_path)
         await self.master.start()
         initial_stop = await self._stop_travel_first()
-        # The controller and the HTTP stack take longer to import than the stop path: they are
-        # imported in a thread once the driver is safe, neither before that nor on the event loop.
+        # The controller, the store and the HTTP stack take longer to import than the stop path:
+        # they are imported in a thread once the driver is safe, neither before that nor on the loop.
         await asyncio.to_thread(import_controller)
+        from agent.store.database import Database  # loaded by import_controller
+
+        self.db = Database(cfg.data_path)
         self._build_controller()
         assert self.controller is not None
         if initial_stop is not None:
@@ -349,13 +352,14 @@ class Runtime:
             binding,
             interval_s=interval_ms / 1000.0,
             slow_interval_s=cfg.identity_ms / 1000.0,
+            config_interval_s=self.config.safety_module.verify_interval_ms / 1000.0,
             phase_s=ROLE_PHASE_S.get(binding.role, 0.0),
             priority=Priority.SAFETY if binding.role == "safety" else Priority.TELEMETRY,
         )
         if binding.role == "safety" and self.controller is not None:
             # Its read-backs are placed before the poller's background reads: commissioning must
             # end within the start-up time, and the slow reads can wait a second.
-            self._guard_safety_config(binding)
+            self._guard_safety_config(poller)
         poller.install()
         self.pollers[binding.role] = poller
         log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
@@ -367,9 +371,10 @@ class Runtime:
             if self.controller is not None:
                 self.controller.bind_travel()
 
-    def _guard_safety_config(self, binding: Binding) -> None:
+    def _guard_safety_config(self, poller: ModulePoller) -> None:
         """Apply `[safety_module]` to the module just bound, then keep reading it back."""
         assert self.controller is not None
+        binding = poller.binding
         cfg = self.config.safety_module
         if self.safety_config is not None:  # bound again: the old guard's reads and listener go
             self.safety_config.uninstall()
@@ -377,7 +382,7 @@ class Runtime:
         self.safety_config = ModuleConfigGuard(
             binding, cfg.expected_registers(), schedule=self.master.schedule, faults=self.controller.supervisor,
             write=LockedWriter(self.master.schedule, binding), interval_s=cfg.verify_interval_ms / 1000.0, reapply_after_reboot=cfg.reapply_after_reboot,
-            phase_s=ROLE_PHASE_S["safety"],
+            phase_s=ROLE_PHASE_S["safety"], request_read=poller.refresh_config,
         )
         self.safety_config.install()
         self.board.add_listener(self.safety_config.observe)

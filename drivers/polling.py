@@ -1,10 +1,12 @@
 """Periodic polling of bound modules: read plans from profiles, decoded into snapshots.
 
 Each bound module gets one poll plan per merged read block of its "fast" group (at the role's
-interval) and of its "slow" and "identity" groups (once at bind, then every identity interval).
-On a slave that serves one frame per service tick every plan is phase-locked, the fast read gets
-every tick and the rare reads take a tick now and then. Results are decoded through the profile
-and published on the snapshot board. docs/polling.md explains the rates and freshness rules.
+interval), of its "config" group (at bind, then every configuration interval) and of its "slow"
+and "identity" groups (at bind, then every identity interval). On a slave that serves one frame
+per service tick every plan is phase-locked and the fast read gets every tick; the config group
+rides on it (the fast read is widened to cover both, once per configuration interval) where one
+read can hold both, and the rare reads take a tick now and then. Results are decoded through the
+profile and published on the snapshot board. docs/polling.md explains the rates and freshness rules.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import time
 from dataclasses import dataclass
 
 from drivers.modbus.errors import BusError
-from drivers.modbus.frames import read_request
+from drivers.modbus.frames import Request, read_request
 from drivers.modbus.master import BusMaster
-from drivers.modbus.merge import plan_poll
+from drivers.modbus.merge import plan_poll, plan_register_reads
 from drivers.modbus.schedule import PollPlan, Priority
 from drivers.profiles.model import Profile
 from drivers.snapshots import ModuleSnapshot, Quality, Reading, SnapshotBoard, empty_snapshot
@@ -49,6 +51,7 @@ class ModulePoller:
         *,
         interval_s: float,
         slow_interval_s: float,
+        config_interval_s: float | None = None,
         phase_s: float = 0.0,
         priority: Priority = Priority.TELEMETRY,
         stale_factor: float = 3.0,
@@ -58,6 +61,7 @@ class ModulePoller:
         self.binding = binding
         self.interval_s = interval_s
         self.slow_interval_s = slow_interval_s
+        self.config_interval_s = slow_interval_s if config_interval_s is None else config_interval_s
         self.phase_s = phase_s
         self.priority = priority
         profile = binding.profile
@@ -67,6 +71,11 @@ class ModulePoller:
         self.keys: list[str] = []
         self.bound_at = time.monotonic()
         self.interval_since = self.bound_at  # when the current fast interval took effect
+        # The config group riding on the fast read: (narrow, wide) requests, and when the next
+        # wide one is due. None when the config group has plans of its own (or is empty).
+        self._ride: tuple[Request, Request] | None = None
+        self._wide_due = float("-inf")
+        self._fast_key: str | None = None
 
     @property
     def fast_prefix(self) -> str:
@@ -86,17 +95,17 @@ class ModulePoller:
             service_period_s=self.service_period_s,
         )
         locked = self.service_period_s >= PHASE_LOCK_MIN_S
-        plans = [
-            (group, start, count)
-            for group in ("fast", "slow", "identity")
-            for start, count in plan_poll(profile, group)
-        ]
+        fast_blocks = plan_poll(profile, "fast")
+        self._ride = self._riding_reads(fast_blocks) if locked else None
+        groups = ("fast", "slow", "identity") if self._ride is not None else ("fast", "config", "slow", "identity")
+        plans = [(group, start, count) for group in groups
+                 for start, count in (fast_blocks if group == "fast" else plan_poll(profile, group))]
         rare = [p for p in plans if p[0] != "fast"]
         for index, (group, start, count) in enumerate(plans):
             key = f"{self.binding.role}:{group}:{start:04x}"
             fast = group == "fast"
             priority = self.priority if fast else Priority.TELEMETRY
-            interval = self.interval_s if fast else self.slow_interval_s
+            interval = self.interval_s if fast else self.config_interval_s if group == "config" else self.slow_interval_s
             phase = self.phase_s + 0.003 * index
             if locked and not fast:
                 # A slave that serves one frame per service tick: the fast group (the safety
@@ -104,15 +113,21 @@ class ModulePoller:
                 # the rare blocks are phase-locked background reads spread over the slow cycle,
                 # never in two ticks in a row, so they cost the fast read one tick in many.
                 phase = self.phase_s + self.slow_interval_s * (rare.index((group, start, count)) + 1) / (len(rare) + 1)
+            request = read_request(self.binding.address, start, count)
+            handler = self._result_handler(start, key)
+            if fast and self._ride is not None:
+                self._fast_key = key
+                request = self._ride[1]  # the first read at bind brings the configuration as well
+                handler = self._riding_handler(key)
             plan = PollPlan(
                 key=key,
-                request=read_request(self.binding.address, start, count),
+                request=request,
                 interval_s=interval,
                 priority=priority,
                 phase_s=phase,
                 service_period_s=self.service_period_s if locked else 0.0,
                 background=not fast,
-                on_result=self._result_handler(start, key),
+                on_result=handler,
                 on_error=self._on_error,
             )
             # The configuration and identity are read once right at bind: until then the role
@@ -126,6 +141,38 @@ class ModulePoller:
             self.master.schedule.remove(key)
         self.keys.clear()
 
+    def _riding_reads(self, fast_blocks: list[tuple[int, int]]) -> tuple[Request, Request] | None:
+        """The fast read, and the same read widened over the config group, if one read holds both."""
+        profile = self.binding.profile
+        config = profile.poll_registers("config")
+        if len(fast_blocks) != 1 or not config:
+            return None
+        both = plan_register_reads([*profile.poll_registers("fast"), *config], max_registers=profile.max_read_registers,
+                                   max_gap=profile.max_read_registers, readable=profile.is_readable)
+        if len(both) != 1:
+            return None
+        address = self.binding.address
+        return read_request(address, *fast_blocks[0]), read_request(address, *both[0])
+
+    @property
+    def config_rides(self) -> bool:
+        """The config group comes with the fast read (every configuration interval) instead of on its own."""
+        return self._ride is not None
+
+    def refresh_config(self) -> None:
+        """Read the config group again as soon as possible (after a write to it, or a difference found)."""
+        if self._ride is not None and self._fast_key is not None:
+            self._wide_due = float("-inf")
+            plan = self.master.schedule.get(self._fast_key)
+            if plan is not None:
+                plan.request = self._ride[1]
+            return
+        for key in self.keys:
+            if key.startswith(f"{self.binding.role}:config:"):
+                plan = self.master.schedule.get(key)
+                if plan is not None and not plan.phase_locked:  # a locked plan keeps its tick
+                    plan.next_due = min(plan.next_due, time.monotonic())
+
     def set_interval(self, interval_s: float) -> None:
         """Change the fast interval (the travel motor polls faster while moving)."""
         if interval_s != self.interval_s:
@@ -136,11 +183,12 @@ class ModulePoller:
     def fast_quality(self, now: float) -> Quality:
         """The worst quality among the fast group's values: what readiness and status go by.
 
-        MISSING until the slow group (the module's configuration) has been read once: a role whose
-        configuration the agent has not seen is not ready, whatever its fast values say.
+        MISSING until the config and slow groups (the module's configuration) have been read once:
+        a role whose configuration the agent has not seen is not ready, whatever its fast values say.
         """
         profile = self.binding.profile
-        if self._snapshot.overall_quality(profile.poll_names("slow"), math.inf) is Quality.MISSING:
+        seen_once = profile.poll_names("slow") + profile.poll_names("config")
+        if self._snapshot.overall_quality(seen_once, math.inf) is Quality.MISSING:
             return Quality.MISSING
         return self._snapshot.overall_quality(profile.poll_names("fast"), now)
 
@@ -168,6 +216,37 @@ class ModulePoller:
             values = profile.decode_block(start, words)
             updates = {name: Reading(value, at, max_age) for name, value in values.items()}
             self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
+            self.board.publish(self._snapshot)
+
+        return on_result
+
+    def _riding_handler(self, key: str):  # type: ignore[no-untyped-def]
+        """Results of a fast read that carries the config group every configuration interval.
+
+        The reply's length tells which of the two reads it answers. Values that came with the
+        widened read stay fresh until two configuration intervals have passed without another.
+        """
+        assert self._ride is not None
+        narrow, wide = self._ride
+        fast_handler = self._result_handler(narrow.address, key)
+        profile = self.binding.profile
+        config_names = set(profile.poll_names("config"))
+
+        def on_result(words: tuple[int, ...], at: float) -> None:
+            plan = self.master.schedule.get(key)
+            if len(words) != wide.count:
+                fast_handler(words, at)
+                if plan is not None and at >= self._wide_due:
+                    plan.request = wide
+                return
+            max_age = self.max_age_s(plan.interval_s if plan is not None else self.interval_s)
+            config_age = 2 * self.config_interval_s + profile.turnaround_ms / 1000.0
+            values = profile.decode_block(wide.address, words)
+            updates = {name: Reading(value, at, config_age if name in config_names else max_age) for name, value in values.items()}
+            self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
+            self._wide_due = at + self.config_interval_s
+            if plan is not None:
+                plan.request = narrow
             self.board.publish(self._snapshot)
 
         return on_result

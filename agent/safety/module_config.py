@@ -8,10 +8,11 @@ trace. So the agent holds the expected values (`[safety_module]`), and this guar
 - at bind reads them, writes whatever differs (commissioning) and reads it back: until every
   value has read back right the configuration is unverified, the safety role is not ready and
   motion is not allowed;
-- then reads them back continuously: the registers the module's status poll already reads on
-  every tick (sensor enables, input enables and levels) are judged from the poll's snapshots;
-  the rest on phase-locked background polls of the bus schedule (one small block at a time, each
-  on a service tick of its own, so the status polls keep theirs);
+- then reads them back continuously, from the poll's snapshots: the sensor enables come with the
+  module's status read on every tick (a reboot clears them, so it shows at once), the rest of the
+  configuration rides on that read every verify interval (the poller widens it; see
+  drivers.polling). Registers the poller does not read at all are read on phase-locked
+  background polls of the guard's own, each on a service tick of its own;
 - on any difference raises SAFETY_CONFIG_MISMATCH (latched protective stop) for as long as it
   lasts; when every value that tells a configured module from a fresh one reads its power-on
   default again, the module has rebooted: SAFETY_MODULE_REBOOTED is latched as well and, if
@@ -138,6 +139,7 @@ class ModuleConfigGuard:
         interval_s: float,
         reapply_after_reboot: bool,
         phase_s: float = 0.0,
+        request_read: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.binding = binding
@@ -148,6 +150,7 @@ class ModuleConfigGuard:
         self.interval_s = interval_s
         self.reapply_after_reboot = reapply_after_reboot
         self.phase_s = phase_s
+        self._request_read = request_read  # asks the poller for the config group as soon as it can
         self._clock = clock
         profile = binding.profile
         self.missing = sorted(n for n in expected if n not in profile or not profile.register(n).readable or not profile.register(n).writable)
@@ -156,17 +159,20 @@ class ModuleConfigGuard:
         # Registers that tell a configured module from one just powered up.
         self.telltales = frozenset(r.name for r in known if r.default != expected[r.name])
         self.blocks: list[Block] = []
-        # Registers of the status poll (the fast group) come with every snapshot: no read of ours.
-        polled = [r for r in known if r.poll == "fast"]
-        self.polled_block = Block(-1, 0, tuple(r.name for r in polled)) if polled else None
-        if self.polled_block is not None:
-            self.blocks.append(self.polled_block)
-        own = [r for r in known if r.poll != "fast"]
+        # Registers the poller reads (every tick, or every interval) come with its snapshots: no
+        # read of ours. Each group is judged once all of its registers were read again.
+        self.polled_blocks: list[Block] = []
+        for marker, group in ((-1, "fast"), (-2, "config")):
+            names = tuple(r.name for r in known if r.poll == group)
+            if names:
+                self.polled_blocks.append(Block(marker, 0, names))
+        self.blocks.extend(self.polled_blocks)
+        own = [r for r in known if r.poll not in ("fast", "config")]
         for start, count in plan_register_reads(own, max_registers=profile.max_read_registers,
                                                 max_gap=profile.max_read_registers, readable=profile.is_readable):
             names = tuple(r.name for r in own if start <= r.address < start + count)
             self.blocks.append(Block(start, count, names))
-        self._snapshot_at = float("-inf")
+        self._snapshot_at: dict[int, float] = {}  # polled block -> when its registers were last judged
         self.state = ConfigState.UNVERIFIED
         self.diffs: dict[str, tuple[int | float | None, int]] = {}
         self._block_diffs: dict[int, dict[str, tuple[int | float | None, int]]] = {}
@@ -182,6 +188,7 @@ class ModuleConfigGuard:
         self.check_interval_s = self.fast_interval_s
         self.applied = 0  # writes of the configuration (at bind and after reboots)
         self.reboots = 0
+        self._reboot_seen = False  # a reboot was counted and the configuration not verified since
 
     # ------------------------------------------------------------------ lifecycle
     def install(self) -> None:
@@ -190,7 +197,7 @@ class ModuleConfigGuard:
             self._mismatch(f"profile {self.binding.profile.name} has no readable register {', '.join(self.missing)}: "
                            "the configuration cannot be verified")
         service = self.binding.profile.service_period_ms / 1000.0
-        for index, block in enumerate(b for b in self.blocks if b is not self.polled_block):
+        for index, block in enumerate(b for b in self.blocks if b not in self.polled_blocks):
             key = f"safety:config:{block.start:04x}"
             # Blocks spread over the interval: one small read at a time, each on a tick of its own.
             plan = PollPlan(
@@ -223,18 +230,18 @@ class ModuleConfigGuard:
 
     # ------------------------------------------------------------------ read-back
     def observe(self, snap: ModuleSnapshot) -> None:
-        """A snapshot of the bound module: judge the registers the status poll brought, once per poll."""
-        block = self.polled_block
-        if block is None or snap.role != self.binding.role:
+        """A snapshot of the bound module: judge each polled group once all of it was read again."""
+        if snap.role != self.binding.role:
             return
-        readings = [snap.readings.get(n) for n in block.names]
-        if any(r is None for r in readings):
-            return
-        at = min(r.at for r in readings if r is not None)
-        if at <= self._snapshot_at:
-            return
-        self._snapshot_at = at
-        self._judge(block, {n: snap.readings[n].value for n in block.names}, at)
+        for block in self.polled_blocks:
+            readings = [snap.readings.get(n) for n in block.names]
+            if any(r is None for r in readings):
+                continue
+            at = min(r.at for r in readings if r is not None)
+            if at <= self._snapshot_at.get(block.start, float("-inf")):
+                continue
+            self._snapshot_at[block.start] = at
+            self._judge(block, {n: snap.readings[n].value for n in block.names}, at)
 
     def _handler(self, block: Block):  # type: ignore[no-untyped-def]
         profile = self.binding.profile
@@ -246,6 +253,11 @@ class ModuleConfigGuard:
         return on_result
 
     def _judge(self, block: Block, values: dict[str, int | float | None], at: float) -> None:
+        self._judge_values(block, values, at)
+        if self.state is not ConfigState.VERIFIED:
+            self._read_soon()
+
+    def _judge_values(self, block: Block, values: dict[str, int | float | None], at: float) -> None:
         if self._applying is not None and not self._applying.done():
             return  # a write is on its way: only reads taken after it count
         if at <= self._written_at:
@@ -268,25 +280,36 @@ class ModuleConfigGuard:
                     self._verified()
             return
         if self._commissioning:
-            if diffs:
-                self._apply(diffs, "at bind")
-            elif complete and not self.diffs and not self.missing:
+            # Every block read once before anything is written: a value that differs only from
+            # what the module holds (not from its defaults) must be in the first write too.
+            if not complete:
+                return
+            if self.diffs:
+                self._apply(self.diffs, "at bind")
+            elif not self.missing:
                 self._commissioning = False
                 self._verified()
             return
         if rebooted:
-            self.reboots += 1
-            detail = self._describe(diffs)
-            log.error("safety module rebooted: its configuration is back at power-on defaults (%s)", detail)
-            self.faults.record_event(REBOOTED, f"safety module back at its power-on defaults: {detail}")
+            detail = self._describe(self.diffs)
+            if not self._reboot_seen:  # one reboot, however many blocks show it
+                self._reboot_seen = True
+                self.reboots += 1
+                log.error("safety module rebooted: its configuration is back at power-on defaults (%s)", detail)
+                self.faults.record_event(REBOOTED, f"safety module back at its power-on defaults: {detail}")
             self._mismatch(detail)
             if self.reapply_after_reboot:
-                self._apply(diffs, "after the reboot")
+                self._apply(self.diffs, "after the reboot")
             return
         if self.diffs:
             self._mismatch(self._describe(self.diffs))
         elif complete and not self.missing and self.state is not ConfigState.VERIFIED:
             self._verified()
+
+    def _read_soon(self) -> None:
+        """Until the configuration is verified again, have it read on every tick the poller can."""
+        if self._request_read is not None:
+            self._request_read()
 
     def _describe(self, diffs: dict[str, tuple[int | float | None, int]]) -> str:
         return ", ".join(f"{n} reads {got} (expected {want})" for n, (got, want) in sorted(diffs.items()))
@@ -303,6 +326,7 @@ class ModuleConfigGuard:
 
     def _verified(self) -> None:
         self.state = ConfigState.VERIFIED
+        self._reboot_seen = False
         self._pace(self.interval_s)
         log.info("safety module configuration verified (%d registers)", len(self.expected))
         if self.faults.external_active(MISMATCH):
@@ -353,3 +377,4 @@ class ModuleConfigGuard:
             self._written_at = self._clock()
             self._block_read_at.clear()
             self._block_diffs.clear()
+            self._read_soon()

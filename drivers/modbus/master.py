@@ -411,6 +411,8 @@ class BusMaster:
                 self._safe_callback(plan.on_error, exc, done)
             return
         done = time.monotonic()
+        if plan.phase_locked and done - started > plan.service_period_s / 2:
+            link.stats.missed_ticks += 1  # its reply came a tick late: the lead was too short for this send
         self.schedule.completed(plan, done)
         self.stats.poll_overruns = self.schedule.overruns
         if plan.on_result is not None:

@@ -33,6 +33,7 @@ class SlaveStats:
     fences: int = 0  # extra reads sent to flush a slave's late replies before an identical request
     set_aside: int = 0  # times the slave was set aside after repeated failures
     preempted: int = 0  # overdue reads abandoned so that a queued stop could go out
+    missed_ticks: int = 0  # phase-locked polls answered a service tick late (sent too late for theirs)
     last_ok_at: float | None = None
     rtt_window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     rtt_recorded: int = 0  # samples ever recorded: tells whether the window changed
@@ -65,6 +66,7 @@ class SlaveStats:
             "mismatched": self.mismatched,
             "fences": self.fences,
             "set_aside": self.set_aside,
+            "missed_ticks": self.missed_ticks,
         }
 
     def as_dict(self) -> dict[str, float | int | None]:

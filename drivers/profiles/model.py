@@ -18,7 +18,7 @@ from drivers.profiles.errors import UnknownRegister
 
 RegisterType = Literal["u16", "i16", "u32"]
 Access = Literal["R", "RW", "W"]
-PollGroup = Literal["fast", "slow", "identity", "none"]
+PollGroup = Literal["fast", "config", "slow", "identity", "none"]
 Role = Literal["power", "safety", "travel", "dock"]
 
 #: raw value range and width (in 16-bit registers) of each register type
@@ -30,7 +30,7 @@ TYPE_RANGES: Mapping[str, tuple[int, int, int]] = MappingProxyType(
     }
 )
 ACCESS_MODES: frozenset[str] = frozenset({"R", "RW", "W"})
-POLL_GROUPS: frozenset[str] = frozenset({"fast", "slow", "identity", "none"})
+POLL_GROUPS: frozenset[str] = frozenset({"fast", "config", "slow", "identity", "none"})
 ROLES: frozenset[str] = frozenset({"power", "safety", "travel", "dock"})
 UNITS: frozenset[str] = frozenset(
     {"", "V", "mV", "A", "mA", "mAh", "W", "%", "%/s", "mm", "cm", "mm/s", "degC", "ms", "s", "min", "h"}

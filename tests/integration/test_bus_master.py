@@ -214,6 +214,25 @@ async def test_safety_polls_are_phase_locked_to_the_service_tick(sim: SimProcess
     assert median < 0.015, f"median safety transaction {median * 1000:.1f} ms: not aligned to the tick"
     gaps = [b - a for a, b in zip(results[5:], results[6:])]
     assert max(gaps) < 0.25 and sum(gaps) / len(gaps) < 0.12
+    # Hardly any poll was answered a tick late, and the counter says how many were.
+    link = master.links[SAFETY].stats
+    assert link.missed_ticks <= 3, link.missed_ticks
+    assert master.link_summary(SAFETY)["missed_ticks"] == link.missed_ticks
+
+
+async def test_polls_answered_a_tick_late_are_counted(sim: SimProcess, master: BusMaster) -> None:
+    """The module's tick stops matching the 100 ms grid the polls are locked to (its period is
+    170 ms now): polls that reach it too late for a tick are answered one tick later, counted."""
+    plan = PollPlan(
+        key="safety:fast", request=read_request(SAFETY, 0, 6), interval_s=0.05, priority=Priority.SAFETY,
+        service_period_s=0.1,
+    )
+    master.schedule.add(plan, time.monotonic())
+    await asyncio.sleep(1.0)
+    before = master.links[SAFETY].stats.missed_ticks
+    sim.control.service_period(SAFETY, 170)
+    await asyncio.sleep(2.0)
+    assert master.links[SAFETY].stats.missed_ticks - before >= 5, master.link_summary(SAFETY)
 
 
 async def test_stop_jumps_the_queue(sim: SimProcess, master: BusMaster) -> None:

@@ -21,6 +21,7 @@ DI1_ACTIVE_LEVEL = 0x002A
 ZONE1 = 0x0044
 CONFIG_ADDRESSES = set(range(0x001A, 0x001E)) | set(range(0x0026, 0x002E)) \
     | set(range(0x0044, 0x0048)) | {0x0049, 0x004A, 0x004B}
+FAST_VERIFY = "[safety_module]\nverify_interval_ms = 1000\n"
 NO_REAPPLY = "[safety_module]\nreapply_after_reboot = false\n"
 
 
@@ -50,7 +51,7 @@ async def obstacle_trips(rt, sim: SimProcess) -> None:  # type: ignore[no-untype
 async def test_configuration_is_applied_at_bind_and_read_back(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     assert sim.control.read(SAFETY, ANALOG_1_ENABLE, 4) == [0, 0, 0, 0]  # SAFE-FW power-on: all sensors off
     started = time.monotonic()
-    rt = await agent_factory(sim.link)
+    rt = await agent_factory(sim.link, extra=FAST_VERIFY)
     assert sim.control.read(SAFETY, ANALOG_1_ENABLE, 4) == [1, 1, 1, 1]
     assert sim.control.read(SAFETY, DI1_ACTIVE_LEVEL, 4) == [1, 1, 1, 1]
     assert sim.control.read(SAFETY, 0x004A, 1) == [0]  # AUTO_RESET_ENABLE stays off
@@ -59,10 +60,14 @@ async def test_configuration_is_applied_at_bind_and_read_back(sim: SimProcess, a
     idle_at = time.monotonic()
     assert all(w["t"] < idle_at for w in writes)
     assert rt.safety_config.verified and not latched(rt)
-    # Read back continuously: within two intervals every block was read again, with no write.
-    reads_before = sum(rt.master.schedule.get(k).runs for k in rt.safety_config.keys)
-    await asyncio.sleep(2.2)
-    assert sum(rt.master.schedule.get(k).runs for k in rt.safety_config.keys) - reads_before >= 2 * len(rt.safety_config.keys)
+    # Read back continuously, on the wire: the sensor enables with every status read, the rest of
+    # the configuration riding on a status read every verify interval (1 s here), no tick lost.
+    await asyncio.sleep(3.2)
+    reads = [r for r in sim.control.reads(SAFETY, since=idle_at) if r["address"] < 0x0100]
+    assert all(r["address"] == 0x0000 and ANALOG_1_ENABLE + 4 <= r["count"] for r in reads), reads
+    wide = [r for r in reads if r["address"] + r["count"] > max(CONFIG_ADDRESSES)]
+    assert 2 <= len(wide) <= 4, [(round(r["t"] - idle_at, 2), r["count"]) for r in reads]
+    assert len(reads) >= 3.2 / 0.1 - 3, len(reads)  # a status read on (almost) every tick, the wide ones too
     assert not config_writes(sim, idle_at)
     assert not latched(rt), rt.controller.supervisor.verdict
 
@@ -116,7 +121,7 @@ async def test_reboot_without_reapply_keeps_motion_refused_until_the_configurati
 
 
 async def test_a_changed_register_latches_a_mismatch_and_is_not_overwritten(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
-    rt = await agent_factory(sim.link)
+    rt = await agent_factory(sim.link, extra=FAST_VERIFY)
     forced = time.monotonic()
     sim.control.set(SAFETY, ZONE1, 10)  # zone 1 narrowed to 10 cm behind the agent's back
     assert await wait_for(lambda: "SAFETY_CONFIG_MISMATCH" in latched(rt), 3.0), rt.controller.supervisor.verdict

@@ -129,7 +129,7 @@ def test_config_check_rejects_unsafe_safety_module_settings(tmp_path: Path, caps
     path.write_text('[agent]\nid = "a"\ndata_dir = "/tmp/x"\n[bus]\nport = "/dev/null"\n'
                     "[safety_module]\nanalog_enable = [false, false, false, false]\n"
                     "zone_thresholds = [50, 30, 60, 70]\nauto_reset = true\nsafety_mode = 7\n"
-                    "di_active_level = [1, 2, 1, 1]\nverify_interval_ms = 5000\n")
+                    "di_active_level = [1, 2, 1, 1]\nverify_interval_ms = 100\n")
     assert main(["config", "check", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     for key, words in (("safety_module.analog_enable", "at least one distance sensor"),
@@ -137,7 +137,7 @@ def test_config_check_rejects_unsafe_safety_module_settings(tmp_path: Path, caps
                        ("safety_module.auto_reset", "must be false"),
                        ("safety_module.safety_mode", "less than or equal to 4"),
                        ("safety_module.di_active_level", "less than or equal to 1"),
-                       ("safety_module.verify_interval_ms", "less than or equal to 1000")):
+                       ("safety_module.verify_interval_ms", "greater than or equal to 500")):
         line = next((ln for ln in err.splitlines() if key in ln), None)
         assert line is not None and words in line, (key, err)
 

@@ -76,10 +76,13 @@ def test_safety_profile_matches_safe_fw(profiles):
         reg = p.by_address(addr)
         assert reg is not None and reg.poll == "none" and not reg.safety
     fast = {r.name for r in p.poll_registers("fast")}
-    assert {"SAFETY_SYSTEM_STATUS", "ANALOG_INPUT_1", "DI4_STATUS", "RESET_FLAG"} <= fast
-    # the configuration comes with every status read, so it is verified without reads of its own
-    assert {"ANALOG_1_ENABLE", "SAFETY_ZONE1_THRESHOLD", "AUTO_RESET_ENABLE", "SAFETY_MODE"} <= fast
-    assert plan_poll(p, "fast") == [(0x0000, 0x004C)]
+    # every tick: the status, the distances and the sensor enables (a reboot clears those)
+    assert {"SAFETY_SYSTEM_STATUS", "ANALOG_INPUT_1", "RESET_FLAG", "ANALOG_1_ENABLE", "ANALOG_4_ENABLE"} <= fast
+    assert plan_poll(p, "fast") == [(0x0000, 0x001E)]
+    # the rest of the configuration rides on that read now and then: one read holds both
+    config = {r.name for r in p.poll_registers("config")}
+    assert {"DI4_STATUS", "DI1_ENABLE", "SAFETY_ZONE1_THRESHOLD", "AUTO_RESET_ENABLE", "SAFETY_MODE"} <= config
+    assert plan_poll(p, "config") == [(0x001E, 0x004C - 0x001E)]
 
 
 def test_travel_profile_hazard_register_is_direction(profiles):
