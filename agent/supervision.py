@@ -66,6 +66,10 @@ class TaskSupervisor:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
+    def ended_names(self) -> list[str]:
+        """Tasks already done, whether or not their done-callback has run yet."""
+        return sorted(name for name, task in self._tasks.items() if task.done())
+
     def _ended(self, name: str, task: asyncio.Task[Any]) -> None:
         if self._stopping or name in self.deaths:
             return

@@ -24,6 +24,7 @@ from agent.control.params import MOTION_TYPES, OUT_OF_BAND, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
+from agent.logs import dropped_lines
 from agent.safety.estop_input import EstopInputState
 from agent.safety.faults import Level
 from agent.safety.policy import SafetyPolicy
@@ -109,7 +110,8 @@ class Controller:
         self._last_tick = time.monotonic()
         self.watchdog_pings = 0
         self._last_ping = 0.0
-        self.ready_notified = False
+        self.ready_notified = False  # READY=1 delivered to systemd (or no systemd to tell)
+        self._ready_logged = False
         self.loop_healthy = True
         self._last_status_key: tuple[Any, ...] = ()
         self.supervisor.listeners.append(self._on_verdict_change)
@@ -155,10 +157,6 @@ class Controller:
                 log.error("shutdown: final stop not confirmed; the hardware watchdog is left armed")
             self.hw_watchdog.close(disarm=safe)
         return outcome
-
-    @property
-    def initial_stop(self) -> asyncio.Task[StopOutcome] | None:
-        return self._initial_stop
 
     def adopt_initial_stop(self, task: asyncio.Task[StopOutcome]) -> None:
         """The start-up stop the runtime issued before the controller was built."""
@@ -264,9 +262,12 @@ class Controller:
             if ok and self.safe_outputs_confirmed:
                 self._apply_internal(Event.INIT_COMPLETE, "mandatory modules bound and fresh, outputs safe")
         if not self.ready_notified and self.safe_outputs_confirmed and self.db.healthy and self.hw.master.port_up:
-            self.ready_notified = True
-            self.notifier.ready("outputs safe, serving")
-            log.info("ready: database open, bus up, travel outputs confirmed safe")
+            # Sent again on the next tick if systemd's queue was full: a lost READY=1 would leave
+            # the unit "activating" until its start timeout kills a healthy agent.
+            self.ready_notified = self.notifier.ready("outputs safe, serving") or not self.notifier.enabled
+            if not self._ready_logged:
+                self._ready_logged = True
+                log.info("ready: database open, bus up, travel outputs confirmed safe")
 
     def _apply_internal(self, event: Event, reason: str) -> None:
         try:
@@ -450,6 +451,15 @@ class Controller:
         """Every supervised task runs (not only the controller's own): what /healthz reports."""
         return bool(self._tasks) and self.tasks.healthy
 
+    def not_alive_because(self) -> str:
+        """Why `alive()` is False, for the technician reading /healthz ("" while alive)."""
+        if self.alive():
+            return ""
+        if not self._tasks:
+            return "the control loop has not started"
+        deaths = self.tasks.deaths or {name: "ended" for name in self.tasks.ended_names()}
+        return "; ".join(f"task {name} {why}" for name, why in sorted(deaths.items()))
+
     def ready(self) -> tuple[bool, list[str]]:
         ok, reasons = self._ready_check()
         reasons = list(reasons)
@@ -489,6 +499,7 @@ class Controller:
             "last_stop": None if last is None else {"reason": last.reason, "confirmed": last.confirmed,
                                                     "confirm_ms": last.confirm_ms, "error": last.error},
             "store": self.db.health(),
+            "logs": {"dropped_lines": dropped_lines()},
             "uptime_s": round(now - self.started_at, 1),
         }
 

@@ -59,6 +59,9 @@ class AgentCore(Protocol):
 
     def alive(self) -> bool: ...
 
+    def not_alive_because(self) -> str:
+        """Which task ended and how, while `alive()` is False ("" otherwise)."""
+
     async def submit_command(
         self,
         *,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import websockets.sync.client
 
+from agent import logs
 from drivers.sim.client import SimProcess
 from tests.integration.test_api_harness import PASSWORD, Agent, agent_and_sim  # noqa: F401 - fixture
 
@@ -268,6 +269,10 @@ def test_metrics(agent: Agent, admin: httpx.Client) -> None:
         text = admin.get("/metrics").text
     assert "oht_ready 1.0" in text
     assert "oht_store_batches" in text
+    # Log lines the writer could not keep up with are counted where an operator looks.
+    dropped = logs.dropped_lines()
+    assert admin.get("/api/v1/status").json()["logs"] == {"dropped_lines": dropped}
+    assert f"oht_status_logs_dropped_lines {float(dropped)}" in admin.get("/metrics").text
 
 
 def test_readyz_reports_why(agent: Agent, sim: SimProcess) -> None:

@@ -113,6 +113,35 @@ async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: Si
     assert rt.controller.sm.state.value == "IDLE"
 
 
+async def test_ready_is_sent_again_when_systemd_queue_was_full(sim: SimProcess, agent_factory, deaf_systemd) -> None:  # type: ignore[no-untyped-def]
+    """READY=1 dropped because PID 1's queue was full is not lost: it is sent again once there is room."""
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    sent = 0
+    while True:  # fill the queue before the agent starts: its first messages cannot get in
+        try:
+            filler.sendto(b"FILLER=1", deaf_systemd.getsockname())
+            sent += 1
+        except BlockingIOError:
+            break
+    filler.close()
+    assert sent >= 5
+    rt = await agent_factory(sim.link)
+    notifier = rt.controller.notifier
+    assert await wait_for(lambda: notifier.dropped >= 1 and rt.controller.safe_outputs_confirmed, 5.0)
+    await asyncio.sleep(0.3)
+    assert not rt.controller.ready_notified, "READY=1 counted as sent into a full queue"
+    deaf_systemd.settimeout(0.05)
+    received: list[str] = []
+    until = time.monotonic() + 3.0
+    while time.monotonic() < until and not any(m.startswith("READY=1") for m in received):
+        try:
+            received.append((await asyncio.to_thread(deaf_systemd.recv, 4096)).decode())
+        except TimeoutError:
+            continue
+    assert any(m.startswith("READY=1") for m in received), received[-12:]
+    assert rt.controller.ready_notified
+
+
 async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     assert await wait_for(lambda: systemd.times("READY=1"), 1.0)
@@ -233,6 +262,7 @@ async def test_a_dead_executor_starves_both_watchdogs_latches_task_died_and_stop
     async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
         answer = await client.get("/healthz")
     assert answer.status_code == 503 and answer.json()["code"] == "NOT_ALIVE", answer.text
+    assert "task executor cancelled" in answer.json()["message"], answer.text  # which task, and how
     # For good: the pings do not come back later (the task is still dead).
     await asyncio.sleep(0.3)
     pings, keepalives = await fed(systemd, device)

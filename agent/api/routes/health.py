@@ -20,8 +20,8 @@ router = APIRouter(tags=["health"])
 async def healthz(request: Request) -> Any:
     api = api_context(request)
     if not api.core.alive():
-        return error_response(request, 503, "NOT_ALIVE", "the control loop is not running",
-                              "The agent will be restarted by its watchdog; check the log.")  # fmt: skip
+        return error_response(request, 503, "NOT_ALIVE", api.core.not_alive_because() or "the control loop is not running",
+                              "The agent will be restarted by its watchdog; check the log for the task named here.")  # fmt: skip
     return {"alive": True, "agent_id": api.settings.agent_id, "version": api.settings.version}
 
 
