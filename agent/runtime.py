@@ -211,8 +211,8 @@ class Runtime:
         """Every long-lived task is supervised by the controller: if one ends, the watchdogs starve."""
         assert self.controller is not None and self.db is not None
         supervisor = self.controller.tasks
-        supervisor.watch(self.master._task, "bus-master")
-        supervisor.watch(self.db._writer._task if self.db._writer is not None else None, "store-writer")
+        supervisor.watch(self.master.task, "bus-master")
+        supervisor.watch(self.db.writer_task, "store-writer")
         for task in self._tasks:
             supervisor.watch(task)
 
@@ -250,7 +250,7 @@ class Runtime:
         server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
         await server.start()
         self.api = server
-        self.controller.tasks.watch(server._task, "api-server")
+        self.controller.tasks.watch(server.task, "api-server")
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
 

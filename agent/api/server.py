@@ -95,6 +95,11 @@ class ApiServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The serving task once started (None before): for supervision."""
+        return self._task
+
     async def start(self) -> None:
         """Bind, then serve in a task; returns once the server accepts connections."""
         if self._task is not None:

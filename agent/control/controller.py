@@ -246,7 +246,7 @@ class Controller:
         self._maybe_notify_status(verdict)
         # Last, so that a tick that raised anywhere above feeds nothing. Healthy: on time, and every
         # supervised task (bus master, executor, recorder, store writer, API, ...) still running.
-        master_task = self.hw.master._task
+        master_task = self.hw.master.task
         healthy = (lag * 1000 <= p.loop_lag_stop_ms and self.tasks.healthy
                    and master_task is not None and not master_task.done())
         self.loop_healthy = healthy

@@ -319,6 +319,11 @@ class Database:
         """The latest storage error (kept after recovery, for diagnostics)."""
         return self._error
 
+    @property
+    def writer_task(self) -> asyncio.Task[None] | None:
+        """The group writer's task while the store is open (None otherwise): for supervision."""
+        return self._writer.task if self._writer is not None else None
+
     def health(self) -> dict[str, Any]:
         """`{"ok": True}` or `{"ok": False, "code", "message", "hint", "since"}` for /readyz."""
         if not self._running:

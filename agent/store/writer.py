@@ -118,6 +118,10 @@ class GroupWriter:
         self._inflight: list[asyncio.Future[Any]] = []
         self.stats = {"batches": 0, "units": 0, "largest_batch": 0, "aborted_batches": 0}
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     def start(self) -> None:
         self._accepting = True
         self._task = asyncio.create_task(self._loop(), name="store-writer")

@@ -226,6 +226,11 @@ class BusMaster:
     ) -> None:
         await self.execute(write_request(slave, address, values), priority)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The bus task while the master runs (None before start and after close): for supervision."""
+        return self._task
+
     def link_summary(self, address: int) -> dict[str, Any]:
         """Round trips, timeouts, CRC errors and success rate of one slave ({} if never addressed)."""
         link = self._links.get(address)

@@ -323,4 +323,4 @@ async def test_no_exception_escapes_the_bus_task_under_every_fault(sim: SimProce
     for s in (POWER, TRAVEL, DOCK):
         await wait_for(lambda: master.is_online(s), 5.0)
     assert len(await master.read(TRAVEL, 0x0100, 10)) == 10
-    assert master._task is not None and not master._task.done()
+    assert master.task is not None and not master.task.done()

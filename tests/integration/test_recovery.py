@@ -53,5 +53,5 @@ async def test_every_module_polls_again_within_two_seconds_of_the_line_returning
         for role in roles:
             worst[role] = max(worst[role], late[role])
         assert all(t <= CONTRACT_S for t in late.values()), f"cycle {cycle}: polling came back late: {late}"
-    assert rt.master._task is not None and not rt.master._task.done()
+    assert rt.master.task is not None and not rt.master.task.done()
     print("worst recovery per role (s):", worst)
