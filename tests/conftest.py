@@ -69,7 +69,7 @@ async def started_master(link: str, profiles: dict[str, Profile], **kwargs: obje
 async def master(sim: SimProcess, profiles: dict[str, Profile]) -> AsyncIterator[BusMaster]:
     m = await started_master(sim.link, profiles)
     yield m
-    assert m._task is not None and not m._task.done(), "bus task died"
+    assert m.task is not None and not m.task.done(), "bus task died"
     await m.close()
 
 

@@ -54,6 +54,7 @@ from drivers.modbus.timing import LineTiming, line_timing
 
 log = logging.getLogger("oht.bus")
 
+SEND_STALL_S = 0.05  # a frame the kernel takes no byte of for this long: the port counts as stalled
 FENCE_ADDRESS = 0x0100  # identity block: every profile maps it, so a fence read never raises 02
 MAX_GHOSTS = 32
 EventCallback = Callable[[str, dict[str, Any]], None]
@@ -517,18 +518,12 @@ class BusMaster:
     async def _transact(self, request: Request, link: SlaveLink, permit: Permit | None = None) -> tuple[int, ...]:
         port = self.port
         await self._quiet()
-        if permit is not None:
-            # The last moment before the frame leaves: no await between this check and the write.
-            self.interlock.check(permit)
         frame = request.encode()
         port.buffer.clear()
         self.on_wire = request
-        sent_at = time.monotonic()
-        self._reached_slave_at = sent_at + self.timing.wire_s(len(frame))
         try:
-            port.write(frame)
-            if permit is not None:
-                self.interlock.note_on_wire(sent_at)
+            sent_at = await self._send(frame, permit)
+            self._reached_slave_at = sent_at + self.timing.wire_s(len(frame))
             link.stats.transactions += 1
             deadline = sent_at + self.timing.deadline_s(len(frame), request.reply_length, link.turnaround_s)
             preempt_at = sent_at + self._preempt_after(link)
@@ -554,6 +549,33 @@ class BusMaster:
                 await port.wait_data(wait_until)
         finally:
             self.on_wire = None
+
+    async def _send(self, frame: bytes, permit: Permit | None) -> float:
+        """Put the whole frame on the wire; returns when its first byte went to the kernel.
+
+        An energising frame's permit is checked at the last moment before its first byte leaves,
+        with no await between the check and the write. When the kernel's output buffer is full
+        (a stuck line) the wait for room is an await on the loop, never a spin, and the permit is
+        checked again after it: a stop that came meanwhile still holds the frame back. Once bytes
+        have left, the frame is finished whatever happens.
+        """
+        port = self.port
+        view = memoryview(frame)
+        give_up = time.monotonic() + SEND_STALL_S
+        sent_at: float | None = None
+        while True:
+            if sent_at is None and permit is not None:
+                self.interlock.check(permit)
+            now = time.monotonic()
+            taken = port.write_some(view)
+            if taken and sent_at is None:
+                sent_at = now
+                if permit is not None:
+                    self.interlock.note_on_wire(sent_at)
+            view = view[taken:]
+            if not view and sent_at is not None:
+                return sent_at
+            await port.wait_writable(give_up)
 
     def _scan(self, request: Request, link: SlaveLink) -> tuple[int, ...] | None:
         """Consume complete frames from the buffer; return registers once the real reply is found."""

@@ -150,25 +150,39 @@ class SerialPort:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def write(self, data: bytes) -> None:
-        """Hand a whole frame to the kernel; frames are small, so a short busy retry is enough."""
+    def write_some(self, data: bytes | memoryview) -> int:
+        """Hand the kernel as much of `data` as it takes now, never waiting; 0 when its buffer is full.
+
+        A frame normally goes in one call. The buffer is full only when the line is stuck (a
+        stalled USB adapter, flow control), and then the caller waits for room with
+        `wait_writable` on the event loop instead of spinning in here.
+        """
         fd = self._fd
         if fd is None:
             raise PortUnavailable(f"{self.path} is not open ({self.lost_reason or 'closed'})")
-        view = memoryview(data)
-        give_up = time.monotonic() + 0.05
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                if time.monotonic() > give_up:
-                    raise PortUnavailable(f"{self.path}: output stalled") from None
-                time.sleep(0.0002)
-                continue
-            except OSError as exc:
-                self._lost(f"write failed: {exc.strerror or exc}")
-                raise PortUnavailable(f"{self.path}: write failed: {exc}") from exc
-            view = view[n:]
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._lost(f"write failed: {exc.strerror or exc}")
+            raise PortUnavailable(f"{self.path}: write failed: {exc}") from exc
+
+    async def wait_writable(self, deadline: float) -> None:
+        """Return when the kernel can take more output; PortUnavailable once `deadline` passes."""
+        fd = self._fd
+        if fd is None:
+            raise PortUnavailable(f"{self.path} is not open ({self.lost_reason or 'closed'})")
+        loop = self._loop or asyncio.get_running_loop()
+        room: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, lambda: room.done() or room.set_result(None))
+        try:
+            await asyncio.wait_for(room, max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise PortUnavailable(f"{self.path}: output stalled (the kernel took no bytes for a frame in time)") from None
+        finally:
+            if self._fd == fd:
+                loop.remove_writer(fd)
 
     async def wait_data(self, deadline: float) -> None:
         """Return when bytes arrive, the port is lost, or `deadline` (time.monotonic) passes."""
