@@ -195,9 +195,9 @@ class Runtime:
         binding = report.bindings.get("travel")
         if binding is None:
             return None
-        self.stop_path.bind(binding.address, binding.profile)
-        initial = self.stop_path.request("start-up: outputs to the safe state")  # before any poll
-        self._bind(binding)
+        self._bind(binding)  # binds the stop path too
+        # In the same step as the bind: the bus task runs no poll before the stop is queued.
+        initial = self.stop_path.request("start-up: outputs to the safe state")
         try:
             outcome = await asyncio.wait_for(asyncio.shield(initial), max(0.05, deadline - time.monotonic()))
         except asyncio.TimeoutError:
@@ -364,10 +364,10 @@ class Runtime:
         self.pollers[binding.role] = poller
         log.info("bound %s -> address %d (%s)", binding.role, binding.address, binding.profile.name)
         if binding.role == "travel":
-            # Its outputs go to the safe state before anything else: by the controller once it runs,
-            # by the start-up path (which stops it itself) before.
-            poller = self.pollers["travel"]
-            self.stop_path.bind(poller.binding.address, poller.binding.profile)
+            # The one place the stop path learns its driver. Its outputs go to the safe state
+            # before anything else: by the controller once it runs, by the start-up path (which
+            # stops it itself) before.
+            self.stop_path.bind(binding.address, binding.profile)
             if self.controller is not None:
                 self.controller.bind_travel()
 

@@ -163,10 +163,8 @@ class Controller:
         self._initial_stop = task
 
     def bind_travel(self) -> None:
-        """Called when the travel driver is bound: its outputs go to the safe state before anything else."""
-        poller = self.hw.pollers["travel"]
-        if not self.stop_path.bound:
-            self.stop_path.bind(poller.binding.address, poller.binding.profile)
+        """Called when the travel driver is bound (the stop path already knows it): its outputs go
+        to the safe state before anything else."""
         self._initial_stop = self.stop_path.request("start-up: outputs to the safe state")
 
     # ------------------------------------------------------------------ conditions
