@@ -115,7 +115,8 @@ class Controller:
         self.loop_healthy = True
         self._last_status_key: tuple[Any, ...] = ()
         self.supervisor.listeners.append(self._on_verdict_change)
-        hw.board.add_listener(lambda snap: self.supervisor.evaluate())
+        self._link_timer: asyncio.TimerHandle | None = None
+        hw.board.add_listener(lambda snap: self._evaluate())
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -137,6 +138,8 @@ class Controller:
         """
         self.tasks.stopping()  # tasks end on purpose from here on
         self.notifier.stopping()
+        if self._link_timer is not None:
+            self._link_timer.cancel()
         self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
         bound = self.stop_path.bound and self.hw.master.port_up
         if bound:
@@ -218,6 +221,32 @@ class Controller:
                 log.exception("control loop tick failed")
                 self.loop_healthy = False
 
+    def _evaluate(self) -> None:
+        """Judge the newest readings now, and again the moment the first link budget runs out."""
+        self.supervisor.evaluate()
+        self._arm_link_timer()
+
+    def _arm_link_timer(self) -> None:
+        """One timer at the earliest link deadline: a module that falls silent trips when its budget
+        ends, not at the next control tick (up to 20 ms later). Re-armed only when it moves."""
+        due = None if self.tasks.is_stopping else self.supervisor.link_deadline()
+        timer = self._link_timer
+        if due is None:
+            if timer is not None:
+                timer.cancel()
+                self._link_timer = None
+            return
+        due += 0.0005  # just past it: the age must exceed the budget
+        if timer is not None and not timer.cancelled() and abs(timer.when() - due) < 0.001:
+            return
+        if timer is not None:
+            timer.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._link_timer = loop.call_at(due, self._evaluate)
+
     def _tick(self, now: float, lag: float) -> None:
         p = self.policy
         if lag * 1000 > p.loop_lag_stop_ms:
@@ -234,6 +263,7 @@ class Controller:
         elif self.supervisor.external_active("STORE_UNAVAILABLE"):
             self.supervisor.clear_external("STORE_UNAVAILABLE")
         verdict = self.supervisor.evaluate(now)
+        self._arm_link_timer()
         self._advance_boot(now)
         fired = self.sm.observe(self.conditions(now=now))
         if fired:

@@ -155,15 +155,34 @@ class StopPath:
             return current
         priority = Priority.HALT if routine else Priority.STOP
         self._current_requested_at = time.monotonic()
-        self._current = asyncio.get_running_loop().create_task(self._run(reason, priority), name="stop-path")
+        first = self._queue_first_write(priority)
+        self._current = asyncio.get_running_loop().create_task(
+            self._run(reason, priority, self._current_requested_at, first), name="stop-path")
         self._current_urgent = not routine
         return self._current
+
+    def _queue_first_write(self, priority: Priority) -> asyncio.Future[tuple[int, ...]] | None:
+        """The stop's first frame, queued now rather than when its task first runs.
+
+        A trip raised from a bus callback (a reply that shows the E-stop pressed, a link that went
+        silent) runs inside the bus task: queued here, the frame is the bus's very next job, and
+        does not wait behind the transaction the bus would otherwise start in the meantime.
+        """
+        if self._address is None or not self._writes:
+            return None
+        start, values = self._writes[0]
+        try:
+            fut = self.master.submit(write_request(self._address, start, values), priority, retries=1)
+        except BusError:
+            return None  # the run tries again itself and reports what fails
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # read here if the run never does
+        return fut
 
     async def stop(self, reason: str, *, routine: bool = False, fresh: bool = False) -> StopOutcome:
         return await asyncio.shield(self.request(reason, routine=routine, fresh=fresh))
 
-    async def _run(self, reason: str, priority: Priority) -> StopOutcome:
-        requested = time.monotonic()
+    async def _run(self, reason: str, priority: Priority, requested: float,
+                   first: asyncio.Future[tuple[int, ...]] | None = None) -> StopOutcome:
         first_write: float | None = None
         attempts = 0
         error: str | None = None
@@ -175,8 +194,12 @@ class StopPath:
         while True:
             attempts += 1
             try:
-                for start, values in self._writes:
-                    await self.master.execute(write_request(address, start, values), priority, retries=1)
+                for index, (start, values) in enumerate(self._writes):
+                    if index == 0 and first is not None:
+                        queued, first = first, None
+                        await queued  # queued by request(): the first attempt's first frame
+                    else:
+                        await self.master.execute(write_request(address, start, values), priority, retries=1)
                     if first_write is None:
                         first_write = time.monotonic()
                 check = await self._read_back_zero(address, priority)

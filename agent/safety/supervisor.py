@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.safety.estop_input import EstopInputState
@@ -248,7 +248,8 @@ class Supervisor:
             return now - max(last, live.interval_since, settled_at)
         return now - max(last, live.interval_since)
 
-    def _link_causes(self, now: float, causes: dict[str, str]) -> None:
+    def _link_budgets(self) -> Iterator[tuple[str, str, RoleLiveness, float]]:
+        """(role, fault code, liveness, budget in s) for every bound role with a link budget."""
         p = self.policy
         for role, code, budget_ms in (
             ("safety", "SAFETY_LINK_LOST", p.safety_link_budget_ms),
@@ -260,6 +261,21 @@ class Supervisor:
                 continue
             # Never shorter than two poll periods plus one reply budget, or a slow idle poll would trip it.
             budget = max(budget_ms / 1000.0, 2 * live.interval_s + live.turnaround_s) if role != "safety" else budget_ms / 1000.0
+            yield role, code, live, budget
+
+    def link_deadline(self, now: float | None = None) -> float | None:
+        """When the first link budget runs out if no reply comes before (time.monotonic), or None.
+
+        The controller evaluates again at that moment, so a silent module trips when its budget
+        ends, not up to a control tick later.
+        """
+        now = self._clock() if now is None else now
+        dues = [now - self._age(live, now, role) + budget for role, _, live, budget in self._link_budgets()]
+        return min(dues, default=None)
+
+    def _link_causes(self, now: float, causes: dict[str, str]) -> None:
+        p = self.policy
+        for role, code, live, budget in self._link_budgets():
             age = self._age(live, now, role)
             if age > budget:
                 what = "status-block reply" if role in LIVENESS_REGISTERS else "valid reply"

@@ -198,6 +198,18 @@ class BusMaster:
         A write that may energise an output carries a `permit`: it goes to the wire only if no stop
         was requested since the permit was issued, checked as the frame is written (PermitRevoked).
         """
+        return await self.submit(request, priority, retries=retries, permit=permit)
+
+    def submit(
+        self, request: Request, priority: Priority = Priority.COMMAND, *, retries: int | None = None,
+        permit: Permit | None = None,
+    ) -> asyncio.Future[tuple[int, ...]]:
+        """Queue `request` now, without yielding to the loop; the future gets what `execute` returns.
+
+        For a stop raised inside a bus callback (a reply that shows a trip): queued before the bus
+        task picks its next job, the stop's first frame is that job, not the one after it.
+        Raises at once what `execute` would raise before queueing.
+        """
         if self._closing or self._task is None:
             raise BusStopped("bus master is not running")
         if not self.port.is_open:
@@ -215,7 +227,7 @@ class BusMaster:
         self._wake()
         if priority == Priority.STOP:
             self.port.wake()  # an overdue read on the wire may be pre-empted (see _transact)
-        return await fut
+        return fut
 
     async def read(
         self, slave: int, address: int, count: int, *, priority: Priority = Priority.COMMAND, function: int = READ_HOLDING

@@ -111,3 +111,24 @@ def test_fresh_complete_readings_give_no_fault_and_obstacles_count() -> None:
     bench.values["ANALOG_INPUT_2"] = 20
     bench.answer(STATUS + DISTANCES + ENABLES)
     assert bench.sup.evaluate().has("OBSTACLE_EMERGENCY")
+
+
+def test_the_link_deadline_is_when_the_status_block_budget_runs_out() -> None:
+    """The controller re-evaluates at `link_deadline()`: just before it the link counts as alive, just
+    after it SAFETY_LINK_LOST is raised, whatever other blocks answered in between."""
+    bench = Bench()
+    everything = STATUS + DISTANCES + ENABLES
+    bench.run(T0 + 1.0, 0.1, everything)
+    last_status = min(bench.at[name] for name in STATUS)
+    budget = SafetyPolicy().safety_link_budget_ms / 1000
+    due = bench.sup.link_deadline()
+    assert due is not None and abs(due - (last_status + budget)) < 1e-9
+    bench.now = due - 0.001
+    bench.answer(DISTANCES)  # other blocks answering do not move the deadline
+    assert bench.sup.link_deadline() == due
+    assert not bench.sup.evaluate().has("SAFETY_LINK_LOST")
+    bench.now = due + 0.001
+    assert bench.sup.evaluate().has("SAFETY_LINK_LOST")
+    assert "SAFETY_LINK_LOST" in bench.trips
+    bench.answer(STATUS)  # the status block answers again: the deadline moves with it
+    assert bench.sup.link_deadline() == bench.now + budget
