@@ -171,10 +171,9 @@ class Runtime:
             hw_watchdog = HardwareWatchdog(cfg.watchdog.device, cfg.watchdog.timeout_s)
             hw_watchdog.open()
         self.controller = Controller(
-            agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety,
+            agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety, stop_path=self.stop_path,
             mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
             notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state, motion=cfg.motion,
-            stop_path=self.stop_path,
         )
 
     async def _stop_travel_first(self, timeout_s: float = 1.5) -> asyncio.Task[StopOutcome] | None:

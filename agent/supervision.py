@@ -66,9 +66,10 @@ class TaskSupervisor:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
-    def ended_names(self) -> list[str]:
-        """Tasks already done, whether or not their done-callback has run yet."""
-        return sorted(name for name, task in self._tasks.items() if task.done())
+    def ended(self) -> dict[str, str]:
+        """Every task that died or is done (its done-callback may not have run yet) -> how it ended."""
+        done = {name: why_it_ended(task) for name, task in self._tasks.items() if task.done()}
+        return {**done, **self.deaths}
 
     def _ended(self, name: str, task: asyncio.Task[Any]) -> None:
         if self._stopping or name in self.deaths:

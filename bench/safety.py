@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from agent.runtime import Runtime  # noqa: E402
 from drivers.modbus.frames import read_request  # noqa: E402
 from drivers.modbus.schedule import PollPlan  # noqa: E402
 from drivers.modbus.stats import percentile  # noqa: E402
-from drivers.sim.client import SimProcess  # noqa: E402
+from drivers.sim.client import SimProcess, terminate  # noqa: E402
 
 TRAVEL, SAFETY, POWER, DOCK = 3, 5, 2, 4
 ESTOP_SAMPLES = 60
@@ -112,12 +111,7 @@ def restart_once(sim: SimProcess, tmp: Path, n: int) -> float:
                 time.sleep(0.02)
             raise RuntimeError("the new agent did not confirm its start-up stop: " + log.read_text()[-2000:])
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 15)
 
 
 async def main() -> dict[str, object]:

@@ -160,18 +160,16 @@ class ModulePoller:
         return self._ride is not None
 
     def refresh_config(self) -> None:
-        """Read the config group again as soon as possible (after a write to it, or a difference found)."""
-        if self._ride is not None and self._fast_key is not None:
-            self._wide_due = float("-inf")
-            plan = self.master.schedule.get(self._fast_key)
-            if plan is not None:
-                plan.request = self._ride[1]
+        """Widen the next fast read over the config group (after a write to it, a difference found).
+
+        Only where the config group rides on the fast read; reads of its own keep their interval.
+        """
+        if self._ride is None or self._fast_key is None:
             return
-        for key in self.keys:
-            if key.startswith(f"{self.binding.role}:config:"):
-                plan = self.master.schedule.get(key)
-                if plan is not None and not plan.phase_locked:  # a locked plan keeps its tick
-                    plan.next_due = min(plan.next_due, time.monotonic())
+        self._wide_due = float("-inf")
+        plan = self.master.schedule.get(self._fast_key)
+        if plan is not None:
+            plan.request = self._ride[1]
 
     def set_interval(self, interval_s: float) -> None:
         """Change the fast interval (the travel motor polls faster while moving)."""
@@ -207,18 +205,21 @@ class ModulePoller:
         return self.stale_factor * effective + turnaround
 
     def _result_handler(self, start: int, key: str):  # type: ignore[no-untyped-def]
-        profile = self.binding.profile
-        schedule = self.master.schedule
-
         def on_result(words: tuple[int, ...], at: float) -> None:
-            plan = schedule.get(key)
-            max_age = self.max_age_s(plan.interval_s if plan is not None else self.slow_interval_s)
-            values = profile.decode_block(start, words)
-            updates = {name: Reading(value, at, max_age) for name, value in values.items()}
-            self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
-            self.board.publish(self._snapshot)
+            self._publish(start, words, at, key)
 
         return on_result
+
+    def _publish(self, start: int, words: tuple[int, ...], at: float, key: str,
+                 slower: frozenset[str] = frozenset(), slower_age_s: float = 0.0) -> None:
+        """Decode one reply into the snapshot, fresh for the plan's maximum age (`slower` names:
+        for `slower_age_s`, values that came with a rarer read), and publish it."""
+        plan = self.master.schedule.get(key)
+        max_age = self.max_age_s(plan.interval_s if plan is not None else self.slow_interval_s)
+        values = self.binding.profile.decode_block(start, words)
+        updates = {name: Reading(value, at, slower_age_s if name in slower else max_age) for name, value in values.items()}
+        self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
+        self.board.publish(self._snapshot)
 
     def _riding_handler(self, key: str):  # type: ignore[no-untyped-def]
         """Results of a fast read that carries the config group every configuration interval.
@@ -228,26 +229,21 @@ class ModulePoller:
         """
         assert self._ride is not None
         narrow, wide = self._ride
-        fast_handler = self._result_handler(narrow.address, key)
         profile = self.binding.profile
-        config_names = set(profile.poll_names("config"))
+        config_names = frozenset(profile.poll_names("config"))
+        config_age = 2 * self.config_interval_s + profile.turnaround_ms / 1000.0
 
         def on_result(words: tuple[int, ...], at: float) -> None:
             plan = self.master.schedule.get(key)
-            if len(words) != wide.count:
-                fast_handler(words, at)
-                if plan is not None and at >= self._wide_due:
-                    plan.request = wide
-                return
-            max_age = self.max_age_s(plan.interval_s if plan is not None else self.interval_s)
-            config_age = 2 * self.config_interval_s + profile.turnaround_ms / 1000.0
-            values = profile.decode_block(wide.address, words)
-            updates = {name: Reading(value, at, config_age if name in config_names else max_age) for name, value in values.items()}
-            self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
-            self._wide_due = at + self.config_interval_s
-            if plan is not None:
-                plan.request = narrow
-            self.board.publish(self._snapshot)
+            wide_reply = len(words) == wide.count
+            if wide_reply:
+                self._wide_due = at + self.config_interval_s
+            if plan is not None:  # the next read: widened once the interval has passed
+                plan.request = wide if at >= self._wide_due else narrow
+            if wide_reply:
+                self._publish(wide.address, words, at, key, config_names, config_age)
+            else:
+                self._publish(narrow.address, words, at, key)
 
         return on_result
 

@@ -68,13 +68,13 @@ class Controller:
         hw: Hardware,
         db: Database,
         policy: SafetyPolicy,
+        stop_path: StopPath,
         mandatory: list[str],
         ready_check: Callable[[], tuple[bool, list[str]]],
         notifier: SdNotifier | None = None,
         hw_watchdog: HardwareWatchdog | None = None,
         estop_input: Callable[[float], EstopInputState | None] | None = None,
         motion: MotionLimits | None = None,
-        stop_path: StopPath | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.hw = hw
@@ -86,9 +86,9 @@ class Controller:
         self.mandatory = mandatory
         self._ready_check = ready_check
         self.sm = StateMachine()
-        # The runtime may have made (and bound, and started) the stop path before the controller
-        # existed: the start-up stop of the travel driver comes first of all.
-        self.stop_path = stop_path if stop_path is not None else StopPath.from_policy(hw.master, policy)
+        # Made (and bound, and started) by the runtime before the controller existed: the start-up
+        # stop of the travel driver comes first of all.
+        self.stop_path = stop_path
         self.output_monitor = OutputMonitor(policy.stop_current_max_a, policy.uncommanded_motion_cm)
         self._port_seen_up = False
         self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
@@ -485,8 +485,7 @@ class Controller:
             return ""
         if not self._tasks:
             return "the control loop has not started"
-        deaths = self.tasks.deaths or {name: "ended" for name in self.tasks.ended_names()}
-        return "; ".join(f"task {name} {why}" for name, why in sorted(deaths.items()))
+        return "; ".join(f"task {name} {why}" for name, why in sorted(self.tasks.ended().items()))
 
     def ready(self) -> tuple[bool, list[str]]:
         ok, reasons = self._ready_check()

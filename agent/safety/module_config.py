@@ -198,7 +198,7 @@ class ModuleConfigGuard:
                            "the configuration cannot be verified")
         service = self.binding.profile.service_period_ms / 1000.0
         for index, block in enumerate(b for b in self.blocks if b not in self.polled_blocks):
-            key = f"safety:config:{block.start:04x}"
+            key = f"{self.binding.role}:config-check:{block.start:04x}"
             # Blocks spread over the interval: one small read at a time, each on a tick of its own.
             plan = PollPlan(
                 key=key,
@@ -317,7 +317,7 @@ class ModuleConfigGuard:
     def _pace(self, interval_s: float) -> None:
         if interval_s != self.check_interval_s:
             self.check_interval_s = interval_s
-            self.schedule.set_interval(f"{self.binding.role}:config:", interval_s, self._clock())
+            self.schedule.set_interval(f"{self.binding.role}:config-check:", interval_s, self._clock())
 
     def _mismatch(self, detail: str) -> None:
         self.state = ConfigState.MISMATCH

@@ -430,7 +430,7 @@ class BusMaster:
             return
         done = time.monotonic()
         if plan.phase_locked and done - started > plan.service_period_s / 2:
-            link.stats.missed_ticks += 1  # its reply came a tick late: the lead was too short for this send
+            link.stats.missed_ticks += 1  # answered a tick late: sent too late for its tick (a stop went first, a late loop)
         self.schedule.completed(plan, done)
         self.stats.poll_overruns = self.schedule.overruns
         if plan.on_result is not None:

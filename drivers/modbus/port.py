@@ -42,6 +42,7 @@ class SerialPort:
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # set while a send waits for output room
         self._on_lost = on_lost
         self.lost_reason: str | None = None
 
@@ -86,8 +87,12 @@ class SerialPort:
         if fd is not None and self._loop is not None:
             try:
                 self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
             except (ValueError, OSError):
                 pass
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)  # a send waiting for room (wait_writable) learns the port is gone
         if ser is not None:
             try:
                 ser.close()
@@ -175,14 +180,18 @@ class SerialPort:
             raise PortUnavailable(f"{self.path} is not open ({self.lost_reason or 'closed'})")
         loop = self._loop or asyncio.get_running_loop()
         room: asyncio.Future[None] = loop.create_future()
+        self._room = room
         loop.add_writer(fd, lambda: room.done() or room.set_result(None))
         try:
             await asyncio.wait_for(room, max(deadline - time.monotonic(), 0.0))
         except asyncio.TimeoutError:
             raise PortUnavailable(f"{self.path}: output stalled (the kernel took no bytes for a frame in time)") from None
         finally:
+            self._room = None
             if self._fd == fd:
                 loop.remove_writer(fd)
+        if self._fd is None:
+            raise PortUnavailable(f"{self.path} lost: {self.lost_reason or 'closed'}")
 
     async def wait_data(self, deadline: float) -> None:
         """Return when bytes arrive, the port is lost, or `deadline` (time.monotonic) passes."""

@@ -209,6 +209,21 @@ class AsyncSimControl(_Ops):
         return self._acall(op, fields, pick)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+    """End a child process as its service manager would: SIGTERM, wait up to `timeout`, then SIGKILL.
+
+    Returns its exit code. Used for the simulator and, by tests and benches, for agent processes.
+    """
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class SimProcess:
     """The simulator as a child process.
 
@@ -312,13 +327,7 @@ class SimProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
         if proc.stdout is not None:
             proc.stdout.close()
         return proc.returncode

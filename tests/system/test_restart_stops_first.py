@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from drivers.sim.client import SimProcess
+from drivers.sim.client import SimProcess, terminate
 from tests.system import moving_agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,9 +67,4 @@ def test_after_kill_9_the_new_agent_stops_the_driver_before_scanning(tmp_path: P
         assert {r["addr"] for r in sim.control.reads(since=stop_at)} >= {2, 4, 5}
         assert sim.control.registers(TRAVEL)[M1_ENABLE] == 0
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        terminate(agent, 15)
