@@ -57,7 +57,7 @@ class PollPlan:
     priority: Priority = Priority.TELEMETRY
     phase_s: float = 0.0
     service_period_s: float = 0.0
-    lead_s: float = 0.003  # how far ahead of the slave's service tick a phase-locked poll is sent
+    lead_s: float = 0.006  # how far ahead of the slave's service tick a phase-locked poll is sent
     # A locked background read (a slave's secondary blocks) never takes the tick next to another
     # background read's, so the slave's main poll keeps at least every other tick.
     background: bool = False
