@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from agent.config import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, load_config, resolve_path
-from drivers.errors import CodedError
+# Only the standard library at import time: `oht-agent run` hands over to the launcher before
+# the configuration's imports, so a restarted agent reaches its start-up stop sooner.
 
 DESCRIPTION = """\
 Edge agent for the OHT-50 overhead-hoist carriage: Modbus RTU bus master for the power,
 safety, travel-motor and dock modules, safety supervisor, durable command buffer, local API.
+Two processes: the core (bus, safety, control; no network) and the gateway (local API).
 """
 
-EPILOG = f"""\
-configuration: --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)}
+EPILOG = """\
+configuration: --config PATH, else $OHT_AGENT_CONFIG, else config/agent.toml
 
 examples:
   oht-agent config check --config /etc/oht-agent/agent.toml
-  oht-agent run --config /etc/oht-agent/agent.toml
+  oht-agent run --config /etc/oht-agent/agent.toml      (core and gateway, supervised)
+  oht-agent core --config /etc/oht-agent/agent.toml     (the oht-agent-core unit)
+  oht-agent gateway --config /etc/oht-agent/agent.toml  (the oht-agent-gateway unit)
   oht-agent sim --link /tmp/oht-sim/tty --control /tmp/oht-sim/ctl
   oht-agent demo
 """
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help=f"configuration file (default: ${CONFIG_ENV} or config/agent.toml)")
+    p.add_argument("--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    run = sub.add_parser("run", help="run the daemon", description="Run the agent until SIGTERM or Ctrl-C.")
-    _add_config(run)
+    sub.add_parser("run", help="run the core and the gateway, supervised (see `oht-agent run --help`)", add_help=False)
+    core = sub.add_parser(
+        "core", help="run the core process: bus, safety, control, store; no network",
+        description="Run the real-time core until SIGTERM: it owns the serial port, the watchdogs and the "
+                    "store's command tables, and listens only on its Unix socket ([core] socket) for the gateway.",
+    )
+    _add_config(core)
+    gateway = sub.add_parser(
+        "gateway", help="run the gateway process: the local HTTP API, connected to the core's socket",
+        description="Run the gateway until SIGTERM: HTTP/TLS, authentication, users, the status page, metrics "
+                    "and the stream. It has no access to the bus; it answers 503 CORE_UNAVAILABLE while the core is away.",
+    )
+    _add_config(gateway)
 
     sim = sub.add_parser(
         "sim",
@@ -69,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_config_check(path_arg: str | None) -> int:
+    from agent.config import load_config, resolve_path
+    from drivers.errors import CodedError
+
     path = resolve_path(path_arg)
     try:
         cfg = load_config(path)
@@ -84,23 +100,53 @@ def cmd_config_check(path_arg: str | None) -> int:
     return 0
 
 
-def cmd_run(path_arg: str | None) -> int:
+def _load(path_arg: str | None):  # type: ignore[no-untyped-def]
+    from agent.config import ConfigError, load_config, resolve_path
     from agent.logs import setup_logging
-    from agent.runtime import Runtime
 
-    path = resolve_path(path_arg)
     try:
-        cfg = load_config(path)
+        cfg = load_config(resolve_path(path_arg))
     except ConfigError as exc:
         print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
-        return 1
+        return None
     setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    return cfg
+
+
+def cmd_core(path_arg: str | None) -> int:
+    from drivers.errors import CodedError
+
+    cfg = _load(path_arg)
+    if cfg is None:
+        return 1
+    from agent.runtime import Runtime
+
     try:
         runtime = Runtime(cfg)
     except CodedError as exc:
         print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
         return 1
+    import asyncio
+
     asyncio.run(runtime.run())
+    return 0
+
+
+def cmd_gateway(path_arg: str | None) -> int:
+    from drivers.errors import CodedError
+
+    cfg = _load(path_arg)
+    if cfg is None:
+        return 1
+    from agent.gateway import Gateway
+
+    import asyncio
+
+    try:
+        asyncio.run(Gateway(cfg).run())
+    except CodedError as exc:
+        print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,9 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from drivers.sim.main import main as sim_main
 
         return sim_main(args_list[1:])
+    if args_list[:1] == ["run"]:
+        from agent.launcher import main as launch
+
+        return launch(args_list[1:])
     args = build_parser().parse_args(args_list)
-    if args.command == "run":
-        return cmd_run(args.config)
+    if args.command == "core":
+        return cmd_core(args.config)
+    if args.command == "gateway":
+        return cmd_gateway(args.config)
     if args.command == "config":
         return cmd_config_check(args.config)
     if args.command == "demo":

@@ -193,6 +193,20 @@ class ApiSection(_Section):
         return self
 
 
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+class CoreSection(_Section):
+    """The core process's Unix socket, through which the gateway reaches it (docs/core-protocol.md)."""
+
+    socket: str = ""  # empty: core.sock in the data directory; the units use /run/oht-agent/core.sock
+    gateway_user: str = ""  # the user the gateway runs as (besides the core's own user and root)
+    request_rate: Annotated[float, Field(ge=1, le=10000)] = 200.0  # gateway requests admitted per second
+    request_burst: Annotated[int, Field(ge=1, le=10000)] = 50
+    max_inflight: Annotated[int, Field(ge=1, le=1024)] = 32
+    view_interval_ms: Annotated[int, Field(ge=20, le=5000)] = 200  # status view sent at least this often
+
+
 class WatchdogSection(_Section):
     """Linux hardware watchdog; systemd's watchdog is configured in the unit (WatchdogSec)."""
 
@@ -231,6 +245,7 @@ class Config(_Section):
     safety: SafetyPolicy = Field(default_factory=SafetyPolicy)
     motion: MotionLimits = Field(default_factory=MotionLimits)
     safety_module: SafetyModuleSection = Field(default_factory=SafetyModuleSection)
+    core: CoreSection = Field(default_factory=CoreSection)
     watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
     estop_gpio: EstopGpioSection = Field(default_factory=EstopGpioSection)
     upstream: UpstreamSection = Field(default_factory=UpstreamSection)
@@ -239,6 +254,17 @@ class Config(_Section):
     @property
     def data_path(self) -> Path:
         return Path(self.agent.data_dir)
+
+    @property
+    def core_socket_path(self) -> Path:
+        return Path(self.core.socket) if self.core.socket else self.data_path / "core.sock"
+
+    @model_validator(mode="after")
+    def _socket_fits(self) -> Config:
+        path = str(self.core_socket_path)
+        if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+            raise ValueError(f"core socket path {path!r} is longer than {SOCKET_PATH_MAX} bytes; set [core] socket to a shorter path")
+        return self
 
     @property
     def profiles_path(self) -> Path:

@@ -1,12 +1,12 @@
-"""`make demo`: the simulator on a new pty and the agent polling it, until Ctrl-C.
+"""`make demo`: the simulator on a new pty and the agent (core and gateway) polling it, until Ctrl-C.
 
 Everything lives in one working directory (a new temporary one unless --dir is given): the pty
-link, the simulator's control socket, the generated agent.toml and the data directory.
+link, the simulator's control socket, the generated agent.toml, the data directory and the core's
+socket. The agent runs exactly as `oht-agent run` runs it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import shutil
 import socket
@@ -15,9 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent.config import load_config
-from agent.logs import setup_logging
-from agent.runtime import Runtime
+from agent.launcher import main as launch
 from drivers.sim.client import SimProcess
 
 DEMO_CONFIG = """\
@@ -65,10 +63,8 @@ def run_demo(directory: str | None) -> int:
     print("try, in another terminal:")
     print(f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\"")
     print("Ctrl-C stops both.\n")
-    setup_logging("info")
     try:
-        runtime = Runtime(load_config(config_path), health_log_s=5.0)
-        asyncio.run(runtime.run())
+        launch(["--config", str(config_path)])
     except KeyboardInterrupt:
         pass
     finally:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
+from agent.supervision import freeze_startup_heap
 from agent.safety.estop_input import EstopChannels
 from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
@@ -34,8 +36,8 @@ from drivers.profiles import Profile, load_profiles
 from drivers.snapshots import Quality, SnapshotBoard
 
 if TYPE_CHECKING:
-    from agent.api.server import ApiServer
     from agent.control.controller import Controller
+    from agent.link.server import CoreServer
     from agent.store.database import Database
 
 log = logging.getLogger("oht.runtime")
@@ -44,30 +46,24 @@ log = logging.getLogger("oht.runtime")
 ROLE_PHASE_S = {"safety": 0.0, "travel": 0.013, "power": 0.029, "dock": 0.041}
 
 
-def freeze_startup_heap() -> None:
-    """Leave what start-up built (profiles, app, routes, models) out of every later collection.
-
-    The control loop and the bus share the event loop with everything else; a full collection
-    walks every tracked object and stops the loop meanwhile. Start-up objects live as long as the
-    process, so scanning them again and again finds nothing and, on a large heap, costs a stall
-    long enough to miss a safety poll. Objects made later are collected as usual. (No collection
-    first: it would be the very stall this avoids, while the modules are already being polled.)
-    """
-    gc.freeze()
-    log.debug("%d start-up objects left out of garbage collection", gc.get_freeze_count())
-
-
 def import_controller() -> None:
     """Load the controller (state machine, executor) and the store: called in a worker thread."""
     import agent.control.controller  # noqa: F401
+    import agent.link.server  # noqa: F401
     import agent.store.database  # noqa: F401
 
 
-def import_api() -> None:
-    """Load the API modules (FastAPI, pydantic models, uvicorn): called in a worker thread."""
-    import agent.api.app  # noqa: F401
-    import agent.api.server  # noqa: F401
-    import agent.api.settings  # noqa: F401
+def allowed_uids(gateway_user: str) -> set[int]:
+    """Who may connect to the core socket: this process's user, root, and the gateway's user."""
+    import pwd
+
+    uids = {os.getuid(), 0}
+    if gateway_user:
+        try:
+            uids.add(pwd.getpwnam(gateway_user).pw_uid)
+        except KeyError:
+            log.error("[core] gateway_user %r does not exist: only uids %s may connect", gateway_user, sorted(uids))
+    return uids
 
 
 class Runtime:
@@ -96,11 +92,10 @@ class Runtime:
         self.db: Database | None = None
         self.controller: Controller | None = None
         self.notifier = SdNotifier()
-        self.api: ApiServer | None = None
+        self.link: CoreServer | None = None
         self.estop_channels: EstopChannels | None = None
         self.gpio: GpioInputs | None = None
         self._stop = asyncio.Event()
-        self._api_import: asyncio.Task[None] | None = None
         self.stop_path = StopPath.from_policy(self.master, config.safety)
         self._tasks: list[asyncio.Task[Any]] = []
         self._reported: set[str] = set()
@@ -138,17 +133,20 @@ class Runtime:
         assert self.controller is not None
         if initial_stop is not None:
             self.controller.adopt_initial_stop(initial_stop)
-        self._api_import = asyncio.create_task(asyncio.to_thread(import_api), name="api-import")
         report = await self.db.start()
         if report.interrupted_commands:
             log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
                         report.interrupted_commands)
+        # Motion never resumes by itself: a move queued before the core stopped is not started by
+        # the next core (other queued commands still run, once).
+        await self.controller.withdraw_queued_motion()
         # Distances are judged for the sensors the module must have on, not for what it reports.
         self.controller.supervisor.judged_sensors = cfg.safety_module.enabled_sensors()
         if report.corrupt_moved_to is not None:
             # Latched until a technician has looked: the old file is kept for analysis.
             self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
         await self.controller.start()
+        await self._serve_link()
         self._open_gpio()
         self._tasks = [
             asyncio.create_task(self._discovery_loop(), name="discovery"),
@@ -234,24 +232,18 @@ class Runtime:
         if self.controller is not None:
             self.controller.supervisor.evaluate()
 
-    async def start_api(self) -> None:
-        """Serve the local API (after the first discovery round, so the status explains what is missing)."""
-        if self.api is not None or self.controller is None or self.db is None:
-            return
-        cfg = self.config
-        if self._api_import is not None:
-            await self._api_import  # started with the start-up stop (see start())
-        from agent.api.app import create_app
-        from agent.api.server import ApiServer
-        from agent.api.settings import ApiSettings
+    async def _serve_link(self) -> None:
+        """Listen for the gateway on the core socket (the core's only socket besides the bus and sd_notify)."""
+        from agent.link.server import CoreServer
 
-        app = create_app(self.controller, self.db, ApiSettings.from_config(cfg))
-        server = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
-        await server.start()
-        self.api = server
-        self.controller.tasks.watch(server.task, "api-server")
-        extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
-        log.info("API serving on %s%s", self.api.url, extra)
+        assert self.controller is not None
+        cfg = self.config.core
+        self.link = CoreServer(
+            self.controller, self.config.core_socket_path, allowed_uids=allowed_uids(cfg.gateway_user),
+            rate=cfg.request_rate, burst=cfg.request_burst, max_inflight=cfg.max_inflight,
+            view_interval_s=cfg.view_interval_ms / 1000,
+        )
+        await self.link.start()
 
     async def shutdown(self) -> StopOutcome | None:
         """Stop the carriage and every task, close the bus and the database; returns the final stop."""
@@ -265,8 +257,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self.api is not None:
-            await self.api.stop()
+        if self.link is not None:
+            await self.link.stop()
         if self.gpio is not None:
             self.gpio.close()
         if self.safety_config is not None:
@@ -322,15 +314,9 @@ class Runtime:
                 # The travel driver first: its outputs go to the safe state before anything else.
                 for role, binding in sorted(report.bindings.items(), key=lambda rb: rb[0] != "travel"):
                     self._bind(binding)
-                first = False
-            if self.api is None:
-                try:
-                    await self.start_api()
-                except (CodedError, OSError) as exc:
-                    self.api = None
-                    log.error("API not serving: %s (retrying)", exc)
-                else:
+                if first:
                     freeze_startup_heap()
+                first = False
             await asyncio.sleep(self.config.bus.rediscover_s)
 
     async def _wait_port(self) -> None:
@@ -427,19 +413,13 @@ class Runtime:
             log.info("module at address %s answers again", info.get("address"))
 
     def health(self) -> dict[str, Any]:
+        """Port, bus and per-module link figures for the periodic health line (same builder as the status)."""
+        from agent.control.status_view import module_summary
+
         now = time.monotonic()
         stats = self.master.stats_dict()
-        modules = {}
-        for role, poller in self.pollers.items():
-            snap = poller.snapshot
-            modules[role] = {
-                "address": poller.binding.address,
-                "profile": poller.binding.profile.name,
-                "quality": poller.fast_quality(now).value,
-                "online": snap.online,
-                "last_error": snap.last_error,
-                **self.master.link_summary(poller.binding.address),
-            }
+        modules = {role: module_summary(self, poller, fresh=poller.fast_quality(now) is Quality.FRESH)
+                   for role, poller in self.pollers.items()}
         return {"port_up": stats["port_up"], "bus": stats["bus"], "modules": modules}
 
     async def _health_loop(self) -> None:

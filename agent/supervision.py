@@ -15,6 +15,7 @@ deaths.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -86,3 +87,16 @@ class TaskSupervisor:
             self._on_death(name, why)
         except Exception:  # noqa: BLE001 - the death is recorded whatever the reaction does
             log.exception("reaction to the death of task %s failed", name)
+
+
+def freeze_startup_heap() -> None:
+    """Leave what start-up built (profiles, app, routes, models) out of every later collection.
+
+    A full collection walks every tracked object and stops the event loop meanwhile (in the core:
+    the control loop and the bus). Start-up objects live as long as the
+    process, so scanning them again and again finds nothing and, on a large heap, costs a stall
+    long enough to miss a safety poll. Objects made later are collected as usual. (No collection
+    first: it would be the very stall this avoids, while the modules are already being polled.)
+    """
+    gc.freeze()
+    log.debug("%d start-up objects left out of garbage collection", gc.get_freeze_count())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -117,6 +118,20 @@ async def agent_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield start
     for rt in runtimes:
         await rt.shutdown()
+
+
+@asynccontextmanager
+async def gateway_for(rt):  # type: ignore[no-untyped-def]
+    """The real gateway (API) in this event loop, joined to the runtime `rt` over the core socket."""
+    from agent.gateway import Gateway
+
+    gw = Gateway(rt.config)
+    await gw.start()
+    try:
+        await asyncio.wait_for(gw.client.connected.wait(), 10)
+        yield gw
+    finally:
+        await gw.shutdown()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -60,6 +60,19 @@ def audit_target(request: Request, target: str) -> None:
     request.state.audit_target = target
 
 
+def core_audit(request: Request, principal: Principal) -> AuditEntry:
+    """The audit row for a change the core makes: it writes the row after the change, in its own
+    process, so a gateway that dies after the change leaves no change without its record. Call
+    `mark_audited` once the core has answered; the middleware then writes no second row."""
+    from agent.api.middleware import audit_entry
+
+    return audit_entry(request.scope, request.scope["state"].get("body", b""), principal)
+
+
+def mark_audited(request: Request) -> None:
+    call_context(request).audited = True
+
+
 def bearer(conn: HTTPConnection) -> str | None:
     """The value of `Authorization: Bearer <value>`; AuthInvalid for another scheme."""
     header = conn.headers.get("authorization")

@@ -112,6 +112,7 @@ class ApiMiddleware:
         try:
             try:
                 body = await self._read_body(scope, receive)
+                state["body"] = body
             except _TooLarge:
                 state["error_code"] = "REQUEST_TOO_LARGE"
                 limit = self.api.settings.max_body_bytes
@@ -199,17 +200,7 @@ class ApiMiddleware:
         principal = state.get("principal")
         result = "ok" if status < 400 else "denied" if status in (401, 403, 429) else "error"
         code = state.get("error_code") if status >= 400 else None
-        entry = AuditEntry(
-            actor=principal.actor if isinstance(principal, Principal) else "anonymous",
-            auth_method=principal.method if isinstance(principal, Principal) else "none",
-            action=_action(scope),
-            result=result,
-            code=code,
-            target=state.get("audit_target") or _target(scope),
-            source_ip=call.source_ip,
-            params_digest=_digest(scope, body),
-            request_id=call.request_id,
-        )
+        entry = audit_entry(scope, body, principal, result=result, code=code)
         api = self.api
         try:
             if isinstance(principal, Principal):
@@ -218,6 +209,24 @@ class ApiMiddleware:
                 await write_anonymous(api.db, api.auth.audit_gate, entry)
         except Exception:  # noqa: BLE001 - the answer still goes out; the failure is logged
             log.exception("could not write the audit row of request %s", call.request_id)
+
+
+def audit_entry(scope: Scope, body: bytes, principal: Any, *, result: str = "ok", code: str | None = None) -> AuditEntry:
+    """The audit row of this request: the middleware's own, or the one a route hands to the core
+    so that the change and its record are written by the process that makes the change."""
+    state: MutableMapping[str, Any] = scope["state"]
+    call: CallContext = state["call"]
+    return AuditEntry(
+        actor=principal.actor if isinstance(principal, Principal) else "anonymous",
+        auth_method=principal.method if isinstance(principal, Principal) else "none",
+        action=_action(scope),
+        result=result,
+        code=code,
+        target=state.get("audit_target") or _target(scope),
+        source_ip=call.source_ip,
+        params_digest=_digest(scope, body),
+        request_id=call.request_id,
+    )
 
 
 def _route(scope: Scope) -> str:

@@ -8,6 +8,7 @@ implements `AgentCore` for the API and sync. Transitions are committed together 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -22,9 +23,9 @@ from agent.control.output_monitor import OutputMonitor
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.params import MOTION_TYPES, OUT_OF_BAND, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
+from agent.control.status_view import LagWindow, ModuleNotFound, ModuleView, StatusDocument, module_view, status_document
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
-from agent.logs import dropped_lines
 from agent.safety.estop_input import EstopInputState
 from agent.safety.faults import Level
 from agent.safety.policy import SafetyPolicy
@@ -32,6 +33,7 @@ from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.supervisor import RoleLiveness, Supervisor, Verdict
 from agent.store import commands as cmd_store
 from agent.store import outbox
+from agent.store.audit import AuditEntry, append_in
 from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
 from agent.store.errors import CommandNotFound, CommandStateError
@@ -50,9 +52,7 @@ LOOP_PERIOD_S = 0.02
 MOTION_WINDOW_S = 0.5  # a running motion command that does not refresh within this is stopped
 
 
-class NotFound(CodedError):
-    code = "MODULE_NOT_FOUND"
-    hint = "use a role name: power, safety, travel, dock"
+NotFound = ModuleNotFound  # the name the API's tests and routes know
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -108,6 +108,7 @@ class Controller:
         self._deadman_last = 0.0
         self._deadman_task: asyncio.Task[Any] | None = None
         self._last_tick = time.monotonic()
+        self.loop_lag = LagWindow(LOOP_PERIOD_S)
         self.watchdog_pings = 0
         self._last_ping = 0.0
         self.ready_notified = False  # READY=1 delivered to systemd (or no systemd to tell)
@@ -184,7 +185,7 @@ class Controller:
         return RoleLiveness(poller.snapshot, poller.bound_at, poller.interval_s, poller.binding.profile.turnaround_ms / 1000,
                             poller.interval_since)
 
-    def _fresh(self, role: str, now: float) -> bool:
+    def fresh(self, role: str, now: float) -> bool:
         poller = self.hw.pollers.get(role)
         return poller is not None and poller.fast_quality(now) is Quality.FRESH
 
@@ -195,7 +196,7 @@ class Controller:
             self.supervisor.verdict,
             comms_ok=comms and self.hw.master.port_up,
             # A safety module whose configuration is not verified may have its sensors off.
-            sensors_ok=all(self._fresh(r, now) for r in self.mandatory) and self.hw.safety_config_verified(),
+            sensors_ok=all(self.fresh(r, now) for r in self.mandatory) and self.hw.safety_config_verified(),
             location_ok=self.plant.value("travel", "M1_POSITION_CURRENT") is not None,
             target_valid=target_valid,
         )
@@ -215,6 +216,7 @@ class Controller:
             lag = now - next_tick
             if lag > 0.5:
                 next_tick = now  # do not try to catch up a long stall tick by tick
+            self.loop_lag.add(lag)
             try:
                 self._tick(now, lag)
             except Exception:
@@ -468,6 +470,18 @@ class Controller:
                 "readback": {"M1_ENABLE": 0, "M1_COMMAND_SPEED": 0, "M1_ACTUAL_SPEED": 0,
                              "M2_ENABLE": 0, "M2_COMMAND_SPEED": 0, "M2_ACTUAL_SPEED": 0} if outcome.confirmed else {}}
 
+    async def withdraw_queued_motion(self) -> None:
+        """At start: motion commands still queued from before are expired (MOTION_WITHDRAWN), never run."""
+        try:
+            withdrawn = await self.commands.withdraw_queued(MOTION_TYPES, "MOTION_WITHDRAWN",
+                                                            "queued before the agent restarted: motion never resumes by itself")
+        except CodedError as exc:
+            log.error("could not withdraw the motion commands queued before the restart: %s", exc)
+            return
+        if withdrawn:
+            log.warning("%d motion command(s) queued before the restart withdrawn, not run: %s",
+                        len(withdrawn), ", ".join(r.id for r in withdrawn))
+
     async def finish_command(self, record: CommandRecord, outcome: Outcome) -> None:
         try:
             await self.commands.finish(record.id, outcome.state, outcome.result, outcome.error_code, outcome.error_message)
@@ -490,72 +504,32 @@ class Controller:
     def ready(self) -> tuple[bool, list[str]]:
         ok, reasons = self._ready_check()
         reasons = list(reasons)
+        if not self.alive():
+            reasons.append(f"core not alive: {self.not_alive_because()}")
         if not self.db.healthy:
             reasons.append("database is not writable")
         if not self.safe_outputs_confirmed:
             reasons.append("travel outputs not yet confirmed safe")
         return (ok and not reasons, reasons)
 
-    def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        ready, reasons = self.ready()
-        master = self.hw.master
-        modules = {}
-        for role, poller in self.hw.pollers.items():
-            address = poller.binding.address
-            modules[role] = {
-                "address": address,
-                "profile": poller.binding.profile.name,
-                "quality": "fresh" if self._fresh(role, now) else "stale",
-                "online": master.is_online(address),
-                "last_error": poller.snapshot.last_error,
-                **master.link_summary(address),
-            }
-        current = self.executor.current
-        last = self.stop_path.last
-        return {
-            "agent_id": self.agent_id,
-            "state": self.sm.state.value,
-            "state_since": utc_iso(self._state_since_wall),
-            "verdict": self.supervisor.verdict.as_dict(),
-            "ready": ready,
-            "ready_reasons": reasons,
-            "bus": master.bus_summary(),
-            "modules": modules,
-            "command": None if current is None else {"id": current.id, "type": current.type},
-            "last_stop": None if last is None else {"reason": last.reason, "confirmed": last.confirmed,
-                                                    "confirm_ms": last.confirm_ms, "error": last.error},
-            "store": self.db.health(),
-            "logs": {"dropped_lines": dropped_lines()},
-            "uptime_s": round(now - self.started_at, 1),
-        }
+    def status(self) -> StatusDocument:
+        return status_document(self)
 
-    def modules(self) -> list[dict[str, Any]]:
+    def state_since_iso(self) -> str:
+        return utc_iso(self._state_since_wall)
+
+    def modules(self) -> list[ModuleView]:
         return [self.module(role) for role in sorted(self.hw.pollers)]
 
-    def module(self, name: str) -> dict[str, Any]:
+    def module(self, name: str) -> ModuleView:
         poller = self.hw.pollers.get(name)
         if poller is None:
             raise NotFound(f"no module bound for role {name!r}")
-        now = time.monotonic()
-        profile = poller.binding.profile
-        snap = poller.snapshot
-        identity = {n: snap.value(n) for n in ("DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "HARDWARE_VERSION",
-                                               "SYSTEM_STATUS", "SYSTEM_ERROR") if snap.value(n) is not None}
-        values = {}
-        for reg in profile.registers:
-            reading = snap.readings.get(reg.name)
-            if reading is None:
-                continue
-            values[reg.name] = {"value": reading.value, "unit": reg.unit, "age_ms": round((now - reading.at) * 1000, 1),
-                                "quality": snap.quality(reg.name, now).value}
-        return {"role": name, "address": poller.binding.address, "profile": profile.name,
-                "description": profile.description, "read_only": profile.read_only, "identity": identity,
-                "online": self.hw.master.is_online(poller.binding.address), "values": values}
+        return module_view(self.hw, name, poller)
 
     async def submit_command(
         self, *, source: str, idempotency_key: str, type: str, params: dict[str, Any],  # noqa: A002
-        user: str | None, priority: int = 5, not_after: datetime | None = None,
+        user: str | None, priority: int = 5, not_after: datetime | None = None, audit: AuditEntry | None = None,
     ) -> SubmitResult:
         clean = validate_params(type, params)
         not_after = self._deadline_for(type, not_after)
@@ -570,6 +544,7 @@ class Controller:
                 asyncio.get_running_loop().create_task(self.run_out_of_band(record))
             else:
                 self.executor.wake()
+        await self._audit(audit, target=record.id)
         return SubmitResult(record, created)
 
     def _deadline_for(self, type_: str, not_after: datetime | None) -> datetime | None:
@@ -616,7 +591,12 @@ class Controller:
     async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]:
         return await self.commands.list(state=state, limit=limit)
 
-    async def cancel_command(self, command_id: str, *, user: str | None) -> CommandRecord:
+    async def cancel_command(self, command_id: str, *, user: str | None, audit: AuditEntry | None = None) -> CommandRecord:
+        record = await self._cancel(command_id, user)
+        await self._audit(audit)
+        return record
+
+    async def _cancel(self, command_id: str, user: str | None) -> CommandRecord:
         current = self.executor.current
         if current is not None and current.id == command_id:
             sig = self.executor.signals
@@ -629,14 +609,32 @@ class Controller:
             raise CommandStateError(f"command {command_id} did not stop within 3 s", code="COMMAND_NOT_CANCELLABLE")
         return await self.commands.cancel(command_id)
 
-    async def estop(self, *, source: str, user: str | None, reason: str = "") -> EstopResult:
+    def begin_estop(self, *, source: str, user: str | None, reason: str = "") -> asyncio.Task[StopOutcome] | None:
+        """The E-stop's first step, synchronous: the stop frame is queued before this returns.
+
+        None when no travel driver is bound (nothing to stop on the bus)."""
         who = user or source
         self.supervisor.record_event("ESTOP_REQUESTED", f"E-stop requested by {who}" + (f": {reason}" if reason else ""))
         self._apply_internal(Event.ESTOP_TRIGGERED, f"E-stop requested by {who}")
         if not self.stop_path.bound:
+            return None
+        return self.stop_path.request(f"E-stop by {who}")
+
+    async def estop(self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None) -> EstopResult:
+        return await self.confirm_estop(self.begin_estop(source=source, user=user, reason=reason), audit=audit)
+
+    async def confirm_estop(self, task: asyncio.Task[StopOutcome] | None, *, audit: AuditEntry | None = None) -> EstopResult:
+        """Wait for the stop begun by `begin_estop` to be read back, then write its audit row."""
+        result = await self._estop_outcome(task)
+        if audit is not None and not result.confirmed:
+            audit = dataclasses.replace(audit, result="error", code="ESTOP_NOT_CONFIRMED")
+        await self._audit(audit)
+        return result
+
+    async def _estop_outcome(self, task: asyncio.Task[StopOutcome] | None) -> EstopResult:
+        if task is None:
             return EstopResult(False, None, {"code": "ESTOP_NOT_CONFIRMED", "message": "no travel driver is bound",
                                              "hint": "use the hardware E-stop; the travel module is not reachable"})
-        task = self.stop_path.request(f"E-stop by {who}")
         try:
             outcome = await asyncio.wait_for(asyncio.shield(task), self.policy.stop_confirm_timeout_ms / 1000)
         except asyncio.TimeoutError:
@@ -648,7 +646,25 @@ class Controller:
                                              "hint": "use the hardware E-stop now; then check the travel driver and the RS485 link"})
         return EstopResult(True, outcome.confirm_ms, None)
 
-    async def reset(self, *, user: str) -> ResetResult:
+    async def _audit(self, entry: AuditEntry | None, *, target: str | None = None) -> None:
+        """Write the audit row of a change the gateway asked for, after the change (never before a stop)."""
+        if entry is None:
+            return
+        if target is not None:
+            entry = dataclasses.replace(entry, target=target)
+        try:
+            await self.db.write(lambda conn: append_in(conn, entry))
+        except Exception:  # noqa: BLE001 - the change stands; the failure is logged with its request id
+            log.exception("could not write the audit row of request %s", entry.request_id)
+
+    async def reset(self, *, user: str, audit: AuditEntry | None = None) -> ResetResult:
+        result = await self._reset(user)
+        if audit is not None and not result.complete:
+            audit = dataclasses.replace(audit, result="error", code="RESET_INCOMPLETE")
+        await self._audit(audit)
+        return result
+
+    async def _reset(self, user: str) -> ResetResult:
         """Clear latched faults whose cause is gone; the safety module's latch is written back last.
 
         Before it leaves a stop state, a fresh stop is written and read back (never a cached
@@ -709,6 +725,10 @@ class Controller:
     def remove_status_listener(self, listener: StatusListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def notify_status_changes(self) -> None:
+        """Tell the listeners now if the status changed since they last heard (not at the next tick)."""
+        self._maybe_notify_status(self.supervisor.verdict)
 
     def _maybe_notify_status(self, verdict: Verdict) -> None:
         key = (self.sm.state, verdict.level, tuple(f.code for f in verdict.faults), self.executor.current and self.executor.current.id)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from agent.control.status_view import ModuleView, StatusDocument
+from agent.store.audit import AuditEntry
 from agent.store.commands import CommandRecord
 
 
@@ -39,20 +41,20 @@ class SubmitResult:
     created: bool  # False: the idempotency key was seen before; `record` is the first one
 
 
-StatusListener = Callable[[dict[str, Any]], None]
+StatusListener = Callable[[StatusDocument], None]
 
 
 class AgentCore(Protocol):
     agent_id: str
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDocument:
         """{state, since, verdict: {level, speed_factor, estop_input, faults: [...]}, ready, ready_reasons,
         bus: {port, port_up, ...}, modules: {role: {address, profile, quality, online, last_error, ...}}}"""
 
-    def modules(self) -> list[dict[str, Any]]:
+    def modules(self) -> list[ModuleView]:
         """One entry per bound module: role, address, profile, identity, health."""
 
-    def module(self, name: str) -> dict[str, Any]:
+    def module(self, name: str) -> ModuleView:
         """Identity, profile and decoded live values with their age; raises NotFound (code MODULE_NOT_FOUND)."""
 
     def ready(self) -> tuple[bool, list[str]]: ...
@@ -72,17 +74,20 @@ class AgentCore(Protocol):
         user: str | None,
         priority: int = 5,
         not_after: datetime | None = None,
-    ) -> SubmitResult: ...
+        audit: AuditEntry | None = None,
+    ) -> SubmitResult:
+        """Commit the command; with `audit`, its audit row follows in the same process."""
 
     async def get_command(self, command_id: str) -> CommandRecord: ...
 
     async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]: ...
 
-    async def cancel_command(self, command_id: str, *, user: str | None) -> CommandRecord: ...
+    async def cancel_command(self, command_id: str, *, user: str | None, audit: AuditEntry | None = None) -> CommandRecord: ...
 
-    async def estop(self, *, source: str, user: str | None, reason: str = "") -> EstopResult: ...
+    async def estop(self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None) -> EstopResult:
+        """The stop is queued before anything else happens; the audit row follows the confirmation."""
 
-    async def reset(self, *, user: str) -> ResetResult: ...
+    async def reset(self, *, user: str, audit: AuditEntry | None = None) -> ResetResult: ...
 
     def add_status_listener(self, listener: StatusListener) -> None: ...
 
@@ -103,4 +108,5 @@ ERROR_STATUS: dict[str, int] = {
     "STORE_": 503,
     "BUS_": 503,
     "ESTOP_NOT_CONFIRMED": 503,
+    "CORE_": 503,
 }

@@ -360,6 +360,23 @@ async def _expire(conn: aiosqlite.Connection, record: CommandRecord, at: str) ->
     )
 
 
+async def withdraw_queued_in(
+    conn: aiosqlite.Connection, types: frozenset[str], code: str, message: str, now: datetime | None = None
+) -> list[CommandRecord]:
+    """Every queued command of `types` becomes expired with `code` (with outbox rows): never run."""
+    at = _now(now)
+    marks = ",".join("?" * len(types))
+    rows = await conn.execute_fetchall(
+        f"SELECT * FROM commands WHERE state = 'queued' AND type IN ({marks}) ORDER BY seq", tuple(sorted(types))
+    )
+    out = []
+    for row in rows:
+        record = CommandRecord.from_row(row)
+        out.append(await _change(conn, record, "expired", {"updated_at": at, "finished_at": at,
+                                                             "error_code": code, "error_message": message}))
+    return out
+
+
 async def finish_in(
     conn: aiosqlite.Connection,
     command_id: str,
@@ -493,6 +510,9 @@ class Commands:
             return CommandRecord.from_row(rows[0]) if rows else None
 
         return await self._db.read(fn)
+
+    async def withdraw_queued(self, types: frozenset[str], code: str, message: str) -> list[CommandRecord]:
+        return await self._db.write(lambda conn: withdraw_queued_in(conn, types, code, message))
 
     async def expire_due(self, now: datetime | None = None) -> list[CommandRecord]:
         return await self._db.write(lambda conn: expire_due_in(conn, now))

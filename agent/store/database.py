@@ -40,7 +40,7 @@ from agent.store.errors import (
     sqlite_primary_code,
 )
 from agent.store.lock import DataDirLock
-from agent.store.migrations import migrate
+from agent.store.migrations import LATEST_VERSION, check_identity, migrate, read_identity
 from agent.store.pipeline import Pipelined, enqueue, settle
 from agent.store.writer import GroupWriter, Unit
 
@@ -92,6 +92,7 @@ class Database:
         unit_timeout: float = 10.0,
         start_timeout: float = 300.0,
         close_timeout: float = 10.0,
+        attach: bool = False,
     ) -> None:
         if queue_size < 1 or readers < 1 or max_batch < 1:
             raise ValueError("queue_size, max_batch and readers must be at least 1")
@@ -107,6 +108,9 @@ class Database:
         self._unit_timeout = unit_timeout
         self._start_timeout = start_timeout
         self._close_timeout = close_timeout
+        # Attached: a second process (the gateway, or the CLI while the daemon runs) on the database
+        # the core opened: no lock, no integrity check or migration, the schema must be current.
+        self._attach = attach
         self._lock = DataDirLock(self.data_dir)
         self._writer_conn: aiosqlite.Connection | None = None
         self._writer: GroupWriter | None = None
@@ -135,7 +139,8 @@ class Database:
         """
         if self._running:
             raise StoreError("database already started", code="STORE_ALREADY_STARTED")
-        self._lock.acquire()
+        if not self._attach:
+            self._lock.acquire()
         try:
             async with asyncio.timeout(self._start_timeout):
                 report = await self._start()
@@ -152,10 +157,24 @@ class Database:
         return report
 
     async def _start(self) -> StartupReport:
-        moved = await self._check_or_move_aside()
+        moved = None if self._attach else await self._check_or_move_aside()
+        if self._attach and not self.path.exists():
+            raise StoreUnavailable(f"{self.path} does not exist yet", code="STORE_NOT_CREATED",
+                                   hint="the core creates the database when it starts; start oht-agent-core first")
         self._writer_conn = conn = await self._connect(writer=True)
         try:
-            before, version = await migrate(conn)
+            if self._attach:
+                app_id, before, objects = await read_identity(conn)
+                check_identity(app_id, before, objects, what=str(self.path))
+                if before != LATEST_VERSION:
+                    raise StoreUnavailable(
+                        f"{self.path} has schema version {before}; this release needs {LATEST_VERSION}",
+                        code="STORE_SCHEMA_PENDING",
+                        hint="the core migrates the database when it starts; wait for it, or start it",
+                    )
+                version = before
+            else:
+                before, version = await migrate(conn)
         except sqlite3.Error as exc:
             raise map_sqlite_error(exc) from exc
         for _ in range(self._n_readers):
@@ -173,6 +192,8 @@ class Database:
         self._writer.start()
         self._running = True
         interrupted = 0
+        if self._attach:
+            return StartupReport(corrupt_moved_to=None, schema_version=version, interrupted_commands=0, migrated_from=before)
 
         async def first_write(conn: aiosqlite.Connection) -> int:
             # A real write (the same version again) finds a read-only file or a full disk now,
@@ -211,7 +232,8 @@ class Database:
                 await asyncio.wait_for(conn.close(), self._close_timeout)
             except Exception as exc:  # noqa: BLE001 - closing is best effort, keep going
                 log.warning("closing a database connection failed: %s", exc)
-        self._lock.release()
+        if not self._attach:
+            self._lock.release()
 
     async def __aenter__(self) -> Database:
         if not self._running:

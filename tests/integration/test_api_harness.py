@@ -1,7 +1,8 @@
-"""Shared set-up for the API tests: the real runtime against the simulator, serving the API.
+"""Shared set-up for the API tests: the real core against the simulator, and the real gateway.
 
-The agent runs in a thread with its own event loop (as in the daemon: one loop for bus,
-controller, store and API); tests talk to it over real HTTP on 127.0.0.1 with httpx, and reach
+The core (`Runtime`) and the gateway (`Gateway`: the API, joined to the core by its Unix socket
+exactly as in the daemon) run in a thread with its own event loop; in the daemon they are two
+processes, which the system tests cover. Tests talk to it over real HTTP on 127.0.0.1 with httpx, and reach
 into it only to arrange what has no API (e.g. a session that is already expired), through
 `Agent.run(coro)` on the agent's own loop. There is no mock of the robot: the simulator is a
 separate process on a real pty.
@@ -29,6 +30,7 @@ from agent.api.context import ApiContext
 from agent.auth import tokens
 from agent.auth.principal import CallContext, cli_principal
 from agent.config import validate_config
+from agent.gateway import Gateway
 from agent.runtime import Runtime
 from agent.store import sessions as sessions_store
 from agent.store import users as users_store
@@ -46,13 +48,14 @@ def free_port() -> int:
 
 
 class Agent:
-    """The `Runtime` (which serves the API on 127.0.0.1) in a thread with its own loop."""
+    """The core (`Runtime`) and the gateway serving the API on 127.0.0.1, in a thread with its own loop."""
 
     def __init__(self, tmp: Path, link: str) -> None:
         self.data = tmp / "data"
         self.link = link
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime: Runtime | None = None
+        self.gateway: Gateway | None = None
         self.server: ApiServer | None = None
         self.app: Any = None
         self._thread: threading.Thread | None = None
@@ -101,18 +104,17 @@ class Agent:
         )
         self.runtime = Runtime(cfg)
         await self.runtime.start()
-        # The runtime serves the API itself once the first discovery round is done.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while self.runtime.api is None:
-            if loop.time() > deadline:
-                raise RuntimeError("the runtime did not start its API within 20 s")
-            await asyncio.sleep(0.05)
-        self.server = self.runtime.api
+        self.gateway = Gateway(cfg)
+        await self.gateway.start()
+        assert self.gateway.client is not None and self.gateway.api is not None
+        await asyncio.wait_for(self.gateway.client.connected.wait(), 20)
+        self.server = self.gateway.api
         self.app = self.server.app
         self.url = self.server.url
 
     async def _stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.shutdown()
         if self.runtime is not None:
             await self.runtime.shutdown()
 

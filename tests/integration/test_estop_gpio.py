@@ -23,7 +23,7 @@ async def test_unreadable_input_holds_the_estop(sim: SimProcess, agent_factory) 
 async def test_input_edges_drive_estop_discrepancy_and_reset(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link, extra=GPIO, wait_state=None)
     assert await wait_for(lambda: rt.controller.sm.state.value == "ESTOP", 10.0)
-    assert await wait_for(lambda: "safety" in rt.pollers and rt.controller._fresh("safety", time.monotonic()), 10.0)
+    assert await wait_for(lambda: "safety" in rt.pollers and rt.controller.fresh("safety", time.monotonic()), 10.0)
     rt._on_gpio((False, False), time.monotonic())  # what the line request's edge callback delivers
     await asyncio.sleep(0.2)
     result = await rt.controller.reset(user="tech")

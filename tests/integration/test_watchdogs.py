@@ -16,7 +16,7 @@ import pytest
 from drivers.sim.client import SimProcess
 from drivers.watchdog import HardwareWatchdog
 
-from tests.conftest import wait_for
+from tests.conftest import gateway_for, wait_for
 from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, SAFETY, TRAVEL, outputs, start_moving
 
 
@@ -91,7 +91,7 @@ async def frames_received(sim: SimProcess, address: int) -> int:
 @pytest.mark.timeout(30)  # before the fix the whole event loop froze in sendto, this test with it
 async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: SimProcess, agent_factory, deaf_systemd) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
-    assert await wait_for(lambda: rt.api is not None, 5.0)
+    assert await wait_for(lambda: rt.link is not None, 5.0)
     notifier = rt.controller.notifier
     assert await wait_for(lambda: notifier.dropped >= 5, 5.0), "the queue never filled: the test proves nothing"
     # The socket stays full from here on. For two seconds the loop must go on as usual.
@@ -106,7 +106,7 @@ async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: Si
     assert worst_lateness < 0.4, f"the event loop stalled for {worst_lateness * 1000:.0f} ms"
     assert notifier.dropped - dropped_before >= 10, "the control loop stopped feeding (and so ticking)"
     assert await frames_received(sim, SAFETY) - polled_before >= 10, "the bus stopped polling the safety module"
-    async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
+    async with gateway_for(rt) as gw, httpx.AsyncClient(base_url=gw.api.url, timeout=5.0) as client:
         answer = await client.get("/healthz")
     assert answer.status_code == 200, answer.text
     assert not rt.controller.supervisor.verdict.has("LOOP_STALL")
@@ -216,7 +216,7 @@ async def supervised_agent(sim: SimProcess, agent_factory, tmp_path: Path):  # t
     device = tmp_path / "watchdog-device"
     device.write_bytes(b"")
     rt = await agent_factory(sim.link, extra=f'[watchdog]\ndevice = "{device}"\ntimeout_s = 5\n')
-    assert await wait_for(lambda: rt.api is not None, 5.0)
+    assert await wait_for(lambda: rt.link is not None, 5.0)
     return rt, device
 
 
@@ -259,10 +259,11 @@ async def test_a_dead_executor_starves_both_watchdogs_latches_task_died_and_stop
     # The trip went to the bus: the travel driver got a stop write after the death.
     stops = [w for w in sim.control.writes(TRAVEL, since=died_at) if w["address"] == M1_ENABLE and w["values"][0] == 0]
     assert stops, "no stop was written to the travel driver"
-    async with httpx.AsyncClient(base_url=rt.api.url, timeout=5.0) as client:
-        answer = await client.get("/healthz")
-    assert answer.status_code == 503 and answer.json()["code"] == "NOT_ALIVE", answer.text
-    assert "task executor cancelled" in answer.json()["message"], answer.text  # which task, and how
+    async with gateway_for(rt) as gw, httpx.AsyncClient(base_url=gw.api.url, timeout=5.0) as client:
+        answer = await client.get("/readyz")
+    # /healthz is the gateway's own; the core's dead task shows in readiness, named with how it ended.
+    assert answer.status_code == 503 and answer.json()["code"] == "NOT_READY", answer.text
+    assert "task executor cancelled" in answer.json()["message"], answer.text
     # For good: the pings do not come back later (the task is still dead).
     await asyncio.sleep(0.3)
     pings, keepalives = await fed(systemd, device)
@@ -281,16 +282,21 @@ async def test_a_dead_runtime_task_starves_the_watchdogs(sim: SimProcess, agent_
     assert not rt.controller.alive()
 
 
-async def test_an_api_server_that_returns_on_its_own_is_a_death(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_api_server_that_returns_on_its_own_is_the_gateways_death_not_the_cores(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rt, device = await supervised_agent(sim, agent_factory, tmp_path)
-    assert (await fed(systemd, device))[0] >= 3
-    server = task_named(rt, "api-server")
-    died_at = time.monotonic()
-    rt.api._server.should_exit = True  # uvicorn leaves serve() as if it had decided to stop
-    assert await wait_for(server.done, 10.0)
-    assert await starved(systemd, device, died_at) == (0, 0)
-    assert "api-server" in rt.controller.tasks.deaths
-    assert "returned" in rt.controller.tasks.deaths["api-server"]
+    async with gateway_for(rt) as gw:
+        assert (await fed(systemd, device))[0] >= 3
+        server = gw.api.task
+        died_at = time.monotonic()
+        gw.api._server.should_exit = True  # uvicorn leaves serve() as if it had decided to stop
+        assert await wait_for(server.done, 10.0)
+        assert "returned" in gw.tasks.deaths["api-server"]  # the gateway's watchdog starves: systemd restarts it
+        # The core goes on feeding both of its watchdogs: a dead API is not the robot's fault.
+        await asyncio.sleep(0.3)
+        pings, keepalives = await fed(systemd, device)
+        assert pings >= 3 and keepalives >= 10, (pings, keepalives, died_at)
+        assert not rt.controller.tasks.deaths
+        assert not rt.controller.supervisor.verdict.has("TASK_DIED")
 
 
 async def test_a_tick_that_raises_feeds_nothing(sim: SimProcess, agent_factory, systemd, tmp_path: Path,
@@ -312,10 +318,10 @@ async def test_a_tick_that_raises_feeds_nothing(sim: SimProcess, agent_factory, 
 
 async def test_a_clean_shutdown_is_not_a_death(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
-    assert await wait_for(lambda: rt.api is not None, 5.0)
+    assert await wait_for(lambda: rt.link is not None, 5.0)
     supervised = rt.controller.tasks.names()
     assert {"control-loop", "transition-recorder", "executor", "bus-master", "store-writer", "discovery",
-            "health-log", "api-server"} <= set(supervised)
+            "health-log"} <= set(supervised)
     await rt.shutdown()
     assert not rt.controller.tasks.deaths
     assert not rt.controller.supervisor.verdict.has("TASK_DIED")

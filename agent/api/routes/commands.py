@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from agent.api.context import api_context
-from agent.api.deps import audit_target, require
+from agent.api.deps import audit_target, core_audit, mark_audited, require
 from agent.api.models import AUTH_ERRORS, CommandOut, CommandRequest, errors
 from agent.api.permissions import Permission, allowed, command_permission
 from agent.auth.errors import PermissionDenied
@@ -46,7 +46,9 @@ async def submit(
         user=principal.actor,
         priority=body.priority,
         not_after=body.not_after,
+        audit=core_audit(request, principal),
     )
+    mark_audited(request)
     audit_target(request, result.record.id)
     if not result.created:
         response.status_code = 200
@@ -77,4 +79,7 @@ async def cancel(
     request: Request, command_id: CommandId, principal: Principal = Depends(require(Permission.COMMAND))
 ) -> CommandOut:
     audit_target(request, command_id)
-    return _out(await api_context(request).core.cancel_command(command_id, user=principal.actor))
+    record = await api_context(request).core.cancel_command(command_id, user=principal.actor,
+                                                            audit=core_audit(request, principal))
+    mark_audited(request)
+    return _out(record)

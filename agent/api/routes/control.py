@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Request
 
 from agent.api.context import api_context
-from agent.api.deps import require
+from agent.api.deps import core_audit, mark_audited, require
 from agent.api.errors import error_response
 from agent.api.models import AUTH_ERRORS, EstopOut, EstopRequest, ResetOut, errors
 from agent.api.permissions import Permission
@@ -24,7 +24,9 @@ async def estop(
 ) -> Any:
     """200 only once the stop is confirmed on the bus; otherwise 503 with the fault."""
     reason = body.reason if body is not None else ""
-    result = await api_context(request).core.estop(source="api", user=principal.actor, reason=reason)
+    result = await api_context(request).core.estop(source="api", user=principal.actor, reason=reason,
+                                                   audit=core_audit(request, principal))
+    mark_audited(request)
     if result.confirmed:
         return EstopOut(confirmed=True, confirm_ms=result.confirm_ms)
     fault = dict(result.fault or {})
@@ -40,7 +42,8 @@ async def estop(
 @router.post("/reset", name="fault.reset", response_model=ResetOut, responses=errors(*AUTH_ERRORS, 409))
 async def reset(request: Request, principal: Principal = Depends(require(Permission.FAULT_RESET))) -> Any:
     """Clear latched faults whose cause is gone: 200 when all cleared, else 409 with the reasons."""
-    result = await api_context(request).core.reset(user=principal.actor)
+    result = await api_context(request).core.reset(user=principal.actor, audit=core_audit(request, principal))
+    mark_audited(request)
     if result.complete:
         return ResetOut(cleared=list(result.cleared), remaining={}, state=result.state)
     return error_response(
