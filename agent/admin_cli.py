@@ -2,7 +2,8 @@
 
 The first admin can only be made here: there is no default password and no self-registration.
 User commands write the database, so they take the data directory lock: stop the daemon first
-(`systemctl stop oht-agent`); they refuse with DATA_DIR_LOCKED otherwise. `audit verify` and
+(`systemctl stop oht-agent.target`; the gateway caches sessions and users, so a change behind
+its back would not reach it); they refuse with DATA_DIR_LOCKED otherwise. `audit verify` and
 `tls fingerprint` only read and also work while the daemon runs.
 
 Every change made here is audited like one made over the API, with the actor `cli:<os user>`.

@@ -201,8 +201,8 @@ class CoreSection(_Section):
 
     socket: str = ""  # empty: core.sock in the data directory; the units use /run/oht-agent/core.sock
     gateway_user: str = ""  # the user the gateway runs as (besides the core's own user and root)
-    request_rate: Annotated[float, Field(ge=1, le=10000)] = 200.0  # gateway requests admitted per second
-    request_burst: Annotated[int, Field(ge=1, le=10000)] = 50
+    request_rate: Annotated[float, Field(ge=1, le=10000)] = 500.0  # gateway requests admitted per second
+    request_burst: Annotated[int, Field(ge=1, le=10000)] = 100
     max_inflight: Annotated[int, Field(ge=1, le=1024)] = 32
     view_interval_ms: Annotated[int, Field(ge=20, le=5000)] = 200  # status view sent at least this often
 

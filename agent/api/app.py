@@ -23,6 +23,7 @@ from agent.auth.throttle import AuditGate
 from agent.control.facade import AgentCore
 from agent.store.audit import Audit
 from agent.store.database import Database
+from drivers.errors import CodedError
 
 __all__ = ["create_app"]
 
@@ -34,7 +35,14 @@ key (`Authorization: Bearer oak_...`). Errors are `{code, message, hint?, reques
 
 
 def _metric_sources(core: AgentCore, db: Database) -> dict[str, Any]:
-    values = flatten_status(core.status())
+    """The status document's figures, while the core is reachable; the gateway's own always."""
+    try:
+        values = flatten_status(core.status())
+        values["oht_core_connected"] = 1.0
+    except CodedError as exc:
+        if exc.code != "CORE_UNAVAILABLE":
+            raise
+        values = {"oht_core_connected": 0.0}
     ready, _reasons = core.ready()
     values["oht_ready"] = 1.0 if ready else 0.0
     values["oht_alive"] = 1.0 if core.alive() else 0.0

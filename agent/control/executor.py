@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.control import params as P
 from agent.control.motion import ProgressWatch
@@ -25,7 +25,12 @@ from drivers.errors import CodedError
 from drivers.modbus.interlock import PermitRevoked
 
 if TYPE_CHECKING:
-    from agent.control.controller import Controller
+    from agent.control.motion import MotionLimits
+    from agent.control.plant import Hardware, Plant
+    from agent.control.state_machine import StateMachine, Transition
+    from agent.safety.policy import SafetyPolicy
+    from agent.safety.supervisor import Supervisor
+    from agent.store.commands import Commands
 
 log = logging.getLogger("oht.executor")
 
@@ -55,8 +60,33 @@ class MotionSignals:
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class ExecutorPort(Protocol):
+    """What the executor needs of the controller (and a test's fake provides): the parts it reads,
+    and the few steps it asks for. It never sees the control loop, the watchdogs or the API."""
+
+    commands: Commands
+    sm: StateMachine
+    plant: Plant
+    hw: Hardware
+    supervisor: Supervisor
+    policy: SafetyPolicy
+    motion: MotionLimits
+
+    def motion_allowed(self) -> bool: ...
+
+    async def transition(self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None) -> Transition: ...
+
+    async def settle_after_motion(self, command_id: str) -> None: ...
+
+    async def stop_outputs(self, reason: str) -> dict[str, Any]: ...
+
+    async def finish_command(self, record: CommandRecord, outcome: Outcome) -> None: ...
+
+    async def run_out_of_band(self, record: CommandRecord) -> None: ...
+
+
 class Executor:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: ExecutorPort) -> None:
         self.c = controller
         self.current: CommandRecord | None = None
         self.signals = MotionSignals()

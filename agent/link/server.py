@@ -246,8 +246,8 @@ class CoreServer:
         path: Path,
         *,
         allowed_uids: set[int],
-        rate: float = 200.0,
-        burst: int = 50,
+        rate: float = 500.0,
+        burst: int = 100,
         max_inflight: int = 32,
         view_interval_s: float = 0.2,
     ) -> None:

@@ -99,7 +99,7 @@ _SPECS = [
               "Check its supply and wiring; once the configuration reads back right, reset."),
     FaultSpec("TASK_DIED", Level.EMERGENCY_STOP, True,
               "A task of the agent ended unexpectedly (the detail names it): motion was stopped and the watchdogs are no "
-              "longer fed, so the agent will be restarted by its watchdog. Send the journal (journalctl -u oht-agent) "
+              "longer fed, so the agent will be restarted by its watchdog. Send the journal (journalctl -u oht-agent-core) "
               "to the developers."),
 ]
 

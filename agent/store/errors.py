@@ -87,7 +87,7 @@ class DataDirBusy(StoreError):
     code = "DATA_DIR_LOCKED"
     hint = (
         "Another oht-agent process uses this data directory (is the daemon running?). "
-        "Stop it first: `systemctl stop oht-agent`."
+        "Stop it first: `systemctl stop oht-agent.target`."
     )
 
 

@@ -134,6 +134,8 @@ def run_crash_loop(workdir: Path, cycles: int, seed: int = 1, kill_window: tuple
                             pending = None
                         elif resp.status_code == 401:
                             break
+                        elif resp.status_code == 503 and resp.json().get("code") in ("CORE_BUSY", "CORE_UNAVAILABLE"):
+                            time.sleep(0.01)  # not started: resent with the same key, as any client would
                         else:
                             raise RuntimeError(f"unexpected answer {resp.status_code}: {resp.text}")
                 finally:
