@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/isolation.py [--samples N] [--duration S] [--client auto|wrk|python]
 
-The last line printed is one JSON object. With the defaults (30 samples, at most 32 s of
-sampling per set) the whole run takes about four minutes.
+The last line printed is one JSON object. With the defaults (30 samples, 32 s of sampling per
+set of samples, six sets, what a set leaves unused passed on to the next) the whole run takes
+at most four minutes; a set cut short by its time reports how many samples it took.
 
 What it measures, black box, on the wire. The E-stop input of the simulated safety module is
 pressed and the time until the simulator receives the first stop frame at the travel driver
@@ -465,6 +466,7 @@ class Bench:
         self.sim = AsyncSimControl(sim.control_path)
         self.samples, self.duration, self.client = samples, duration, client
         self.rng = random.Random(20)
+        self.spare = 0.0  # sampling time earlier sets left unused, passed on to the next
         self.operator = ""
         self.technician = ""
 
@@ -548,11 +550,19 @@ class Bench:
             await asyncio.sleep(max(0.0, LAG_POLL_S - (time.monotonic() - began)))
 
     # -- samples
+    def budget(self) -> float:
+        return self.duration + self.spare
+
+    def spend(self, began: float, budget_s: float) -> float:
+        used = time.monotonic() - began
+        self.spare = max(0.0, budget_s - used)
+        return round(used, 1)
+
     async def press_samples(self, budget_s: float) -> dict[str, Any]:
         latencies: list[float] = []
         missed = 0
         cleared: Counter[str] = Counter()
-        end = time.monotonic() + budget_s
+        resets: list[float] = []
         other_trips = 0
         began = time.monotonic()
         end = began + budget_s
@@ -566,13 +576,15 @@ class Bench:
             else:
                 latencies.append(frame - t0)
             await asyncio.sleep(RELEASE_S)
+            reset_from = time.monotonic()
             codes = await self.reset_to_idle()
+            resets.append(time.monotonic() - reset_from)
             cleared.update(codes)
             other_trips += bool(set(codes) - PRESS_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
         return {"samples": len(latencies), "missed": missed, "p50_ms": ms(latencies, 50), "p99_ms": ms(latencies, 99),
                 "max_ms": ms(latencies, 100), "other_trips": other_trips, "reset_cleared": dict(cleared),
-                "seconds": round(time.monotonic() - began, 1)}
+                "reset_p50_ms": ms(resets, 50), "reset_p99_ms": ms(resets, 99), "seconds": self.spend(began, budget_s)}
 
     async def api_estop_samples(self, budget_s: float) -> dict[str, Any]:
         wire: list[float] = []
@@ -613,15 +625,15 @@ class Bench:
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
         return {"samples": len(wire), "missed": missed, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99), "max_ms": ms(wire, 100),
                 "http_p50_ms": ms(answered, 50), "http_p99_ms": ms(answered, 99), "not_confirmed": dict(refused),
-                "other_trips": other_trips, "reset_cleared": dict(cleared), "seconds": round(time.monotonic() - began, 1)}
+                "other_trips": other_trips, "reset_cleared": dict(cleared), "seconds": self.spend(began, budget_s)}
 
     async def phase(self, name: str, kind: str | None, token: str | None = None, api_estop: bool = False) -> dict[str, Any]:
         print(f"== {name}", file=sys.stderr, flush=True)
         self.check_agent()
         if kind is None:
-            return {"press": await self.press_samples(self.duration)}
-        budget = self.duration * (2 if api_estop else 1)
-        load = Load(kind, self.port, token, self.client, self.work, max_s=budget + WARMUP_S + 60)
+            return {"press": await self.press_samples(self.budget())}
+        most = self.duration * (2 if api_estop else 1) + self.spare  # the load's own time limit, with room to spare
+        load = Load(kind, self.port, token, self.client, self.work, max_s=most + WARMUP_S + 60 + RESET_TIMEOUT_S)
         self.children.add(load.proc, 5)
         lags: list[float] = []
         tally: Counter[str] = Counter()
@@ -631,9 +643,9 @@ class Bench:
             if load.proc.poll() is not None:
                 raise BenchError(f"the {kind} load ended at once: {log_tail(load.err_path)}")
             poller = asyncio.create_task(self.poll_lag(lags, tally))
-            out: dict[str, Any] = {"press": await self.press_samples(self.duration)}
+            out: dict[str, Any] = {"press": await self.press_samples(self.budget())}
             if api_estop:
-                out["api_estop"] = await self.api_estop_samples(self.duration)
+                out["api_estop"] = await self.api_estop_samples(self.budget())
         finally:
             if poller is not None:
                 poller.cancel()
@@ -684,7 +696,8 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
     lag_missing = all(phases[name]["loop_lag_polls"].get("read", 0) == 0 for name in floods)
     if lag_missing:
         out["loop_lag_note"] = "GET /api/v1/status has no loop.lag_p99_ms (the one-process agent does not report it): null"
-    out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds")}
+    out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds",
+                                                                         "reset_p50_ms", "reset_p99_ms")}
                             for name in ("quiet", *floods)}
     out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "other_trips", "not_confirmed", "seconds")}
     out["floods"] = {name: {k: phases[name]["load"].get(k) for k in ("client", "connections", "rps", "requests", "p50_ms",
@@ -712,10 +725,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=30, help="samples per phase (default 30)")
     parser.add_argument("--duration", type=float, default=32.0,
-                        help="at most this many seconds of sampling per set of samples; a set cut short reports how many "
-                             "it took (default 32)")
+                        help="seconds of sampling per set of samples (six sets), time a set leaves unused passes to the "
+                             "next; a set cut short reports how many samples it took (default 32)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
                         help="load generator: wrk when installed (auto), or insist on one")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the agent's, the simulator's and the load's logs to DIR")
     parser.add_argument("--load-spec", help=argparse.SUPPRESS)  # the Python load generator's own run
     args = parser.parse_args()
     if args.load_spec:
@@ -752,6 +766,12 @@ def main() -> int:
             raise
         finally:
             children.stop_all()
+            if args.keep_logs:
+                keep = Path(args.keep_logs)
+                keep.mkdir(parents=True, exist_ok=True)
+                for log_file in (agent_log, work / "bus.tty.log", *work.glob("load-*.err")):
+                    if log_file.exists():
+                        shutil.copy(log_file, keep / log_file.name)
     summary = summarise(result, args.samples, args.duration, time.monotonic() - started)
     for name in ("quiet", "status_flood", "health_flood", "command_flood", "login_flood"):
         rps = summary.get(f"{name}_rps")
