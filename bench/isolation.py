@@ -65,8 +65,12 @@ while the field is missing. With 30 samples the p99 is the largest sample. Also 
 faults each phase's resets cleared, and per phase `other_trips`, the samples whose reset
 cleared more than the press (or the API E-stop) latches: a flood that starves the safety polls
 or the control loop trips SAFETY_LINK_LOST, SAFETY_DATA_STALE or LOOP_STALL by itself, and in
-such a sample the first stop frame may be that trip's rather than the press's. At the end: the
-faults still latched (GET /api/v1/status verdict.faults) and the wall time.
+such a sample the first stop frame may be that trip's rather than the press's. Per phase also
+the time from the release to IDLE (`reset_p50_ms`, `reset_p99_ms`) and the reset answers other
+than 200: the reset is an ordinary API request and queues for the API's admission slots
+(/api/v1/estop, /healthz and /readyz never do), so a flood can keep a technician from clearing
+a stop even where it cannot delay one. At the end: the faults still latched
+(GET /api/v1/status verdict.faults) and the wall time.
 
 Every child process (simulator, agent, load) is ended with drivers.sim.client.terminate(),
 also on Ctrl-C, SIGTERM or an error, and every wait has a time limit.
@@ -508,8 +512,11 @@ class Bench:
                 return None
             await asyncio.sleep(0.01)
 
-    async def reset_to_idle(self) -> list[str]:
-        """POST /api/v1/reset (technician) until it answers 200 with state IDLE; the codes it cleared."""
+    async def reset_to_idle(self, answers: Counter[str]) -> list[str]:
+        """POST /api/v1/reset (technician) until it answers 200 with state IDLE; the codes it cleared.
+
+        The other answers are counted in `answers` (409: a cause not yet gone; 503: the API's
+        admission queue was full for its whole wait)."""
         end = time.monotonic() + RESET_TIMEOUT_S
         cleared: list[str] = []
         last: Any = None
@@ -518,7 +525,10 @@ class Bench:
                 status, body = await call(self.port, "POST", "/api/v1/reset", token=self.technician)
             except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
                 last = repr(exc)
+                answers[type(exc).__name__] += 1
             else:
+                if status != 200:
+                    answers[str(status)] += 1
                 if isinstance(body, dict):
                     cleared += [str(c) for c in body.get("cleared") or []]
                     if status == 200 and body.get("state") == "IDLE":
@@ -563,6 +573,7 @@ class Bench:
         missed = 0
         cleared: Counter[str] = Counter()
         resets: list[float] = []
+        answers: Counter[str] = Counter()
         other_trips = 0
         began = time.monotonic()
         end = began + budget_s
@@ -577,14 +588,15 @@ class Bench:
                 latencies.append(frame - t0)
             await asyncio.sleep(RELEASE_S)
             reset_from = time.monotonic()
-            codes = await self.reset_to_idle()
+            codes = await self.reset_to_idle(answers)
             resets.append(time.monotonic() - reset_from)
             cleared.update(codes)
             other_trips += bool(set(codes) - PRESS_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
         return {"samples": len(latencies), "missed": missed, "p50_ms": ms(latencies, 50), "p99_ms": ms(latencies, 99),
                 "max_ms": ms(latencies, 100), "other_trips": other_trips, "reset_cleared": dict(cleared),
-                "reset_p50_ms": ms(resets, 50), "reset_p99_ms": ms(resets, 99), "seconds": self.spend(began, budget_s)}
+                "reset_p50_ms": ms(resets, 50), "reset_p99_ms": ms(resets, 99), "reset_not_200": dict(answers),
+                "seconds": self.spend(began, budget_s)}
 
     async def api_estop_samples(self, budget_s: float) -> dict[str, Any]:
         wire: list[float] = []
@@ -592,6 +604,7 @@ class Bench:
         refused: Counter[str] = Counter()
         missed = 0
         cleared: Counter[str] = Counter()
+        answers: Counter[str] = Counter()
         other_trips = 0
         began = time.monotonic()
         end = began + budget_s
@@ -619,13 +632,14 @@ class Bench:
                 missed += 1
             else:
                 wire.append(frame - t0)
-            codes = await self.reset_to_idle()
+            codes = await self.reset_to_idle(answers)
             cleared.update(codes)
             other_trips += bool(set(codes) - API_ESTOP_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
         return {"samples": len(wire), "missed": missed, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99), "max_ms": ms(wire, 100),
                 "http_p50_ms": ms(answered, 50), "http_p99_ms": ms(answered, 99), "not_confirmed": dict(refused),
-                "other_trips": other_trips, "reset_cleared": dict(cleared), "seconds": self.spend(began, budget_s)}
+                "other_trips": other_trips, "reset_cleared": dict(cleared), "reset_not_200": dict(answers),
+                "seconds": self.spend(began, budget_s)}
 
     async def phase(self, name: str, kind: str | None, token: str | None = None, api_estop: bool = False) -> dict[str, Any]:
         print(f"== {name}", file=sys.stderr, flush=True)
@@ -697,9 +711,10 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
     if lag_missing:
         out["loop_lag_note"] = "GET /api/v1/status has no loop.lag_p99_ms (the one-process agent does not report it): null"
     out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds",
-                                                                         "reset_p50_ms", "reset_p99_ms")}
+                                                                         "reset_p50_ms", "reset_p99_ms", "reset_not_200")}
                             for name in ("quiet", *floods)}
-    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "other_trips", "not_confirmed", "seconds")}
+    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "other_trips", "not_confirmed", "seconds",
+                                                             "reset_not_200")}
     out["floods"] = {name: {k: phases[name]["load"].get(k) for k in ("client", "connections", "rps", "requests", "p50_ms",
                                                                      "p99_ms", "statuses", "errors")} for name in floods}
     out["reset_cleared"] = {name: phases[name]["press"]["reset_cleared"] for name in ("quiet", *floods)}
