@@ -50,9 +50,10 @@ Choices. Commands: `pause` is accepted in any state (201) and committed like eve
 (and ESTOP) the state machine refuses it before anything is written to the bus; `stop` would
 write a routine stop to the driver, whose frames look like the E-stop's and would spoil the
 measurement. 16 connections: commands come from a few clients (the fleet link, a technician's
-tool); 16 closed-loop writers keep the store's group commit busy all the time, and beyond that
-more connections only lengthen the client-side queue while every command adds rows to the
-database for good. Logins: a name that does not exist costs the same scrypt check as a wrong
+tool), so 16 closed-loop writers are already several times a real load; each command costs
+several durable commits, so 16 keep the store's writer busy without a pause, and more closed-
+loop connections would mostly lengthen the queue in front of it (latency ~ connections /
+throughput) while every command stays in the database for good. Logins: a name that does not exist costs the same scrypt check as a wrong
 password for a real user (a dummy hash), and a new name per request never trips the per-account
 lock-out. The per-address limit would turn the flood into cheap 429s after 20 failures, so the
 bench's config raises it to its maximum (1000 failures per 10 s window); the statuses of the
@@ -776,6 +777,8 @@ def main() -> int:
             children.add(agent, 20)
             bench = Bench(port, children.sim, agent, agent_log, work, children, args.samples, args.duration, args.client)
             result = asyncio.run(bench.run())
+        except KeyboardInterrupt:
+            raise
         except BaseException:
             print(f"agent log (tail):\n{log_tail(agent_log)}", file=sys.stderr)
             raise
@@ -799,4 +802,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the children were stopped on the way out
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
