@@ -23,9 +23,11 @@ technician resets through `POST /api/v1/reset` until the state is IDLE, and afte
 
 Under the status flood also N samples of `api_estop_wire`: `POST /api/v1/estop` (the monotonic
 time taken just before the request is written to an already open connection) -> first stop
-frame at the driver, then the reset. During every flood `GET /api/v1/status` is read every
-0.5 s for `loop.lag_p99_ms`, the control loop's lateness p99 over its recent window (a field of
-the core/gateway split; the one-process agent has none, so it is reported as null).
+frame at the driver, then the reset (an E-stop that joins an urgent stop already under way,
+say a trip's, writes no frame of its own: counted as `joined`, not a sample). During every
+flood `GET /api/v1/status` is read every 0.5 s for `loop.lag_p99_ms`, the control loop's
+lateness p99 over its recent window (a field of the core/gateway split; the one-process agent
+has none, so it is reported as null).
 
 How. The simulator runs as its own process on a pty with the firmware's timing (the safety
 module serves one frame per 100 ms tick, the motor driver one per 10 ms), as in
@@ -603,7 +605,7 @@ class Bench:
         wire: list[float] = []
         answered: list[float] = []
         refused: Counter[str] = Counter()
-        missed = 0
+        missed = joined = 0
         cleared: Counter[str] = Counter()
         answers: Counter[str] = Counter()
         other_trips = 0
@@ -615,12 +617,14 @@ class Bench:
             request = http_request("POST", "/api/v1/estop", self.port, token=self.technician, body={"reason": f"bench {i}"},
                                    close=True)
             reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), 10)
+            confirmed = False
             t0 = time.monotonic()
             try:
                 writer.write(request)
                 await writer.drain()
                 status, _, _ = await asyncio.wait_for(read_response(reader), HTTP_TIMEOUT_S)
                 if status == 200:
+                    confirmed = True
                     answered.append(time.monotonic() - t0)
                 else:
                     refused[str(status)] += 1
@@ -629,15 +633,17 @@ class Bench:
             finally:
                 writer.close()
             frame = await self.first_stop_frame(t0, 2.0)
-            if frame is None:
-                missed += 1
-            else:
+            if frame is not None:
                 wire.append(frame - t0)
+            elif confirmed:  # it joined an urgent stop already under way (a trip's): no frame of its own, not a sample
+                joined += 1
+            else:
+                missed += 1
             codes = await self.reset_to_idle(answers)
             cleared.update(codes)
             other_trips += bool(set(codes) - API_ESTOP_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
-        return {"samples": len(wire), "missed": missed, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99), "max_ms": ms(wire, 100),
+        return {"samples": len(wire), "missed": missed, "joined": joined, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99), "max_ms": ms(wire, 100),
                 "http_p50_ms": ms(answered, 50), "http_p99_ms": ms(answered, 99), "not_confirmed": dict(refused),
                 "other_trips": other_trips, "reset_cleared": dict(cleared), "reset_not_200": dict(answers),
                 "seconds": self.spend(began, budget_s)}
@@ -719,7 +725,7 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
     out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds",
                                                                          "reset_p50_ms", "reset_p99_ms", "reset_not_200")}
                             for name in ("quiet", *floods)}
-    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "other_trips", "not_confirmed", "seconds",
+    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "joined", "other_trips", "not_confirmed", "seconds",
                                                              "reset_not_200")}
     out["floods"] = {name: {k: phases[name]["load"].get(k) for k in ("client", "connections", "rps", "requests", "p50_ms",
                                                                      "p99_ms", "statuses", "errors")} for name in floods}
