@@ -53,13 +53,14 @@ Choices. Commands: `pause` is accepted in any state (201) and committed like eve
 write a routine stop to the driver, whose frames look like the E-stop's and would spoil the
 measurement. 16 connections: commands come from a few clients (the fleet link, a technician's
 tool), so 16 closed-loop writers are already several times a real load; each command costs
-several durable commits, so 16 keep the store's writer busy without a pause, and more closed-
-loop connections would mostly lengthen the queue in front of it (latency ~ connections /
-throughput) while every command stays in the database for good. Logins: a name that does not exist costs the same scrypt check as a wrong
-password for a real user (a dummy hash), and a new name per request never trips the per-account
-lock-out. The per-address limit would turn the flood into cheap 429s after 20 failures, so the
-bench's config raises it to its maximum (1000 failures per 10 s window); the statuses of the
-flood's answers are reported (expected: 401, not 429). The bench's config also scans only the
+several durable commits, so 16 keep the store's writer busy without a pause, and more
+closed-loop connections would mostly lengthen the queue in front of it (latency ~ connections
+/ throughput) while every command stays in the database for good. Logins: a name that does not
+exist costs the same scrypt check as a wrong password for a real user (a dummy hash), and a
+new name per request never trips the per-account lock-out. The per-address limit would turn
+the flood into cheap 429s after 20 failures, so the bench's config raises it to its maximum
+(1000 failures per 10 s window); the statuses of the flood's answers are reported (expected:
+401, not 429). The bench's config also scans only the
 addresses the simulator serves (2-5).
 
 Targets: every flood's press->frame p99 <= quiet p99 + 10 ms; api_estop_wire p99 <= 20 ms;
@@ -643,7 +644,8 @@ class Bench:
             cleared.update(codes)
             other_trips += bool(set(codes) - API_ESTOP_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
-        return {"samples": len(wire), "missed": missed, "joined": joined, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99), "max_ms": ms(wire, 100),
+        return {"samples": len(wire), "missed": missed, "joined": joined, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99),
+                "max_ms": ms(wire, 100),
                 "http_p50_ms": ms(answered, 50), "http_p99_ms": ms(answered, 99), "not_confirmed": dict(refused),
                 "other_trips": other_trips, "reset_cleared": dict(cleared), "reset_not_200": dict(answers),
                 "seconds": self.spend(began, budget_s)}
@@ -725,8 +727,8 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
     out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds",
                                                                          "reset_p50_ms", "reset_p99_ms", "reset_not_200")}
                             for name in ("quiet", *floods)}
-    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "joined", "other_trips", "not_confirmed", "seconds",
-                                                             "reset_not_200")}
+    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "joined", "other_trips", "not_confirmed",
+                                                             "seconds", "reset_not_200")}
     out["floods"] = {name: {k: phases[name]["load"].get(k) for k in ("client", "connections", "rps", "requests", "p50_ms",
                                                                      "p99_ms", "statuses", "errors")} for name in floods}
     out["reset_cleared"] = {name: phases[name]["press"]["reset_cleared"] for name in ("quiet", *floods)}
