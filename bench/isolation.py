@@ -60,8 +60,7 @@ exist costs the same scrypt check as a wrong password for a real user (a dummy h
 new name per request never trips the per-account lock-out. The per-address limit would turn
 the flood into cheap 429s after 20 failures, so the bench's config raises it to its maximum
 (1000 failures per 10 s window); the statuses of the flood's answers are reported (expected:
-401, not 429). The bench's config also scans only the
-addresses the simulator serves (2-5).
+401, not 429). The bench's config also scans only the addresses the simulator serves (2-5).
 
 Targets: every flood's press->frame p99 <= quiet p99 + 10 ms; api_estop_wire p99 <= 20 ms;
 core_loop_lag_p99_ms (the largest loop.lag_p99_ms seen under the status flood) <= 5 ms, not met
