@@ -6,8 +6,8 @@ has told this launcher READY=1 (through a private sd_notify socket), or after
 `GATEWAY_WAIT_S` if it has not (no travel driver answering yet, say), so the gateway's imports
 do not compete with the core's start-up stop. A child that dies is started again: the gateway
 after `RESTART_GATEWAY_S`, the core after `RESTART_CORE_S` (its start stops the driver first).
-SIGTERM or Ctrl-C stops the gateway, then the core (which stops and confirms motion), each
-with a bounded wait. Both children die with this process (PR_SET_PDEATHSIG), so a launcher
+The gateway runs at nice `GATEWAY_NICE`. SIGTERM or Ctrl-C stops the gateway, then the core
+(which stops and confirms motion), each with a bounded wait. Both children die with this process (PR_SET_PDEATHSIG), so a launcher
 killed with SIGKILL leaves no half of the agent running.
 
 Only the standard library is imported here: the core's start-up stop must not wait for it.
@@ -34,6 +34,9 @@ RESTART_GATEWAY_S = 0.2
 RESTART_CORE_S = 1.0
 STOP_GATEWAY_S = 10.0
 STOP_CORE_S = 20.0
+# The gateway yields the CPU to the core, as the units arrange with the core's real-time
+# priority: a burst of password hashing must not slow a stop (no privilege is needed to be nicer).
+GATEWAY_NICE = 10
 _PR_SET_PDEATHSIG = 1
 
 
@@ -43,6 +46,11 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _gateway_child() -> None:
+    _die_with_parent()
+    os.nice(GATEWAY_NICE)
+
+
 def _say(text: str) -> None:
     print(f"oht-agent run: {text}", file=sys.stderr, flush=True)
 
@@ -50,6 +58,7 @@ def _say(text: str) -> None:
 class _Child:
     def __init__(self, role: str, config: str | None, env: dict[str, str]) -> None:
         self.role = role
+        self.prepare = _gateway_child if role == "gateway" else _die_with_parent
         self.argv = [sys.executable, "-m", "agent", role] + (["--config", config] if config else [])
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,7 +66,7 @@ class _Child:
         self.starts = 0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=self.prepare)  # noqa: PLW1509
         self.starts += 1
         self.restart_at = None
 

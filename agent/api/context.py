@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from starlette.requests import HTTPConnection
@@ -18,7 +19,24 @@ if TYPE_CHECKING:
     from agent.api.settings import ApiSettings
     from agent.api.streaming import StreamHub
 
-__all__ = ["ApiContext", "api_context"]
+__all__ = ["ApiContext", "EncodedDocument", "api_context"]
+
+
+class EncodedDocument:
+    """The JSON bytes of the latest document, encoded once per document, not once per request.
+
+    The gateway's core client hands out the same status object until the core's next view, so a
+    flood of status reads encodes it once per view (a new object is encoded anew)."""
+
+    def __init__(self) -> None:
+        self._doc: Any = None
+        self._body = b""
+
+    def encode(self, doc: Any) -> bytes:
+        if doc is not self._doc:
+            self._body = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
+            self._doc = doc
+        return self._body
 
 
 @dataclass
@@ -30,6 +48,7 @@ class ApiContext:
     audit: Audit
     metrics: ApiMetrics
     streams: StreamHub
+    status_json: EncodedDocument = field(default_factory=EncodedDocument)
 
 
 def api_context(conn: Request | HTTPConnection) -> ApiContext:

@@ -60,6 +60,8 @@ class _TooLarge(Exception):
 
 # Never queued behind other requests: stopping the robot and telling whether it is alive.
 _PRIORITY_PATHS = frozenset({"/api/v1/estop", "/healthz", "/readyz"})
+# Admitted through slots of their own: they wait for a password-hashing thread.
+_LOGIN_PATHS = frozenset({"/api/v1/auth/login"})
 
 
 class ApiMiddleware:
@@ -67,6 +69,7 @@ class ApiMiddleware:
         self.app = app
         self.api = api  # ApiContext (set after the app is built)
         self._slots = asyncio.Semaphore(api.settings.max_in_flight)
+        self._login_slots = asyncio.Semaphore(api.settings.login_in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -124,12 +127,13 @@ class ApiMiddleware:
             if scope["path"] in _PRIORITY_PATHS:
                 await self.app(scope, _replay(body, receive), send_wrapper)
             else:
+                slots = self._login_slots if scope["path"] in _LOGIN_PATHS else self._slots
                 try:
-                    if self._slots.locked():  # only a request that must queue pays for a timer
+                    if slots.locked():  # only a request that must queue pays for a timer
                         async with asyncio.timeout(self.api.settings.admission_wait_s):
-                            await self._slots.acquire()
+                            await slots.acquire()
                     else:
-                        await self._slots.acquire()
+                        await slots.acquire()
                 except TimeoutError:
                     state["error_code"] = "API_BUSY"
                     await self._send_error(
@@ -140,7 +144,7 @@ class ApiMiddleware:
                 try:
                     await self.app(scope, _replay(body, receive), send_wrapper)
                 finally:
-                    self._slots.release()
+                    slots.release()
         except Exception:  # noqa: BLE001 - the last line of defence: no traceback to the client
             log.exception("request %s (%s %s) failed", request_id, method, _route(scope))
             if response["started"]:

@@ -31,11 +31,13 @@ class ApiSettings:
     `cors_origins` is empty by default: the status page is served by the agent itself, so no
     other origin needs to call the API from a browser.
 
-    `max_in_flight` bounds the requests the app works on at once. The API shares its event loop
-    with the control loop; unbounded, 50 busy connections kept ~50 callbacks ready at every
-    turn of the loop and made the control loop run 50-100 ms late (measured with bench/api.py).
-    Requests beyond the bound wait (at most `admission_wait_s`, then 503 API_BUSY); the E-stop
-    and the health probes never wait.
+    `max_in_flight` bounds the requests the app works on at once, so a flood queues at the door
+    instead of inside every handler (each turn of the gateway's loop stays short, and the E-stop,
+    which never waits, gets through it). Requests beyond the bound wait (at most
+    `admission_wait_s`, then 503 API_BUSY); the E-stop and the health probes never wait.
+    Logins have slots of their own (`login_in_flight`): a password check waits for one of the
+    hashing threads, and a flood of failed logins holding the general slots kept a technician's
+    reset waiting for seconds (bench/isolation.py).
     """
 
     agent_id: str
@@ -55,6 +57,7 @@ class ApiSettings:
     stream_recheck_s: float = 5.0
     audit_anonymous_per_minute: int = 60
     max_in_flight: int = 8
+    login_in_flight: int = 4
     admission_wait_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -64,8 +67,8 @@ class ApiSettings:
             raise ValueError("max_body_bytes must be at least 1024")
         if not 0 < self.stream_max_hz <= 50:
             raise ValueError("stream_max_hz must be in (0, 50]")
-        if self.max_in_flight < 1 or self.admission_wait_s <= 0:
-            raise ValueError("max_in_flight and admission_wait_s must be positive")
+        if self.max_in_flight < 1 or self.login_in_flight < 1 or self.admission_wait_s <= 0:
+            raise ValueError("max_in_flight, login_in_flight and admission_wait_s must be positive")
         if "*" in self.cors_origins:
             raise ValueError("a wildcard CORS origin is not allowed; list the origins")
 

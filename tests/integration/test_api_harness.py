@@ -50,9 +50,10 @@ def free_port() -> int:
 class Agent:
     """The core (`Runtime`) and the gateway serving the API on 127.0.0.1, in a thread with its own loop."""
 
-    def __init__(self, tmp: Path, link: str) -> None:
+    def __init__(self, tmp: Path, link: str, api: dict[str, Any] | None = None) -> None:
         self.data = tmp / "data"
         self.link = link
+        self.api_options = dict(api or {})
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runtime: Runtime | None = None
         self.gateway: Gateway | None = None
@@ -99,7 +100,7 @@ class Agent:
             {
                 "agent": {"id": "oht-test", "data_dir": str(self.data)},
                 "bus": {"port": self.link, "rediscover_s": 0.5},
-                "api": {"host": "127.0.0.1", "port": free_port()},
+                "api": {"host": "127.0.0.1", "port": free_port(), **self.api_options},
             }
         )
         self.runtime = Runtime(cfg)
@@ -179,11 +180,11 @@ class Agent:
         raise AssertionError(f"agent not ready within {timeout} s: {last.text if last else '-'}")
 
 
-def start_agent(tmp_path: Path) -> Iterator[tuple[Agent, SimProcess]]:
+def start_agent(tmp_path: Path, api: dict[str, Any] | None = None) -> Iterator[tuple[Agent, SimProcess]]:
     """Simulator process + agent; both stopped afterwards. Use from module-scoped fixtures."""
     sim = SimProcess(tmp_path / "bus.tty", tmp_path / "bus.ctl", seed=7)
     sim.start()
-    agent = Agent(tmp_path, sim.link)
+    agent = Agent(tmp_path, sim.link, api)
     try:
         agent.start()
         agent.wait_ready()

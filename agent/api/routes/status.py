@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from agent.api.context import api_context
 from agent.api.deps import require
@@ -15,10 +15,11 @@ router = APIRouter(prefix="/api/v1", tags=["status"])
 READ = [Depends(require(Permission.READ))]
 
 
-@router.get("/status", dependencies=READ, responses=errors(*AUTH_ERRORS))
-async def status(request: Request) -> dict[str, Any]:
+@router.get("/status", dependencies=READ, responses=errors(*AUTH_ERRORS), response_class=Response)
+async def status(request: Request) -> Response:
     """State, safety verdict, latched faults, link and module health."""
-    return api_context(request).core.status()
+    api = api_context(request)
+    return Response(api.status_json.encode(api.core.status()), media_type="application/json")
 
 
 @router.get("/modules", dependencies=READ, responses=errors(*AUTH_ERRORS))
