@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,15 +113,36 @@ def error_response(
     )
 
 
+# Answers that shed load or report the core away: expected under a flood or a core restart, so
+# they are counted and logged as a warning at most every `_SHED_LOG_S`, not once per request.
+_SHED_CODES = frozenset({"CORE_BUSY", "CORE_UNAVAILABLE"})
+_SHED_LOG_S = 10.0
+_shed = {"count": 0, "logged_at": float("-inf")}
+
+
+def _log_failure(request: Request, exc: CodedError) -> None:
+    if exc.code not in _SHED_CODES:
+        log.error("request %s failed: %s", _request_id(request), exc)
+        return
+    _shed["count"] += 1
+    now = time.monotonic()
+    if now - _shed["logged_at"] >= _SHED_LOG_S:
+        log.warning("%d request(s) answered 503 (CORE_BUSY or CORE_UNAVAILABLE) since the last such warning; last: %s",
+                    _shed["count"], exc)
+        _shed["count"], _shed["logged_at"] = 0, now
+
+
 def coded_response(request: Request, exc: CodedError) -> JSONResponse:
     status = status_for(exc.code)
     message = exc.message
     if status >= 500:
-        log.error("request %s failed: %s", _request_id(request), exc)
+        _log_failure(request, exc)
         message = _PATH_RE.sub("<path>", message.splitlines()[0] if message else exc.code)[:500]
     headers = {}
     if isinstance(exc, LoginThrottled):
         headers["Retry-After"] = str(exc.retry_after)
+    elif exc.code == "CORE_BUSY":
+        headers["Retry-After"] = "1"
     return error_response(request, status, exc.code, message, exc.hint or None, headers=headers)
 
 

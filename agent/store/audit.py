@@ -143,6 +143,10 @@ _INSERT_OUTBOX = "INSERT INTO outbox (id, kind, created_at, payload) VALUES (?, 
 
 async def append_in(conn: aiosqlite.Connection, entry: AuditEntry) -> AuditRecord:
     """Append one row (and its outbox copy) inside the caller's unit of work."""
+    # Two processes append to this chain (the core and the gateway). The head must be read under
+    # the write lock: a write statement first makes the connection open its transaction (BEGIN IMMEDIATE)
+    # before the read, so no other process can move the head between our read and our insert.
+    await conn.execute("UPDATE audit_head SET last_seq = last_seq WHERE 0")  # changes nothing; takes the lock
     head = list(await conn.execute_fetchall("SELECT last_seq, last_hash FROM audit_head WHERE id = 1"))
     if not head:
         raise RuntimeError("audit_head is missing: the audit log cannot be extended")

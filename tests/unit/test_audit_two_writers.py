@@ -1,0 +1,66 @@
+"""The audit chain with two writing processes (the core and the gateway append to one chain): no
+row is refused as "not extending the chain" and the chain verifies, however their writes interleave."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.store.audit import Audit, AuditEntry, verify_chain
+from agent.store.database import Database
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = 300
+
+CHILD = textwrap.dedent("""
+    import asyncio, sys
+    from agent.store.audit import AuditEntry, append_in
+    from agent.store.database import Database
+
+    async def main(path, rows):
+        db = await Database.open(path, attach=True)
+        print("ready", flush=True)
+        sys.stdin.readline()  # both processes start appending at the same moment
+        try:
+            for i in range(rows):
+                await db.write(lambda conn, i=i: append_in(conn, AuditEntry(actor="child", auth_method="local", action=f"child.{i}")))
+        finally:
+            await db.close()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+""")
+
+
+@pytest.mark.timeout(120)
+async def test_two_processes_append_to_one_chain_without_losing_a_row(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path)
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, str(tmp_path), str(ROWS), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert child.stdout is not None and child.stdin is not None
+        assert (await asyncio.wait_for(child.stdout.readline(), 60)).strip() == b"ready"
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        audit = Audit(db)
+        failures = []
+        for i in range(ROWS):
+            try:
+                await audit.append(AuditEntry(actor="parent", auth_method="local", action=f"parent.{i}"))
+            except Exception as exc:  # noqa: BLE001 - counted and shown below
+                failures.append(repr(exc))
+        _, err = await asyncio.wait_for(child.communicate(), 100)
+        assert child.returncode == 0, err.decode()[-3000:]
+        assert not failures, f"{len(failures)} appends refused, first: {failures[0]}"
+        result = await verify_chain(db)
+        assert result.ok, result
+        rows = await audit.list(limit=1000)
+        assert sum(r.actor == "parent" for r in rows) == ROWS and sum(r.actor == "child" for r in rows) == ROWS
+    finally:
+        await db.close()
