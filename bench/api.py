@@ -38,9 +38,9 @@ The core's control loop runs in another process now, so no probe inside it: at t
 phase the bench reads `GET /api/v1/status` and reports `status.loop.lag_p99_ms` / `lag_max_ms`
 as `core_lag_p99_ms` / `core_lag_max_ms`. The core keeps those over its last 30 s (1,500 ticks),
 so each phase's figure also covers whatever ran in the 30 s before its end (the phase before,
-or two); a phase that made the core late shows in its own figure and in the next ones. The state
-and the faults the core had latched at the end come from the same document (none expected: the
-API must not starve the bus).
+or two); a phase that made the core late shows in its own figure and in the next ones. The faults
+latched at the end of each phase and of the run, and the state, come from the same document
+(none expected: the API must not starve the bus); the agent's warnings are printed at the end.
 
 `--plain` hides httptools and uvloop from the agent's processes (an import of either fails), so
 the gateway runs on its fallback, h11 and asyncio: the figures without them, on the same machine.
@@ -541,6 +541,28 @@ class AgentProcess:
         loop = re.findall(r"event loop: (.*)$", text, re.M)
         return {"http": http[-1] if http else None, "loop": loop[-1] if loop else None}
 
+    def warnings(self, limit: int = 60) -> list[str]:
+        """The agent's WARNING and ERROR lines, a run of the same message folded into one."""
+        out: list[str] = []
+        last, repeats = "", 0
+        for line in self.log_text().splitlines():
+            parts = line.split(" ", 3)
+            launcher = line.startswith("oht-agent run:")  # a child that exited, and was started again
+            if not launcher and (len(parts) < 4 or parts[2] not in ("WARNING", "ERROR", "CRITICAL")):
+                continue
+            parts = parts if not launcher else ["", "", "", line]
+            key = re.sub(r"\d+", "#", parts[3])[:80]
+            if key == last:
+                repeats += 1
+                continue
+            if repeats:
+                out.append(f"    (and {repeats} more like it)")
+            last, repeats = key, 0
+            out.append(line)
+        if repeats:
+            out.append(f"    (and {repeats} more like it)")
+        return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more lines)"]
+
     def stop(self) -> None:
         from drivers.sim.client import terminate
 
@@ -575,10 +597,13 @@ async def measure(work: Path, link: str, duration: float, concurrency: int, clie
         async def phase(name: str, url: str, method: str, path: str, credential: str, rate: float | None) -> None:
             logging.getLogger("bench").warning("phase %s", name)
             figures = await load(url, method, path, credential, duration, concurrency, rate, client)
-            lag = (await read_status(agent.url, token))["loop"]
+            status = await read_status(agent.url, token)
+            lag = status["loop"]
+            faults = [f.get("code") for f in status["verdict"].get("faults", [])]
             ok = sum(count for code, count in figures["statuses"].items() if code.startswith("2"))
             ok_rps = round(figures["rps"] * ok / figures["requests"], 1) if figures["requests"] else 0.0
-            phases[name] = {**figures, "ok_rps": ok_rps, "core_lag_p99_ms": lag["lag_p99_ms"], "core_lag_max_ms": lag["lag_max_ms"]}
+            phases[name] = {**figures, "ok_rps": ok_rps, "core_lag_p99_ms": lag["lag_p99_ms"], "core_lag_max_ms": lag["lag_max_ms"],
+                            "faults": faults}  # fmt: skip
 
         bare_settings: dict[str, dict[str, str]] = {}
         for http, loop in SETTINGS:
@@ -600,6 +625,9 @@ async def measure(work: Path, link: str, duration: float, concurrency: int, clie
         await phase("status_paced", agent.url, "GET", "/api/v1/status", token, PACED_RATE)
         await phase("commands_paced", agent.url, "POST", "/api/v1/commands", token, PACED_RATE)
         status = await read_status(agent.url, token)
+        warnings = agent.warnings()
+        if warnings:  # so that a fault can be placed against the phases' start times above
+            print("agent log, warnings and errors:\n" + "\n".join(warnings), file=sys.stderr)
         return {"phases": phases, "bare_best": best, "bare_settings": bare_settings,
                 "gateway": agent.gateway_settings(), "state_after": status["state"],
                 "faults_after": [f.get("code") for f in status["verdict"].get("faults", [])]}  # fmt: skip
@@ -634,7 +662,7 @@ def main() -> int:
     if args.bare_server:
         return bare_main(json.loads(args.bare_server))
 
-    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from drivers.sim.client import SimProcess
 
     with tempfile.TemporaryDirectory(prefix="oht-bench-api-") as tmp:
@@ -659,7 +687,7 @@ def main() -> int:
         "gateway_loop": result["gateway"]["loop"],
         **{f"{name}_{key}": value for name, figures in phases.items() for key, value in figures.items()
            if key in ("rps", "ok_rps", "p50_ms", "p99_ms", "requests", "errors", "statuses", "core_lag_p99_ms", "core_lag_max_ms",
-                       "client")},
+                       "faults", "client")},
         "bare_best": result["bare_best"],
         "bare_best_rps": best_rps,
         "status_p99_ms": status_p99,
@@ -676,7 +704,7 @@ def main() -> int:
     for name, figures in phases.items():
         print(f"{name:26s} {figures['client']:5s} {figures['rps']:8.1f} req/s  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
               f"  core lag p99 {figures['core_lag_p99_ms']} ms max {figures['core_lag_max_ms']} ms"
-              f"  statuses {figures['statuses']}  errors {figures['errors']}", file=sys.stderr)  # fmt: skip
+              f"  statuses {figures['statuses']}  errors {figures['errors']}  faults {figures['faults']}", file=sys.stderr)  # fmt: skip
     print(f"gateway: {result['gateway']}; baseline: {result['bare_best']}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
