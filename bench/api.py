@@ -541,27 +541,26 @@ class AgentProcess:
         loop = re.findall(r"event loop: (.*)$", text, re.M)
         return {"http": http[-1] if http else None, "loop": loop[-1] if loop else None}
 
-    def warnings(self, limit: int = 60) -> list[str]:
-        """The agent's WARNING and ERROR lines, a run of the same message folded into one."""
-        out: list[str] = []
-        last, repeats = "", 0
+    def warnings(self, limit: int = 40) -> list[str]:
+        """The agent's WARNING and ERROR lines (and the launcher's), folded: one line per kind of
+        message (ids and numbers aside), with how often it came and when first and last."""
+        kinds: dict[str, list[Any]] = {}  # key -> [count, first line, last time]
         for line in self.log_text().splitlines():
-            parts = line.split(" ", 3)
-            launcher = line.startswith("oht-agent run:")  # a child that exited, and was started again
-            if not launcher and (len(parts) < 4 or parts[2] not in ("WARNING", "ERROR", "CRITICAL")):
+            parts = line.split(maxsplit=3)
+            if line.startswith("oht-agent run:"):  # a child that exited, and was started again
+                when, text = "", line
+            elif len(parts) == 4 and parts[2] in ("WARNING", "ERROR", "CRITICAL"):
+                when, text = parts[1], f"{parts[2]} {parts[3]}"
+            else:
                 continue
-            parts = parts if not launcher else ["", "", "", line]
-            key = re.sub(r"\d+", "#", parts[3])[:80]
-            if key == last:
-                repeats += 1
-                continue
-            if repeats:
-                out.append(f"    (and {repeats} more like it)")
-            last, repeats = key, 0
-            out.append(line)
-        if repeats:
-            out.append(f"    (and {repeats} more like it)")
-        return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more lines)"]
+            key = re.sub(r"\d+", "#", re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>", text))[:100]
+            if key in kinds:
+                kinds[key][0] += 1
+                kinds[key][2] = when
+            else:
+                kinds[key] = [1, f"{parts[0]} {when} {text}" if when else text, when]
+        out = [f"{count:6d} x  {first}" + (f"  (last at {last})" if count > 1 else "") for count, first, last in kinds.values()]
+        return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more kinds)"]
 
     def stop(self) -> None:
         from drivers.sim.client import terminate
