@@ -1,35 +1,58 @@
-"""Benchmark of the local API: the real agent (runtime + controller on the simulator) against a
-bare FastAPI endpoint served the same way, in the same run.
+"""Benchmark of the local API: the real agent (`oht-agent run`: the core and the gateway as two
+processes, on the simulator) against a bare FastAPI endpoint in a process of its own, in one run.
 
-    .venv/bin/python bench/api.py [--duration SECONDS] [--concurrency N]
+    .venv/bin/python bench/api.py [--duration SECONDS] [--concurrency N] [--client auto|wrk|python]
+                                  [--plain]
 
-What runs: the simulator as a process on a pty; the agent's `Runtime` in this process (its
-event loop carries bus, controller, store and API, as in the daemon); the API and, next to it,
-a bare `async def` endpoint with a trivial bearer check, both through `ApiServer` (uvicorn,
-same settings) on 127.0.0.1. The load comes from a separate process, one phase at a time, each
-for a fixed duration after a one-second warm-up:
+What runs: the simulator as a process on a pty; the agent exactly as `oht-agent run --config CFG`
+starts it (a config with its own data directory, the API on 127.0.0.1 and a free port, the core's
+socket under /tmp; the bench user made first with `oht-agent user add --password-stdin`), ready
+once /readyz answers 200. The baseline is a bare `async def` endpoint with a trivial bearer check,
+served by `ApiServer` (so with every setting the gateway's server has) in its own process, so it
+neither gains nor loses by sharing one; it runs once on each pair of HTTP parser and event loop
+(h11 / httptools, asyncio / uvloop) and the best of the four is the baseline. The load comes from
+a separate process, one phase at a time, each for a fixed duration after a one-second warm-up:
 
-    bare      GET /bare                      (the baseline)
-    status    GET /api/v1/status             (session check, status document, middleware)
-    commands  POST /api/v1/commands          (a unique Idempotency-Key each, type "stop":
-                                              validated, committed with fsync, executed)
+    bare_<http>_<loop>  GET /bare                 (the baseline, per server setting)
+    status              GET /api/v1/status        (session check, the core's latest view, middleware)
+    commands            POST /api/v1/commands     (a unique Idempotency-Key each, type "stop": sent
+                                                   to the core, which validates, commits with fsync
+                                                   and executes it, or answers CORE_BUSY beyond its
+                                                   admission rate)
 
-Each runs twice: closed loop (every connection sends its next request as soon as it has the
-answer: the most the server takes, where latency is mostly queueing, p99 ~ N / throughput) and
-paced (`*_paced`: the same connections offering PACED_RATE requests/s in total, latency counted
-from the scheduled send time: what a client sees under a steady load).
+then paced (`*_paced`: the same connections offering PACED_RATE requests/s in total, latency counted
+from the scheduled send time: what a client sees under a steady load) for the best bare setting,
+status and commands. Closed loop, every connection sends its next request as soon as it has the
+answer: the most the server takes, where latency is mostly queueing (p99 ~ N / throughput).
 
-Load generators. Closed loop: `wrk` (Debian package `wrk`; one thread, N connections, a Lua
-script gives each POST its own Idempotency-Key), so the client takes little of the two cores it
-shares with the agent. Paced, or when wrk is missing (`--client python`): a Python process with
-one httpx.AsyncClient per connection. The JSON names the generator of each phase.
+Load generators; the client shares the machine's cores with the servers, so it must be cheap.
+Closed loop: `wrk` when installed (Debian package `wrk`; one thread, N connections, a Lua script
+gives each POST its own Idempotency-Key). Paced, or when wrk is missing: the raw client, a Python
+process (on uvloop when installed) holding N keep-alive connections that send prepared request
+bytes and read each answer by its Content-Length, a few per cent of what httpx costs per request.
+`--client python` uses one httpx.AsyncClient per connection for every phase instead: it takes
+about a core at 1,200 requests/s, so on two cores it, not the server, sets the closed-loop figures.
+The JSON names the generator of each phase.
 
-The last line is one JSON object: per phase p50/p99 (ms), requests/s and how late the agent's
-event loop ran a 5 ms timer meanwhile (the control loop shares that loop), plus `status_p99_ms`,
-`commands_p99_ms` (closed loop), `ratio_vs_bare` (status req/s / bare req/s), the targets
-(status p99 <= 25 ms, ratio >= 0.5) with whether they were met, and the faults the agent had
-latched by the end (none expected: the API must not starve the bus). Client and server share
-the machine's cores, so absolute figures are a floor; the ratio is the figure to compare.
+The core's control loop runs in another process now, so no probe inside it: at the end of each
+phase the bench reads `GET /api/v1/status` and reports `status.loop.lag_p99_ms` / `lag_max_ms`
+as `core_lag_p99_ms` / `core_lag_max_ms`. The core keeps those over its last 30 s (1,500 ticks),
+so each phase's figure also covers whatever ran in the 30 s before its end (the phase before,
+or two); a phase that made the core late shows in its own figure and in the next ones. The faults
+latched at the end of each phase and of the run, and the state, come from the same document
+(none expected: the API must not starve the bus); the agent's warnings are printed at the end.
+
+`--plain` hides httptools and uvloop from the agent's processes (an import of either fails), so
+the gateway runs on its fallback, h11 and asyncio: the figures without them, on the same machine.
+The bare baseline runs on all four settings either way.
+
+The last line is one JSON object: per phase p50/p99 (ms), requests/s (all answers, and `ok_rps`
+the 2xx ones: beyond the core's admission rate a command is answered 503 CORE_BUSY), status codes
+and the core's loop lateness; which parser and loop the gateway ran (from its log); `status_p99_ms`,
+`commands_p99_ms` (closed loop), `bare_best` and `ratio_vs_bare` (status req/s / the best bare
+req/s), and `targets` (status p99 <= 25 ms at the given concurrency, ratio >= 0.5), each with its
+value and whether it was met. Client and servers share the machine's cores, so absolute figures are
+a floor; the ratio is the figure to compare.
 """
 
 from __future__ import annotations
@@ -40,7 +63,10 @@ import hmac
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -169,53 +195,158 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------- server side (parent)
+# ---------------------------------------------------------------------------- raw load client (child)
 
 
-class LagProbe:
-    """How late the agent's event loop runs a 5 ms timer (the control loop shares this loop)."""
+class _RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that sends prepared bytes and reads one answer at a time.
+
+    Only what these answers need: a status line, headers with Content-Length, a body. No pool, no
+    header objects, no URL parsing per request: per request it costs a small fraction of httpx."""
 
     def __init__(self) -> None:
-        self.lags: list[float] = []
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+        self.closed = False
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + 0.005
-            await asyncio.sleep(0.005)
-            self.lags.append(max(0.0, loop.time() - due))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-    def summary(self) -> dict[str, float]:
-        values = sorted(self.lags)
-        return {"loop_lag_p99_ms": round(ranked(values, 99) * 1000, 1), "loop_lag_max_ms": round(values[-1] * 1000, 1) if values else 0.0}
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is None or self.waiter.done():
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            line_end = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17:line_end if line_end >= 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        status = int(head[9:12])
+        del self.buffer[:end + 4 + length]
+        self.waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection closed"))
+
+    async def request(self, data: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
 
 
-def bare_app() -> Any:
-    app = FastAPI()
+async def raw_client_main(spec: dict[str, Any]) -> dict[str, Any]:
+    from urllib.parse import urlsplit
 
-    async def bearer(request: Request) -> None:
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(supplied.encode(), BARE_TOKEN.encode()):
-            raise HTTPException(status_code=401)
+    loop = asyncio.get_running_loop()
+    where = urlsplit(spec["url"])
+    host, port = where.hostname or "127.0.0.1", int(where.port or 80)
+    concurrency = int(spec["concurrency"])
+    common = f"Host: {host}:{port}\r\nAuthorization: Bearer {spec['token']}\r\n"
+    body = json.dumps({"type": "stop"}).encode()
+    prefix = uuid.uuid4().hex[:12]
+    counter = 0
 
-    @app.get("/bare")
-    async def bare(_: None = Depends(bearer)) -> dict[str, Any]:
-        return {"ok": True, "state": "IDLE"}
+    def next_request() -> bytes:
+        nonlocal counter
+        if spec["method"] != "POST":
+            return f"GET {spec['path']} HTTP/1.1\r\n{common}\r\n".encode()
+        counter += 1
+        return (f"POST {spec['path']} HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
+                f"Idempotency-Key: {prefix}-{counter}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
 
-    return app
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    errors = 0
+    measuring = False
+    stop_at = 0.0
+
+    async def connect() -> _RawConnection:
+        _, conn = await loop.create_connection(_RawConnection, host, port)
+        return conn
+
+    connections = [await connect() for _ in range(concurrency)]
+
+    async def one(index: int, due: float | None = None) -> None:
+        nonlocal errors
+        started = time.perf_counter() if due is None else due
+        try:
+            if connections[index].closed:
+                connections[index] = await connect()
+            status = await connections[index].request(next_request())
+        except (OSError, ConnectionError):
+            errors += 1
+            connections[index] = await connect()
+            return
+        elapsed = time.perf_counter() - started
+        if measuring:
+            latencies.append(elapsed)
+            key = str(status)
+            statuses[key] = statuses.get(key, 0) + 1
+
+    rate = spec.get("rate")
+    interval = concurrency / float(rate) if rate else 0.0
+
+    async def worker(index: int) -> None:
+        if not interval:
+            while time.perf_counter() < stop_at:
+                await one(index)
+            return
+        due = time.perf_counter() + interval * index / concurrency  # spread evenly over the interval
+        while due < stop_at:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await one(index, due)
+            due += interval
+
+    try:
+        stop_at = time.perf_counter() + float(spec["warmup"])
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        measuring = True
+        began = time.perf_counter()
+        stop_at = began + float(spec["duration"])
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - began
+    finally:
+        for conn in connections:
+            if conn.transport is not None:
+                conn.transport.close()
+    values = sorted(latencies)
+    return {
+        "requests": len(values),
+        "rps": round(len(values) / wall, 1),
+        "p50_ms": round(ranked(values, 50) * 1000, 2),
+        "p99_ms": round(ranked(values, 99) * 1000, 2),
+        "max_ms": round(values[-1] * 1000, 2) if values else None,
+        "statuses": statuses,
+        "errors": errors,
+    }
+
+
+# ---------------------------------------------------------------------------- load phases (parent)
 
 
 async def load(
     url: str, method: str, path: str, token: str, duration: float, concurrency: int, rate: float | None = None,
     client: str = "auto",
 ) -> dict[str, Any]:
-    """One phase of load from a separate process: wrk for the closed loop when it is there."""
-    if rate is None and client != "python" and shutil.which("wrk"):
+    """One phase of load from a separate process: wrk for the closed loop when it is there, else
+    the raw client (`--client python`: httpx for every phase)."""
+    if rate is None and client in ("auto", "wrk") and shutil.which("wrk"):
         return await load_wrk(url, method, path, token, duration, concurrency)
     if client == "wrk" and rate is None:
-        raise RuntimeError("wrk is not installed (Debian package `wrk`); or run with --client python")
+        raise RuntimeError("wrk is not installed (Debian package `wrk`); or run with --client raw or python")
+    kind = "httpx" if client == "python" else "raw"
     spec = {"url": url, "method": method, "path": path, "token": token, "duration": duration,
-            "concurrency": concurrency, "warmup": 1.0, "rate": rate}  # fmt: skip
+            "concurrency": concurrency, "warmup": 1.0, "rate": rate, "kind": kind}  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--load-spec", json.dumps(spec),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -224,7 +355,7 @@ async def load(
     out, err = await asyncio.wait_for(proc.communicate(), duration + 120)
     if proc.returncode != 0:
         raise RuntimeError(f"load client failed: {err.decode()[-2000:]}")
-    return {**json.loads(out.decode().strip().splitlines()[-1]), "client": "httpx"}
+    return {**json.loads(out.decode().strip().splitlines()[-1]), "client": kind}
 
 
 async def run_wrk(url: str, method: str, path: str, token: str, seconds: int, concurrency: int) -> dict[str, Any]:
@@ -263,75 +394,274 @@ async def load_wrk(url: str, method: str, path: str, token: str, duration: float
     }
 
 
-async def serve_and_measure(work: Path, link: str, duration: float, concurrency: int, client: str) -> dict[str, Any]:
+# ---------------------------------------------------------------------------- the bare baseline (child)
+
+SETTINGS = (("h11", "asyncio"), ("h11", "uvloop"), ("httptools", "asyncio"), ("httptools", "uvloop"))
+
+
+def bare_app() -> Any:
+    app = FastAPI()
+
+    async def bearer(request: Request) -> None:
+        supplied = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not hmac.compare_digest(supplied.encode(), BARE_TOKEN.encode()):
+            raise HTTPException(status_code=401)
+
+    @app.get("/bare")
+    async def bare(_: None = Depends(bearer)) -> dict[str, Any]:
+        return {"ok": True, "state": "IDLE"}
+
+    return app
+
+
+def bare_main(spec: dict[str, Any]) -> int:
+    """The bare endpoint through `ApiServer` on one parser and loop, until SIGTERM; prints its URL."""
+    from agent.api.server import ApiServer
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        with tempfile.TemporaryDirectory(prefix="oht-bench-bare-") as data:
+            server = ApiServer(bare_app(), "127.0.0.1", 0, data, http=spec["http"])
+            await server.start()
+            print(json.dumps({"url": server.url, "http": server.http_name,
+                              "loop": type(asyncio.get_running_loop()).__module__}), flush=True)  # fmt: skip
+            await stop.wait()
+            await server.stop()
+
+    if spec["loop"] == "uvloop":
+        import uvloop
+
+        uvloop.run(serve())
+    else:
+        asyncio.run(serve())
+    return 0
+
+
+async def start_bare(http: str, loop: str) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--bare-server", json.dumps({"http": http, "loop": loop}),
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        return proc, json.loads(line)
+    except (TimeoutError, ValueError):
+        await stop_process(proc)
+        raise RuntimeError(f"the bare server ({http}, {loop}) did not start") from None
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# ---------------------------------------------------------------------------- the agent (parent)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hide_fast_packages(directory: Path) -> None:
+    """Packages named httptools and uvloop whose import fails, to put first on the agent's path."""
+    for name in ("httptools", "uvloop"):
+        (directory / name).mkdir(parents=True)
+        (directory / name / "__init__.py").write_text(f'raise ImportError("{name} hidden by bench/api.py --plain")\n')
+
+
+class AgentProcess:
+    """`python -m agent run --config CFG` as a child process, its output in a log file."""
+
+    def __init__(self, work: Path, link: str, *, plain: bool) -> None:
+        self.work = work
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.socket = Path(f"/tmp/oht-bench-{os.getpid()}.sock")  # sun_path holds 107 bytes
+        self.config = work / "agent.toml"
+        self.config.write_text(
+            f'[agent]\nid = "oht-bench"\ndata_dir = "{work / "data"}"\n\n'
+            f'[bus]\nport = "{link}"\nrediscover_s = 0.5\n\n'
+            f'[api]\nhost = "127.0.0.1"\nport = {self.port}\n\n'
+            f'[core]\nsocket = "{self.socket}"\n'
+        )
+        path = [str(REPO)]
+        if plain:
+            hide_fast_packages(work / "hidden")
+            path.insert(0, str(work / "hidden"))
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        self.log = work / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, stdin: str | None = None) -> None:
+        done = subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(self.config)], input=stdin,
+                              capture_output=True, text=True, env=self.env, timeout=120)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"oht-agent {' '.join(args)} failed: {done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                                         stdout=out, stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        last = ""
+        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as c:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                try:
+                    answer = await c.get("/readyz")
+                    if answer.status_code == 200:
+                        return
+                    last = answer.text
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the agent was not ready ({last}):\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def gateway_settings(self) -> dict[str, str | None]:
+        """Which parser and loop the (last started) gateway logged."""
+        text = self.log_text()
+        http = re.findall(r"API listening on \S+ \(HTTP/1\.1 by (.*)\)$", text, re.M)
+        loop = re.findall(r"event loop: (.*)$", text, re.M)
+        return {"http": http[-1] if http else None, "loop": loop[-1] if loop else None}
+
+    def warnings(self, limit: int = 40) -> list[str]:
+        """The agent's WARNING and ERROR lines (and the launcher's), folded: one line per kind of
+        message (ids and numbers aside), with how often it came and when first and last."""
+        kinds: dict[str, list[Any]] = {}  # key -> [count, first line, last time]
+        for line in self.log_text().splitlines():
+            parts = line.split(maxsplit=3)
+            if line.startswith("oht-agent run:"):  # a child that exited, and was started again
+                when, text = "", line
+            elif len(parts) == 4 and parts[2] in ("WARNING", "ERROR", "CRITICAL"):
+                when, text = parts[1], f"{parts[2]} {parts[3]}"
+            else:
+                continue
+            key = re.sub(r"\d+", "#", re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>", text))[:100]
+            if key in kinds:
+                kinds[key][0] += 1
+                kinds[key][2] = when
+            else:
+                kinds[key] = [1, f"{parts[0]} {when} {text}" if when else text, when]
+        out = [f"{count:6d} x  {first}" + (f"  (last at {last})" if count > 1 else "") for count, first, last in kinds.values()]
+        return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more kinds)"]
+
+    def stop(self) -> None:
+        from drivers.sim.client import terminate
+
+        if self.proc is not None:
+            terminate(self.proc, 30)
+        self.socket.unlink(missing_ok=True)
+
+
+async def read_status(url: str, token: str) -> dict[str, Any]:
     import httpx
 
-    from agent.api import ApiServer, ApiSettings, create_app
-    from agent.auth.principal import CallContext, cli_principal
-    from agent.config import validate_config
-    from agent.runtime import Runtime
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10.0) as c:
+        answer = await c.get("/api/v1/status")
+    answer.raise_for_status()
+    return answer.json()  # type: ignore[no-any-return]
 
-    data = work / "data"
-    cfg = validate_config({"agent": {"id": "oht-bench", "data_dir": str(data)}, "bus": {"port": link, "rediscover_s": 0.5}})
-    runtime = Runtime(cfg)
-    servers: list[Any] = []
+
+async def measure(work: Path, link: str, duration: float, concurrency: int, client: str, plain: bool) -> dict[str, Any]:
+    import httpx
+
+    agent = AgentProcess(work, link, plain=plain)
+    agent.cli("user", "add", "bench", "--role", "operator", "--password-stdin", stdin=PASSWORD + "\n")
+    agent.start()
     try:
-        await runtime.start()
-        assert runtime.controller is not None and runtime.db is not None
-        deadline = time.monotonic() + 30
-        while not runtime.controller.ready()[0]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"agent not ready: {runtime.controller.ready()[1]}")
-            await asyncio.sleep(0.1)
-        app = create_app(runtime.controller, runtime.db, ApiSettings(agent_id="oht-bench", data_dir=data))
-        await app.state.api.auth.create_user(cli_principal("bench"), "bench", "operator", PASSWORD, CallContext())
-        api = ApiServer(app, "127.0.0.1", 0, data)
-        bare = ApiServer(bare_app(), "127.0.0.1", 0, data)
-        for server in (api, bare):
-            await server.start()
-            servers.append(server)
-        async with httpx.AsyncClient(base_url=api.url) as c:
+        await agent.wait_ready()
+        async with httpx.AsyncClient(base_url=agent.url, timeout=10.0) as c:
             r = await c.post("/api/v1/auth/login", json={"username": "bench", "password": PASSWORD})
             r.raise_for_status()
             token = r.json()["token"]
-        plan = {
-            "bare": (bare.url, "GET", "/bare", BARE_TOKEN, None),
-            "status": (api.url, "GET", "/api/v1/status", token, None),
-            "commands": (api.url, "POST", "/api/v1/commands", token, None),
-            "bare_paced": (bare.url, "GET", "/bare", BARE_TOKEN, PACED_RATE),
-            "status_paced": (api.url, "GET", "/api/v1/status", token, PACED_RATE),
-            "commands_paced": (api.url, "POST", "/api/v1/commands", token, PACED_RATE),
-        }
-        phases = {}
-        for name, (url, method, path, credential, rate) in plan.items():
-            logging.getLogger("bench").warning("phase %s", name)  # so faults logged below can be placed
-            probe = LagProbe()
-            task = asyncio.create_task(probe.run())
-            phases[name] = await load(url, method, path, credential, duration, concurrency, rate, client)
-            task.cancel()
-            phases[name].update(probe.summary())
-        verdict = runtime.controller.status()["verdict"]
-        return {"phases": phases, "faults_after": [f.get("code") for f in verdict.get("faults", [])],
-                "state_after": runtime.controller.status()["state"]}  # fmt: skip
+        phases: dict[str, dict[str, Any]] = {}
+
+        async def phase(name: str, url: str, method: str, path: str, credential: str, rate: float | None) -> None:
+            logging.getLogger("bench").warning("phase %s", name)
+            figures = await load(url, method, path, credential, duration, concurrency, rate, client)
+            status = await read_status(agent.url, token)
+            lag = status["loop"]
+            faults = [f.get("code") for f in status["verdict"].get("faults", [])]
+            ok = sum(count for code, count in figures["statuses"].items() if code.startswith("2"))
+            ok_rps = round(figures["rps"] * ok / figures["requests"], 1) if figures["requests"] else 0.0
+            phases[name] = {**figures, "ok_rps": ok_rps, "core_lag_p99_ms": lag["lag_p99_ms"], "core_lag_max_ms": lag["lag_max_ms"],
+                            "faults": faults}  # fmt: skip
+
+        bare_settings: dict[str, dict[str, str]] = {}
+        for http, loop in SETTINGS:
+            proc, served = await start_bare(http, loop)
+            try:
+                await phase(f"bare_{http}_{loop}", served["url"], "GET", "/bare", BARE_TOKEN, None)
+                bare_settings[f"bare_{http}_{loop}"] = {"http": served["http"], "loop": served["loop"]}
+            finally:
+                await stop_process(proc)
+        best = max(bare_settings, key=lambda name: phases[name]["rps"])
+        await phase("status", agent.url, "GET", "/api/v1/status", token, None)
+        await phase("commands", agent.url, "POST", "/api/v1/commands", token, None)
+        http, loop = best.split("_")[1:]
+        proc, served = await start_bare(http, loop)
+        try:
+            await phase("bare_paced", served["url"], "GET", "/bare", BARE_TOKEN, PACED_RATE)
+        finally:
+            await stop_process(proc)
+        await phase("status_paced", agent.url, "GET", "/api/v1/status", token, PACED_RATE)
+        await phase("commands_paced", agent.url, "POST", "/api/v1/commands", token, PACED_RATE)
+        status = await read_status(agent.url, token)
+        warnings = agent.warnings()
+        if warnings:  # so that a fault can be placed against the phases' start times above
+            print("agent log, warnings and errors:\n" + "\n".join(warnings), file=sys.stderr)
+        return {"phases": phases, "bare_best": best, "bare_settings": bare_settings,
+                "gateway": agent.gateway_settings(), "state_after": status["state"],
+                "faults_after": [f.get("code") for f in status["verdict"].get("faults", [])]}  # fmt: skip
     finally:
-        for server in servers:
-            await server.stop()
-        await runtime.shutdown()
+        agent.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per phase (default 5)")
     parser.add_argument("--concurrency", type=int, default=50, help="connections and workers (default 50)")
-    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
-                        help="closed-loop load generator: wrk when installed (auto), or insist on one")
+    parser.add_argument("--client", choices=("auto", "wrk", "raw", "python"), default="auto",
+                        help="load generator: wrk for the closed loop when installed and the raw client otherwise "
+                             "(auto), or insist on one (python: httpx)")
+    parser.add_argument("--plain", action="store_true",
+                        help="hide httptools and uvloop from the agent: its gateway runs on h11 and asyncio")
     parser.add_argument("--load-spec", help=argparse.SUPPRESS)  # the Python load client's own run
+    parser.add_argument("--bare-server", help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()
     if args.load_spec:
-        print(json.dumps(asyncio.run(client_main(json.loads(args.load_spec)))))
+        spec = json.loads(args.load_spec)
+        if spec["kind"] == "httpx":
+            print(json.dumps(asyncio.run(client_main(spec))))
+            return 0
+        try:  # the client is not what is measured: the cheaper its loop, the less it takes from the servers
+            import uvloop
+        except ImportError:
+            print(json.dumps(asyncio.run(raw_client_main(spec))))
+        else:
+            print(json.dumps(uvloop.run(raw_client_main(spec))))
         return 0
+    if args.bare_server:
+        return bare_main(json.loads(args.bare_server))
 
-    logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)7.0f %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from drivers.sim.client import SimProcess
 
     with tempfile.TemporaryDirectory(prefix="oht-bench-api-") as tmp:
@@ -339,32 +669,42 @@ def main() -> int:
         sim = SimProcess(work / "bus.tty", work / "bus.ctl", seed=7)
         sim.start()
         try:
-            result = asyncio.run(serve_and_measure(work, sim.link, args.duration, args.concurrency, args.client))
+            result = asyncio.run(measure(work, sim.link, args.duration, args.concurrency, args.client, args.plain))
         finally:
             sim.stop()
     phases = result["phases"]
     status_p99 = phases["status"]["p99_ms"]
-    ratio = round(phases["status"]["rps"] / phases["bare"]["rps"], 3) if phases["bare"]["rps"] else None
+    best_rps = phases[result["bare_best"]]["rps"]
+    ratio = round(phases["status"]["rps"] / best_rps, 3) if best_rps else None
     summary = {
         "bench": "api",
         "duration_s": args.duration,
         "concurrency": args.concurrency,
         "cpus": os.cpu_count(),
+        "plain": args.plain,
+        "gateway_http": result["gateway"]["http"],
+        "gateway_loop": result["gateway"]["loop"],
         **{f"{name}_{key}": value for name, figures in phases.items() for key, value in figures.items()
-           if key in ("rps", "p50_ms", "p99_ms", "requests", "errors", "statuses", "loop_lag_p99_ms", "loop_lag_max_ms",
-                       "client")},
+           if key in ("rps", "ok_rps", "p50_ms", "p99_ms", "requests", "errors", "statuses", "core_lag_p99_ms", "core_lag_max_ms",
+                       "faults", "client")},
+        "bare_best": result["bare_best"],
+        "bare_best_rps": best_rps,
+        "status_p99_ms": status_p99,
+        "commands_p99_ms": phases["commands"]["p99_ms"],
         "ratio_vs_bare": ratio,
         "paced_rate": PACED_RATE,
-        "targets": {"status_p99_ms": 25.0, "ratio_vs_bare": 0.5},
-        "status_p99_ok": status_p99 <= 25.0,
-        "ratio_ok": ratio is not None and ratio >= 0.5,
+        "targets": {
+            "status_p99_ms": {"max": 25.0, "value": status_p99, "concurrency": args.concurrency, "met": status_p99 <= 25.0},
+            "ratio_vs_bare": {"min": 0.5, "value": ratio, "met": ratio is not None and ratio >= 0.5},
+        },
         "state_after": result["state_after"],
         "faults_after": result["faults_after"],
     }  # fmt: skip
     for name, figures in phases.items():
-        print(f"{name:15s} {figures['client']:5s} {figures['rps']:8.1f} req/s  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
-              f"  loop lag p99 {figures['loop_lag_p99_ms']} ms  statuses {figures['statuses']}  errors {figures['errors']}",
-              file=sys.stderr)  # fmt: skip
+        print(f"{name:26s} {figures['client']:5s} {figures['rps']:8.1f} req/s  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
+              f"  core lag p99 {figures['core_lag_p99_ms']} ms max {figures['core_lag_max_ms']} ms"
+              f"  statuses {figures['statuses']}  errors {figures['errors']}  faults {figures['faults']}", file=sys.stderr)  # fmt: skip
+    print(f"gateway: {result['gateway']}; baseline: {result['bare_best']}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
 

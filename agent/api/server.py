@@ -9,12 +9,23 @@ task, and:
 - the access log is off (it would log every WebSocket URL with its ticket; see logfilter.py),
   proxy headers are ignored (the peer address in audit rows cannot be forged by a header);
 - TLS is mandatory unless the host is a loopback address (device certificate, see tls.py).
+
+HTTP/1.1 parsing: httptools (llhttp) when it is importable, the pure-Python h11 otherwise; which
+one serves is logged at start. httptools is the faster of the two (bench/api.py measures both).
+The bound on the request head is ours: `MAX_HEAD_BYTES` (16 KiB of request target and headers).
+llhttp has no limit of its own (Node.js counts header bytes in its own callbacks) and uvicorn's
+httptools protocol sets none, so `_bounded_httptools()` counts the head in the parser's callbacks
+and refuses a larger one with 400 and a closed connection before the application sees it. Under
+the h11 fallback the bound is `h11_max_incomplete_event_size`, which h11 applies only to a head
+still incomplete (a larger head that arrives whole in one read passes it), so there
+`_bound_head_h11` also refuses a complete head over the bound, with 431, before the application.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Generator
@@ -27,9 +38,12 @@ from agent.api import logfilter
 from agent.api.tls import ensure_certificate, is_loopback, server_context
 from drivers.errors import CodedError
 
-__all__ = ["ApiServer", "ApiServerError"]
+__all__ = ["MAX_HEAD_BYTES", "ApiServer", "ApiServerError", "http_implementation"]
 
 log = logging.getLogger("agent.api")
+
+# The largest request head served: request target plus headers. The same bound under either parser.
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class ApiServerError(CodedError):
@@ -43,6 +57,110 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools turns it into HttpParserError, uvicorn into a 400."""
+
+
+@functools.cache
+def _bounded_httptools() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a bound on the request head; ImportError without httptools.
+
+    Two counts, both never more than the real size (so no request within the bound is refused):
+    - the head's parts as the parser hands them over (the request target in pieces, each header
+      once complete), checked as they come, so a head over the bound that arrived in one read
+      is refused before `on_headers_complete` starts the application;
+    - the reads that arrived while a head was already open and left it open, so a single header
+      that never ends cannot grow without bound inside the parser (which keeps a header's bytes
+      until it is complete): at most the bound plus one read is ever buffered.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_open = False
+            self._head_parts = 0  # bytes of the target and of the complete headers
+            self._head_reads = 0  # bytes of reads that found the head open and left it open
+
+        def _count(self, size: int) -> None:
+            self._head_parts += size
+            if self._head_parts > MAX_HEAD_BYTES:
+                log.warning("request head over %d bytes from %s: refused", MAX_HEAD_BYTES, self.client)
+                raise _HeadTooLarge(self._head_parts)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_open = True
+            self._head_parts = self._head_reads = 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._count(len(url))
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)  # ": " and CRLF
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._head_open = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            was_open = self._head_open
+            super().data_received(data)
+            if not (was_open and self._head_open) or self.transport.is_closing():
+                return
+            self._head_reads += len(data)
+            if self._head_reads > MAX_HEAD_BYTES:
+                log.warning("request head over %d bytes from %s: refused", MAX_HEAD_BYTES, self.client)
+                self._head_open = False
+                self.send_400_response("Request head too large.")
+
+    return BoundedHttpToolsProtocol
+
+
+def _head_size(scope: dict[str, Any]) -> int:
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    return target + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+
+
+def _bound_head_h11(app: Any) -> Any:
+    """The application behind the head bound h11 leaves open: a complete head over it gets 431."""
+
+    async def bounded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and _head_size(scope) > MAX_HEAD_BYTES:
+            log.warning("request head over %d bytes from %s: refused", MAX_HEAD_BYTES, scope.get("client"))
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1009})  # before the handshake: HTTP 403
+                return
+            body = b"Request head too large."
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]  # fmt: skip
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return bounded
+
+
+def http_implementation(choice: str = "auto") -> tuple[type[asyncio.Protocol] | str, str]:
+    """The HTTP/1.1 protocol for uvicorn and its name: httptools (bounded) when importable, else h11.
+
+    `choice` is "auto", or "h11" / "httptools" to insist on one (the benchmark compares them);
+    "httptools" raises ImportError when it is not installed."""
+    if choice not in ("auto", "h11", "httptools"):
+        raise ValueError(f"unknown HTTP implementation {choice!r}")
+    if choice == "h11":
+        return "h11", "h11"
+    try:
+        return _bounded_httptools(), "httptools"
+    except ImportError as exc:
+        if choice == "httptools":
+            raise
+        return "h11", f"h11 (httptools not importable: {exc})"
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -74,6 +192,7 @@ class ApiServer:
         data_dir: Path | str,
         *,
         max_connections: int = 256,
+        http: str = "auto",
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
     ) -> None:
@@ -84,6 +203,8 @@ class ApiServer:
         self.tls = not is_loopback(host)
         self.fingerprint: str | None = None
         self._max_connections = max_connections
+        self._http = http
+        self.http_name = ""
         self._start_timeout = start_timeout_s
         self._stop_timeout = stop_timeout_s
         self._server: _EmbeddedServer | None = None
@@ -111,11 +232,12 @@ class ApiServer:
             context = server_context(files)
             self.fingerprint = files.fingerprint
             log.info("TLS certificate SHA-256 fingerprint: %s", files.fingerprint)
+        http, self.http_name = http_implementation(self._http)
         sock = _bind(self.host, self.port)
         self._sock = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app,
+            self.app if http != "h11" else _bound_head_h11(self.app),
             host=self.host,
             port=self.port,
             log_config=None,
@@ -123,14 +245,14 @@ class ApiServer:
             access_log=False,
             proxy_headers=False,
             server_header=False,
-            http="h11",
+            http=http,
             ws="websockets-sansio",
             ws_max_size=64 * 1024,
             ws_per_message_deflate=False,
             limit_concurrency=self._max_connections,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=max(1, int(self._stop_timeout)),
-            h11_max_incomplete_event_size=16 * 1024,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_context_factory=(lambda _config, _default: context) if context is not None else None,
         )
         server = _EmbeddedServer(config)
@@ -148,7 +270,7 @@ class ApiServer:
                 await self.stop()
                 raise ApiServerError(f"the API server did not start within {self._start_timeout:g} s", code="API_START_FAILED")
             await asyncio.sleep(0.01)
-        log.info("API listening on %s", self.url)
+        log.info("API listening on %s (HTTP/1.1 by %s)", self.url, self.http_name)
 
     async def stop(self) -> None:
         """Stop accepting, let running requests finish (bounded), then close everything."""
