@@ -7,8 +7,11 @@ has told this launcher READY=1 (through a private sd_notify socket), or after
 do not compete with the core's start-up stop. A child that dies is started again: the gateway
 after `RESTART_GATEWAY_S`, the core after `RESTART_CORE_S` (its start stops the driver first).
 The gateway runs at nice `GATEWAY_NICE`. SIGTERM or Ctrl-C stops the gateway, then the core
-(which stops and confirms motion), each with a bounded wait. Both children die with this process (PR_SET_PDEATHSIG), so a launcher
-killed with SIGKILL leaves no half of the agent running.
+(which stops and confirms motion), each with a bounded wait. Both children die with this
+process (PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves no half of the agent
+running. The children are forked from this
+launcher, not started as new interpreters, so a restarted core reaches its start-up stop
+sooner; they are named `oht-core` and `oht-gateway` (what ps and top show).
 
 Only the standard library is imported here: the core's start-up stop must not wait for it.
 """
@@ -21,10 +24,10 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -37,18 +40,13 @@ STOP_CORE_S = 20.0
 # The gateway yields the CPU to the core, as the units arrange with the core's real-time
 # priority: a burst of password hashing must not slow a stop (no privilege is needed to be nicer).
 GATEWAY_NICE = 10
+_PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the launcher dies, however it dies."""
+def _prctl(option: int, arg: int | bytes) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _gateway_child() -> None:
-    _die_with_parent()
-    os.nice(GATEWAY_NICE)
+    libc.prctl(option, ctypes.c_char_p(arg) if isinstance(arg, bytes) else ctypes.c_ulong(arg), 0, 0, 0)
 
 
 def _say(text: str) -> None:
@@ -56,34 +54,73 @@ def _say(text: str) -> None:
 
 
 class _Child:
-    def __init__(self, role: str, config: str | None, env: dict[str, str]) -> None:
+    """One half, forked from this launcher (no new interpreter to start: the core's start-up stop
+    comes sooner) and run through the same command line as its systemd unit runs it."""
+
+    def __init__(self, role: str, config: str | None, env: dict[str, str], inherited: list[socket.socket]) -> None:
         self.role = role
-        self.prepare = _gateway_child if role == "gateway" else _die_with_parent
-        self.argv = [sys.executable, "-m", "agent", role] + (["--config", config] if config else [])
+        self.args = [role] + (["--config", config] if config else [])
         self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.inherited = inherited  # the launcher's own sockets: closed in the child
+        self.pid: int | None = None
+        self.code: int | None = None
         self.restart_at: float | None = None
         self.starts = 0
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=self.prepare)  # noqa: PLW1509
+        pid = os.fork()
+        if pid == 0:
+            self._become_child()
+        self.pid, self.code = pid, None
         self.starts += 1
         self.restart_at = None
 
+    def _become_child(self) -> None:
+        code = 1
+        try:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the launcher, however it dies
+            _prctl(_PR_SET_NAME, f"oht-{self.role}".encode())  # what ps and top show: oht-core, oht-gateway
+            if self.role == "gateway":
+                os.nice(GATEWAY_NICE)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for sock in self.inherited:
+                sock.close()
+            os.environ.clear()
+            os.environ.update(self.env)
+            from agent.cli import main as cli_main
+
+            code = cli_main(self.args)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - the child reports and exits; the launcher restarts it
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
     def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        if self.pid is None:
+            return None
+        if self.code is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.code = os.waitstatus_to_exitcode(status)
+        return self.code
 
     def stop(self, timeout: float) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if self.pid is None or self.exited() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.exited() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.exited() is None:
             _say(f"{self.role} did not stop within {timeout:.0f} s: killed")
-            proc.kill()
-            proc.wait(5)
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.code = -signal.SIGKILL
 
 
 def _notify_socket() -> tuple[socket.socket, str]:
@@ -126,16 +163,16 @@ def main(argv: Sequence[str]) -> int:
 
     notify, notify_path = _notify_socket()
     base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    core = _Child("core", args.config, {**base, "NOTIFY_SOCKET": notify_path})
-    gateway = _Child("gateway", args.config, base)
+    core = _Child("core", args.config, {**base, "NOTIFY_SOCKET": notify_path}, [notify])
+    gateway = _Child("gateway", args.config, base, [notify])
     try:
         core.start()
         waiting_since = time.monotonic()
         while not stopping:
             now = time.monotonic()
-            if _core_ready(notify) and gateway.proc is None:
+            if _core_ready(notify) and gateway.pid is None:
                 gateway.start()
-            if gateway.proc is None and now - waiting_since > GATEWAY_WAIT_S:
+            if gateway.pid is None and now - waiting_since > GATEWAY_WAIT_S:
                 _say(f"the core has not reported ready within {GATEWAY_WAIT_S:.0f} s; starting the gateway anyway")
                 gateway.start()
             for child, delay in ((core, RESTART_CORE_S), (gateway, RESTART_GATEWAY_S)):

@@ -1,11 +1,13 @@
-"""Builds the daemon's components, starts and supervises their tasks, shuts down safely.
+"""The core process's composition root: builds its components, starts and supervises their tasks,
+shuts down safely. (The gateway's is `agent/gateway.py`; `oht-agent run` starts both.)
 
 Start order: the bus master (it owns the port and reconnects by itself), then the travel driver
 at its configured address alone: identified, bound and its outputs driven to the safe state and
 confirmed (a driver left running by a crashed agent must not wait for a database check whose
-time grows with the database, nor for absent addresses to time out, nor for the HTTP stack to be
-imported). Then the database, the controller (state machine, supervisor, control loop) and
-discovery of the other modules. A mandatory module that is missing is looked for again every
+time grows with the database, nor for absent addresses to time out). Then the database (motion
+commands still queued from before are withdrawn), the controller (state machine, supervisor,
+control loop), the core socket for the gateway (`agent/link/server.py`) and discovery of the
+other modules. A mandatory module that is missing is looked for again every
 `bus.rediscover_s`; nothing is ever bound by guess. On SIGTERM motion is stopped and confirmed,
 STOPPING=1 is sent, and the process exits.
 """
@@ -13,7 +15,6 @@ STOPPING=1 is sent, and the process exits.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -27,7 +28,6 @@ from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
 from drivers.watchdog import HardwareWatchdog, SdNotifier
 from drivers.discovery import DiscoveryReport, discover
-from drivers.errors import CodedError
 from drivers.gpio import GpioInputs, GpioUnavailable
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import Priority

@@ -132,6 +132,9 @@ class _Connection(asyncio.Protocol):
             log.error("gateway (pid %d) broke the protocol: %s", self.peer[0], exc)
             self.send(p.error_reply(None, exc))
             self.close()
+        except Exception:  # noqa: BLE001 - a message we could not handle ends this connection, never the core
+            log.exception("gateway (pid %d) sent a message the core could not handle: disconnected", self.peer[0])
+            self.close()
 
     # ------------------------------------------------------------------ messages
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -150,7 +153,11 @@ class _Connection(asyncio.Protocol):
         if not isinstance(args, dict) or op not in p.OPS:
             self.send(p.error_reply(request_id, CodedError(f"unknown operation {op!r}", code="CORE_REQUEST_INVALID")))
             return
-        deadline = time.monotonic() + min(float(message.get("deadline_ms") or 5000), 60000.0) / 1000
+        try:
+            deadline_ms = min(max(float(message.get("deadline_ms") or 5000), 0.0), 60000.0)
+        except (TypeError, ValueError):
+            deadline_ms = 5000.0
+        deadline = time.monotonic() + deadline_ms / 1000
         if op == "estop":  # first, before admission, tasks, the database and the reply
             self._estop(request_id, args)
             return

@@ -38,13 +38,15 @@ def free_port() -> int:
 
 
 def children(pid: int) -> dict[str, int]:
-    """The launcher's children by role ("core", "gateway") from /proc."""
+    """The launcher's children by role ("core", "gateway"), from their names in /proc."""
     found: dict[str, int] = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        for role in ("core", "gateway"):
-            if role.encode() in argv:
-                found[role] = int(child)
+        try:
+            name = Path(f"/proc/{child}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        if name in ("oht-core", "oht-gateway"):
+            found[name.removeprefix("oht-")] = int(child)
     return found
 
 
@@ -166,7 +168,12 @@ def test_kill_9_of_the_gateway_during_a_move_changes_nothing_for_the_robot(daemo
             if record["state"] not in ("queued", "running"):
                 break
             time.sleep(0.1)
+        # The command's record comes from the database, the state from the core's next view.
+        deadline = time.monotonic() + 2
         status = c.get("/api/v1/status").json()
+        while status["state"] != "IDLE" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            status = c.get("/api/v1/status").json()
     assert record["state"] == "succeeded", record
     early_stops = [at for at, value in enable_writes(sim, killed) if value == 0 and at < started + 2.9]
     assert not early_stops, f"stop frames at +{[round(a - started, 2) for a in early_stops]} s: the move was cut short"
