@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import TYPE_CHECKING
 
 from agent.config import Config
-from agent.supervision import TaskSupervisor, freeze_startup_heap
+from agent.supervision import TaskSupervisor, freeze_startup_heap, stop_on_signals
 from drivers.errors import CodedError
 from drivers.watchdog import SdNotifier
 
@@ -60,12 +59,7 @@ class Gateway:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop_on_signals(self.request_stop)
         try:
             await self.start()
             await self._stop.wait()

@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
-from agent.supervision import freeze_startup_heap
+from agent.supervision import freeze_startup_heap, stop_on_signals
 from agent.safety.estop_input import EstopChannels
 from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
@@ -105,12 +104,7 @@ class Runtime:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
+        stop_on_signals(self.request_stop)
         log.info("agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate)
         try:
             await self.start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +101,13 @@ def freeze_startup_heap() -> None:
     """
     gc.freeze()
     log.debug("%d start-up objects left out of garbage collection", gc.get_freeze_count())
+
+
+def stop_on_signals(request_stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask the running process to stop (each process's `run()` calls this)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, request_stop)
+        except (NotImplementedError, RuntimeError):
+            pass

@@ -80,7 +80,22 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._wrk import REPORT_LUA  # noqa: E402
 from drivers.modbus.stats import ranked  # noqa: E402
+
+def figures(latencies: list[float], wall: float, statuses: dict[str, int], errors: int) -> dict[str, Any]:
+    """One phase's figures, the same for every load client."""
+    values = sorted(latencies)
+    return {
+        "requests": len(values),
+        "rps": round(len(values) / wall, 1),
+        "p50_ms": round(ranked(values, 50) * 1000, 2),
+        "p99_ms": round(ranked(values, 99) * 1000, 2),
+        "max_ms": round(values[-1] * 1000, 2) if values else None,
+        "statuses": statuses,
+        "errors": errors,
+    }
+
 
 PASSWORD = "bench password, long enough"
 BARE_TOKEN = "bench-bare-token-0123456789"
@@ -106,15 +121,7 @@ function request()
   headers["Idempotency-Key"] = prefix .. "-" .. counter
   return wrk.format(nil, nil, headers)
 end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, ' ..
-    '"non_2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
-    e.status, e.connect + e.read + e.write + e.timeout))
-end
-"""
+""" + REPORT_LUA
 
 
 # ---------------------------------------------------------------------------- load client (child)
@@ -183,16 +190,7 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         for c in clients:
             await c.aclose()
-    values = sorted(latencies)
-    return {
-        "requests": len(values),
-        "rps": round(len(values) / wall, 1),
-        "p50_ms": round(ranked(values, 50) * 1000, 2),
-        "p99_ms": round(ranked(values, 99) * 1000, 2),
-        "max_ms": round(values[-1] * 1000, 2) if values else None,
-        "statuses": statuses,
-        "errors": errors,
-    }
+    return figures(latencies, wall, statuses, errors)
 
 
 # ---------------------------------------------------------------------------- raw load client (child)
@@ -319,16 +317,7 @@ async def raw_client_main(spec: dict[str, Any]) -> dict[str, Any]:
         for conn in connections:
             if conn.transport is not None:
                 conn.transport.close()
-    values = sorted(latencies)
-    return {
-        "requests": len(values),
-        "rps": round(len(values) / wall, 1),
-        "p50_ms": round(ranked(values, 50) * 1000, 2),
-        "p99_ms": round(ranked(values, 99) * 1000, 2),
-        "max_ms": round(values[-1] * 1000, 2) if values else None,
-        "statuses": statuses,
-        "errors": errors,
-    }
+    return figures(latencies, wall, statuses, errors)
 
 
 # ---------------------------------------------------------------------------- load phases (parent)

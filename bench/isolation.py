@@ -101,6 +101,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._wrk import REPORT_LUA  # noqa: E402
 from drivers.modbus.stats import percentile, ranked  # noqa: E402
 from drivers.sim.client import AsyncSimControl, SimProcess, terminate  # noqa: E402
 
@@ -145,15 +146,7 @@ function request()
   end
   return wrk.format()
 end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, ' ..
-    '"non_2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
-    e.status, e.connect + e.read + e.write + e.timeout))
-end
-""".replace("__WRONG__", WRONG_PASSWORD)
+""".replace("__WRONG__", WRONG_PASSWORD) + REPORT_LUA
 
 
 class BenchError(RuntimeError):
