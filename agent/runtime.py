@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,10 @@ class Runtime:
         self._stop.set()
 
     async def run(self) -> None:
+        # The loop's thread is the one that must not wait: a worker thread (the store's, a
+        # to_thread) hands the interpreter back after 1 ms instead of Python's default 5 ms, so a
+        # phase-locked poll is not sent after the safety module's tick because a commit held it.
+        sys.setswitchinterval(0.001)
         stop_on_signals(self.request_stop)
         log.info("agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate)
         try:
