@@ -72,6 +72,7 @@ class Gateway:
         # seconds of FastAPI imports must not stall the core's control loop.
         await asyncio.to_thread(_import_api)
         from agent.api.app import create_app
+        from agent.api.routes.control import early_estop_hook
         from agent.api.server import ApiServer
         from agent.api.settings import ApiSettings
         from agent.link.client import CoreClient
@@ -80,7 +81,7 @@ class Gateway:
         self.client = CoreClient(cfg.core_socket_path, self.db, agent_id=cfg.agent.id, retry_s=self.retry_s)
         self.client.start()
         app = create_app(self.client, self.db, ApiSettings.from_config(cfg))
-        self.api = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path)
+        self.api = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path, early_hook=early_estop_hook(app))
         await self.api.start()
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)

@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,10 @@ def _bounded_httptools() -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        # Called with the request's scope the moment its head is parsed, before the application's
+        # task is even scheduled (ApiServer sets it: the E-stop's early path). Must not block.
+        early_hook: Callable[[dict[str, Any]], None] | None = None
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._head_open = False
@@ -106,6 +110,12 @@ def _bounded_httptools() -> type[asyncio.Protocol]:
         def on_headers_complete(self) -> None:
             self._head_open = False
             super().on_headers_complete()
+            hook = type(self).early_hook
+            if hook is not None and self.scope is not None:
+                try:
+                    hook(self.scope)
+                except Exception:  # noqa: BLE001 - the request still takes its normal path
+                    log.exception("early request hook failed")
 
         def data_received(self, data: bytes) -> None:
             was_open = self._head_open
@@ -193,11 +203,13 @@ class ApiServer:
         *,
         max_connections: int = 256,
         http: str = "auto",
+        early_hook: Callable[[dict[str, Any]], None] | None = None,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
     ) -> None:
         self.app = app
         self.host = host
+        self._early_hook = early_hook
         self.port = port
         self.data_dir = Path(data_dir)
         self.tls = not is_loopback(host)
@@ -233,6 +245,8 @@ class ApiServer:
             self.fingerprint = files.fingerprint
             log.info("TLS certificate SHA-256 fingerprint: %s", files.fingerprint)
         http, self.http_name = http_implementation(self._http)
+        if self._early_hook is not None and not isinstance(http, str):
+            http = type("EarlyHttpToolsProtocol", (http,), {"early_hook": staticmethod(self._early_hook)})
         sock = _bind(self.host, self.port)
         self._sock = sock
         self.port = sock.getsockname()[1]

@@ -239,6 +239,27 @@ class AuthService:
             raise AuthInvalid("malformed token")
         return await self._check_session(tokens.digest(bearer))
 
+    def cached_principal(self, bearer: str | None) -> Principal | None:
+        """The principal for a bearer value that is already known and valid, without any wait.
+
+        Only the cache: no database read, no touch, no audit. For the E-stop's early path, which
+        must not wait behind anything; None means "take the normal path" (which decides)."""
+        if not bearer:
+            return None
+        now = self._clock()
+        if tokens.looks_like_api_key(bearer):
+            parsed = tokens.parse_api_key(bearer)
+            key = self._keys.get(parsed.prefix) if parsed is not None else None
+            if key is None or not tokens.digests_match(key.key_hash, tokens.digest(bearer)):
+                return None
+            return key.principal
+        if not tokens.well_formed_token(bearer):
+            return None
+        entry = self._sessions.get(tokens.digest(bearer))
+        if entry is None or now >= entry.expires or now - entry.last_seen > entry.idle_s:
+            return None
+        return entry.principal
+
     async def still_valid(self, principal: Principal) -> bool:
         """Whether the credential behind `principal` still holds (for long-lived streams)."""
         digest = principal.credential_digest

@@ -178,6 +178,21 @@ class CoreClient:
         finally:
             self._pending.pop(request_id, None)
 
+    def fire_estop(self, *, user: str, reason: str = "") -> bool:
+        """Send an E-stop to the core now, from a synchronous callback, and do not wait for it.
+
+        The HTTP E-stop's early path: its frame leaves the gateway the moment the request is read,
+        ahead of every request the gateway's loop has yet to turn to. The route then asks again
+        the usual way (the core joins the stop already under way) for the reply and the audit row.
+        False when the core is not connected."""
+        writer = self._writer
+        if writer is None:
+            return False
+        self._next_id += 1  # its reply matches no pending request and is dropped
+        writer.write(p.encode({"t": "req", "id": self._next_id, "op": "estop", "deadline_ms": 1000,
+                               "args": {"source": "api", "user": user, "reason": reason or "on receipt of the request"}}))
+        return True
+
     # ------------------------------------------------------------------ AgentCore: reads
     def _current(self) -> dict[str, Any]:
         view = self._view

@@ -78,3 +78,30 @@ async def test_while_the_core_is_away_the_client_says_so_and_comes_back_by_itsel
         assert await wait_for(lambda: client.connected.is_set() and client.ready()[0], 5.0), client.ready()
         record = (await client.submit_command(source="api", idempotency_key="k", type="stop", params={}, user="t")).record
         assert (await client.get_command(record.id)).id == record.id  # read from the database, not the core
+
+
+async def test_the_estop_early_path_stops_from_a_known_credential_only(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from agent.api.routes.control import early_estop_hook
+    from agent.auth.principal import CallContext, cli_principal
+
+    rt = await agent_factory(sim.link)
+    async with gateway_for(rt) as gw:
+        app = gw.api.app
+        await app.state.api.auth.create_user(cli_principal("test"), "vic", "viewer", "a long enough password", CallContext())
+        async with httpx.AsyncClient(base_url=gw.api.url) as http:
+            token = (await http.post("/api/v1/auth/login", json={"username": "vic", "password": "a long enough password"})).json()["token"]
+            assert (await http.get("/api/v1/status", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+        hook = early_estop_hook(app)
+
+        def head(path: str, credential: str) -> dict[str, object]:
+            return {"type": "http", "method": "POST", "path": path, "headers": [(b"authorization", f"Bearer {credential}".encode())]}
+
+        hook(head("/api/v1/estop", "not-a-session-token"))
+        hook(head("/api/v1/reset", token))  # only the E-stop has an early path
+        await asyncio.sleep(0.3)
+        assert rt.controller.sm.state.value == "IDLE", "an unknown credential or another route stopped the robot"
+        hook(head("/api/v1/estop", token))  # a viewer's cached session: every role may stop
+        assert await wait_for(lambda: rt.controller.sm.state.value == "ESTOP", 2.0)
+        assert await wait_for(lambda: gw.client.status()["state"] == "ESTOP", 2.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -10,13 +11,42 @@ from agent.api.context import api_context
 from agent.api.deps import core_audit, mark_audited, require
 from agent.api.errors import error_response
 from agent.api.models import AUTH_ERRORS, EstopOut, EstopRequest, ResetOut, errors
-from agent.api.permissions import Permission
+from agent.api.permissions import Permission, allowed
 from agent.auth.principal import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["control"])
 
+ESTOP_PATH = "/api/v1/estop"
 
-@router.post("/estop", name="robot.estop", response_model=EstopOut, responses=errors(*AUTH_ERRORS, 503))
+
+def early_estop_hook(app: Any) -> Callable[[dict[str, Any]], None]:
+    """Called by the HTTP server the moment a request's head is parsed (see `ApiServer`).
+
+    Under a flood the gateway's loop has many requests queued before a new one's handler runs;
+    an E-stop must not wait for them. When the head is `POST /api/v1/estop` with a credential
+    already known and valid (the cache only: no database, no wait), the stop goes to the core at
+    once. The request then runs as usual: the route asks the core again (it joins the stop under
+    way), gets the confirmation to answer with, and the core writes the audit row. Anything else,
+    or an unknown credential, takes only the usual path, which decides.
+    """
+
+    def hook(scope: dict[str, Any]) -> None:
+        if scope.get("method") != "POST" or scope.get("path") != ESTOP_PATH:
+            return
+        api = app.state.api
+        fire = getattr(api.core, "fire_estop", None)
+        if fire is None:
+            return
+        header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"").decode("latin-1")
+        scheme, _, value = header.strip().partition(" ")
+        principal = api.auth.cached_principal(value.strip()) if scheme.lower() == "bearer" else None
+        if principal is not None and allowed(principal.role, Permission.ESTOP):
+            fire(user=principal.actor)
+
+    return hook
+
+
+@router.post(ESTOP_PATH.removeprefix("/api/v1"), name="robot.estop", response_model=EstopOut, responses=errors(*AUTH_ERRORS, 503))
 async def estop(
     request: Request,
     body: EstopRequest | None = Body(default=None),
