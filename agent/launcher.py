@@ -5,7 +5,9 @@ this is the same pair for a terminal. The core starts first. The gateway follows
 has told this launcher READY=1 (through a private sd_notify socket), or after
 `GATEWAY_WAIT_S` if it has not (no travel driver answering yet, say), so the gateway's imports
 do not compete with the core's start-up stop. A child that dies is started again: the gateway
-after `RESTART_GATEWAY_S`, the core after `RESTART_CORE_S` (its start stops the driver first).
+after `RESTART_GATEWAY_S`, the core after `RESTART_CORE_S` (its start stops the driver first);
+one that fails within `FIRST_START_S` of its first start (a bad configuration) ends the launcher
+with its exit code instead.
 The gateway runs at nice `GATEWAY_NICE`. SIGTERM or Ctrl-C stops the gateway, then the core
 (which stops and confirms motion), each with a bounded wait. Both children die with this
 process (PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves no half of the agent
@@ -37,6 +39,7 @@ RESTART_GATEWAY_S = 0.2
 RESTART_CORE_S = 1.0
 STOP_GATEWAY_S = 10.0
 STOP_CORE_S = 20.0
+FIRST_START_S = 3.0  # a child that fails this soon after the launcher's first start is not restarted
 # The gateway yields the CPU to the core, as the units arrange with the core's real-time
 # priority: a burst of password hashing must not slow a stop (no privilege is needed to be nicer).
 GATEWAY_NICE = 10
@@ -65,6 +68,7 @@ class _Child:
         self.pid: int | None = None
         self.code: int | None = None
         self.restart_at: float | None = None
+        self.started_at = 0.0
         self.starts = 0
 
     def start(self) -> None:
@@ -72,6 +76,7 @@ class _Child:
         if pid == 0:
             self._become_child()
         self.pid, self.code = pid, None
+        self.started_at = time.monotonic()
         self.starts += 1
         self.restart_at = None
 
@@ -165,6 +170,7 @@ def main(argv: Sequence[str]) -> int:
     base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     core = _Child("core", args.config, {**base, "NOTIFY_SOCKET": notify_path}, [notify])
     gateway = _Child("gateway", args.config, base, [notify])
+    failed = 0
     try:
         core.start()
         waiting_since = time.monotonic()
@@ -177,6 +183,13 @@ def main(argv: Sequence[str]) -> int:
                 gateway.start()
             for child, delay in ((core, RESTART_CORE_S), (gateway, RESTART_GATEWAY_S)):
                 code = child.exited()
+                if (code is not None and code > 0 and child.restart_at is None and child.starts == 1
+                        and now - child.started_at < FIRST_START_S):
+                    # It gave up by itself while coming up (a bad configuration, say): starting it
+                    # again would fail again. One killed by a signal is started again below.
+                    _say(f"{child.role} exited with {code} while starting; not started again")
+                    stopping, failed = True, code
+                    break
                 if code is not None and child.restart_at is None:
                     _say(f"{child.role} exited with {code}; starting it again in {delay:.1f} s")
                     child.restart_at = now + delay
@@ -188,4 +201,4 @@ def main(argv: Sequence[str]) -> int:
         core.stop(STOP_CORE_S)
         notify.close()
         shutil.rmtree(os.path.dirname(notify_path), ignore_errors=True)
-    return 0
+    return failed

@@ -317,3 +317,12 @@ def test_the_core_holds_no_network_socket_and_the_gateway_no_serial_port(daemon:
                             " 'agent.control.controller') if m in sys.modules]\n"
                             "print(bad); sys.exit(1 if bad else 0)"], capture_output=True, text=True, env=ENV, timeout=60)
     assert probe.returncode == 0, probe.stdout + probe.stderr
+
+
+def test_a_half_that_cannot_start_ends_the_launcher_with_its_code(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[agent]\nid = "not an id"\n')
+    run = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(bad)], capture_output=True, text=True,
+                         env=ENV, timeout=30)
+    assert run.returncode == 1, run.stderr
+    assert "CONFIG_INVALID" in run.stderr and "not started again" in run.stderr, run.stderr
