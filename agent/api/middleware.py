@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -122,6 +123,20 @@ class ApiMiddleware:
                 await self._send_error(
                     send_wrapper, 413, "REQUEST_TOO_LARGE", f"the request body exceeds {limit} bytes",
                     "Send smaller requests; command parameters are small JSON objects.", request_id,
+                )  # fmt: skip
+                return
+            problem = body_problem(body) if method in STATE_CHANGING and scope["path"] != "/api/v1/estop" else None
+            if problem is not None:
+                # Refused before any route runs: a body the agent cannot read, or could not
+                # digest for its audit row, never reaches an action. (The E-stop never waits on this.)
+                state["error_code"] = "REQUEST_MALFORMED"
+                principal = self.api.auth.cached_principal(_bearer(scope))
+                if principal is not None:
+                    state["principal"] = principal
+                await self._send_error(
+                    send_wrapper, 400, "REQUEST_MALFORMED", f"the request body was refused: {problem}",
+                    "Send one JSON object in UTF-8, each key once, nested at most "
+                    f"{MAX_JSON_DEPTH} levels, finite numbers.", request_id,
                 )  # fmt: skip
                 return
             if scope["path"] in _PRIORITY_PATHS:
@@ -233,6 +248,62 @@ def audit_entry(scope: Scope, body: bytes, principal: Any, *, result: str = "ok"
     )
 
 
+MAX_JSON_DEPTH = 32
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why a state-changing request's body is refused, or None. Empty bodies pass."""
+    if not body:
+        return None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not UTF-8"
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse_constant)
+    except RecursionError:
+        return "it is nested too deeply"
+    except _RepeatedKey as exc:
+        return f"it repeats the key {str(exc)[:40]!r}"
+    except ValueError as exc:  # not JSON, or an integer too long to convert
+        return f"it is not JSON ({str(exc)[:80]})"
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"it is nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, float) and not math.isfinite(item):
+            return "it holds a number too large to be finite"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    header = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"").decode("latin-1")
+    scheme, _, value = header.strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
 def _route(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -258,7 +329,7 @@ def _digest(scope: Scope, body: bytes) -> str | None:
     if body:
         try:
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             parsed = {"unparsed_bytes": len(body)}
     query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
     params = {"path": dict(scope.get("path_params") or {}), "query": query, "body": parsed}
