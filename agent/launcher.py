@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import select
 import shutil
 import signal
 import socket
@@ -120,7 +121,7 @@ class _Child:
         os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self.exited() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.02)  # a synchronous process with no event loop: nothing else waits on it
         if self.exited() is None:
             _say(f"{self.role} did not stop within {timeout:.0f} s: killed")
             os.kill(self.pid, signal.SIGKILL)
@@ -195,7 +196,9 @@ def main(argv: Sequence[str]) -> int:
                     child.restart_at = now + delay
                 if child.restart_at is not None and now >= child.restart_at:
                     child.start()
-            time.sleep(0.02)
+            # The launcher has no event loop: it waits here for the core's READY=1 (acted on the
+            # moment it arrives) or 20 ms, whichever comes first, then looks at its children.
+            select.select([notify], [], [], 0.02)
     finally:
         gateway.stop(STOP_GATEWAY_S)
         core.stop(STOP_CORE_S)
