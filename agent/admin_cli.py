@@ -3,8 +3,9 @@
 The first admin can only be made here: there is no default password and no self-registration.
 User commands write the database, so they take the data directory lock: stop the daemon first
 (`systemctl stop oht-agent.target`; the gateway caches sessions and users, so a change behind
-its back would not reach it); they refuse with DATA_DIR_LOCKED otherwise. `audit verify` and
-`tls fingerprint` only read and also work while the daemon runs.
+its back would not reach it); they refuse with DATA_DIR_LOCKED otherwise. `user unlock` is the
+exception: it works beside the running daemon, which reads it from the audit log. `audit verify`
+and `tls fingerprint` only read and also work while the daemon runs.
 
 Every change made here is audited like one made over the API, with the actor `cli:<os user>`.
 """
@@ -54,6 +55,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     disable = user_sub.add_parser("disable", help="disable a user (never deleted; their sessions end)")
     disable.add_argument("name")
     _add_config(disable)
+    unlock = user_sub.add_parser(
+        "unlock",
+        help="clear a user's failed logins so they can log in at once (works while the daemon runs)",
+        description="Clear the failed-login count and delays of an account, from every address. Run it on the "
+        "carriage when someone else's guessing keeps the owner waiting; the running gateway applies it at the "
+        "account's next login (within a second). Audited as auth.unlock.",
+    )
+    unlock.add_argument("name")
+    _add_config(unlock)
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION")
@@ -127,12 +137,16 @@ def _user(args: argparse.Namespace, cfg: Config) -> int:
     return asyncio.run(_user_async(action, args, cfg, password))
 
 
-async def _with_service(cfg: Config, fn: Callable[[Any, Any, Any], Awaitable[T]]) -> T:
+async def _with_service(cfg: Config, fn: Callable[[Any, Any, Any], Awaitable[T]], *, attach: bool = False) -> T:
+    """Run `fn(service, principal, context)` on the data directory.
+
+    `attach`: beside a running daemon (no lock, the schema must be current); only for changes the
+    gateway picks up by itself (an unlock is read from the audit log)."""
     from agent.auth.principal import CallContext, cli_principal
     from agent.auth.service import AuthService
     from agent.store.database import Database
 
-    db = await Database.open(cfg.data_path)
+    db = await Database.open(cfg.data_path, attach=attach)
     try:
         service = AuthService(db)
         return await fn(service, cli_principal(getpass.getuser()), CallContext(source_ip="local"))
@@ -154,6 +168,10 @@ async def _user_async(action: str, args: argparse.Namespace, cfg: Config, passwo
     if action == "disable":
         user = await _with_service(cfg, lambda s, p, c: s.disable_user(p, args.name, c))
         print(f"user {user.name} disabled")
+        return 0
+    if action == "unlock":
+        user = await _with_service(cfg, lambda s, p, c: s.unlock(p, args.name, c), attach=True)
+        print(f"failed logins of {user.name} cleared; the running agent applies it at the next login")
         return 0
     users = await _with_service(cfg, lambda s, p, c: s.list_users())
     if not users:

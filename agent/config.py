@@ -176,6 +176,7 @@ class ApiSection(_Section):
     login_account_failures: Annotated[int, Field(ge=1, le=100)] = 5
     login_ip_failures: Annotated[int, Field(ge=1, le=1000)] = 20
     login_window_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
+    login_account_delay_max_s: Annotated[int, Field(ge=1, le=3600)] = 30
     cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("cors_origins")

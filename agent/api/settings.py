@@ -49,6 +49,7 @@ class ApiSettings:
     login_account_failures: int = 5
     login_ip_failures: int = 20
     login_window_s: float = 15 * 60.0
+    login_account_delay_max_s: float = 30.0
     max_body_bytes: int = 64 * 1024
     cors_origins: tuple[str, ...] = ()
     stream_max_hz: float = 10.0
@@ -82,6 +83,7 @@ class ApiSettings:
                 account_failures=self.login_account_failures,
                 ip_failures=self.login_ip_failures,
                 window_s=self.login_window_s,
+                account_delay_max_s=min(self.login_account_delay_max_s, self.login_window_s),
             ),
         )
 
@@ -97,5 +99,6 @@ class ApiSettings:
             login_account_failures=api.login_account_failures,
             login_ip_failures=api.login_ip_failures,
             login_window_s=float(api.login_window_s),
+            login_account_delay_max_s=float(api.login_account_delay_max_s),
             cors_origins=tuple(api.cors_origins),
         )

@@ -15,6 +15,7 @@ credential; the idle timeout is enforced from memory, so a restart can only shor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from agent.auth.auditing import write_anonymous
 from agent.auth.passwords import Hasher, check_policy
 from agent.auth.principal import CallContext, Principal
 from agent.auth.roles import check_role, rank
-from agent.auth.throttle import AuditGate, LoginThrottle, ThrottleLimits
+from agent.auth.throttle import Attempt, AuditGate, LoginThrottle, ThrottleLimits
 from agent.store import api_keys as keys_store
 from agent.store import sessions as sessions_store
 from agent.store import users as users_store
@@ -57,6 +58,8 @@ log = logging.getLogger("agent.auth")
 _TOUCH_EVERY_S = 60.0
 _CACHE_MAX = 10_000
 _TICKETS_MAX = 256
+_UNLOCK_LOOK_EVERY_S = 1.0
+UNLOCK_ACTION = "auth.unlock"
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,29 @@ class AuthService:
         self._keys: OrderedDict[str, _CachedKey] = OrderedDict()  # key prefix -> entry
         self._tickets: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # ticket digest
         self._generation = 0  # bumped by every revocation (see module docstring)
+        self._unlock_seq = 0  # the last audit row looked at for unlocks
+        self._unlocks_checked_at = -math.inf
 
     async def start(self) -> None:
         await self.hasher.prepare()
+        # Unlocks written before this start concern failures this process never saw.
+        rows = await self._db.read(lambda conn: conn.execute_fetchall("SELECT last_seq FROM audit_head WHERE id = 1"))
+        self._unlock_seq = int(next(iter(rows))[0]) if rows else 0
+
+    async def unlock(self, principal: Principal, user_name: str, ctx: CallContext) -> User:
+        """Clear an account's login failures (the technician on the carriage, `oht-agent user unlock`).
+
+        Written as an audit row; a running gateway applies it at the account's next throttled
+        attempt (see `_apply_unlocks`), and this process's own throttle is cleared at once."""
+        users_store.check_name(user_name)
+        user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, user_name))
+        if user is None:
+            raise UserNotFound(f"no user named {user_name!r}")
+        entry = self._entry(principal.actor, principal.method, UNLOCK_ACTION, ctx, target=user.name)
+        await self._db.write(lambda conn: append_in(conn, entry))
+        ctx.audited = True
+        self.throttle.clear_account(user.name)
+        return user
 
     # ------------------------------------------------------------------ audit helper
 
@@ -161,26 +184,81 @@ class AuthService:
         # The dummy hash for unknown users exists before the first check of any kind, so the
         # first login after a start is not slower for one kind of name than for the other.
         await self.hasher.prepare()
-        wait = self.throttle.check(user_name, ip)
-        if wait:
+        attempt = await self._begin_check(user_name, ip)
+        if isinstance(attempt, int):
             await self._audit_only(
                 self._entry("anonymous", "password", "auth.login", ctx, result="denied", code=LoginThrottled.code, target=target),
                 ctx,
                 anonymous=True,
             )
-            raise LoginThrottled(f"too many failed logins; retry in {wait} s", retry_after=wait)
-        user = None
-        if isinstance(user_name, str) and 0 < len(user_name) <= 64:
-            user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, user_name))
-        ok = await self.hasher.verify(password, user.password_hash if user is not None else None)
+            raise LoginThrottled(f"too many failed logins; retry in {attempt} s", retry_after=attempt)
+        try:
+            user = None
+            if isinstance(user_name, str) and 0 < len(user_name) <= 64:
+                user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, user_name))
+            ok = await self.hasher.verify(password, user.password_hash if user is not None else None)
+        except BaseException:
+            attempt.abandon()
+            raise
         if not ok or user is None or user.disabled:
-            self.throttle.failed(user_name, ip)
+            attempt.failed()
             await self._audit_only(
                 self._entry("anonymous", "password", "auth.login", ctx, result="denied", code=AuthFailed.code, target=target),
                 ctx,
                 anonymous=True,
             )
             raise AuthFailed("invalid user name or password")
+        try:
+            result = await self._open_session(user, password, ctx)
+        except BaseException:
+            attempt.abandon()  # the password was right; a store error is not a failed guess
+            raise
+        attempt.succeeded()
+        return result
+
+    async def _begin_check(self, user_name: object, ip: str) -> Attempt | int:
+        """A reserved password check, or the seconds to wait; a throttled account first looks
+        for an unlock written by a technician (`oht-agent user unlock`) since the last look."""
+        attempt = self.throttle.begin(user_name, ip)
+        if isinstance(attempt, int) and await self._apply_unlocks():
+            attempt = self.throttle.begin(user_name, ip)
+        return attempt
+
+    async def _apply_unlocks(self) -> bool:
+        """Apply `auth.unlock` audit rows written since the last look (at most once a second).
+
+        Why through the audit log: the unlock is written by the command line on the carriage, a
+        process of its own, while the gateway runs; its audit row is both the record and the
+        instruction, and reading rows after a known seq uses the primary key only."""
+        now = self._monotonic()
+        if now - self._unlocks_checked_at < _UNLOCK_LOOK_EVERY_S:
+            return False
+        self._unlocks_checked_at = now
+        after = self._unlock_seq
+
+        async def fn(conn: aiosqlite.Connection) -> list[tuple[int, str]]:
+            rows = await conn.execute_fetchall(
+                "SELECT seq, target FROM audit WHERE seq > ? AND action = ? AND result = 'ok' ORDER BY seq",
+                (after, UNLOCK_ACTION),
+            )
+            head = list(await conn.execute_fetchall("SELECT last_seq FROM audit_head WHERE id = 1"))
+            return [(int(r[0]), str(r[1])) for r in rows] + ([(int(head[0][0]), "")] if head else [])
+
+        try:
+            found = await self._db.read(fn)
+        except StoreError as exc:
+            log.warning("cannot look for account unlocks: %s", exc)
+            return False
+        applied = False
+        for seq, name in found:
+            self._unlock_seq = max(self._unlock_seq, seq)
+            if name:
+                self.throttle.clear_account(name)
+                log.info("login failures of %s cleared by an unlock on the carriage", name)
+                applied = True
+        return applied
+
+    async def _open_session(self, user: User, password: str, ctx: CallContext) -> LoginResult:
         upgraded = await self.hasher.hash(password) if self.hasher.needs_upgrade(user.password_hash) else None
         token = tokens.new_session_token()
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -205,7 +283,6 @@ class AuthService:
 
         record = await self._db.write(unit)
         ctx.audited = True
-        self.throttle.succeeded(user_name)
         if upgraded is not None:
             log.info("password hash of %s upgraded to the current scrypt parameters", user.name)
         return LoginResult(token=token, expires_at=record.expires_at, role=user.role, user_name=user.name)
@@ -384,22 +461,28 @@ class AuthService:
         if principal.method != "session" or principal.user_name is None or principal.user_id is None:
             raise SessionRequired("only a logged-in user can change their password")
         name, ip = principal.user_name, ctx.source_ip or "unknown"
-        wait = self.throttle.check(name, ip)
-        if wait:
+        check_policy(new, user_name=name)
+        attempt = await self._begin_check(name, ip)
+        if isinstance(attempt, int):
             await self._audit_only(
                 self._entry(name, "session", "auth.password_change", ctx, result="denied", code=LoginThrottled.code, target=name),
                 ctx,
             )
-            raise LoginThrottled(f"too many failed password checks; retry in {wait} s", retry_after=wait)
-        user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, name))
-        if user is None or not await self.hasher.verify(current, user.password_hash):
-            self.throttle.failed(name, ip)
+            raise LoginThrottled(f"too many failed password checks; retry in {attempt} s", retry_after=attempt)
+        try:
+            user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, name))
+            ok = user is not None and await self.hasher.verify(current, user.password_hash)
+        except BaseException:
+            attempt.abandon()
+            raise
+        if not ok or user is None:
+            attempt.failed()
             await self._audit_only(
                 self._entry(name, "session", "auth.password_change", ctx, result="denied", code=PasswordMismatch.code, target=name),
                 ctx,
             )
             raise PasswordMismatch("the current password is not correct")
-        check_policy(new, user_name=name)
+        attempt.abandon()  # the right password: give the reservation back (the change clears the rest)
         return await self._replace_password(principal, user, new, "auth.password_change", ctx)
 
     async def set_password(self, principal: Principal, user_name: str, new: str, ctx: CallContext) -> int:
@@ -424,7 +507,7 @@ class AuthService:
         revoked = await self._db.write(unit)
         ctx.audited = True
         self._evict_sessions(lambda p: p.user_id == user.id)
-        self.throttle.succeeded(user.name)
+        self.throttle.clear_account(user.name)
         return len(revoked)
 
     # ------------------------------------------------------------------ users

@@ -1,12 +1,29 @@
-"""Login throttling: failures counted per account and per source address over sliding windows.
+"""Login throttling that slows an attacker without locking the owner out.
 
-Why both: a per-account limit stops guessing one password from many addresses; a per-address
-limit stops one address from spraying many accounts. Unknown accounts are counted like known
-ones, so the throttle itself does not reveal which names exist.
+The policy, all over one sliding window (`window_s`, 15 min by default):
 
-Memory is bounded: each key keeps at most `limit` timestamps, and at most `max_keys` keys are
-tracked (the least recently failed are forgotten first). The state is in memory only: a restart
-forgets it, which costs an attacker a restart of the robot per window.
+- **Per address and account**: after `account_failures` failed checks of one account from one
+  address, that address may not try that account again until the oldest failure leaves the window.
+- **Per address**: after `ip_failures` failures from one address (any accounts) the address waits
+  the same way; this stops one address from spraying many accounts.
+- **Per account, from anywhere**: beyond `account_failures` failures in the window (from all
+  addresses together) each further password check of the account waits a delay that doubles
+  (1 s, 2 s, 4 s, ...) up to `account_delay_max_s`. It is a delay, never a lockout: guessing
+  from many addresses gets one guess per delay, and the owner, from another address, waits at
+  most `account_delay_max_s`.
+- An address that logged in to the account successfully within `known_address_s` skips the
+  account-wide delay (its own limits above still apply), so the technician's usual terminal is
+  not slowed by someone else's guessing.
+
+Why the check is a reservation: the limits count password checks, and a check takes ~75 ms in
+a thread. `begin` decides and reserves in one synchronous step (nothing else runs on the event
+loop in between), so a burst of 50 parallel attempts gets exactly the allowed number of checks,
+not as many as were in flight before the first one failed. A successful check gives its
+reservation back; a failed one keeps it as the failure.
+
+Memory is bounded: at most `max_keys` keys per table (the least recently used are forgotten
+first). The state is in memory only; a technician clears an account on the carriage with
+`oht-agent user unlock NAME`, and a restart of the gateway forgets everything.
 """
 
 from __future__ import annotations
@@ -16,8 +33,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-__all__ = ["AuditGate", "LoginThrottle", "SlidingWindow", "ThrottleLimits"]
+__all__ = ["Attempt", "AuditGate", "LoginThrottle", "SlidingWindow", "ThrottleLimits"]
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -25,6 +45,45 @@ class ThrottleLimits:
     account_failures: int = 5
     ip_failures: int = 20
     window_s: float = 900.0
+    account_delay_max_s: float = 30.0
+    known_address_s: float = 30 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.account_failures < 1 or self.ip_failures < 1 or self.window_s <= 0:
+            raise ValueError("login limits and their window must be positive")
+        if not 1 <= self.account_delay_max_s <= self.window_s:
+            raise ValueError("account_delay_max_s must be between 1 s and the window")
+
+
+class _LruTable(Generic[V]):
+    """A bounded mapping that forgets the least recently used key first."""
+
+    def __init__(self, max_keys: int) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be positive")
+        self._max = max_keys
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> V | None:
+        return self._items.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class SlidingWindow:
@@ -42,9 +101,8 @@ class SlidingWindow:
             raise ValueError("limit, window_s and max_keys must be positive")
         self.limit = limit
         self.window_s = window_s
-        self._max_keys = max_keys
         self._clock = clock
-        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+        self._events: _LruTable[deque[float]] = _LruTable(max_keys)
 
     def _live(self, key: str, now: float) -> deque[float] | None:
         events = self._events.get(key)
@@ -53,9 +111,13 @@ class SlidingWindow:
         while events and events[0] <= now - self.window_s:
             events.popleft()
         if not events:
-            del self._events[key]
+            self._events.pop(key)
             return None
         return events
+
+    def count(self, key: str) -> int:
+        events = self._live(key, self._clock())
+        return 0 if events is None else len(events)
 
     def retry_after(self, key: str) -> int:
         """Seconds until `key` may try again (0: not blocked)."""
@@ -67,48 +129,173 @@ class SlidingWindow:
         release_at = events[len(events) - self.limit] + self.window_s
         return max(1, math.ceil(release_at - now))
 
-    def hit(self, key: str) -> None:
+    def hit(self, key: str) -> float:
+        """Count one event now; returns its time (to `release` it again)."""
         now = self._clock()
         events = self._live(key, now)
         if events is None:
             events = deque(maxlen=self.limit)
-            self._events[key] = events
-            while len(self._events) > self._max_keys:
-                self._events.popitem(last=False)
-        else:
-            self._events.move_to_end(key)
+            self._events.put(key, events)
         events.append(now)
+        return now
+
+    def release(self, key: str, at: float) -> None:
+        """Take back the event counted at `at` (a reservation that did not become a failure)."""
+        events = self._events.get(key)
+        if events is not None and at in events:
+            events.remove(at)
 
     def clear(self, key: str) -> None:
-        self._events.pop(key, None)
+        self._events.pop(key)
+
+    def keys(self) -> list[str]:
+        return self._events.keys()
 
     def __len__(self) -> int:
         return len(self._events)
 
 
-class LoginThrottle:
-    """`check` before verifying a password, `failed` after a failure, `succeeded` after success."""
+@dataclass
+class _AccountState:
+    failures: deque[float]  # times of failures in the window (from any address)
+    in_flight: int = 0  # password checks reserved and not finished
+    next_check_at: float = 0.0  # the account-wide delay ends here
 
-    def __init__(self, limits: ThrottleLimits = ThrottleLimits(), *, clock: Callable[[], float] = time.monotonic) -> None:
+
+class Attempt:
+    """One reserved password check: end it with exactly one of `failed` or `succeeded`."""
+
+    def __init__(self, throttle: LoginThrottle, account: str, ip: str, pair_at: float, ip_at: float) -> None:
+        self._throttle = throttle
+        self.account = account
+        self.ip = ip
+        self._pair_at = pair_at
+        self._ip_at = ip_at
+        self._done = False
+
+    def failed(self) -> None:
+        if not self._done:
+            self._done = True
+            self._throttle._attempt_failed(self)
+
+    def succeeded(self) -> None:
+        if not self._done:
+            self._done = True
+            self._throttle._attempt_succeeded(self, self._pair_at, self._ip_at)
+
+    def abandon(self) -> None:
+        """The check never ran (an error before it): count nothing."""
+        if not self._done:
+            self._done = True
+            self._throttle._attempt_abandoned(self, self._pair_at, self._ip_at)
+
+
+class LoginThrottle:
+    """`begin` before a password check; then `Attempt.failed` or `Attempt.succeeded`."""
+
+    def __init__(
+        self,
+        limits: ThrottleLimits = ThrottleLimits(),
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limits = limits
-        self._accounts = SlidingWindow(limits.account_failures, limits.window_s, clock=clock)
-        self._ips = SlidingWindow(limits.ip_failures, limits.window_s, clock=clock)
+        self._clock = clock
+        self._pairs = SlidingWindow(limits.account_failures, limits.window_s, max_keys=max_keys, clock=clock)
+        self._ips = SlidingWindow(limits.ip_failures, limits.window_s, max_keys=max_keys, clock=clock)
+        self._accounts: _LruTable[_AccountState] = _LruTable(max_keys)
+        self._known: _LruTable[float] = _LruTable(max_keys)  # "account\x00ip" -> last success
 
     @staticmethod
-    def account_key(user_name: str) -> str:
-        return user_name.strip().casefold()[:128]
+    def account_key(user_name: object) -> str:
+        return str(user_name).strip().casefold()[:128]
 
-    def check(self, user_name: str, ip: str) -> int:
-        """Seconds to wait before this attempt is allowed (0: go ahead)."""
-        return max(self._accounts.retry_after(self.account_key(user_name)), self._ips.retry_after(ip))
+    @staticmethod
+    def _pair(account: str, ip: str) -> str:
+        return f"{account}\x00{ip}"
 
-    def failed(self, user_name: str, ip: str) -> None:
-        self._accounts.hit(self.account_key(user_name))
-        self._ips.hit(ip)
+    def _account(self, account: str, now: float) -> _AccountState | None:
+        state = self._accounts.get(account)
+        if state is None:
+            return None
+        while state.failures and state.failures[0] <= now - self.limits.window_s:
+            state.failures.popleft()
+        if not state.failures and not state.in_flight:
+            self._accounts.pop(account)
+            return None
+        return state
 
-    def succeeded(self, user_name: str) -> None:
-        """A correct password clears the account's failures (not the address's)."""
-        self._accounts.clear(self.account_key(user_name))
+    def _known_address(self, account: str, ip: str, now: float) -> bool:
+        seen = self._known.get(self._pair(account, ip))
+        return seen is not None and now - seen < self.limits.known_address_s
+
+    def _account_wait(self, account: str, ip: str, now: float) -> int:
+        """Seconds the account-wide delay still holds for a check from `ip` (0: free)."""
+        state = self._account(account, now)
+        if state is None or self._known_address(account, ip, now):
+            return 0
+        if len(state.failures) + state.in_flight < self.limits.account_failures:
+            return 0
+        if state.in_flight:
+            return 1  # a check is running; the delay that follows it is not known yet
+        return max(0, math.ceil(state.next_check_at - now))
+
+    def begin(self, user_name: object, ip: str) -> Attempt | int:
+        """Reserve a password check (an `Attempt`), or the seconds to wait before one is allowed."""
+        now = self._clock()
+        account = self.account_key(user_name)
+        pair = self._pair(account, ip)
+        wait = max(self._pairs.retry_after(pair), self._ips.retry_after(ip), self._account_wait(account, ip, now))
+        if wait:
+            return wait
+        pair_at, ip_at = self._pairs.hit(pair), self._ips.hit(ip)
+        state = self._account(account, now)
+        if state is None:
+            state = _AccountState(deque(maxlen=max(64, 4 * self.limits.account_failures)))
+            self._accounts.put(account, state)
+        state.in_flight += 1
+        return Attempt(self, account, ip, pair_at, ip_at)
+
+    def _attempt_failed(self, attempt: Attempt) -> None:
+        now = self._clock()
+        state = self._accounts.get(attempt.account)
+        if state is None:  # forgotten under memory pressure: start again
+            state = _AccountState(deque(maxlen=max(64, 4 * self.limits.account_failures)))
+            self._accounts.put(attempt.account, state)
+        state.in_flight = max(0, state.in_flight - 1)
+        state.failures.append(now)
+        beyond = len(state.failures) - self.limits.account_failures
+        if beyond >= 0:
+            delay = min(self.limits.account_delay_max_s, 2.0 ** min(beyond, 30))
+            state.next_check_at = max(state.next_check_at, now + delay)
+
+    def _attempt_succeeded(self, attempt: Attempt, pair_at: float, ip_at: float) -> None:
+        """A correct password: the account's and the pair's failures are cleared, the address's
+        reservation is given back (its earlier failures stay), and the address becomes known."""
+        self._pairs.clear(self._pair(attempt.account, attempt.ip))
+        self._ips.release(attempt.ip, ip_at)
+        self._accounts.pop(attempt.account)
+        self._known.put(self._pair(attempt.account, attempt.ip), self._clock())
+
+    def _attempt_abandoned(self, attempt: Attempt, pair_at: float, ip_at: float) -> None:
+        self._pairs.release(self._pair(attempt.account, attempt.ip), pair_at)
+        self._ips.release(attempt.ip, ip_at)
+        state = self._accounts.get(attempt.account)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+
+    def clear_account(self, user_name: object) -> None:
+        """Forget every failure of the account, from every address (a password set, an unlock)."""
+        account = self.account_key(user_name)
+        self._accounts.pop(account)
+        prefix = self._pair(account, "")
+        for key in [k for k in self._pairs.keys() if k.startswith(prefix)]:
+            self._pairs.clear(key)
+
+    def account_failures(self, user_name: object) -> int:
+        state = self._account(self.account_key(user_name), self._clock())
+        return 0 if state is None else len(state.failures)
 
 
 class AuditGate:

@@ -222,6 +222,36 @@ def test_login_throttle_returns_429_with_retry_after(agent: Agent, admin: httpx.
     assert [r["code"] for r in rows][-6:] == ["AUTH_FAILED"] * 5 + ["AUTH_THROTTLED"]
 
 
+def test_a_parallel_login_burst_gets_only_the_limit_of_password_checks(agent: Agent, admin: httpx.Client) -> None:
+    """50 logins at once from one address: 5 passwords checked (the limit), the rest 429; the right
+    password inside the burst does not get in. From an address of its own (127.0.0.2), so the other
+    tests' address budget is untouched."""
+    import asyncio
+
+    agent.add_user("burst", "viewer")
+
+    async def burst() -> list[int]:
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=agent.url, transport=transport, timeout=30.0) as c:
+            bodies = [{"username": "burst", "password": "wrong wrong wrong"}] * 49 + [{"username": "burst", "password": PASSWORD}]
+            answers = await asyncio.gather(*(c.post("/api/v1/auth/login", json=b) for b in bodies))
+            return [a.status_code for a in answers]
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(401) == 5 and statuses.count(429) == 45, statuses
+    assert 200 not in statuses
+    rows = [r for r in audit_rows(admin) if r["action"] == "auth.login" and r["target"] == "burst"]
+    assert sum(1 for r in rows if r["code"] == "AUTH_FAILED") == 5
+    # From another address the owner waits only the short account-wide delay, not the window.
+    with agent.client() as c:
+        r = c.post("/api/v1/auth/login", json={"username": "burst", "password": PASSWORD})
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) <= 30
+            time.sleep(int(r.headers["retry-after"]))
+            r = c.post("/api/v1/auth/login", json={"username": "burst", "password": PASSWORD})
+        assert r.status_code == 200, r.text
+
+
 def test_every_state_changing_request_is_audited(agent: Agent, admin: httpx.Client) -> None:
     before = len(audit_rows(admin))
     with agent.client(agent.login("vera")) as viewer, agent.client() as anon:

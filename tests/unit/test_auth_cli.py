@@ -77,6 +77,20 @@ def test_user_commands_refuse_while_the_daemon_holds_the_data_dir(cfg: Path, tmp
     assert code == 1 and "DATA_DIR_LOCKED" in err
 
 
+def test_unlock_works_beside_the_running_daemon(cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    c = str(cfg)
+    code, _, err = run(monkeypatch, capsys, "user", "add", "tech", "--role", "technician", "--password-stdin", "--config", c, stdin=PW)
+    assert code == 0, err
+    with DataDirLock(tmp_path / "data"):  # the daemon holds the data directory
+        code, out, err = run(monkeypatch, capsys, "user", "unlock", "tech", "--config", c)
+        assert code == 0, err
+        assert "failed logins of tech cleared" in out
+        code, _, err = run(monkeypatch, capsys, "user", "unlock", "nobody", "--config", c)
+        assert code == 1 and "USER_NOT_FOUND" in err
+    code, out, _ = run(monkeypatch, capsys, "audit", "verify", "--config", c)
+    assert code == 0 and "2 rows" in out  # the user added and the one unlock
+
+
 def test_unknown_role_is_refused_by_the_parser(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         run(monkeypatch, capsys, "user", "add", "bob", "--role", "root", "--config", str(cfg))
