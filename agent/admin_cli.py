@@ -193,6 +193,7 @@ async def _audit_verify(data_dir: Path) -> int:
 
     import aiosqlite
 
+    from agent.store import chain_key
     from agent.store.audit import verify_connection
     from agent.store.database import DB_NAME
 
@@ -200,13 +201,14 @@ async def _audit_verify(data_dir: Path) -> int:
     if not path.exists():
         print(f"AUDIT_NO_DATABASE: {path} does not exist", file=sys.stderr)
         return 1
+    key = chain_key.load(data_dir)  # raises STORE_AUDIT_KEY_INVALID / _UNREADABLE with a hint
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row
         await conn.execute("PRAGMA query_only = ON")
         await conn.execute("BEGIN")
         try:
-            result = await verify_connection(conn)
+            result = await verify_connection(conn, key)
         except sqlite3.Error as exc:
             print(f"AUDIT_UNREADABLE: {exc}", file=sys.stderr)
             print("hint: is this database from an agent version with an audit log? Start the agent once to migrate it.", file=sys.stderr)
@@ -216,10 +218,19 @@ async def _audit_verify(data_dir: Path) -> int:
     finally:
         await conn.close()
     if result.ok:
-        print(f"audit log ok: {result.rows} rows, chain intact")
+        if key is None:
+            keyed = "no audit key (the core makes it at its first start)"
+        elif key.from_seq > 1:
+            keyed = f"keyed from row {key.from_seq}; rows before it are plain SHA-256 (written before the key existed)"
+        else:
+            keyed = "every row keyed"
+        print(f"audit log ok: {result.rows} rows, chain intact, {keyed}")
         return 0
     print(f"AUDIT_CHAIN_BROKEN: first bad row {result.first_bad_seq}: {result.reason}", file=sys.stderr)
-    print(f"hint: rows before {result.first_bad_seq} verified ({result.rows}); compare with the copy shipped upstream.", file=sys.stderr)
+    hint = f"rows before {result.first_bad_seq} verified ({result.rows}); compare with the copy shipped upstream"
+    if key is None:
+        hint += "; audit.key is missing from the data directory: restore it from the backup taken with the database"
+    print(f"hint: {hint}.", file=sys.stderr)
     return 1
 
 

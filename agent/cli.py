@@ -169,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["run"]:
         from agent.launcher import main as launch
 
-        return launch(args_list[1:])
+        return launch(args_list[1:])  # writes nothing itself; its children come through here
+    # Before anything is written: no file the agent makes is readable by other accounts.
+    from agent.store.private_files import restrict_umask
+
+    restrict_umask()
     args = build_parser().parse_args(args_list)
     if args.command == "core":
         return cmd_core(args.config)

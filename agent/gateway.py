@@ -33,7 +33,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger("oht.gateway")
 
 # The database is the core's to create and migrate: wait for it instead of failing.
-_WAIT_FOR_CORE = frozenset({"STORE_NOT_CREATED", "STORE_SCHEMA_PENDING", "STORE_LOCKED", "STORE_BUSY"})
+_WAIT_FOR_CORE = frozenset({"STORE_NOT_CREATED", "STORE_SCHEMA_PENDING", "STORE_AUDIT_KEY_MISSING", "STORE_LOCKED", "STORE_BUSY"})
 
 
 def _import_api() -> None:

@@ -1,12 +1,17 @@
-"""The audit log: append-only, hash-chained, shipped upstream through the outbox.
+"""The audit log: append-only, chained with a keyed MAC, shipped upstream through the outbox.
 
 Who did what, from where, with which result. Each row carries `prev_hash` (the previous row's
-hash) and `row_hash = SHA-256(prev_hash || canonical JSON of the row)`, so editing, deleting or
-reordering any row breaks the chain at that row. `audit_head` keeps the last seq, last hash and
-row count (updated by a trigger in the same transaction as each insert), so cutting rows off the
-end is detected too. Triggers refuse UPDATE and DELETE on `audit`; `verify_chain` still catches
-edits made by someone who dropped the triggers. What it cannot catch on its own is a rewrite of
-the whole chain plus the head: the outbox copy upstream is the anchor for that.
+hash) and `row_hash = HMAC-SHA256(key, prev_hash || canonical JSON of the row)`, so editing,
+deleting or reordering any row breaks the chain at that row. `audit_head` keeps the last seq,
+last hash and row count (updated by a trigger in the same transaction as each insert), so cutting
+rows off the end is detected too. Triggers refuse UPDATE and DELETE on `audit`; `verify_chain`
+still catches edits made by someone who dropped the triggers. The key (`chain_key.py`) lives
+beside the database, not in it, so a rewrite of the whole chain plus the head does not verify
+either unless the key was read too; rows written before the key existed are plain SHA-256.
+
+The key is bound to each connection the `Database` opens (`bind_chain_key`), so every unit of
+work that appends a row uses it without passing it along; a connection without a key cannot
+append (no row is ever written unkeyed by mistake).
 
 Parameters are not stored, only `params_digest`: SHA-256 of the canonical JSON of the request
 parameters with every secret-named field removed, so a row proves what was asked without
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +31,7 @@ import aiosqlite
 
 from agent.ids import new_id
 from agent.store import jsoncodec, outbox
+from agent.store.chain_key import ChainKey
 from agent.store.clock import now_ts
 from agent.store.pipeline import enqueue, settle
 
@@ -39,6 +46,7 @@ __all__ = [
     "AuditRecord",
     "VerifyResult",
     "append_in",
+    "bind_chain_key",
     "params_digest",
     "redact",
     "row_hash",
@@ -128,10 +136,22 @@ class AuditRecord:
         return asdict(self)
 
 
-def row_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    """SHA-256(prev_hash || canonical JSON of the hashed fields)."""
+_CHAIN_KEYS: weakref.WeakKeyDictionary[aiosqlite.Connection, ChainKey] = weakref.WeakKeyDictionary()
+
+
+def bind_chain_key(conn: aiosqlite.Connection, key: ChainKey) -> None:
+    """Let units of work on `conn` append to (and verify) the chain with `key`."""
+    _CHAIN_KEYS[conn] = key
+
+
+def row_hash(prev_hash: str, fields: Mapping[str, Any], key: ChainKey | None = None) -> str:
+    """HMAC-SHA256 with `key` of prev_hash || canonical JSON of the hashed fields (plain
+    SHA-256 for rows before the key's `from_seq`, or without a key)."""
     canonical = jsoncodec.dumps({name: fields[name] for name in HASHED_FIELDS})
-    return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
+    message = (prev_hash + canonical).encode("utf-8")
+    if key is not None and key.covers(int(fields["seq"])):
+        return key.mac(message)
+    return hashlib.sha256(message).hexdigest()
 
 
 _INSERT = (
@@ -143,6 +163,9 @@ _INSERT_OUTBOX = "INSERT INTO outbox (id, kind, created_at, payload) VALUES (?, 
 
 async def append_in(conn: aiosqlite.Connection, entry: AuditEntry) -> AuditRecord:
     """Append one row (and its outbox copy) inside the caller's unit of work."""
+    key = _CHAIN_KEYS.get(conn)
+    if key is None:
+        raise RuntimeError("this connection has no audit chain key: open it through Database")
     # Two processes append to this chain (the core and the gateway). The head must be read under
     # the write lock: a write statement first makes the connection open its transaction (BEGIN IMMEDIATE)
     # before the read, so no other process can move the head between our read and our insert.
@@ -166,7 +189,7 @@ async def append_in(conn: aiosqlite.Connection, entry: AuditEntry) -> AuditRecor
         "code": _clip(entry.code),
         "request_id": _clip(entry.request_id),
     }
-    record = AuditRecord(**fields, prev_hash=prev, row_hash=row_hash(prev, fields))
+    record = AuditRecord(**fields, prev_hash=prev, row_hash=row_hash(prev, fields, key))
     inserted = enqueue(conn, _INSERT, tuple(record.to_dict().values()))
     shipped = enqueue(
         conn,
@@ -185,10 +208,16 @@ class VerifyResult:
     rows: int
     first_bad_seq: int | None = None
     reason: str = ""
+    keyed_from: int | None = None  # the first row covered by the key (None: no key)
 
 
-async def verify_connection(conn: aiosqlite.Connection) -> VerifyResult:
-    """Walk the whole chain on `conn` (any connection, also a read-only one)."""
+async def verify_connection(conn: aiosqlite.Connection, key: ChainKey | None = None) -> VerifyResult:
+    """Walk the whole chain on `conn` (any connection, also a read-only one).
+
+    `key`: the chain key (by default the one bound to `conn`). Without one, only rows written
+    before any key existed can verify; the rest are reported as edited."""
+    key = key if key is not None else _CHAIN_KEYS.get(conn)
+    keyed_from = key.from_seq if key is not None else None
     head_rows = list(await conn.execute_fetchall("SELECT last_seq, last_hash, rows FROM audit_head WHERE id = 1"))
     expected_seq, prev, count = 1, GENESIS_HASH, 0
     while True:
@@ -198,26 +227,28 @@ async def verify_connection(conn: aiosqlite.Connection) -> VerifyResult:
         batch = [AuditRecord.from_row(r) for r in rows]
         for rec in batch:
             if rec.seq != expected_seq:
-                return VerifyResult(False, count, expected_seq, f"row {expected_seq} is missing (next row is {rec.seq})")
+                return VerifyResult(False, count, expected_seq, f"row {expected_seq} is missing (next row is {rec.seq})", keyed_from)
             if rec.prev_hash != prev:
                 return VerifyResult(
                     False, count, rec.seq,
                     f"row {rec.seq} does not follow row {rec.seq - 1}: a row before it was edited, replaced or reordered",
+                    keyed_from,
                 )  # fmt: skip
-            if row_hash(prev, rec.to_dict()) != rec.row_hash:
-                return VerifyResult(False, count, rec.seq, f"row {rec.seq} was edited after it was written")
+            if row_hash(prev, rec.to_dict(), key) != rec.row_hash:
+                return VerifyResult(False, count, rec.seq, f"row {rec.seq} was edited after it was written", keyed_from)
             prev, count, expected_seq = rec.row_hash, count + 1, rec.seq + 1
         if len(batch) < _CHUNK:
             break
     if not head_rows:
-        return VerifyResult(False, count, None, "the audit head row is missing")
+        return VerifyResult(False, count, None, "the audit head row is missing", keyed_from)
     head_seq, head_hash, head_count = int(head_rows[0][0]), str(head_rows[0][1]), int(head_rows[0][2])
     if head_seq != expected_seq - 1 or head_count != count or head_hash != prev:
         return VerifyResult(
             False, count, expected_seq,
             f"the log ends at row {expected_seq - 1} but its head records {head_count} rows up to row {head_seq}: rows were cut off the end",
+            keyed_from,
         )  # fmt: skip
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, keyed_from=keyed_from)
 
 
 async def verify_chain(db: Database) -> VerifyResult:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.ids import new_id
-from agent.store.database import DB_NAME, fsync_dir
+from agent.store.database import DB_NAME
+from agent.store.private_files import fsync_dir
 from agent.store.errors import (
     BackupError,
     ForeignDatabase,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from agent.ids import new_id
+from agent.store import chain_key, private_files
 from agent.store import commands as _commands
+from agent.store.audit import AuditEntry, append_in, bind_chain_key, params_digest
 from agent.store.clock import now_ts
 from agent.store.errors import (
     StoreClosed,
@@ -121,6 +122,7 @@ class Database:
         self._error: StoreError | None = None
         self._unhealthy_since: str | None = None
         self.report: StartupReport | None = None
+        self.chain_key: chain_key.ChainKey | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +160,12 @@ class Database:
 
     async def _start(self) -> StartupReport:
         moved = None if self._attach else await self._check_or_move_aside()
+        if not self._attach:
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+                private_files.conform(self.data_dir / name, private_files.DATABASE_MODE)
+            private_files.conform(self.data_dir / chain_key.KEY_FILE, private_files.KEY_MODE)
+            private_files.conform(self._lock.path, 0o600)
+            private_files.create_empty(self.path, private_files.DATABASE_MODE)
         if self._attach and not self.path.exists():
             raise StoreUnavailable(f"{self.path} does not exist yet", code="STORE_NOT_CREATED",
                                    hint="the core creates the database when it starts; start oht-agent-core first")
@@ -175,10 +183,15 @@ class Database:
                 version = before
             else:
                 before, version = await migrate(conn)
+            key, key_created = await self._chain_key(conn)
         except sqlite3.Error as exc:
             raise map_sqlite_error(exc) from exc
+        self.chain_key = key
+        bind_chain_key(conn, key)
         for _ in range(self._n_readers):
-            self._reader_conns.append(await self._connect(writer=False))
+            reader = await self._connect(writer=False)
+            bind_chain_key(reader, key)
+            self._reader_conns.append(reader)
         self._readers = asyncio.Queue(maxsize=self._n_readers)
         for reader in self._reader_conns:
             self._readers.put_nowait(reader)
@@ -203,6 +216,11 @@ class Database:
 
         try:
             interrupted = await self.write(first_write)
+            if key_created and key.from_seq > 1:
+                log.warning("audit chain key created; rows before %d stay plain SHA-256", key.from_seq)
+                entry = AuditEntry(actor="agent", auth_method="local", action="audit.key_created",
+                                   params_digest=params_digest({"from_seq": key.from_seq}))  # fmt: skip
+                await self.write(lambda conn: append_in(conn, entry))
         except StoreUnavailable as exc:
             # Read-only or full: serve reads, report unhealthy, let the daemon raise a fault.
             log.error("cannot mark interrupted commands at start: %s", exc)
@@ -214,6 +232,21 @@ class Database:
             interrupted_commands=interrupted,
             migrated_from=before,
         )
+
+    async def _chain_key(self, conn: aiosqlite.Connection) -> tuple[chain_key.ChainKey, bool]:
+        """The audit chain's key: made by the core at its first start (covering the rows to come),
+        only read by attached processes (which wait for the core when there is none yet)."""
+        if self._attach:
+            key = chain_key.load(self.data_dir)
+            if key is None:
+                raise StoreUnavailable(
+                    f"{self.data_dir / chain_key.KEY_FILE} does not exist yet", code="STORE_AUDIT_KEY_MISSING",
+                    hint="The core makes the audit key when it starts; start oht-agent-core first, or restore audit.key.",
+                )  # fmt: skip
+            return key, False
+        rows = list(await conn.execute_fetchall("SELECT last_seq FROM audit_head WHERE id = 1"))
+        next_seq = int(rows[0][0]) + 1 if rows else 1
+        return chain_key.load_or_create(self.data_dir, next_seq)
 
     async def close(self) -> None:
         """Refuse new writes, commit what is queued (bounded), close connections, unlock."""
@@ -306,7 +339,7 @@ class Database:
                 if side.exists():
                     side.rename(f"{target}{suffix}")
             self.path.rename(target)
-            fsync_dir(self.data_dir)
+            private_files.fsync_dir(self.data_dir)
         except OSError as exc:
             raise StoreUnavailable(
                 f"corrupt database {self.path} cannot be moved aside: {exc.strerror}",
@@ -424,12 +457,3 @@ class Database:
                     await conn.execute("ROLLBACK")
         finally:
             readers.put_nowait(conn)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: fsync the directory that holds the entry."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

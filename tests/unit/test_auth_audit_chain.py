@@ -139,18 +139,74 @@ async def test_tampering_is_found(
     assert code == 1 and f"first bad row {bad_seq}" in text
 
 
-async def test_rehashed_edit_is_found_at_the_next_row(filled: Path) -> None:
-    """Someone who edits a row AND recomputes its hash still breaks the link to the next row."""
-    from agent.store.audit import AuditRecord, row_hash
+def _rows(data: Path) -> list[dict[str, object]]:
+    from agent.store.audit import AuditRecord
 
-    conn = sqlite3.connect(filled / DB_NAME)
+    conn = sqlite3.connect(data / DB_NAME)
     conn.row_factory = sqlite3.Row
-    row = AuditRecord.from_row(conn.execute("SELECT * FROM audit WHERE seq = 2").fetchone()).to_dict()
+    rows = [AuditRecord.from_row(r).to_dict() for r in conn.execute("SELECT * FROM audit ORDER BY seq")]
     conn.close()
+    return rows
+
+
+async def test_rehashed_edit_with_the_key_is_found_at_the_next_row(filled: Path) -> None:
+    """Even someone who has the key, edits a row AND recomputes its MAC breaks the link to the next row."""
+    from agent.store import chain_key
+    from agent.store.audit import row_hash
+
+    row = _rows(filled)[1]
     row["actor"] = "mallory"
-    _tamper(filled, f"UPDATE audit SET actor = 'mallory', row_hash = '{row_hash(row['prev_hash'], row)}' WHERE seq = 2")
+    key = chain_key.load(filled)
+    _tamper(filled, f"UPDATE audit SET actor = 'mallory', row_hash = '{row_hash(str(row['prev_hash']), row, key)}' WHERE seq = 2")
     result = await _verify(filled)
     assert not result.ok and result.first_bad_seq == 3 and "row 2" in result.reason
+
+
+async def test_a_rewrite_of_the_whole_chain_without_the_key_is_found(filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The attack a plain hash chain cannot see: every row re-hashed in order and the head moved
+    along. Without the key (it lives beside the database, not in it) the first row fails."""
+    from agent.store.audit import GENESIS_HASH, row_hash
+
+    prev, statements = GENESIS_HASH, []
+    for row in _rows(filled):
+        row["actor"] = "mallory"
+        new_hash = row_hash(prev, row)  # SHA-256: all one can compute without the key
+        statements.append(f"UPDATE audit SET actor = 'mallory', prev_hash = '{prev}', row_hash = '{new_hash}' WHERE seq = {row['seq']}")
+        prev = new_hash
+    statements.append(f"UPDATE audit_head SET last_hash = '{prev}' WHERE id = 1")
+    _tamper(filled, *statements)
+    result = await _verify(filled)
+    assert not result.ok and result.first_bad_seq == 1 and result.keyed_from == 1
+    code, text = await _cli_verify(tmp_path, filled, capsys)
+    assert code == 1 and "AUDIT_CHAIN_BROKEN" in text
+
+
+async def test_a_log_older_than_its_key_verifies_and_records_the_key(tmp_path: Path) -> None:
+    """A release before the key wrote plain SHA-256 rows: they still verify, the key covers what
+    follows, and its creation is itself a row of the log."""
+    from agent.store import chain_key
+
+    data = tmp_path / "data"
+    async with await Database.open(data) as db:
+        for i in range(3):
+            await Audit(db).append(AuditEntry(actor=f"u{i}", auth_method="session", action="old.action"))
+    (data / chain_key.KEY_FILE).unlink()
+    # Re-hash the three rows as the release before the key wrote them (plain SHA-256).
+    from agent.store.audit import GENESIS_HASH, row_hash
+
+    prev, statements = GENESIS_HASH, []
+    for row in _rows(data):
+        new_hash = row_hash(prev, row)
+        statements.append(f"UPDATE audit SET prev_hash = '{prev}', row_hash = '{new_hash}' WHERE seq = {row['seq']}")
+        prev = new_hash
+    statements.append(f"UPDATE audit_head SET last_hash = '{prev}' WHERE id = 1")
+    _tamper(data, *statements)
+    async with await Database.open(data) as db:
+        await Audit(db).append(AuditEntry(actor="u9", auth_method="session", action="new.action"))
+        result = await verify_chain(db)
+        actions = [r.action for r in await Audit(db).list()]
+    assert result.ok and result.rows == 5 and result.keyed_from == 4
+    assert actions == ["old.action"] * 3 + ["audit.key_created", "new.action"]
 
 
 async def test_cli_verify_works_while_the_database_is_open_elsewhere(filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

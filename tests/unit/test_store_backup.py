@@ -172,7 +172,7 @@ async def test_restore_refuses_damaged_foreign_and_newer_files(tmp_path: Path) -
 
     assert (data / DB_NAME).read_bytes() == original  # nothing was touched
     assert command_ids(data / DB_NAME) == set(ids)
-    assert sorted(p.name for p in data.iterdir()) == [DB_NAME, "agent.lock"]
+    assert sorted(p.name for p in data.iterdir()) == [DB_NAME, "agent.lock", "audit.key"]
     conn = sqlite3.connect(data / DB_NAME)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
     conn.close()
