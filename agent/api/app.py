@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from starlette.middleware.cors import CORSMiddleware
 
 from agent.api.context import ApiContext
@@ -77,6 +78,7 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    metrics.know_routes(context.path for context in iter_route_contexts(app.routes))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
