@@ -61,6 +61,10 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
         openapi_url=None,  # served by routes/openapi.py behind a login instead
         docs_url=None,
         redoc_url=None,
+        # No trailing-slash redirects: Starlette builds their Location from the Host header, which
+        # the caller writes, so any client could be sent elsewhere. A path with an extra slash is a
+        # plain 404; every client of this API is a program or the agent's own page, using exact paths.
+        redirect_slashes=False,
     )
     auth = AuthService(db, settings.auth_limits, audit_gate=AuditGate(settings.audit_anonymous_per_minute))
     metrics = ApiMetrics(lambda: _metric_sources(core, db))

@@ -3,6 +3,8 @@
 - Request metrics are labelled from fixed sets only: a flood of invented methods and random
   paths adds no series to /metrics, under either HTTP parser (httptools refuses methods it does
   not know at the parser; h11, the fallback, hands any token to the app).
+- No answer is a redirect built from the Host header: a route with a trailing slash appended is
+  a plain 404 in the API's error format.
 
 One agent (core on the simulator, gateway on 127.0.0.1) serves the whole module; the same app is
 also served over h11 on a second port, as the gateway does when httptools is missing.
@@ -111,6 +113,27 @@ def test_metrics_labels_stay_bounded_under_invented_methods_and_paths(served: tu
     # 250 more odd requests: no new series, only larger counts.
     assert api_series(after_300) == api_series(after_50)
     assert len(after_300) - len(after_50) < 2048, (len(after_50), len(after_300))
+
+
+def _concrete(template: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x1", template)
+
+
+def test_no_redirect_is_built_from_the_host_header(served: tuple[Agent, int]) -> None:
+    agent, _ = served
+    checked = 0
+    with agent.client(headers={"Host": "evil.example"}, follow_redirects=False) as c:
+        for context in iter_route_contexts(agent.app.routes):
+            if context.path == "/":  # already ends in its slash
+                continue
+            methods = set(getattr(context.original_route, "methods", None) or {"GET"}) - {"HEAD"}
+            for method in methods:
+                r = c.request(method, _concrete(context.path) + "/")
+                assert "location" not in r.headers, (method, context.path, r.headers.get("location"))
+                assert "evil.example" not in r.text
+                assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND", (method, context.path, r.text)
+                checked += 1
+    assert checked >= 30
 
 
 def test_the_second_port_serves_the_same_app_over_h11(served: tuple[Agent, int]) -> None:
