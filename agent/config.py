@@ -177,6 +177,15 @@ class ApiSection(_Section):
     login_ip_failures: Annotated[int, Field(ge=1, le=1000)] = 20
     login_window_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
     cors_origins: list[str] = Field(default_factory=list)
+    # The oldest TLS served off loopback: "1.2" (AEAD suites only) and 1.3, or "1.3" alone.
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @field_validator("tls_min_version", mode="before")
+    @classmethod
+    def _tls_version(cls, value: object) -> object:
+        if value not in ("1.2", "1.3"):  # also a bare 1.2, which TOML reads as a number
+            raise ValueError('use "1.2" (TLS 1.2 with AEAD suites, and 1.3) or "1.3" (TLS 1.3 only), quoted')
+        return value
 
     @field_validator("cors_origins")
     @classmethod
