@@ -66,9 +66,9 @@ async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         await server.stop()
 
 
-async def test_the_device_key_is_ecdsa(server: ApiServer, tmp_path: Path) -> None:
-    cert = x509.load_pem_x509_certificate((tmp_path / "tls" / "device.crt").read_bytes())
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+def test_the_device_key_is_ecdsa(tmp_path: Path) -> None:
+    files = ensure_certificate(tmp_path, "0.0.0.0")
+    assert isinstance(x509.load_pem_x509_certificate(files.cert.read_bytes()).public_key(), ec.EllipticCurvePublicKey)
 
 
 async def test_tls12_offers_aead_suites_only(server: ApiServer) -> None:
