@@ -8,9 +8,11 @@ configuration. Everything not required has a safe default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -168,6 +170,9 @@ class SafetyModuleSection(_Section):
         return regs
 
 
+_ORIGIN_RE = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 class ApiSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (the one chosen is logged)
@@ -190,9 +195,15 @@ class ApiSection(_Section):
     @field_validator("cors_origins")
     @classmethod
     def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        # Bare origins only, as a browser sends them: CORS compares the text, the WebSocket stream
+        # the origin, and an entry with a path, a user or a wildcard would never match either.
         for origin in origins:
-            if origin == "*" or not origin.startswith(("https://", "http://")):
-                raise ValueError(f"{origin!r}: list each origin as scheme://host[:port]; no wildcard")
+            try:  # .port checks the range and a [v6] literal
+                bare = _ORIGIN_RE.fullmatch(origin) is not None and urlsplit(origin).port != 0
+            except ValueError:
+                bare = False
+            if not bare:
+                raise ValueError(f"{origin!r}: list each origin as scheme://host[:port] (no path, no wildcard)")
         return origins
 
     @model_validator(mode="after")

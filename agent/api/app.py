@@ -16,6 +16,7 @@ from agent.api.context import ApiContext
 from agent.api.errors import install_handlers
 from agent.api.metrics import ApiMetrics, flatten_status
 from agent.api.middleware import ApiMiddleware
+from agent.api.origins import OriginPolicy
 from agent.api.routes import ROUTERS
 from agent.api.settings import ApiSettings
 from agent.api.streaming import StreamHub
@@ -76,6 +77,7 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
         max_clients=settings.stream_max_clients,
         send_timeout_s=settings.stream_send_timeout_s,
         recheck_s=settings.stream_recheck_s,
+        origins=OriginPolicy(settings.cors_origins),
     )
     api = ApiContext(core=core, db=db, settings=settings, auth=auth, audit=Audit(db), metrics=metrics, streams=streams)
     app.state.api = api

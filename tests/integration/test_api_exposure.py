@@ -5,6 +5,8 @@
   not know at the parser; h11, the fallback, hands any token to the app).
 - No answer is a redirect built from the Host header: a route with a trailing slash appended is
   a plain 404 in the API's error format.
+- A WebSocket upgrade from a foreign Origin is refused before its ticket is redeemed, and
+  audited; the agent's own origin, a configured one, and clients sending no Origin get through.
 
 One agent (core on the simulator, gateway on 127.0.0.1) serves the whole module; the same app is
 also served over h11 on a second port, as the gateway does when httptools is missing.
@@ -12,14 +14,18 @@ also served over h11 on a second port, as the gateway does when httptools is mis
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import socket
 import string
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 from fastapi.routing import iter_route_contexts
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,6 +140,47 @@ def test_no_redirect_is_built_from_the_host_header(served: tuple[Agent, int]) ->
                 assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND", (method, context.path, r.text)
                 checked += 1
     assert checked >= 30
+
+
+# ---------------------------------------------------------------- WebSocket origin
+
+
+def _ticket(agent: Agent) -> str:
+    with agent.client(agent.login("looker")) as c:
+        r = c.post("/api/v1/stream/ticket")
+    assert r.status_code == 200, r.text
+    return str(r.json()["ticket"])
+
+
+def _open(agent: Agent, ticket: str, origin: str | None) -> dict[str, Any]:
+    """Connect with `origin` (None: no Origin header); the first message."""
+    url = agent.url.replace("http://", "ws://") + f"/api/v1/stream?ticket={ticket}"
+    with websockets.sync.client.connect(url, origin=origin, open_timeout=5, proxy=None) as ws:  # type: ignore[arg-type]
+        return json.loads(ws.recv(timeout=5))  # type: ignore[no-any-return]
+
+
+def test_websocket_from_a_foreign_origin_is_refused_before_the_ticket_is_used(
+    served: tuple[Agent, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    agent, _ = served
+    own = agent.url  # http://127.0.0.1:<port>, what a page served by the agent sends
+    ticket = _ticket(agent)
+    for foreign in ("https://evil.example", "null", own.replace("http://", "https://"), own.replace("127.0.0.1", "localhost"),
+                    own + "1", CONSOLE + ":8443"):  # fmt: skip
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            _open(agent, ticket, foreign)
+        assert info.value.response.status_code == 403, foreign
+    # None of those refusals redeemed the ticket: it still opens the stream, from the agent's own page.
+    assert _open(agent, ticket, own)["type"] == "snapshot"
+    assert _open(agent, _ticket(agent), CONSOLE)["type"] == "snapshot"
+    assert _open(agent, _ticket(agent), None)["type"] == "snapshot"  # a non-browser client sends no Origin
+
+    with agent.client(agent.login("chief")) as c:
+        rows = c.get("/api/v1/audit", params={"limit": 1000}).json()["items"]
+    refused = [r for r in rows if r["action"] == "stream.open" and r["code"] == "ORIGIN_NOT_ALLOWED"]
+    assert len(refused) == 6 and all(r["result"] == "denied" and r["actor"] == "anonymous" for r in refused), refused
+    assert any(r["target"] == "https://evil.example" for r in refused)
+    assert any("ORIGIN_NOT_ALLOWED" in r.getMessage() and "evil.example" in r.getMessage() for r in caplog.records)
 
 
 def test_the_second_port_serves_the_same_app_over_h11(served: tuple[Agent, int]) -> None:

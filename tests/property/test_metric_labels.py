@@ -10,7 +10,7 @@ from agent.api.metrics import KNOWN_METHODS, OTHER, UNMATCHED, ApiMetrics, metho
 TEMPLATES = ("/api/v1/status", "/api/v1/modules/{name}", "/metrics")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=60) | st.sampled_from(sorted(KNOWN_METHODS)))
 def test_a_method_label_is_a_known_method_or_other(method: str) -> None:
     label = method_label(method)
@@ -18,14 +18,14 @@ def test_a_method_label_is_a_known_method_or_other(method: str) -> None:
     assert (label == method) is (method in KNOWN_METHODS)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(-(10**6), 10**6) | st.text(max_size=6) | st.none())
 def test_a_status_label_is_three_digits_or_other(status: object) -> None:
     label = status_label(status)
     assert label == OTHER or (len(label) == 3 and label.isdigit() and label[0] in "12345")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=60) | st.sampled_from(TEMPLATES) | st.none())
 def test_a_route_label_is_a_template_of_the_app_or_unmatched(path: str | None) -> None:
     metrics = ApiMetrics(dict)
