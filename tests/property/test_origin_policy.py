@@ -16,6 +16,10 @@ schemes = st.sampled_from(["http", "https"])
 WS = {"http": "ws", "https": "wss"}
 
 
+def config_listing(*origins: str) -> dict[str, object]:
+    return {"agent": {"id": "a", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/null"}, "api": {"cors_origins": list(origins)}}
+
+
 def netloc(host: str, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
@@ -67,17 +71,20 @@ def test_what_is_not_an_origin(value: str) -> None:
 
 
 def test_forms_of_one_origin_compare_equal() -> None:
-    assert parse_origin("HTTPS://Console.Example") == parse_origin("https://console.example:443") == ("https", "console.example", 443)
+    same = ("https", "console.example", 443)
+    assert parse_origin("HTTPS://Console.Example") == parse_origin("https://console.example:443") == same
     assert parse_origin("http://[::1]:8080") == ("http", "::1", 8080)
     assert OriginPolicy().allows(["http://[::1]:8080"], "ws", "[::1]:8080")
 
 
-@pytest.mark.parametrize("listed", ["https://ops.example/", "https://ops.example/console", "https://user@ops.example", "https://ops.example:x"])
+@pytest.mark.parametrize(
+    "listed", ["https://ops.example/", "https://ops.example/console", "https://user@ops.example", "https://ops.example:x"]
+)
 def test_config_lists_bare_origins_only(listed: str) -> None:
     """CORS compares the Origin header with the list as text, and the stream compares origins: an
     entry with a path or credentials would never match either, so it is a configuration error."""
     with pytest.raises(ConfigError) as info:
-        validate_config({"agent": {"id": "a", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/null"}, "api": {"cors_origins": [listed]}})
+        validate_config(config_listing(listed))
     assert any(p.startswith("api.cors_origins") for p in info.value.problems), info.value.problems
 
 
@@ -86,7 +93,7 @@ def test_config_lists_bare_origins_only(listed: str) -> None:
 def test_every_origin_the_config_takes_is_one_the_stream_can_compare(origin: str) -> None:
     """So a configuration that `config check` passes never stops the gateway at start."""
     try:
-        validate_config({"agent": {"id": "a", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/null"}, "api": {"cors_origins": [origin]}})
+        validate_config(config_listing(origin))
     except ConfigError:
         return
     assert parse_origin(origin) is not None, origin
