@@ -23,7 +23,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "KNOWN_METHODS", "OTHER", "UNMATCHED", "ApiMetrics", "flatten_status", "method_label", "status_label"]
+__all__ = [
+    "CONTENT_TYPE",
+    "KNOWN_METHODS",
+    "OTHER",
+    "UNMATCHED",
+    "ApiMetrics",
+    "flatten_status",
+    "method_label",
+    "status_label",
+]
 
 log = logging.getLogger("agent.api")
 
