@@ -8,9 +8,11 @@ configuration. Everything not required has a safe default.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -168,6 +170,9 @@ class SafetyModuleSection(_Section):
         return regs
 
 
+_ORIGIN_RE = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 class ApiSection(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port (the one chosen is logged)
@@ -178,13 +183,28 @@ class ApiSection(_Section):
     login_window_s: Annotated[int, Field(ge=10, le=24 * 3600)] = 15 * 60
     login_account_delay_max_s: Annotated[int, Field(ge=1, le=3600)] = 30
     cors_origins: list[str] = Field(default_factory=list)
+    # The oldest TLS served off loopback: "1.2" (AEAD suites only) and 1.3, or "1.3" alone.
+    tls_min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @field_validator("tls_min_version", mode="before")
+    @classmethod
+    def _tls_version(cls, value: object) -> object:
+        if value not in ("1.2", "1.3"):  # also a bare 1.2, which TOML reads as a number
+            raise ValueError('use "1.2" (TLS 1.2 with AEAD suites, and 1.3) or "1.3" (TLS 1.3 only), quoted')
+        return value
 
     @field_validator("cors_origins")
     @classmethod
     def _explicit_origins(cls, origins: list[str]) -> list[str]:
+        # Bare origins only, as a browser sends them: CORS compares the text, the WebSocket stream
+        # the origin, and an entry with a path, a user or a wildcard would never match either.
         for origin in origins:
-            if origin == "*" or not origin.startswith(("https://", "http://")):
-                raise ValueError(f"{origin!r}: list each origin as scheme://host[:port]; no wildcard")
+            try:  # .port checks the range and a [v6] literal
+                bare = _ORIGIN_RE.fullmatch(origin) is not None and urlsplit(origin).port != 0
+            except ValueError:
+                bare = False
+            if not bare:
+                raise ValueError(f"{origin!r}: list each origin as scheme://host[:port] (no path, no wildcard)")
         return origins
 
     @model_validator(mode="after")

@@ -81,7 +81,10 @@ class Gateway:
         self.client = CoreClient(cfg.core_socket_path, self.db, agent_id=cfg.agent.id, retry_s=self.retry_s)
         self.client.start()
         app = create_app(self.client, self.db, ApiSettings.from_config(cfg))
-        self.api = ApiServer(app, cfg.api.host, cfg.api.port, cfg.data_path, early_hook=early_estop_hook(app))
+        self.api = ApiServer(
+            app, cfg.api.host, cfg.api.port, cfg.data_path,
+            early_hook=early_estop_hook(app), tls_min_version=cfg.api.tls_min_version,
+        )  # fmt: skip
         await self.api.start()
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from starlette.middleware.cors import CORSMiddleware
 
 from agent.api.context import ApiContext
 from agent.api.errors import install_handlers
 from agent.api.metrics import ApiMetrics, flatten_status
 from agent.api.middleware import ApiMiddleware
+from agent.api.origins import OriginPolicy
 from agent.api.routes import ROUTERS
 from agent.api.settings import ApiSettings
 from agent.api.streaming import StreamHub
@@ -60,6 +62,10 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
         openapi_url=None,  # served by routes/openapi.py behind a login instead
         docs_url=None,
         redoc_url=None,
+        # No trailing-slash redirects: Starlette builds their Location from the Host header, which
+        # the caller writes, so any client could be sent elsewhere. A path with an extra slash is a
+        # plain 404; every client of this API is a program or the agent's own page, using exact paths.
+        redirect_slashes=False,
     )
     auth = AuthService(db, settings.auth_limits, audit_gate=AuditGate(settings.audit_anonymous_per_minute))
     metrics = ApiMetrics(lambda: _metric_sources(core, db))
@@ -71,12 +77,14 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
         max_clients=settings.stream_max_clients,
         send_timeout_s=settings.stream_send_timeout_s,
         recheck_s=settings.stream_recheck_s,
+        origins=OriginPolicy(settings.cors_origins),
     )
     api = ApiContext(core=core, db=db, settings=settings, auth=auth, audit=Audit(db), metrics=metrics, streams=streams)
     app.state.api = api
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    metrics.know_routes(context.path for context in iter_route_contexts(app.routes))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

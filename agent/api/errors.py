@@ -59,6 +59,7 @@ API_ERROR_STATUS: Mapping[str, int] = {
     "NOT_ALIVE": 503,
     "RESET_INCOMPLETE": 409,
     "STREAM_FULL": 503,
+    "ORIGIN_NOT_ALLOWED": 403,
     "API_BUSY": 503,
     "INTERNAL": 500,
 }

@@ -1,8 +1,14 @@
 """Prometheus metrics of the API and of whatever the core's status exposes as numbers.
 
 One registry per app (not the process-global one), so two apps in one process (tests, the
-benchmark) never share counters. Request metrics are labelled by route template, never by raw
-path, so an attacker probing random URLs cannot blow up the number of series.
+benchmark) never share counters.
+
+Every label value of the request metrics comes from a fixed set, because each new value is a new
+series kept for the life of the process and written into every scrape: a caller without a login
+who could choose one (an invented method, a random path) could grow the gateway's memory and
+/metrics without bound. So the method is one of `KNOWN_METHODS` or `other`, the route is one of
+the app's route templates or `unmatched` (never the raw path), and the status is the three-digit
+code the app answered with (or `other`).
 """
 
 from __future__ import annotations
@@ -10,14 +16,23 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "ApiMetrics", "flatten_status"]
+__all__ = [
+    "CONTENT_TYPE",
+    "KNOWN_METHODS",
+    "OTHER",
+    "UNMATCHED",
+    "ApiMetrics",
+    "flatten_status",
+    "method_label",
+    "status_label",
+]
 
 log = logging.getLogger("agent.api")
 
@@ -25,6 +40,20 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 _MAX_DEPTH = 4
 _MAX_SERIES = 500
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"  # any method or status outside the fixed sets
+UNMATCHED = "unmatched"  # any path that is not one of the app's routes
+
+
+def method_label(method: str) -> str:
+    """The method as a label: one of KNOWN_METHODS (compared exactly: methods are case-sensitive), else `other`."""
+    return method if method in KNOWN_METHODS else OTHER
+
+
+def status_label(status: object) -> str:
+    """An HTTP status the app answered with as a label; anything but an int in 100-599 is `other`."""
+    return str(status) if isinstance(status, int) and 100 <= status <= 599 else OTHER
 
 
 def _name(parts: list[str]) -> str:
@@ -91,6 +120,20 @@ class ApiMetrics:
             "oht_api_stream_closed_slow", "Stream clients closed for not keeping up", registry=self.registry
         )
         self.registry.register(_CoreCollector(sources))
+        self._routes: frozenset[str] = frozenset()
+
+    def know_routes(self, templates: Iterable[str]) -> None:
+        """The app's route templates: the only route labels besides `unmatched` (set once the app is built)."""
+        self._routes = frozenset(templates)
+
+    def route_label(self, template: str | None) -> str:
+        return template if template is not None and template in self._routes else UNMATCHED
+
+    def observe_request(self, method: str, route: str | None, status: object, seconds: float) -> None:
+        """Count one answered request and its latency, under bounded labels only."""
+        method_value, route_value = method_label(method), self.route_label(route)
+        self.requests.labels(method=method_value, route=route_value, status=status_label(status)).inc()
+        self.latency.labels(method=method_value, route=route_value).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

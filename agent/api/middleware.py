@@ -12,7 +12,7 @@ In order, for each request:
   to the log under the request id, never to the client;
 - at most `max_in_flight` requests are worked on at once (see ApiSettings for why); the
   E-stop and the health probes skip the queue;
-- request count and latency by route template.
+- request count and latency by route template, under bounded labels (see metrics.py).
 """
 
 from __future__ import annotations
@@ -170,10 +170,7 @@ class ApiMiddleware:
                 f"Report request id {request_id}; the agent log has the details.", request_id,
             )  # fmt: skip
         finally:
-            route = _route(scope)
-            metrics = self.api.metrics
-            metrics.requests.labels(method=method, route=route, status=str(response["status"])).inc()
-            metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - started)
+            self.api.metrics.observe_request(method, _template(scope), response["status"], time.perf_counter() - started)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.api.settings.max_body_bytes
@@ -304,10 +301,14 @@ def _bearer(scope: Scope) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
+def _template(scope: Scope) -> str | None:
+    """The matched route's template (`/api/v1/modules/{name}`), or None: never the request's path."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) and path else None
+
+
 def _route(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    return _template(scope) or "unmatched"
 
 
 def _action(scope: Scope) -> str:

@@ -8,7 +8,8 @@ task, and:
 - uvicorn's own signal handling is switched off: SIGTERM belongs to the runtime;
 - the access log is off (it would log every WebSocket URL with its ticket; see logfilter.py),
   proxy headers are ignored (the peer address in audit rows cannot be forged by a header);
-- TLS is mandatory unless the host is a loopback address (device certificate, see tls.py).
+- TLS is mandatory unless the host is a loopback address (device certificate, see tls.py):
+  TLS 1.2 with AEAD suites and TLS 1.3, or TLS 1.3 alone (`tls_min_version`).
 
 HTTP/1.1 parsing: httptools (llhttp) when it is importable, the pure-Python h11 otherwise; which
 one serves is logged at start. httptools is the faster of the two (bench/api.py measures both).
@@ -206,8 +207,10 @@ class ApiServer:
         early_hook: Callable[[dict[str, Any]], None] | None = None,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
+        tls_min_version: str = "1.2",
     ) -> None:
         self.app = app
+        self._tls_min_version = tls_min_version
         self.host = host
         self._early_hook = early_hook
         self.port = port
@@ -241,7 +244,7 @@ class ApiServer:
         context = None
         if self.tls:
             files = await asyncio.to_thread(ensure_certificate, self.data_dir, self.host)
-            context = server_context(files)
+            context = server_context(files, self._tls_min_version)
             self.fingerprint = files.fingerprint
             log.info("TLS certificate SHA-256 fingerprint: %s", files.fingerprint)
         http, self.http_name = http_implementation(self._http)

@@ -6,7 +6,8 @@ needs the newest state, so updates that arrive faster than the client's rate rep
 read (its TCP window fills, so a send does not finish within `stream_send_timeout_s`) is closed
 with code 1013 and a reason instead of holding the agent's memory. Every `stream_recheck_s` the
 credential behind the stream is checked again: a logout, a password change, a disabled user or a
-revoked key ends the stream too (code 1008).
+revoked key ends the stream too (code 1008). Which web pages may connect at all is `origins`
+(see origins.py); the route checks it before the ticket.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from agent.api.origins import OriginPolicy
 from agent.auth.principal import Principal
 from agent.auth.service import AuthService
 from agent.control.facade import AgentCore
@@ -58,7 +60,9 @@ class StreamHub:
         max_clients: int,
         send_timeout_s: float,
         recheck_s: float,
+        origins: OriginPolicy | None = None,
     ) -> None:
+        self.origins = origins or OriginPolicy()  # checked by the route before a ticket is redeemed
         self._core = core
         self._auth = auth
         self._metrics = metrics

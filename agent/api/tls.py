@@ -26,6 +26,8 @@ from cryptography.x509.oid import NameOID
 from drivers.errors import CodedError
 
 __all__ = [
+    "MIN_VERSIONS",
+    "TLS12_SUITES",
     "TlsError",
     "TlsFiles",
     "ensure_certificate",
@@ -161,9 +163,21 @@ def read_fingerprint(data_dir: Path | str) -> str | None:
         raise TlsError(f"cannot read {path}: {exc}") from exc
 
 
-def server_context(files: TlsFiles) -> ssl.SSLContext:
-    """TLS 1.2 or newer with the device certificate."""
+# `[api] tls_min_version` -> the oldest protocol served.
+MIN_VERSIONS: dict[str, ssl.TLSVersion] = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# TLS 1.2 suites: forward-secret key exchange and AEAD only. The CBC suites (Lucky13 and other
+# padding-oracle timing attacks) and static-RSA key exchange are left out; with the ECDSA device
+# key only the ECDHE-ECDSA ones are ever chosen. TLS 1.3's suites are all AEAD and not set here.
+TLS12_SUITES = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def server_context(files: TlsFiles, min_version: str = "1.2") -> ssl.SSLContext:
+    """TLS 1.3, and TLS 1.2 with AEAD suites unless `min_version` is "1.3", with the device certificate."""
+    if min_version not in MIN_VERSIONS:
+        raise ValueError(f"tls_min_version {min_version!r}: use \"1.2\" or \"1.3\"")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = MIN_VERSIONS[min_version]
+    context.set_ciphers(TLS12_SUITES)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.load_cert_chain(files.cert, files.key)
     return context
