@@ -36,8 +36,9 @@ from agent.auth.errors import (
     UserNotFound,
 )
 from agent.auth.auditing import write_anonymous
+from agent.auth.key_scope import standing
 from agent.auth.passwords import Hasher, check_policy
-from agent.auth.principal import CallContext, Principal
+from agent.auth.principal import CallContext, Principal, key_actor
 from agent.auth.roles import check_role, rank
 from agent.auth.throttle import AuditGate, LoginThrottle, ThrottleLimits
 from agent.store import api_keys as keys_store
@@ -86,9 +87,17 @@ class _CachedSession:
 
 @dataclass
 class _CachedKey:
+    """A key's verdict as of its lookup; `owners`/`chain` are the users and keys it rests on.
+
+    Whatever changes one of those (a user disabled, a key revoked; a role change, should one be
+    added) must evict the entries that name it (`_evict_keys`), as it does sessions.
+    """
+
     principal: Principal
     key_hash: str
     persisted_used: float
+    owners: frozenset[str]
+    chain: frozenset[str]
 
 
 def _epoch(ts: str) -> float:
@@ -266,8 +275,8 @@ class AuthService:
         if digest is None:
             return False
         try:
-            if principal.method == "api_key" and principal.actor.startswith("oak_"):
-                await self._check_key(principal.actor[4:], digest, touch=False)
+            if principal.method == "api_key" and principal.key_prefix is not None:
+                await self._check_key(principal.key_prefix, digest, touch=False)
             elif principal.method == "session":
                 await self._check_session(digest, touch=False)
             else:
@@ -341,21 +350,25 @@ class AuthService:
         await self._best_effort(lambda conn: sessions_store.revoke_in(conn, session_id, reason))
 
     async def _check_key(self, prefix: str, digest: str, *, touch: bool = True) -> Principal:
+        """The key's principal, with the role its whole chain of makers allows (`key_scope`)."""
         entry = self._keys.get(prefix)
         if entry is None:
             generation = self._generation
-            record = await self._db.read(lambda conn: keys_store.find_by_prefix_in(conn, prefix))
-            if record is None or record.revoked:
+            chain = await self._db.read(lambda conn: keys_store.chain_in(conn, prefix))
+            verdict = standing(chain)
+            if verdict.role is None:
                 raise AuthInvalid("unknown or revoked API key")
+            record = chain[0].record
             principal = Principal(
-                actor=record.label,
-                role=record.role,
+                actor=key_actor(record.prefix, record.name),
+                role=verdict.role,
                 method="api_key",
                 key_id=record.id,
+                key_prefix=record.prefix,
                 credential_digest=record.key_hash,
             )
             used = _epoch(record.last_used_at) if record.last_used_at else 0.0
-            entry = _CachedKey(principal, record.key_hash, used)
+            entry = _CachedKey(principal, record.key_hash, used, verdict.owner_ids, verdict.chain_ids)
             if generation == self._generation:
                 self._keys[prefix] = entry
                 while len(self._keys) > _CACHE_MAX:
@@ -369,6 +382,17 @@ class AuthService:
             at = datetime.fromtimestamp(now, UTC)
             await self._best_effort(lambda conn: keys_store.touch_in(conn, key_id, at))
         return entry.principal
+
+    def _evict_keys(self, key_ids: set[str], *, owner_id: str | None = None) -> None:
+        """Drop the cached keys (and their stream tickets) that rest on these keys or this user."""
+        self._generation += 1
+        gone = set(key_ids)
+        for prefix, entry in list(self._keys.items()):
+            if entry.chain & gone or (owner_id is not None and owner_id in entry.owners):
+                gone.add(entry.principal.key_id or "")
+                del self._keys[prefix]
+        for digest in [d for d, (p, _) in self._tickets.items() if p.key_id in gone]:
+            del self._tickets[digest]
 
     def _evict_sessions(self, match: Callable[[Principal], bool]) -> None:
         self._generation += 1
@@ -448,19 +472,24 @@ class AuthService:
         return user
 
     async def disable_user(self, principal: Principal, name: str, ctx: CallContext) -> User:
-        """Disable a user and revoke their sessions (idempotent; the last admin stays)."""
+        """Disable a user, revoke their sessions and every key they made (idempotent; the last
+        admin stays). Keys made by those keys (older databases) go too; each revoked key gets
+        its own audit row, in the same transaction."""
         users_store.check_name(name)
         entry = self._entry(principal.actor, principal.method, "user.disable", ctx, target=name)
 
-        async def unit(conn: aiosqlite.Connection) -> User:
+        async def unit(conn: aiosqlite.Connection) -> tuple[User, list[ApiKeyRecord]]:
             user, _changed = await users_store.disable_in(conn, name, by=principal.actor)
             await sessions_store.revoke_user_in(conn, user.id, "user disabled")
+            revoked = await keys_store.revoke_made_by_in(conn, user_id=user.id, by=principal.actor)
             await append_in(conn, entry)
-            return user
+            await self._append_key_revocations(conn, principal, revoked, ctx, why=f"made by {user.name}, disabled")
+            return user, revoked
 
-        user = await self._db.write(unit)
+        user, revoked = await self._db.write(unit)
         ctx.audited = True
         self._evict_sessions(lambda p: p.user_id == user.id)
+        self._evict_keys({r.id for r in revoked}, owner_id=user.id)
         return user
 
     async def list_users(self) -> list[User]:
@@ -469,7 +498,11 @@ class AuthService:
     # ------------------------------------------------------------------ API keys
 
     async def create_api_key(self, principal: Principal, name: str, role: str, ctx: CallContext) -> tuple[ApiKeyRecord, str]:
-        """A new key (role up to the creator's); returns the record and the full key, shown once."""
+        """A new key (role up to the creator's); returns the record and the full key, shown once.
+
+        A session's key belongs to its user (`created_by_user_id`), one made on the command line
+        to nobody.
+        """
         keys_store.check_key_name(name)
         check_role(role)
         if rank(role) > rank(principal.role):
@@ -479,8 +512,9 @@ class AuthService:
 
         async def unit(conn: aiosqlite.Connection) -> ApiKeyRecord:
             record = await keys_store.create_in(
-                conn, prefix=prefix, key_hash=key_hash, name=name, role=role, created_by=principal.actor
-            )
+                conn, prefix=prefix, key_hash=key_hash, name=name, role=role, created_by=principal.actor,
+                created_by_user_id=principal.user_id if principal.method == "session" else None,
+            )  # fmt: skip
             await append_in(
                 conn,
                 self._entry(principal.actor, principal.method, "api_key.create", ctx, target=record.label, params={"name": name, "role": role}),
@@ -492,18 +526,26 @@ class AuthService:
         return record, full
 
     async def revoke_api_key(self, principal: Principal, key_id: str, ctx: CallContext) -> ApiKeyRecord:
-        async def unit(conn: aiosqlite.Connection) -> ApiKeyRecord:
+        """Revoke a key and, in the same transaction, every key made with it (older databases)."""
+        async def unit(conn: aiosqlite.Connection) -> tuple[ApiKeyRecord, list[ApiKeyRecord]]:
             record, _changed = await keys_store.revoke_in(conn, key_id, by=principal.actor)
+            made = await keys_store.revoke_made_by_in(conn, key_id=record.id, by=principal.actor)
             await append_in(conn, self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label))
-            return record
+            await self._append_key_revocations(conn, principal, made, ctx, why=f"made with {record.label}, revoked")
+            return record, made
 
-        record = await self._db.write(unit)
+        record, made = await self._db.write(unit)
         ctx.audited = True
-        self._generation += 1
-        self._keys.pop(record.prefix, None)
-        for digest in [d for d, (p, _) in self._tickets.items() if p.key_id == record.id]:
-            del self._tickets[digest]
+        self._evict_keys({record.id, *(r.id for r in made)})
         return record
+
+    async def _append_key_revocations(
+        self, conn: aiosqlite.Connection, principal: Principal, revoked: list[ApiKeyRecord], ctx: CallContext, *, why: str
+    ) -> None:
+        """One audit row per key revoked as a consequence, so the log lists each one."""
+        for record in revoked:
+            entry = self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label, params={"because": why})
+            await append_in(conn, entry)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         return await self._db.read(keys_store.list_in)

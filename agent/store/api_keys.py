@@ -35,7 +35,6 @@ __all__ = [
     "KeyLink",
     "chain_in",
     "create_in",
-    "find_by_prefix_in",
     "list_in",
     "revoke_in",
     "revoke_made_by_in",
@@ -118,11 +117,6 @@ async def create_in(
         (new_id(), prefix, key_hash, name, role, created_by, now_ts(), created_by_user_id, created_by_key_id),
     )
     return ApiKeyRecord.from_row(next(iter(rows)))
-
-
-async def find_by_prefix_in(conn: aiosqlite.Connection, prefix: str) -> ApiKeyRecord | None:
-    rows = list(await conn.execute_fetchall("SELECT * FROM api_keys WHERE prefix = ?", (prefix,)))
-    return ApiKeyRecord.from_row(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,10 @@ def world(agent_and_sim: tuple[Agent, SimProcess]) -> Iterator[World]:
     for role in ROLES:
         agent.add_user(role, role)
         headers[role] = {"Authorization": f"Bearer {agent.login(role)}"}
-        _, key = agent.run(agent.api.auth.create_api_key(cli_principal("test"), f"client-{role}", role, CallContext()))
+        # Names as long as allowed: a key's actor (prefix and name) must still fit every record
+        # that names it, such as the `user` of the commands it submits.
+        name = f"client-{role}: ".ljust(64, "x")
+        _, key = agent.run(agent.api.auth.create_api_key(cli_principal("test"), name, role, CallContext()))
         headers[f"key:{role}"] = {"Authorization": f"Bearer {key}"}
     headers["malformed"] = {"Authorization": "Bearer not-a-token"}
     headers["wrong-scheme"] = {"Authorization": "Basic " + "YWRtaW46cGFzc3dvcmQ="}
