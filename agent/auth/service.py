@@ -29,8 +29,10 @@ from agent.auth.errors import (
     AuthFailed,
     AuthInvalid,
     AuthRequired,
+    CurrentPasswordRequired,
     LoginThrottled,
     PasswordMismatch,
+    PersonRequired,
     RoleNotAllowed,
     SessionRequired,
     UserNotFound,
@@ -98,6 +100,12 @@ class _CachedKey:
     persisted_used: float
     owners: frozenset[str]
     chain: frozenset[str]
+
+
+def _require_person(principal: Principal, what: str) -> None:
+    """Keys, users and passwords are changed by a person (a login session) or the command line."""
+    if principal.method not in ("session", "local"):
+        raise PersonRequired(f"an API key cannot {what}")
 
 
 def _epoch(ts: str) -> float:
@@ -427,12 +435,20 @@ class AuthService:
         return await self._replace_password(principal, user, new, "auth.password_change", ctx)
 
     async def set_password(self, principal: Principal, user_name: str, new: str, ctx: CallContext) -> int:
-        """An admin sets another user's password; that user's sessions are revoked."""
+        """An admin sets another user's password; that user's sessions are revoked.
+
+        Not one's own: whoever holds an admin's session (a browser left open) would otherwise take
+        the account over without knowing its password. The command line may (it runs on the
+        carriage, where the data directory is already in reach).
+        """
+        _require_person(principal, "set a password")
         users_store.check_name(user_name)
-        check_policy(new, user_name=user_name)
         user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, user_name))
         if user is None:
             raise UserNotFound(f"no user named {user_name!r}")
+        if principal.user_id is not None and user.id == principal.user_id:
+            raise CurrentPasswordRequired("your own password is changed with the current one")
+        check_policy(new, user_name=user.name)
         return await self._replace_password(principal, user, new, "user.password_set", ctx)
 
     async def _replace_password(self, principal: Principal, user: User, new: str, action: str, ctx: CallContext) -> int:
@@ -454,6 +470,7 @@ class AuthService:
     # ------------------------------------------------------------------ users
 
     async def create_user(self, principal: Principal, name: str, role: str, password: str, ctx: CallContext) -> User:
+        _require_person(principal, "create users")
         users_store.check_name(name)
         check_role(role)
         if rank(role) > rank(principal.role):
@@ -475,6 +492,7 @@ class AuthService:
         """Disable a user, revoke their sessions and every key they made (idempotent; the last
         admin stays). Keys made by those keys (older databases) go too; each revoked key gets
         its own audit row, in the same transaction."""
+        _require_person(principal, "disable users")
         users_store.check_name(name)
         entry = self._entry(principal.actor, principal.method, "user.disable", ctx, target=name)
 
@@ -500,9 +518,11 @@ class AuthService:
     async def create_api_key(self, principal: Principal, name: str, role: str, ctx: CallContext) -> tuple[ApiKeyRecord, str]:
         """A new key (role up to the creator's); returns the record and the full key, shown once.
 
-        A session's key belongs to its user (`created_by_user_id`), one made on the command line
-        to nobody.
+        Made by a person, never by a key: a key that made keys would leave them behind when it is
+        revoked. A session's key belongs to its user (`created_by_user_id`), one made on the
+        command line to nobody.
         """
+        _require_person(principal, "create API keys")
         keys_store.check_key_name(name)
         check_role(role)
         if rank(role) > rank(principal.role):
@@ -527,6 +547,8 @@ class AuthService:
 
     async def revoke_api_key(self, principal: Principal, key_id: str, ctx: CallContext) -> ApiKeyRecord:
         """Revoke a key and, in the same transaction, every key made with it (older databases)."""
+        _require_person(principal, "revoke API keys")
+
         async def unit(conn: aiosqlite.Connection) -> tuple[ApiKeyRecord, list[ApiKeyRecord]]:
             record, _changed = await keys_store.revoke_in(conn, key_id, by=principal.actor)
             made = await keys_store.revoke_made_by_in(conn, key_id=record.id, by=principal.actor)

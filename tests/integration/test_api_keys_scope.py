@@ -1,4 +1,4 @@
-"""What an API key may do, over real HTTP: no more than its creator, and never longer.
+"""What an API key may do, over real HTTP: no more than its creator, never longer, never more keys.
 
 The gateway runs as in the daemon (its own `Gateway`, attached to a database the core side
 created), without a core: nothing here touches the robot, and every route used here is served
@@ -113,6 +113,45 @@ async def test_a_key_stops_working_the_moment_its_creator_is_disabled(served: Se
     assert (bob_name, "api_key.revoke", made["prefix"]) in rows  # the consequence is in the log
 
 
+async def test_a_key_cannot_make_keys_users_or_passwords_but_can_read(served: Served, admins: tuple[str, str]) -> None:
+    ada_name, bob_name = admins
+    async with served.client(await served.login(ada_name)) as ada:
+        made = await make_key(ada, "line controller")
+        other = await make_key(ada, "other client", "viewer")
+    keys_before = {k.id for k in await served.api.auth.list_api_keys()}
+    users_before = {u.name for u in await served.api.auth.list_users()}
+    async with served.client(made["key"]) as key:
+        refused = [
+            await key.post("/api/v1/api-keys", json={"name": "child", "role": "admin"}),
+            await key.delete(f"/api/v1/api-keys/{other['id']}"),
+            await key.post("/api/v1/users", json={"name": "mallory", "role": "admin", "password": PW}),
+            await key.post(f"/api/v1/users/{bob_name}/disable"),
+            await key.post(f"/api/v1/users/{ada_name}/password", json={"password": "taken over by a key"}),
+        ]
+        for r in refused:
+            body = r.json()
+            assert r.status_code == 403 and body["code"] == "AUTH_PERSON_REQUIRED", r.text
+            assert "oht-agent user" in body["hint"] and "/api/v1/auth/login" in body["hint"]
+        for path in ("/api/v1/users", "/api/v1/api-keys", "/api/v1/audit"):
+            assert (await key.get(path)).status_code == 200, path
+        me = (await key.get("/api/v1/auth/me")).json()
+    actor = f"{made['prefix']}:line controller"  # prefix and name
+    assert me["actor"] == actor and me["method"] == "api_key"
+    denied = [r for r in await served.audit() if r["actor"] == actor]
+    assert [(r["action"], r["result"], r["code"]) for r in denied] == [
+        ("api_key.create", "denied", "AUTH_PERSON_REQUIRED"),
+        ("api_key.revoke", "denied", "AUTH_PERSON_REQUIRED"),
+        ("user.create", "denied", "AUTH_PERSON_REQUIRED"),
+        ("user.disable", "denied", "AUTH_PERSON_REQUIRED"),
+        ("user.password_set", "denied", "AUTH_PERSON_REQUIRED"),
+    ]
+    # Nothing changed: no new key or user, the other key and ada's password still hold.
+    assert {k.id for k in await served.api.auth.list_api_keys()} == keys_before
+    assert {u.name for u in await served.api.auth.list_users()} == users_before
+    assert (await served.api.auth.authenticate(other["key"])).role == "viewer"
+    await served.login(ada_name)
+
+
 async def test_revoking_a_key_revokes_the_keys_made_with_it(served: Served, admins: tuple[str, str]) -> None:
     """Keys made by keys exist only in databases from before that was refused: their rows are
     written here as the old code made them (creator a key), then the first key is revoked."""
@@ -156,6 +195,23 @@ async def test_a_key_acts_with_the_lower_of_its_role_and_its_creators(served: Se
         assert (await key.get("/api/v1/auth/me")).json()["role"] == "operator"
         r = await key.get("/api/v1/users")
         assert r.status_code == 403 and r.json()["code"] == "PERMISSION_DENIED"
+
+
+async def test_an_admin_sets_their_own_password_only_with_the_current_one(served: Served, admins: tuple[str, str]) -> None:
+    ada_name, bob_name = admins
+    async with served.client(await served.login(ada_name)) as ada:
+        for name in (ada_name, ada_name.upper()):
+            r = await ada.post(f"/api/v1/users/{name}/password", json={"password": "no current password"})
+            body = r.json()
+            assert r.status_code == 403 and body["code"] == "AUTH_CURRENT_PASSWORD_REQUIRED", r.text
+            assert "POST /api/v1/auth/password" in body["hint"]
+        assert (await ada.get("/api/v1/users")).status_code == 200  # the session was not ended
+        r = await ada.post(f"/api/v1/users/{bob_name}/password", json={"password": "set by ada for bob"})
+        assert r.status_code == 200, r.text
+    await served.login(ada_name)  # unchanged
+    await served.login(bob_name, "set by ada for bob")
+    rows = [(r["actor"], r["action"], r["result"], r["code"]) for r in await served.audit()]
+    assert rows.count((ada_name, "user.password_set", "denied", "AUTH_CURRENT_PASSWORD_REQUIRED")) == 2
 
 
 async def legacy_key(served: Served, name: str, *, made_by: str) -> tuple[keys_store.ApiKeyRecord, str]:
