@@ -16,10 +16,12 @@ __all__ = [
     "AuthFailed",
     "AuthInvalid",
     "AuthRequired",
+    "CurrentPasswordRequired",
     "LoginThrottled",
     "PasswordMismatch",
     "PasswordRejected",
     "PermissionDenied",
+    "PersonRequired",
     "RoleInvalid",
     "RoleNotAllowed",
     "SessionRequired",
@@ -75,6 +77,27 @@ class PermissionDenied(AuthError):
 class RoleNotAllowed(PermissionDenied):
     code = "ROLE_NOT_ALLOWED"
     hint = "A user or key can only be given a role up to your own."
+
+
+class PersonRequired(PermissionDenied):
+    """Keys, users and passwords are managed by people, never by a machine client's key.
+
+    A leaked key must not be able to mint more keys or accounts that outlive its revocation,
+    nor take over a person's account by setting its password.
+    """
+
+    code = "AUTH_PERSON_REQUIRED"
+    hint = (
+        "API keys cannot create or revoke keys, create or disable users or set passwords: log in as an"
+        " admin (POST /api/v1/auth/login) or use `oht-agent user ...` on the carriage."
+    )
+
+
+class CurrentPasswordRequired(PermissionDenied):
+    """Whoever holds an admin's session must not set that admin's password without knowing it."""
+
+    code = "AUTH_CURRENT_PASSWORD_REQUIRED"
+    hint = "Change your own password with POST /api/v1/auth/password, which asks for the current one."
 
 
 class SessionRequired(AuthError):

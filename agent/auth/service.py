@@ -30,15 +30,18 @@ from agent.auth.errors import (
     AuthFailed,
     AuthInvalid,
     AuthRequired,
+    CurrentPasswordRequired,
     LoginThrottled,
     PasswordMismatch,
+    PersonRequired,
     RoleNotAllowed,
     SessionRequired,
     UserNotFound,
 )
 from agent.auth.auditing import write_anonymous
+from agent.auth.key_scope import standing
 from agent.auth.passwords import Hasher, check_policy
-from agent.auth.principal import CallContext, Principal
+from agent.auth.principal import CallContext, Principal, key_actor
 from agent.auth.roles import check_role, rank
 from agent.auth.throttle import Attempt, AuditGate, LoginThrottle, ThrottleLimits
 from agent.store import api_keys as keys_store
@@ -89,9 +92,23 @@ class _CachedSession:
 
 @dataclass
 class _CachedKey:
+    """A key's verdict as of its lookup; `owners`/`chain` are the users and keys it rests on.
+
+    Whatever changes one of those (a user disabled, a key revoked; a role change, should one be
+    added) must evict the entries that name it (`_evict_keys`), as it does sessions.
+    """
+
     principal: Principal
     key_hash: str
     persisted_used: float
+    owners: frozenset[str]
+    chain: frozenset[str]
+
+
+def _require_person(principal: Principal, what: str) -> None:
+    """Keys, users and passwords are changed by a person (a login session) or the command line."""
+    if principal.method not in ("session", "local"):
+        raise PersonRequired(f"an API key cannot {what}")
 
 
 def _epoch(ts: str) -> float:
@@ -343,8 +360,8 @@ class AuthService:
         if digest is None:
             return False
         try:
-            if principal.method == "api_key" and principal.actor.startswith("oak_"):
-                await self._check_key(principal.actor[4:], digest, touch=False)
+            if principal.method == "api_key" and principal.key_prefix is not None:
+                await self._check_key(principal.key_prefix, digest, touch=False)
             elif principal.method == "session":
                 await self._check_session(digest, touch=False)
             else:
@@ -418,21 +435,25 @@ class AuthService:
         await self._best_effort(lambda conn: sessions_store.revoke_in(conn, session_id, reason))
 
     async def _check_key(self, prefix: str, digest: str, *, touch: bool = True) -> Principal:
+        """The key's principal, with the role its whole chain of makers allows (`key_scope`)."""
         entry = self._keys.get(prefix)
         if entry is None:
             generation = self._generation
-            record = await self._db.read(lambda conn: keys_store.find_by_prefix_in(conn, prefix))
-            if record is None or record.revoked:
+            chain = await self._db.read(lambda conn: keys_store.chain_in(conn, prefix))
+            verdict = standing(chain)
+            if verdict.role is None:
                 raise AuthInvalid("unknown or revoked API key")
+            record = chain[0].record
             principal = Principal(
-                actor=record.label,
-                role=record.role,
+                actor=key_actor(record.prefix, record.name),
+                role=verdict.role,
                 method="api_key",
                 key_id=record.id,
+                key_prefix=record.prefix,
                 credential_digest=record.key_hash,
             )
             used = _epoch(record.last_used_at) if record.last_used_at else 0.0
-            entry = _CachedKey(principal, record.key_hash, used)
+            entry = _CachedKey(principal, record.key_hash, used, verdict.owner_ids, verdict.chain_ids)
             if generation == self._generation:
                 self._keys[prefix] = entry
                 while len(self._keys) > _CACHE_MAX:
@@ -446,6 +467,17 @@ class AuthService:
             at = datetime.fromtimestamp(now, UTC)
             await self._best_effort(lambda conn: keys_store.touch_in(conn, key_id, at))
         return entry.principal
+
+    def _evict_keys(self, key_ids: set[str], *, owner_id: str | None = None) -> None:
+        """Drop the cached keys (and their stream tickets) that rest on these keys or this user."""
+        self._generation += 1
+        gone = set(key_ids)
+        for prefix, entry in list(self._keys.items()):
+            if entry.chain & gone or (owner_id is not None and owner_id in entry.owners):
+                gone.add(entry.principal.key_id or "")
+                del self._keys[prefix]
+        for digest in [d for d, (p, _) in self._tickets.items() if p.key_id in gone]:
+            del self._tickets[digest]
 
     def _evict_sessions(self, match: Callable[[Principal], bool]) -> None:
         self._generation += 1
@@ -486,12 +518,20 @@ class AuthService:
         return await self._replace_password(principal, user, new, "auth.password_change", ctx)
 
     async def set_password(self, principal: Principal, user_name: str, new: str, ctx: CallContext) -> int:
-        """An admin sets another user's password; that user's sessions are revoked."""
+        """An admin sets another user's password; that user's sessions are revoked.
+
+        Not one's own: whoever holds an admin's session (a browser left open) would otherwise take
+        the account over without knowing its password. The command line may (it runs on the
+        carriage, where the data directory is already in reach).
+        """
+        _require_person(principal, "set a password")
         users_store.check_name(user_name)
-        check_policy(new, user_name=user_name)
         user = await self._db.read(lambda conn: users_store.get_by_name_in(conn, user_name))
         if user is None:
             raise UserNotFound(f"no user named {user_name!r}")
+        if principal.user_id is not None and user.id == principal.user_id:
+            raise CurrentPasswordRequired("your own password is changed with the current one")
+        check_policy(new, user_name=user.name)
         return await self._replace_password(principal, user, new, "user.password_set", ctx)
 
     async def _replace_password(self, principal: Principal, user: User, new: str, action: str, ctx: CallContext) -> int:
@@ -513,6 +553,7 @@ class AuthService:
     # ------------------------------------------------------------------ users
 
     async def create_user(self, principal: Principal, name: str, role: str, password: str, ctx: CallContext) -> User:
+        _require_person(principal, "create users")
         users_store.check_name(name)
         check_role(role)
         if rank(role) > rank(principal.role):
@@ -531,19 +572,25 @@ class AuthService:
         return user
 
     async def disable_user(self, principal: Principal, name: str, ctx: CallContext) -> User:
-        """Disable a user and revoke their sessions (idempotent; the last admin stays)."""
+        """Disable a user, revoke their sessions and every key they made (idempotent; the last
+        admin stays). Keys made by those keys (older databases) go too; each revoked key gets
+        its own audit row, in the same transaction."""
+        _require_person(principal, "disable users")
         users_store.check_name(name)
         entry = self._entry(principal.actor, principal.method, "user.disable", ctx, target=name)
 
-        async def unit(conn: aiosqlite.Connection) -> User:
+        async def unit(conn: aiosqlite.Connection) -> tuple[User, list[ApiKeyRecord]]:
             user, _changed = await users_store.disable_in(conn, name, by=principal.actor)
             await sessions_store.revoke_user_in(conn, user.id, "user disabled")
+            revoked = await keys_store.revoke_made_by_in(conn, user_id=user.id, by=principal.actor)
             await append_in(conn, entry)
-            return user
+            await self._append_key_revocations(conn, principal, revoked, ctx, why=f"made by {user.name}, disabled")
+            return user, revoked
 
-        user = await self._db.write(unit)
+        user, revoked = await self._db.write(unit)
         ctx.audited = True
         self._evict_sessions(lambda p: p.user_id == user.id)
+        self._evict_keys({r.id for r in revoked}, owner_id=user.id)
         return user
 
     async def list_users(self) -> list[User]:
@@ -552,7 +599,13 @@ class AuthService:
     # ------------------------------------------------------------------ API keys
 
     async def create_api_key(self, principal: Principal, name: str, role: str, ctx: CallContext) -> tuple[ApiKeyRecord, str]:
-        """A new key (role up to the creator's); returns the record and the full key, shown once."""
+        """A new key (role up to the creator's); returns the record and the full key, shown once.
+
+        Made by a person, never by a key: a key that made keys would leave them behind when it is
+        revoked. A session's key belongs to its user (`created_by_user_id`), one made on the
+        command line to nobody.
+        """
+        _require_person(principal, "create API keys")
         keys_store.check_key_name(name)
         check_role(role)
         if rank(role) > rank(principal.role):
@@ -562,8 +615,9 @@ class AuthService:
 
         async def unit(conn: aiosqlite.Connection) -> ApiKeyRecord:
             record = await keys_store.create_in(
-                conn, prefix=prefix, key_hash=key_hash, name=name, role=role, created_by=principal.actor
-            )
+                conn, prefix=prefix, key_hash=key_hash, name=name, role=role, created_by=principal.actor,
+                created_by_user_id=principal.user_id if principal.method == "session" else None,
+            )  # fmt: skip
             await append_in(
                 conn,
                 self._entry(principal.actor, principal.method, "api_key.create", ctx, target=record.label, params={"name": name, "role": role}),
@@ -575,18 +629,28 @@ class AuthService:
         return record, full
 
     async def revoke_api_key(self, principal: Principal, key_id: str, ctx: CallContext) -> ApiKeyRecord:
-        async def unit(conn: aiosqlite.Connection) -> ApiKeyRecord:
-            record, _changed = await keys_store.revoke_in(conn, key_id, by=principal.actor)
-            await append_in(conn, self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label))
-            return record
+        """Revoke a key and, in the same transaction, every key made with it (older databases)."""
+        _require_person(principal, "revoke API keys")
 
-        record = await self._db.write(unit)
+        async def unit(conn: aiosqlite.Connection) -> tuple[ApiKeyRecord, list[ApiKeyRecord]]:
+            record, _changed = await keys_store.revoke_in(conn, key_id, by=principal.actor)
+            made = await keys_store.revoke_made_by_in(conn, key_id=record.id, by=principal.actor)
+            await append_in(conn, self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label))
+            await self._append_key_revocations(conn, principal, made, ctx, why=f"made with {record.label}, revoked")
+            return record, made
+
+        record, made = await self._db.write(unit)
         ctx.audited = True
-        self._generation += 1
-        self._keys.pop(record.prefix, None)
-        for digest in [d for d, (p, _) in self._tickets.items() if p.key_id == record.id]:
-            del self._tickets[digest]
+        self._evict_keys({record.id, *(r.id for r in made)})
         return record
+
+    async def _append_key_revocations(
+        self, conn: aiosqlite.Connection, principal: Principal, revoked: list[ApiKeyRecord], ctx: CallContext, *, why: str
+    ) -> None:
+        """One audit row per key revoked as a consequence, so the log lists each one."""
+        for record in revoked:
+            entry = self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label, params={"because": why})
+            await append_in(conn, entry)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         return await self._db.read(keys_store.list_in)

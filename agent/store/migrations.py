@@ -263,12 +263,46 @@ _V4_AUDIT = Migration(
     ),
 )
 
-# Next: v5 (append here; never edit the ones above).
+# v5: an API key names its creator by id (agent/store/api_keys.py says why). Old rows are filled
+# from `created_by` where it names a user or a key; a name such as `oak_<prefix>` that is both a
+# user and a key fills both (a key is then held to both). Then, as the rules now do at once, every
+# key made by a disabled user, by a revoked key or by nobody known (not `cli:...`) is revoked,
+# and every key made by one of those.
+_V5_KEY_CREATORS = Migration(
+    5,
+    "API key creators by id",
+    (
+        "ALTER TABLE api_keys ADD COLUMN created_by_user_id TEXT REFERENCES users (id)",
+        "ALTER TABLE api_keys ADD COLUMN created_by_key_id TEXT REFERENCES api_keys (id)",
+        "UPDATE api_keys SET created_by_user_id = (SELECT u.id FROM users u WHERE u.name = api_keys.created_by)",
+        "UPDATE api_keys SET created_by_key_id = (SELECT k.id FROM api_keys k"
+        " WHERE 'oak_' || k.prefix = api_keys.created_by AND k.id <> api_keys.id)",
+        "CREATE INDEX api_keys_by_user ON api_keys (created_by_user_id) WHERE created_by_user_id IS NOT NULL",
+        "CREATE INDEX api_keys_by_key ON api_keys (created_by_key_id) WHERE created_by_key_id IS NOT NULL",
+        """
+        WITH RECURSIVE dead(id) AS (
+            SELECT k.id FROM api_keys k LEFT JOIN users u ON u.id = k.created_by_user_id
+            WHERE k.revoked_at IS NOT NULL OR u.disabled_at IS NOT NULL
+               OR (k.created_by_user_id IS NULL AND k.created_by_key_id IS NULL
+                   AND k.created_by NOT LIKE 'cli:%')
+            UNION
+            SELECT k.id FROM api_keys k JOIN dead d ON k.created_by_key_id = d.id
+        )
+        UPDATE api_keys
+        SET revoked_at = strftime('%Y-%m-%dT%H:%M:%S', 'now') || '.000000Z',
+            revoked_by = 'migration: made by a disabled user, a revoked key or an unknown creator'
+        WHERE revoked_at IS NULL AND id IN (SELECT id FROM dead)
+        """,
+    ),
+)
+
+# Next: v6 (append here; never edit the ones above).
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_COMMANDS,
     _V2_TRANSITIONS_OUTBOX,
     _V3_USERS_SESSIONS_KEYS,
     _V4_AUDIT,
+    _V5_KEY_CREATORS,
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

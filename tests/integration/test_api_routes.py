@@ -5,7 +5,8 @@ declared permission, or with a different permission than its row says, fails
 `test_table_covers_every_route`. Each row sends one real request to the real agent (runtime +
 controller against the simulator) and the expected answer follows from the permission matrix:
 allowed -> one of the row's success statuses, not allowed -> 403 PERMISSION_DENIED, bad or
-missing credentials on a protected route -> 401 with the matching code.
+missing credentials on a protected route -> 401 with the matching code. Managing keys, users and
+passwords needs a person: an API key whose role allows it gets 403 AUTH_PERSON_REQUIRED.
 """
 
 from __future__ import annotations
@@ -79,10 +80,11 @@ class Row:
     call: Call
     ok: frozenset[int] = field(default_factory=lambda: frozenset({200}))
     session_only: bool = False  # an API key gets 409 AUTH_SESSION_REQUIRED
+    person_only: bool = False  # an API key gets 403 AUTH_PERSON_REQUIRED
 
 
-def row(permission: Permission, call: Call, *ok: int, session_only: bool = False) -> Row:
-    return Row(permission, call, frozenset(ok or (200,)), session_only)
+def row(permission: Permission, call: Call, *ok: int, session_only: bool = False, person_only: bool = False) -> Row:
+    return Row(permission, call, frozenset(ok or (200,)), session_only, person_only)
 
 
 def _login(c: httpx.Client, x: Ctx) -> httpx.Response:
@@ -131,19 +133,26 @@ TABLE: dict[tuple[str, str], Row] = {
         Permission.USERS,
         lambda c, x: c.post("/api/v1/users", json={"name": unique("new"), "role": "viewer", "password": PASSWORD}),
         201,
+        person_only=True,
     ),
     ("POST", "/api/v1/users/{name}/disable"): row(
-        Permission.USERS, lambda c, x: c.post(f"/api/v1/users/{x.victim()}/disable")
+        Permission.USERS, lambda c, x: c.post(f"/api/v1/users/{x.victim()}/disable"), person_only=True
     ),
     ("POST", "/api/v1/users/{name}/password"): row(
         Permission.USERS,
         lambda c, x: c.post(f"/api/v1/users/{x.victim()}/password", json={"password": "set by an admin!"}),
+        person_only=True,
     ),
     ("GET", "/api/v1/api-keys"): row(Permission.API_KEYS, lambda c, x: c.get("/api/v1/api-keys")),
     ("POST", "/api/v1/api-keys"): row(
-        Permission.API_KEYS, lambda c, x: c.post("/api/v1/api-keys", json={"name": unique("client"), "role": "viewer"}), 201
+        Permission.API_KEYS,
+        lambda c, x: c.post("/api/v1/api-keys", json={"name": unique("client"), "role": "viewer"}),
+        201,
+        person_only=True,
     ),
-    ("DELETE", "/api/v1/api-keys/{key_id}"): row(Permission.API_KEYS, lambda c, x: c.delete(f"/api/v1/api-keys/{x.key_id()}")),
+    ("DELETE", "/api/v1/api-keys/{key_id}"): row(
+        Permission.API_KEYS, lambda c, x: c.delete(f"/api/v1/api-keys/{x.key_id()}"), person_only=True
+    ),
     ("GET", "/api/v1/audit"): row(Permission.AUDIT, lambda c, x: c.get("/api/v1/audit", params={"limit": 3})),
     ("GET", "/api/v1/audit/verify"): row(Permission.AUDIT, lambda c, x: c.get("/api/v1/audit/verify")),
     ("POST", "/api/v1/stream/ticket"): row(Permission.READ, lambda c, x: c.post("/api/v1/stream/ticket")),
@@ -207,7 +216,10 @@ def world(agent_and_sim: tuple[Agent, SimProcess]) -> Iterator[World]:
     for role in ROLES:
         agent.add_user(role, role)
         headers[role] = {"Authorization": f"Bearer {agent.login(role)}"}
-        _, key = agent.run(agent.api.auth.create_api_key(cli_principal("test"), f"client-{role}", role, CallContext()))
+        # Names as long as allowed: a key's actor (prefix and name) must still fit every record
+        # that names it, such as the `user` of the commands it submits.
+        name = f"client-{role}: ".ljust(64, "x")
+        _, key = agent.run(agent.api.auth.create_api_key(cli_principal("test"), name, role, CallContext()))
         headers[f"key:{role}"] = {"Authorization": f"Bearer {key}"}
     headers["malformed"] = {"Authorization": "Bearer not-a-token"}
     headers["wrong-scheme"] = {"Authorization": "Basic " + "YWRtaW46cGFzc3dvcmQ="}
@@ -281,5 +293,7 @@ def test_route_answers_by_permission(world: World, key: tuple[str, str], caller:
         assert body["code"] == "PERMISSION_DENIED" and body["request_id"], body
     elif spec.session_only and caller.startswith("key:"):
         assert response.status_code == 409 and body["code"] == "AUTH_SESSION_REQUIRED", response.text
+    elif spec.person_only and caller.startswith("key:"):
+        assert response.status_code == 403 and body["code"] == "AUTH_PERSON_REQUIRED", response.text
     else:
         assert response.status_code in spec.ok, response.text

@@ -220,7 +220,8 @@ async def test_api_keys(svc: AuthService, db: Database) -> None:
         await svc.create_api_key(olga, "too-strong", "technician", ctx())
     record, key = await svc.create_api_key(olga, "line-ctl", "operator", ctx())
     principal = await svc.authenticate(key)
-    assert (principal.actor, principal.role, principal.method) == (record.label, "operator", "api_key")
+    assert (principal.actor, principal.role, principal.method) == (f"{record.label}:line-ctl", "operator", "api_key")
+    assert principal.key_prefix == record.prefix and principal.user_id is None
     assert key.startswith(record.label + "_")
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     with pytest.raises(AuthInvalid):
@@ -233,6 +234,26 @@ async def test_api_keys(svc: AuthService, db: Database) -> None:
     assert not await svc.still_valid(principal)
     rows = await audit_rows(db)
     assert ("olga", "api_key.create", "ok", None) in rows and ("cli:root", "api_key.revoke", "ok", None) in rows
+
+
+async def test_a_key_rests_on_its_creator_and_a_cli_key_on_nobody(svc: AuthService, db: Database) -> None:
+    """Disabling the creator ends the key everywhere it is held: cache, stream re-check, tickets."""
+    olga = await svc.authenticate((await svc.login("olga", PW, ctx())).token)
+    record, key = await svc.create_api_key(olga, "olga's client", "operator", ctx())
+    _, cli_key = await svc.create_api_key(ROOT, "line controller", "admin", ctx())
+    principal = await svc.authenticate(key)
+    ticket = svc.issue_ticket(principal)
+    assert record.created_by_user_id == olga.user_id and await svc.still_valid(principal)
+    await svc.disable_user(ROOT, "olga", ctx())
+    with pytest.raises(AuthInvalid):
+        await svc.authenticate(key)
+    assert not await svc.still_valid(principal)
+    with pytest.raises(AuthInvalid):
+        svc.redeem_ticket(ticket)
+    assert (await svc.authenticate(cli_key)).role == "admin"  # the command line's key belongs to no user
+    rows = await audit_rows(db)
+    assert rows[-2:] == [("cli:root", "user.disable", "ok", None), ("cli:root", "api_key.revoke", "ok", None)]
+    assert (await verify_chain(db)).ok
 
 
 async def test_tickets_are_single_use_and_short_lived(svc: AuthService, clock: Clock) -> None:

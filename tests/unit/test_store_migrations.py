@@ -11,6 +11,7 @@ import aiosqlite
 import pytest
 
 from agent.ids import new_id
+from agent.store.clock import parse_ts
 from agent.store.commands import CommandRecord
 from agent.store.database import DB_NAME, Database
 from agent.store.errors import ForeignDatabase, SchemaTooNew
@@ -143,3 +144,58 @@ async def test_command_record_reads_columns_in_table_order(tmp_path: Path) -> No
     finally:
         await db.close()
     assert [r[1] for r in rows] == [f.name for f in fields(CommandRecord)]
+
+
+async def test_old_api_keys_get_their_creators_by_id_and_orphans_are_revoked(tmp_path: Path) -> None:
+    """Keys from before creators were kept by id: filled from `created_by`; a key that the rules
+    now refuse (made by a disabled user, by a revoked key, by nobody known) is revoked."""
+    path = tmp_path / "old" / DB_NAME
+    await build_at(path, 4)
+    conn = sqlite3.connect(path)
+    at = "2026-01-01T00:00:00.000000Z"
+    for name, disabled in (("ada", None), ("dora", at)):
+        conn.execute(
+            "INSERT INTO users (id, name, role, password_hash, created_at, created_by, updated_at,"
+            " password_changed_at, disabled_at) VALUES (?, ?, 'admin', 'scrypt$x', ?, 'cli:root', ?, ?, ?)",
+            (f"u-{name}", name, at, at, at, disabled),
+        )
+    keys = {  # name: (created_by, revoked)
+        "by-ada": ("ada", False),
+        "by-ada's-key": ("oak_by-ada0000", False),
+        "by-cli": ("cli:root", False),
+        "by-dora": ("dora", False),
+        "by-dora's-key": ("oak_by-dora000", False),
+        "by-nobody": ("someone", False),
+        "revoked": ("ada", True),
+        "by-revoked": ("oak_revoked000", False),
+    }
+    for name, (created_by, revoked) in keys.items():
+        conn.execute(
+            "INSERT INTO api_keys (id, prefix, key_hash, name, role, created_by, created_at, revoked_at, revoked_by)"
+            " VALUES (?, ?, ?, ?, 'admin', ?, ?, ?, ?)",
+            (f"k-{name}", name.ljust(10, "0")[:10], "0" * 64, name, created_by, at,
+             at if revoked else None, "ada" if revoked else None),
+        )  # fmt: skip
+    conn.commit()
+    conn.close()
+    db = await Database.open(path.parent)
+    try:
+        rows = await db.read(lambda c: c.execute_fetchall(
+            "SELECT name, created_by_user_id, created_by_key_id, revoked_at, revoked_by FROM api_keys"))  # fmt: skip
+    finally:
+        await db.close()
+    got = {r[0]: (r[1], r[2], r[4]) for r in rows}
+    swept = "migration: made by a disabled user, a revoked key or an unknown creator"
+    assert got == {
+        "by-ada": ("u-ada", None, None),
+        "by-ada's-key": (None, "k-by-ada", None),
+        "by-cli": (None, None, None),
+        "by-dora": ("u-dora", None, swept),
+        "by-dora's-key": (None, "k-by-dora", swept),
+        "by-nobody": (None, None, swept),
+        "revoked": ("u-ada", None, "ada"),
+        "by-revoked": (None, "k-revoked", swept),
+    }
+    for r in rows:
+        if r[3] is not None:
+            parse_ts(r[3])  # the stored timestamp format

@@ -1,4 +1,8 @@
-"""API keys for machine clients (admin): list, create (the key is shown once), revoke."""
+"""API keys for machine clients (admin): list, create (the key is shown once), revoke.
+
+Creating and revoking need a person (a login session): a key only lists. A key acts with at most
+its creator's role and ends with its creator (see agent/auth/key_scope.py).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ async def list_keys(request: Request, _: Principal = ADMIN) -> list[ApiKeyOut]:
 
 @router.post("", name="api_key.create", response_model=ApiKeyCreated, status_code=201, responses=errors(*AUTH_ERRORS))
 async def create_key(body: ApiKeyCreate, request: Request, principal: Principal = ADMIN) -> ApiKeyCreated:
-    """Create a key for one client; `key` is in this answer only."""
+    """Create a key for one client; `key` is in this answer only. The key belongs to the caller:
+    it acts with at most the caller's role and is revoked when the caller is disabled."""
     audit_target(request, body.name)
     record, full = await api_context(request).auth.create_api_key(principal, body.name, body.role, call_context(request))
     return ApiKeyCreated(**record.public(), key=full)
@@ -33,6 +38,7 @@ async def create_key(body: ApiKeyCreate, request: Request, principal: Principal 
 async def revoke_key(
     request: Request, key_id: Annotated[str, Path(min_length=1, max_length=64)], principal: Principal = ADMIN
 ) -> ApiKeyOut:
+    """Revoke a key and every key made with it (possible only in older databases)."""
     audit_target(request, key_id)
     record = await api_context(request).auth.revoke_api_key(principal, key_id, call_context(request))
     return ApiKeyOut(**record.public())

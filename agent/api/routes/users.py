@@ -1,4 +1,7 @@
-"""User administration (admin): list, create, disable, set a password. Never delete."""
+"""User administration (admin): list, create, disable, set a password. Never delete.
+
+Changes need a person (a login session) or the command line; an admin's API key only lists.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ async def create_user(body: UserCreate, request: Request, principal: Principal =
 
 @router.post("/{name}/disable", name="user.disable", response_model=UserOut, responses=errors(*AUTH_ERRORS, 404, 409))
 async def disable_user(request: Request, name: UserName, principal: Principal = ADMIN) -> UserOut:
-    """Disable a user and end their sessions. The last enabled admin cannot be disabled."""
+    """Disable a user, end their sessions and revoke the API keys they made. The last enabled
+    admin cannot be disabled."""
     audit_target(request, name)
     user = await api_context(request).auth.disable_user(principal, name, call_context(request))
     return UserOut(**user.public())
@@ -39,7 +43,8 @@ async def disable_user(request: Request, name: UserName, principal: Principal = 
 
 @router.post("/{name}/password", name="user.password_set", response_model=SessionsRevoked, responses=errors(*AUTH_ERRORS, 404))
 async def set_password(body: PasswordSet, request: Request, name: UserName, principal: Principal = ADMIN) -> SessionsRevoked:
-    """Set another user's password (e.g. forgotten); their sessions end."""
+    """Set another user's password (e.g. forgotten); their sessions end. Not one's own: that is
+    POST /api/v1/auth/password, with the current password."""
     audit_target(request, name)
     revoked = await api_context(request).auth.set_password(principal, name, body.password, call_context(request))
     return SessionsRevoked(revoked_sessions=revoked, message="password set; the user must log in again")
