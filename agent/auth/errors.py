@@ -107,7 +107,11 @@ class SessionRequired(AuthError):
 
 class PasswordRejected(AuthError):
     code = "PASSWORD_REJECTED"
-    hint = "Use at least 12 characters (a few unrelated words work well) and not the user name."
+    hint = (
+        "Choose a passphrase of four or more unrelated words (12 characters at least). Refused:"
+        " common passwords, keyboard or counting runs, a repeated short part, and a common word"
+        " or the user name with only digits or symbols added."
+    )
 
 
 class RoleInvalid(AuthError):

@@ -1,4 +1,4 @@
-"""Password hashing with scrypt, parameters stored with each hash, and the password policy.
+"""Password hashing with scrypt, parameters stored with each hash (the policy is in `password_policy`).
 
 Why scrypt with its parameters in the hash: scrypt is memory-hard (a GPU farm gains little), and
 `cryptography` ships it, so no extra native dependency. Each stored hash names its own n, r, p,
@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from agent.auth.errors import PasswordRejected
+# Re-exported: callers check and hash a new password through this module.
+from agent.auth.password_policy import MAX_LENGTH, MIN_LENGTH, check_policy
 
 __all__ = [
     "CURRENT",
@@ -37,9 +37,6 @@ __all__ = [
     "parse_hash",
     "verify_password",
 ]
-
-MIN_LENGTH = 12
-MAX_LENGTH = 1024  # bounds the work an attacker can make us do per attempt
 
 
 @dataclass(frozen=True, order=True)
@@ -70,20 +67,6 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-
-
-def check_policy(password: str, *, user_name: str | None = None) -> None:
-    """Raise PasswordRejected unless `password` meets the policy (the message says why)."""
-    if not isinstance(password, str):
-        raise PasswordRejected("the password must be a string")
-    if len(password) < MIN_LENGTH:
-        raise PasswordRejected(f"the password is too short: at least {MIN_LENGTH} characters are required")
-    if len(password) > MAX_LENGTH:
-        raise PasswordRejected(f"the password is too long: at most {MAX_LENGTH} characters")
-    if not password.strip():
-        raise PasswordRejected("the password must not be only spaces")
-    if user_name is not None and hmac.compare_digest(password.casefold().encode(), user_name.casefold().encode()):
-        raise PasswordRejected("the password must not be the user name")
 
 
 def _kdf(params: ScryptParams, salt: bytes) -> Scrypt:

@@ -7,9 +7,11 @@ Lifecycle (anything else raises CommandStateError, code COMMAND_STATE):
     succeeded, failed, cancelled, expired, interrupted: terminal
 
 Why it is shaped like this:
-- `submit` is idempotent per (source, idempotency_key): a client that lost the answer repeats the
-  request and gets the same record (`created=False`, HTTP 200), never a second command. Reusing a
-  key for a different command is refused (COMMAND_KEY_REUSED, HTTP 409).
+- `submit` is idempotent per (source, user, idempotency_key): a client that lost the answer
+  repeats the request and gets the same record (`created=False`, HTTP 200), never a second
+  command. Reusing a key for a different command is refused (COMMAND_KEY_REUSED, HTTP 409).
+  Keys are scoped by the user (migration 6) because clients pick them: two users who send the
+  same key get two commands, never each other's. So an API command must name its user.
 - Every state change writes its outbox row in the same transaction ('command' for accepted and
   running, 'command_result' for terminal states), so upstream learns every change exactly once.
   The rows are written by triggers (migration 2), so no code path can change a command silently.
@@ -178,6 +180,8 @@ def _validate_submit(
         raise CommandInvalid(f"command type {type_!r} is not a valid name")
     if user is not None and (not isinstance(user, str) or not 1 <= len(user) <= _MAX_USER):
         raise CommandInvalid(f"user must be 1-{_MAX_USER} characters")
+    if user is None and source == "api":
+        raise CommandInvalid("an API command must name its user: its idempotency key is scoped by the user")
     if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
         raise CommandInvalid(f"priority must be an integer from 1 to 10, got {priority!r}")
     if not isinstance(params, Mapping):
@@ -221,14 +225,15 @@ def _prepare(
     )
 
 
-# On a repeat (same source and key) the no-op update makes RETURNING give the existing row,
-# so one statement tells "created" (our new id came back) from "repeat" (another id). The
-# outbox row of a new command is written by the insert trigger (migration 2).
+# On a repeat (same source, user and key) the no-op update makes RETURNING give the existing
+# row, so one statement tells "created" (our new id came back) from "repeat" (another id). The
+# conflict target is the unique index of migration 6, expression for expression. The outbox row
+# of a new command is written by the insert trigger (migrations 2 and 5).
 _UPSERT = (
     "INSERT INTO commands (id, source, idempotency_key, user, type, params, priority,"
     " not_after, state, created_at, updated_at, attempts)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0)"
-    " ON CONFLICT (source, idempotency_key) DO UPDATE SET updated_at = updated_at"
+    " ON CONFLICT (source, ifnull(user, ''), idempotency_key) DO UPDATE SET updated_at = updated_at"
     " RETURNING *"
 )
 
@@ -269,7 +274,7 @@ class _Submit(Pipelined[tuple[CommandRecord, bool]]):
         r = self.request
         if record.type != r.type or jsoncodec.dumps(record.params) != r.params_json:
             raise CommandKeyConflict(
-                f"idempotency key {r.idempotency_key!r} ({r.source}) already names command "
+                f"idempotency key {r.idempotency_key!r} ({r.source}, {r.user or 'no user'}) already names command "
                 f"{record.id} of type {record.type!r} with different parameters"
             )
         return record, False
@@ -286,7 +291,7 @@ async def submit_in(
     priority: int = 5,
     not_after: datetime | str | None = None,
 ) -> tuple[CommandRecord, bool]:
-    """Insert a queued command and its outbox row, or return the one with the same key."""
+    """Insert a queued command and its outbox row, or return the one with the same source, user and key."""
     request = _prepare(source, idempotency_key, type, params, user, priority, not_after)
     return await _Submit(request)(conn)
 
@@ -485,7 +490,8 @@ class Commands:
         priority: int = 5,
         not_after: datetime | str | None = None,
     ) -> tuple[CommandRecord, bool]:
-        """Queue a command durably; returns (record, created). created=False: a repeat."""
+        """Queue a command durably; returns (record, created). created=False: a repeat (same
+        source, user and idempotency key)."""
         # Validated and encoded before queueing: bad input never takes a place in a batch.
         request = _prepare(source, idempotency_key, type, params, user, priority, not_after)
         return await self._db.write(_Submit(request))

@@ -296,13 +296,70 @@ _V5_KEY_CREATORS = Migration(
     ),
 )
 
-# Next: v6 (append here; never edit the ones above).
+# v6: an idempotency key names one command per source AND user, so two users who happen to
+# send the same Idempotency-Key get two commands (with one key space for all, the second user's
+# command was silently answered with the first user's). SQLite cannot drop the v1 table
+# constraint UNIQUE (source, idempotency_key), so `commands` is rebuilt: copied into a table
+# without it, the old one dropped, the copy renamed, its indexes and outbox triggers (which go
+# with the old table) recreated exactly as in v1 and v2. The writer runs with foreign_keys=ON
+# and state_transitions rows point at commands, so those rows are set aside first and put back
+# last, each checked against the new table. NULL users (upstream) count as one user: a NULL is
+# distinct from every other NULL in a unique index, which would let such a key in twice.
+_COMMANDS_COLUMNS = (
+    "seq, id, source, idempotency_key, user, type, params, priority, not_after, state,"
+    " created_at, updated_at, started_at, finished_at, attempts, result, error_code, error_message"
+)
+_TRANSITIONS_COLUMNS = "seq, id, at, from_state, to_state, event, reason, command_id"
+_V6_IDEMPOTENCY_PER_USER = Migration(
+    6,
+    "idempotency keys scoped by user",
+    (
+        f"CREATE TEMP TABLE v6_transitions AS SELECT {_TRANSITIONS_COLUMNS} FROM state_transitions",
+        "DELETE FROM state_transitions",
+        """
+        CREATE TABLE commands_v6 (
+            seq             INTEGER PRIMARY KEY,
+            id              TEXT    NOT NULL UNIQUE,
+            source          TEXT    NOT NULL CHECK (source IN ('api', 'upstream', 'cli')),
+            idempotency_key TEXT    NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 200),
+            user            TEXT,
+            type            TEXT    NOT NULL CHECK (length(type) BETWEEN 1 AND 64),
+            params          TEXT    NOT NULL CHECK (json_valid(params)),
+            priority        INTEGER NOT NULL DEFAULT 5 CHECK (priority BETWEEN 1 AND 10),
+            not_after       TEXT,
+            state           TEXT    NOT NULL DEFAULT 'queued' CHECK (state IN (
+                                'queued', 'running', 'succeeded', 'failed',
+                                'cancelled', 'expired', 'interrupted')),
+            created_at      TEXT    NOT NULL,
+            updated_at      TEXT    NOT NULL,
+            started_at      TEXT,
+            finished_at     TEXT,
+            attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            result          TEXT    CHECK (result IS NULL OR json_valid(result)),
+            error_code      TEXT,
+            error_message   TEXT
+        )
+        """,
+        f"INSERT INTO commands_v6 ({_COMMANDS_COLUMNS}) SELECT {_COMMANDS_COLUMNS} FROM commands",
+        "DROP TABLE commands",
+        "ALTER TABLE commands_v6 RENAME TO commands",
+        # The upsert in agent/store/commands.py names exactly these expressions as its target.
+        "CREATE UNIQUE INDEX commands_idempotency ON commands (source, ifnull(user, ''), idempotency_key)",
+        *(s for s in _V1_COMMANDS.statements if s.startswith("CREATE INDEX commands_")),
+        *(s for s in _V2_TRANSITIONS_OUTBOX.statements if "CREATE TRIGGER commands_outbox_" in s),
+        f"INSERT INTO state_transitions ({_TRANSITIONS_COLUMNS}) SELECT {_TRANSITIONS_COLUMNS} FROM temp.v6_transitions",
+        "DROP TABLE temp.v6_transitions",
+    ),
+)
+
+# Next: v7 (append here; never edit the ones above).
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_COMMANDS,
     _V2_TRANSITIONS_OUTBOX,
     _V3_USERS_SESSIONS_KEYS,
     _V4_AUDIT,
     _V5_KEY_CREATORS,
+    _V6_IDEMPOTENCY_PER_USER,
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -37,7 +37,7 @@ from agent.store import users as users_store
 from drivers.sim.client import SimProcess
 
 T = TypeVar("T")
-PASSWORD = "correct horse battery staple"
+PASSWORD = "copper kettle on a windy pier"
 ROLES = ("viewer", "operator", "technician", "admin")
 
 

@@ -33,7 +33,7 @@ async def main(data_dir: Path, submitters: int) -> None:
         i = 0
         while True:
             record, _ = await commands.submit(
-                "api", f"{os.getpid()}-{n}-{i}", "move", {"n": n, "i": i, "pad": "x" * 200}
+                "api", f"{os.getpid()}-{n}-{i}", "move", {"n": n, "i": i, "pad": "x" * 200}, user="crash"
             )
             say(record.id)
             i += 1

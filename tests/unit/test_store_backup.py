@@ -23,7 +23,7 @@ async def filled(data: Path, n: int = 20) -> list[str]:
     db = await Database.open(data)
     try:
         commands = Commands(db)
-        return [(await commands.submit("api", f"k{i}", "move", {"i": i}))[0].id for i in range(n)]
+        return [(await commands.submit("api", f"k{i}", "move", {"i": i}, user="ann"))[0].id for i in range(n)]
     finally:
         await db.close()
 
@@ -92,11 +92,11 @@ async def test_backup_while_writing_then_restore_round_trip(tmp_path: Path) -> N
     data = tmp_path / "data"
     db = await Database.open(data)
     commands = Commands(db)
-    before = [(await commands.submit("api", f"k{i}", "move", {}))[0].id for i in range(50)]
+    before = [(await commands.submit("api", f"k{i}", "move", {}, user="ann"))[0].id for i in range(50)]
 
     async def keep_writing() -> None:
         for i in range(200):
-            await commands.submit("api", f"busy{i}", "move", {})
+            await commands.submit("api", f"busy{i}", "move", {}, user="ann")
 
     writer = asyncio.create_task(keep_writing())
     await asyncio.sleep(0.01)
@@ -106,7 +106,7 @@ async def test_backup_while_writing_then_restore_round_trip(tmp_path: Path) -> N
     with pytest.raises(DataDirBusy) as busy:
         store_backup.restore(data, tmp_path / "b.db")
     assert busy.value.code == "DATA_DIR_LOCKED"
-    after_backup, _ = await commands.submit("api", "after", "move", {})
+    after_backup, _ = await commands.submit("api", "after", "move", {}, user="ann")
     await db.close()
 
     backup_file = Path(result["path"])

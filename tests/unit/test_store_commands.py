@@ -60,7 +60,7 @@ async def test_same_key_gives_the_same_record_without_a_second_command(
     db: Database, commands: Commands
 ) -> None:
     first, created = await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
-    again, created_again = await commands.submit("api", "key-1", "move", {"to": 3}, user="bob")
+    again, created_again = await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
     assert created is True and created_again is False  # HTTP 201, then 200
     assert again == first
     assert first.state == "queued" and first.priority == 5 and first.user == "ann"
@@ -70,16 +70,38 @@ async def test_same_key_gives_the_same_record_without_a_second_command(
     assert outbox[0][1] == first.to_dict()  # the payload is the committed record
 
 
+async def test_the_same_key_from_another_user_is_another_command(db: Database, commands: Commands) -> None:
+    """Keys are the client's choice: one user's key must not swallow another user's command."""
+    ann, _ = await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
+    bob, created = await commands.submit("api", "key-1", "move", {"to": 4}, user="bob")  # no conflict either
+    assert created is True and bob.id != ann.id and (bob.user, bob.params) == ("bob", {"to": 4})
+    assert (await commands.submit("api", "key-1", "move", {"to": 4}, user="bob")) == (bob, False)
+    with pytest.raises(CommandKeyConflict):
+        await commands.submit("api", "key-1", "move", {"to": 4}, user="ann")  # ann's key names her own
+    assert [kind for kind, _ in await outbox_rows(db)] == ["command", "command"]
+    # Without a user (upstream) the key is still unique per source: NULLs do not slip past it.
+    first, _ = await commands.submit("upstream", "key-1", "move", {"to": 5})
+    assert (await commands.submit("upstream", "key-1", "move", {"to": 5})) == (first, False)
+    assert len(await commands.list()) == 3
+
+
+async def test_an_api_command_must_name_its_user(db: Database, commands: Commands) -> None:
+    with pytest.raises(CommandInvalid) as err:
+        await commands.submit("api", "key-1", "move", {})
+    assert "user" in err.value.message
+    assert await commands.list() == [] and await outbox_rows(db) == []
+
+
 async def test_same_key_with_different_content_is_a_conflict(commands: Commands) -> None:
-    await commands.submit("api", "key-1", "move", {"to": 3})
+    await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
     with pytest.raises(CommandKeyConflict) as err:
-        await commands.submit("api", "key-1", "move", {"to": 4})
+        await commands.submit("api", "key-1", "move", {"to": 4}, user="ann")
     assert err.value.code == "COMMAND_KEY_REUSED"
     with pytest.raises(CommandKeyConflict):
-        await commands.submit("api", "key-1", "hoist", {"to": 3})
+        await commands.submit("api", "key-1", "hoist", {"to": 3}, user="ann")
     # Key order in params does not matter; the source is part of the key.
-    await commands.submit("api", "key-2", "move", {"a": 1, "b": 2})
-    _, created = await commands.submit("api", "key-2", "move", {"b": 2, "a": 1})
+    await commands.submit("api", "key-2", "move", {"a": 1, "b": 2}, user="ann")
+    _, created = await commands.submit("api", "key-2", "move", {"b": 2, "a": 1}, user="ann")
     assert created is False
     _, created = await commands.submit("upstream", "key-1", "move", {"to": 9})
     assert created is True
@@ -99,6 +121,8 @@ async def test_same_key_with_different_content_is_a_conflict(commands: Commands)
         ({"priority": True}, "priority"),
         ({"not_after": datetime(2026, 1, 1)}, "not_after"),  # naive: zone unknown
         ({"not_after": "tomorrow"}, "not_after"),
+        ({"user": ""}, "user"),
+        ({"user": "u" * 65}, "user"),
     ],
 )
 async def test_bad_input_is_refused_and_changes_nothing(
@@ -109,9 +133,10 @@ async def test_bad_input_is_refused_and_changes_nothing(
         "idempotency_key": "k",
         "type": "move",
         "params": {},
+        "user": "ann",
         **changes,
     }
-    extra = {k: request.pop(k) for k in ("priority", "not_after") if k in request}
+    extra = {k: request.pop(k) for k in ("priority", "not_after", "user") if k in request}
     with pytest.raises(CommandInvalid) as err:
         await commands.submit(
             request["source"], request["idempotency_key"], request["type"], request["params"], **extra
@@ -122,9 +147,9 @@ async def test_bad_input_is_refused_and_changes_nothing(
 
 async def test_deadline_is_stored_in_utc(commands: Commands) -> None:
     local = datetime(2026, 11, 25, 14, 0, tzinfo=timezone(timedelta(hours=2)))
-    record, _ = await commands.submit("api", "k", "move", {}, not_after=local)
+    record, _ = await commands.submit("api", "k", "move", {}, not_after=local, user="ann")
     assert record.not_after == "2026-11-25T12:00:00.000000Z"
-    record, _ = await commands.submit("api", "k2", "move", {}, not_after="2026-11-25T12:00:00Z")
+    record, _ = await commands.submit("api", "k2", "move", {}, not_after="2026-11-25T12:00:00Z", user="ann")
     assert record.not_after == "2026-11-25T12:00:00.000000Z"
 
 
@@ -132,12 +157,12 @@ async def test_deadline_is_stored_in_utc(commands: Commands) -> None:
 
 
 async def test_next_runnable_is_most_urgent_then_first_come(commands: Commands) -> None:
-    low, _ = await commands.submit("api", "low", "move", {}, priority=2)
-    first5, _ = await commands.submit("api", "a5", "move", {}, priority=5)
-    second5, _ = await commands.submit("api", "b5", "move", {}, priority=5)
-    urgent, _ = await commands.submit("api", "urgent", "move", {}, priority=10)
+    low, _ = await commands.submit("api", "low", "move", {}, priority=2, user="ann")
+    first5, _ = await commands.submit("api", "a5", "move", {}, priority=5, user="ann")
+    second5, _ = await commands.submit("api", "b5", "move", {}, priority=5, user="ann")
+    urgent, _ = await commands.submit("api", "urgent", "move", {}, priority=10, user="ann")
     expired, _ = await commands.submit(
-        "api", "late", "move", {}, priority=10, not_after=NOW - timedelta(seconds=1)
+        "api", "late", "move", {}, priority=10, not_after=NOW - timedelta(seconds=1), user="ann",
     )
     order = []
     while (record := await commands.next_runnable(NOW)) is not None:
@@ -151,9 +176,9 @@ async def test_next_runnable_is_most_urgent_then_first_come(commands: Commands) 
 async def test_expire_due_expires_only_queued_commands_past_their_deadline(
     db: Database, commands: Commands
 ) -> None:
-    due, _ = await commands.submit("api", "due", "move", {}, not_after=NOW)
-    later, _ = await commands.submit("api", "later", "move", {}, not_after=NOW + timedelta(hours=1))
-    running, _ = await commands.submit("api", "run", "move", {}, not_after=NOW + timedelta(seconds=1))
+    due, _ = await commands.submit("api", "due", "move", {}, not_after=NOW, user="ann")
+    later, _ = await commands.submit("api", "later", "move", {}, not_after=NOW + timedelta(hours=1), user="ann")
+    running, _ = await commands.submit("api", "run", "move", {}, not_after=NOW + timedelta(seconds=1), user="ann")
     await commands.mark_running(running.id, NOW)
     expired = await commands.expire_due(NOW + timedelta(seconds=30))
     assert [r.id for r in expired] == [due.id]
@@ -166,7 +191,7 @@ async def test_expire_due_expires_only_queued_commands_past_their_deadline(
 
 
 async def test_starting_after_the_deadline_expires_instead(commands: Commands) -> None:
-    record, _ = await commands.submit("api", "k", "move", {}, not_after=NOW)
+    record, _ = await commands.submit("api", "k", "move", {}, not_after=NOW, user="ann")
     with pytest.raises(CommandExpired) as err:
         await commands.mark_running(record.id, NOW + timedelta(milliseconds=1))
     assert err.value.code == "COMMAND_EXPIRED"
@@ -189,7 +214,7 @@ async def test_happy_path_and_its_outbox_rows(db: Database, commands: Commands) 
 
 
 async def test_failure_keeps_code_and_message(commands: Commands) -> None:
-    record, _ = await commands.submit("api", "k", "move", {})
+    record, _ = await commands.submit("api", "k", "move", {}, user="ann")
     await commands.mark_running(record.id)
     failed = await commands.finish(record.id, "failed", error_code="MOTOR_STALL", error_message="stalled at 3 m")
     assert (failed.error_code, failed.error_message) == ("MOTOR_STALL", "stalled at 3 m")
@@ -198,8 +223,8 @@ async def test_failure_keeps_code_and_message(commands: Commands) -> None:
 
 
 async def test_cancel_rules(commands: Commands) -> None:
-    queued, _ = await commands.submit("api", "q", "move", {})
-    running, _ = await commands.submit("api", "r", "move", {})
+    queued, _ = await commands.submit("api", "q", "move", {}, user="ann")
+    running, _ = await commands.submit("api", "r", "move", {}, user="ann")
     await commands.mark_running(running.id)
     cancelled = await commands.cancel(queued.id)
     assert cancelled.state == "cancelled" and cancelled.finished_at
@@ -215,7 +240,7 @@ async def test_cancel_rules(commands: Commands) -> None:
 
 
 async def _drive_to(commands: Commands, db: Database, state: str, key: str) -> str:
-    record, _ = await commands.submit("api", key, "move", {}, not_after=NOW + timedelta(hours=1))
+    record, _ = await commands.submit("api", key, "move", {}, not_after=NOW + timedelta(hours=1), user="ann")
     if state == "queued":
         return record.id
     if state == "expired":
@@ -264,7 +289,7 @@ async def test_every_change_outside_the_lifecycle_is_refused(
 
 
 async def test_finish_only_takes_terminal_results(commands: Commands) -> None:
-    record, _ = await commands.submit("api", "k", "move", {})
+    record, _ = await commands.submit("api", "k", "move", {}, user="ann")
     await commands.mark_running(record.id)
     for state in ("queued", "running", "expired", "interrupted", "paused"):
         with pytest.raises(CommandStateError):
@@ -274,8 +299,8 @@ async def test_finish_only_takes_terminal_results(commands: Commands) -> None:
 async def test_running_commands_are_interrupted_at_start_and_never_requeued(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "data")
     commands = Commands(db)
-    running, _ = await commands.submit("api", "r", "move", {})
-    queued, _ = await commands.submit("api", "q", "move", {})
+    running, _ = await commands.submit("api", "r", "move", {}, user="ann")
+    queued, _ = await commands.submit("api", "q", "move", {}, user="ann")
     await commands.mark_running(running.id)
     await db.close()  # as if the agent died here
     db = await Database.open(tmp_path / "data")
@@ -299,7 +324,7 @@ async def test_running_commands_are_interrupted_at_start_and_never_requeued(tmp_
 async def test_transition_recorded_in_the_same_transaction_as_its_cause(
     db: Database, commands: Commands
 ) -> None:
-    record, _ = await commands.submit("api", "k", "move", {})
+    record, _ = await commands.submit("api", "k", "move", {}, user="ann")
 
     async def start(conn: aiosqlite.Connection) -> None:
         await mark_running_in(conn, record.id)
@@ -324,7 +349,7 @@ async def test_transition_recorded_in_the_same_transaction_as_its_cause(
 
 
 async def test_list_filters_and_pages_newest_first(commands: Commands) -> None:
-    ids = [(await commands.submit("api", f"k{i}", "move", {}))[0].id for i in range(7)]
+    ids = [(await commands.submit("api", f"k{i}", "move", {}, user="ann"))[0].id for i in range(7)]
     await commands.mark_running(ids[2])
     page1 = await commands.list(limit=3)
     page2 = await commands.list(limit=3, before_seq=page1[-1].seq)

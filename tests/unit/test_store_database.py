@@ -120,7 +120,7 @@ async def test_garbage_file_is_moved_aside_and_a_fresh_database_started(tmp_path
         assert moved is not None and moved.name.startswith(f"{DB_NAME}.corrupt-")
         assert moved.read_bytes() == garbage
         assert Path(f"{moved}-wal").read_bytes() == b"not a wal either"
-        record, created = await Commands(db).submit("api", "k", "move", {})
+        record, created = await Commands(db).submit("api", "k", "move", {}, user="ann")
         assert created and (await Commands(db).get(record.id)) == record
     finally:
         await db.close()
@@ -131,7 +131,7 @@ async def test_damaged_page_is_detected_and_moved_aside(tmp_path: Path) -> None:
     db = await Database.open(data)
     commands = Commands(db)
     for i in range(300):
-        await commands.submit("api", f"k{i}", "move", {"pad": "x" * 500})
+        await commands.submit("api", f"k{i}", "move", {"pad": "x" * 500}, user="ann")
     await db.close()
     path = data / DB_NAME
     with path.open("r+b") as f:  # clobber a page in the middle, keep the header
@@ -181,7 +181,7 @@ async def test_fifty_concurrent_submitters_are_all_committed_in_shared_batches(
     async def submitter(n: int) -> list[str]:
         ids = []
         for i in range(20):
-            record, created = await commands.submit("api", f"{n}-{i}", "move", {"n": n})
+            record, created = await commands.submit("api", f"{n}-{i}", "move", {"n": n}, user="ann")
             assert created
             ids.append(record.id)
         return ids
@@ -200,7 +200,7 @@ async def test_fifty_concurrent_submitters_are_all_committed_in_shared_batches(
 
 async def test_a_failing_unit_loses_only_itself(db: Database) -> None:
     commands = Commands(db)
-    await commands.submit("api", "taken", "move", {"x": 1})
+    await commands.submit("api", "taken", "move", {"x": 1}, user="ann")
 
     async def fails_after_writing(conn: aiosqlite.Connection) -> None:
         await insert_event("doomed")(conn)
@@ -209,10 +209,10 @@ async def test_a_failing_unit_loses_only_itself(db: Database) -> None:
     holder = await hold_writer(db, 0.2)
     results = await asyncio.gather(
         db.write(insert_event("a")),
-        commands.submit("api", "p1", "move", {}),
+        commands.submit("api", "p1", "move", {}, user="ann"),
         db.write(fails_after_writing),
-        commands.submit("api", "taken", "move", {"x": 2}),  # reused key: refused
-        commands.submit("api", "p2", "move", {}),
+        commands.submit("api", "taken", "move", {"x": 2}, user="ann"),  # reused key: refused
+        commands.submit("api", "p2", "move", {}, user="ann"),
         db.write(insert_event("b")),
         return_exceptions=True,
     )
@@ -229,12 +229,12 @@ async def test_a_failing_unit_loses_only_itself(db: Database) -> None:
 
 async def test_refusal_among_pipelined_units_keeps_the_others(db: Database) -> None:
     commands = Commands(db)
-    await commands.submit("api", "dup", "move", {"v": 0})
+    await commands.submit("api", "dup", "move", {"v": 0}, user="ann")
     holder = await hold_writer(db, 0.2)
     keys = [f"k{i}" for i in range(30)]
     keys[17] = "dup"
     results = await asyncio.gather(
-        *(commands.submit("api", k, "move", {"v": 1}) for k in keys), return_exceptions=True
+        *(commands.submit("api", k, "move", {"v": 1}, user="ann") for k in keys), return_exceptions=True
     )
     await holder
     assert isinstance(results[17], CommandKeyConflict)
@@ -259,7 +259,7 @@ async def test_statements_run_in_the_order_they_are_sent(db: Database) -> None:
     holder = await hold_writer(db, 0.2)
     await asyncio.gather(
         db.write(insert_event("first")),
-        *(commands.submit("api", f"t{i}", "move", {}) for i in range(5)),
+        *(commands.submit("api", f"t{i}", "move", {}, user="ann") for i in range(5)),
         db.write(insert_event("last")),
     )
     await holder
@@ -356,7 +356,7 @@ async def test_disk_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path)
         acknowledged = []
         with pytest.raises(StoreUnavailable) as err:
             for i in range(1000):
-                record, _ = await commands.submit("api", f"big{i}", "move", {"pad": "x" * 8000})
+                record, _ = await commands.submit("api", f"big{i}", "move", {"pad": "x" * 8000}, user="ann")
                 acknowledged.append(record.id)
         assert err.value.code == "STORE_DISK_FULL" and err.value.hint
         assert acknowledged, "the limit was too small to test anything"
@@ -368,7 +368,7 @@ async def test_disk_full_refuses_writes_keeps_reads_and_recovers(tmp_path: Path)
         assert {r.id for r in listed} == set(acknowledged)
         # A burst of concurrent writes while full: each refused, none half-written.
         results = await asyncio.gather(
-            *(commands.submit("api", f"burst{i}", "move", {"pad": "y" * 8000}) for i in range(20)),
+            *(commands.submit("api", f"burst{i}", "move", {"pad": "y" * 8000}, user="ann") for i in range(20)),
             return_exceptions=True,
         )
         assert all(isinstance(r, StoreUnavailable) for r in results)
@@ -403,7 +403,7 @@ def _undo_read_only(path: Path, how: str) -> None:
 async def test_read_only_database_refuses_writes_but_serves_reads(tmp_path: Path) -> None:
     data = tmp_path / "data"
     db = await Database.open(data)
-    record, _ = await Commands(db).submit("api", "before", "move", {})
+    record, _ = await Commands(db).submit("api", "before", "move", {}, user="ann")
     await db.close()
     path = data / DB_NAME
     how = _make_read_only(path)
@@ -413,7 +413,7 @@ async def test_read_only_database_refuses_writes_but_serves_reads(tmp_path: Path
             assert not db.healthy
             assert db.health()["code"] == "STORE_READ_ONLY"
             with pytest.raises(StoreUnavailable) as err:
-                await Commands(db).submit("api", "after", "move", {})
+                await Commands(db).submit("api", "after", "move", {}, user="ann")
             assert err.value.code == "STORE_READ_ONLY" and "read-only" in err.value.hint
             assert (await Commands(db).get(record.id)).idempotency_key == "before"
         finally:

@@ -129,9 +129,10 @@ async def test_newer_and_foreign_databases_are_not_touched(tmp_path: Path) -> No
 
 
 def test_outbox_trigger_payload_has_the_fields_of_command_record() -> None:
-    """The triggers (frozen SQL in migration 2) and the dataclass must describe the same row."""
+    """The triggers (frozen SQL in migration 2, recreated as they are by the rebuild in 5) and the
+    dataclass must describe the same row."""
     triggers = [s for m in MIGRATIONS for s in m.statements if "TRIGGER commands_outbox" in s]
-    assert len(triggers) == 2 and all(_COMMAND_JSON in t for t in triggers)
+    assert len(triggers) == 4 and all(_COMMAND_JSON in t for t in triggers)
     pairs = re.findall(r"'(\w+)', (?:json\()?NEW\.(\w+)", _COMMAND_JSON)
     assert all(key == column for key, column in pairs)
     assert [key for key, _ in pairs] == [f.name for f in fields(CommandRecord)]
@@ -199,3 +200,57 @@ async def test_old_api_keys_get_their_creators_by_id_and_orphans_are_revoked(tmp
     for r in rows:
         if r[3] is not None:
             parse_ts(r[3])  # the stored timestamp format
+
+
+async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: Path) -> None:
+    """The rebuild of `commands` in v6, run by the real writer (foreign_keys=ON) over a v4 database
+    with commands, their transitions and outbox rows: nothing is lost, renumbered or re-sent, and
+    afterwards one key names one command per user."""
+    from agent.store.commands import Commands
+
+    path = tmp_path / DB_NAME
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await conn.create_function("oht_new_id", 0, new_id)
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await migrate(conn, target=4)
+        for seq, source, user, key, state in ((3, "api", "ann", "k1", "succeeded"), (7, "api", "bob", "k2", "queued"),
+                                              (9, "upstream", None, "k1", "cancelled")):
+            await conn.execute(
+                "INSERT INTO commands (seq, id, source, idempotency_key, user, type, params, state, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, 'move', '{\"to\": 1}', ?, '2026-01-01T00:00:00.000000Z',"
+                " '2026-01-01T00:00:00.000000Z')",
+                (seq, f"c{seq}", source, key, user, state),
+            )
+        for n, command_id in enumerate(("c3", "c7", None)):
+            await conn.execute(
+                "INSERT INTO state_transitions (id, at, from_state, to_state, event, reason, command_id)"
+                " VALUES (?, '2026-01-01T00:00:01.000000Z', 'IDLE', 'MOVE', 'MOVE_COMMAND', NULL, ?)",
+                (f"t{n}", command_id),
+            )
+
+    def dump() -> dict[str, list[tuple[object, ...]]]:
+        c = sqlite3.connect(path)
+        try:
+            return {t: c.execute(f"SELECT * FROM {t} ORDER BY seq").fetchall() for t in ("commands", "state_transitions", "outbox")}
+        finally:
+            c.close()
+
+    before = dump()
+    assert len(before["outbox"]) == 3  # one 'command' row per insert, by the v2 trigger
+    db = await Database.open(tmp_path)
+    try:
+        assert db.report is not None and (db.report.migrated_from, db.report.schema_version) == (4, LATEST_VERSION)
+        assert dump() == before  # same rows, same seq, no outbox row re-sent
+        commands = Commands(db)
+        repeat, created = await commands.submit("api", "k1", "move", {"to": 1}, user="ann")
+        assert (repeat.id, created) == ("c3", False)  # an old row still answers its own user's repeat
+        bobs, created = await commands.submit("api", "k1", "move", {"to": 1}, user="bob")
+        assert created and bobs.id not in ("c3", "c7", "c9") and bobs.seq == 10
+        upstream, created = await commands.submit("upstream", "k1", "move", {"to": 1})
+        assert (upstream.id, created) == ("c9", False)
+        await commands.cancel("c7")
+        kinds = [r[0] for r in await db.read(lambda conn: conn.execute_fetchall("SELECT kind FROM outbox ORDER BY seq"))]
+        assert kinds == ["command"] * 4 + ["command_result"]  # both triggers are back
+        assert list(await db.read(lambda conn: conn.execute_fetchall("PRAGMA foreign_key_check"))) == []
+    finally:
+        await db.close()

@@ -73,7 +73,7 @@ async def test_prune_drops_sent_rows_first(db: Database) -> None:
 async def test_prune_then_drops_oldest_unsent_telemetry_only_and_says_so(db: Database) -> None:
     box = Outbox(db)
     commands = Commands(db)
-    await commands.submit("api", "k", "move", {})  # a 'command' row
+    await commands.submit("api", "k", "move", {}, user="ann")  # a 'command' row
     telemetry = [await box.add(outbox.KIND_TELEMETRY, {"t": n}) for n in range(10)]
     await box.add(outbox.KIND_AUDIT, {"who": "ann"})
     await box.add(outbox.KIND_EVENT, {"fault": "E12"})
@@ -93,7 +93,7 @@ async def test_prune_never_drops_commands_results_or_audit(db: Database) -> None
     box = Outbox(db)
     commands = Commands(db)
     for i in range(4):
-        record, _ = await commands.submit("api", f"k{i}", "move", {})
+        record, _ = await commands.submit("api", f"k{i}", "move", {}, user="ann")
         await commands.mark_running(record.id)
         await commands.finish(record.id, "succeeded")
     await box.add(outbox.KIND_AUDIT, {"who": "ann"})
