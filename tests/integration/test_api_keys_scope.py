@@ -24,7 +24,7 @@ from agent.store import api_keys as keys_store
 from agent.store.database import Database
 
 FAST = ScryptParams(n=2**12, r=8, p=1)
-PW = "correct horse battery staple"
+PW = "plum kettle orbit lantern"
 ROOT = cli_principal("root")
 
 
