@@ -36,13 +36,20 @@ class StuckLine:
         os.set_blocking(self.far, False)
 
     def fill(self) -> int:
-        """Write into the line until the kernel takes no more: its output buffer is full."""
-        total = 0
-        while True:
+        """Write into the line until the kernel takes no more: its output buffer is full.
+
+        The kernel moves what was written on to the far end's buffer in the background, which
+        makes room again a moment after the first refusal; so the line counts as full only once
+        three refusals 10 ms apart took nothing (otherwise the next frame sometimes fit)."""
+        total, refused = 0, 0
+        while refused < 3:
             try:
                 total += os.write(self._filler, b"\x00" * 256)
+                refused = 0
             except BlockingIOError:
-                return total
+                refused += 1
+                time.sleep(0.01)
+        return total
 
     def drain(self) -> bytes:
         """Read what reached the far end (which makes room again)."""
