@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.store.database import Database
 from drivers.modbus.master import BusMaster
 from drivers.profiles import Profile, load_profiles
 from drivers.sim.client import SimProcess
@@ -17,6 +18,24 @@ from tests.hang_guard import pytest_exception_interact, pytest_runtest_protocol 
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO / "config" / "profiles"
+
+
+class FakeClock:
+    """A clock that moves only when the test moves it (`clock.now += seconds`)."""
+
+    def __init__(self, now: float = 1_900_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A started database in a fresh data directory (a module may define its own `db`)."""
+    database = await Database.open(tmp_path / "data")
+    yield database
+    await database.close()
 
 
 @pytest.fixture(scope="session")

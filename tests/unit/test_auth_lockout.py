@@ -8,8 +8,6 @@ out for 15 minutes. Counted here is what matters: how many passwords were really
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,20 +18,13 @@ from agent.auth.service import AuthLimits, AuthService
 from agent.auth.throttle import ThrottleLimits
 from agent.store.audit import Audit
 from agent.store.database import Database
+from tests.conftest import FakeClock
 
 FAST = ScryptParams(n=2**10, r=8, p=1)
 PW = "correct horse battery"
 WRONG = "wrong horse battery"
 ROOT = cli_principal("root")
 LIMITS = ThrottleLimits(account_failures=5, ip_failures=20, window_s=900, account_delay_max_s=30)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingHasher(Hasher):
@@ -50,19 +41,12 @@ class CountingHasher(Hasher):
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "data")
-    yield database
-    await database.close()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def svc(db: Database, clock: Clock) -> AuthService:
+async def svc(db: Database, clock: FakeClock) -> AuthService:
     service = AuthService(db, AuthLimits(throttle=LIMITS), hasher=CountingHasher(), clock=clock, monotonic=clock)
     await service.start()
     await service.create_user(ROOT, "olga", "operator", PW, CallContext())
@@ -114,7 +98,7 @@ async def test_an_address_spraying_accounts_gets_its_limit(svc: AuthService) -> 
     assert checks(svc) == LIMITS.ip_failures
 
 
-async def test_guessing_from_elsewhere_slows_the_owner_at_most_the_delay_cap(svc: AuthService, clock: Clock) -> None:
+async def test_guessing_from_elsewhere_slows_the_owner_at_most_the_delay_cap(svc: AuthService, clock: FakeClock) -> None:
     # An attacker with many addresses guesses all the time, each guess as soon as it is allowed.
     for i in range(200):
         if await attempt(svc, WRONG, f"10.1.{i // 250}.{i % 250}") == "throttled":
@@ -128,7 +112,7 @@ async def test_guessing_from_elsewhere_slows_the_owner_at_most_the_delay_cap(svc
     assert await attempt(svc, PW, "192.168.7.7") == "ok"
 
 
-async def test_the_owners_usual_address_is_not_slowed(svc: AuthService, clock: Clock) -> None:
+async def test_the_owners_usual_address_is_not_slowed(svc: AuthService, clock: FakeClock) -> None:
     assert await attempt(svc, PW, "192.168.7.7") == "ok"
     for i in range(30):
         await attempt(svc, WRONG, f"10.2.0.{i}")
@@ -136,7 +120,7 @@ async def test_the_owners_usual_address_is_not_slowed(svc: AuthService, clock: C
     assert await attempt(svc, PW, "192.168.7.7") == "ok"
 
 
-async def test_an_unlock_on_the_carriage_reaches_the_running_gateway(svc: AuthService, db: Database, clock: Clock) -> None:
+async def test_an_unlock_on_the_carriage_reaches_the_running_gateway(svc: AuthService, db: Database, clock: FakeClock) -> None:
     for i in range(8):
         await attempt(svc, WRONG, "10.3.0.1")
         await attempt(svc, WRONG, f"10.3.1.{i}")

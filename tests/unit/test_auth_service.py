@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,34 +25,20 @@ from agent.auth.throttle import ThrottleLimits
 from agent.store import users as users_store
 from agent.store.audit import Audit, verify_chain
 from agent.store.database import DB_NAME, Database
+from tests.conftest import FakeClock
 
 FAST = ScryptParams(n=2**12, r=8, p=1)  # cheaper than production; same code path
 PW = "correct horse battery"
 ROOT = cli_principal("root")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_900_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "data")
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def svc(db: Database, clock: Clock) -> AuthService:
+async def svc(db: Database, clock: FakeClock) -> AuthService:
     limits = AuthLimits(session_lifetime_s=3600, session_idle_s=600, ticket_ttl_s=10,
                         throttle=ThrottleLimits(account_failures=3, ip_failures=10, window_s=900))  # fmt: skip
     service = AuthService(db, limits, hasher=Hasher(FAST), clock=clock, monotonic=clock)
@@ -118,7 +103,7 @@ async def test_last_admin_cannot_be_disabled(svc: AuthService) -> None:
     await svc.disable_user(ROOT, "alice", ctx())
 
 
-async def test_throttle_per_account_even_with_the_right_password(svc: AuthService, db: Database, clock: Clock) -> None:
+async def test_throttle_per_account_even_with_the_right_password(svc: AuthService, db: Database, clock: FakeClock) -> None:
     for _ in range(3):
         with pytest.raises(AuthFailed):
             await svc.login("olga", "wrong password here", ctx())
@@ -139,7 +124,7 @@ async def test_logout_revokes(svc: AuthService) -> None:
     assert not await svc.still_valid(principal)
 
 
-async def test_absolute_expiry_and_idle_timeout(svc: AuthService, clock: Clock) -> None:
+async def test_absolute_expiry_and_idle_timeout(svc: AuthService, clock: FakeClock) -> None:
     token = (await svc.login("olga", PW, ctx())).token
     for _ in range(6):  # active use keeps it alive until the absolute expiry
         clock.now += 590
@@ -155,7 +140,7 @@ async def test_absolute_expiry_and_idle_timeout(svc: AuthService, clock: Clock) 
         await svc.authenticate(idle)
 
 
-async def test_sessions_survive_a_new_service_but_revocations_too(svc: AuthService, db: Database, clock: Clock) -> None:
+async def test_sessions_survive_a_new_service_but_revocations_too(svc: AuthService, db: Database, clock: FakeClock) -> None:
     """A restart (new service, empty cache) sees the same sessions from the database."""
     token = (await svc.login("olga", PW, ctx())).token
     gone = (await svc.login("olga", PW, ctx())).token
@@ -256,7 +241,7 @@ async def test_a_key_rests_on_its_creator_and_a_cli_key_on_nobody(svc: AuthServi
     assert (await verify_chain(db)).ok
 
 
-async def test_tickets_are_single_use_and_short_lived(svc: AuthService, clock: Clock) -> None:
+async def test_tickets_are_single_use_and_short_lived(svc: AuthService, clock: FakeClock) -> None:
     principal = await svc.authenticate((await svc.login("olga", PW, ctx())).token)
     ticket = svc.issue_ticket(principal)
     assert svc.redeem_ticket(ticket).actor == "olga"
@@ -284,7 +269,7 @@ async def test_logout_of_a_key_is_refused(svc: AuthService) -> None:
 
 
 async def test_a_read_only_store_does_not_lock_out_logged_in_users(
-    svc: AuthService, db: Database, clock: Clock, caplog: pytest.LogCaptureFixture
+    svc: AuthService, db: Database, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the disk refusing writes, bookkeeping is skipped: the operator can still reach E-stop."""
     token = (await svc.login("olga", PW, ctx())).token

@@ -6,18 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.auth.throttle import Attempt, AuditGate, LoginThrottle, SlidingWindow, ThrottleLimits
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock
 
 
 def test_window_blocks_at_the_limit_and_releases_as_events_age() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     w = SlidingWindow(3, 60.0, clock=clock)
     for _ in range(2):
         w.hit("k")
@@ -32,7 +25,7 @@ def test_window_blocks_at_the_limit_and_releases_as_events_age() -> None:
 
 
 def test_window_memory_is_bounded() -> None:
-    w = SlidingWindow(2, 60.0, max_keys=100, clock=Clock())
+    w = SlidingWindow(2, 60.0, max_keys=100, clock=FakeClock(1000.0))
     for i in range(1000):
         w.hit(f"ip-{i}")
     assert len(w) == 100
@@ -48,7 +41,7 @@ def begin_and(t: LoginThrottle, name: str, ip: str, outcome: str) -> int:
 
 
 def test_per_address_and_account_then_per_address() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t = LoginThrottle(ThrottleLimits(account_failures=3, ip_failures=5, window_s=900, account_delay_max_s=30), clock=clock)
     for _ in range(3):
         assert begin_and(t, "Alice", "10.0.0.1", "failed") == 0
@@ -66,7 +59,7 @@ def test_per_address_and_account_then_per_address() -> None:
 
 
 def test_the_account_delay_doubles_up_to_its_cap_and_success_clears_it() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t = LoginThrottle(ThrottleLimits(account_failures=2, ip_failures=1000, window_s=900, account_delay_max_s=10), clock=clock)
     waits = []
     for i in range(8):  # a new address each time: only the account-wide delay applies
@@ -84,7 +77,7 @@ def test_the_account_delay_doubles_up_to_its_cap_and_success_clears_it() -> None
 
 
 def test_a_success_gives_back_its_address_reservation() -> None:
-    t = LoginThrottle(ThrottleLimits(account_failures=3, ip_failures=3, window_s=900), clock=Clock())
+    t = LoginThrottle(ThrottleLimits(account_failures=3, ip_failures=3, window_s=900), clock=FakeClock(1000.0))
     for i in range(10):
         assert begin_and(t, f"user{i}", "10.0.0.1", "succeeded") == 0
     for i in range(10):
@@ -108,7 +101,7 @@ def test_checks_never_exceed_the_limits(steps: list[tuple[int, int, str, float]]
     ended in failure within any window never exceed the limit; checks run at once (begun,
     not ended) never exceed it either."""
     limits = ThrottleLimits(account_failures=3, ip_failures=5, window_s=600, account_delay_max_s=30)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     t = LoginThrottle(limits, clock=clock)
     open_attempts: list[tuple[int, int, Attempt]] = []
     failures: list[tuple[float, int, int]] = []
@@ -139,7 +132,7 @@ def test_checks_never_exceed_the_limits(steps: list[tuple[int, int, str, float]]
 
 
 def test_audit_gate_counts_what_it_suppresses() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     gate = AuditGate(per_minute=3, clock=clock)
     assert [gate.admit("1.1.1.1") for _ in range(3)] == [(True, 0)] * 3
     assert gate.admit("1.1.1.1") == (False, 0)
