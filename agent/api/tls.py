@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.store.private_files import write_atomic
 from drivers.errors import CodedError
 
 __all__ = [
@@ -72,19 +73,6 @@ def fingerprint_of(cert: x509.Certificate) -> str:
     return ":".join(f"{b:02X}" for b in digest)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by the owner only; atomic (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _names(host: str) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     hostname = socket.gethostname()
@@ -120,8 +108,8 @@ def _generate(tls_dir: Path, host: str) -> None:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write_private(tls_dir / KEY_NAME, key_pem)
-    _write_private(tls_dir / CERT_NAME, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(tls_dir / KEY_NAME, key_pem, 0o600)
+    write_atomic(tls_dir / CERT_NAME, cert.public_bytes(serialization.Encoding.PEM), 0o600)
 
 
 def _load(tls_dir: Path) -> x509.Certificate:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.store.errors import StoreUnavailable
-from agent.store.private_files import KEY_MODE, fsync_dir
+from agent.store.private_files import KEY_MODE, write_atomic
 
 __all__ = ["KEY_FILE", "ChainKey", "create", "load", "load_or_create"]
 
@@ -76,17 +75,8 @@ def load(data_dir: Path) -> ChainKey | None:
 def create(data_dir: Path, from_seq: int) -> ChainKey:
     """Write a new key covering rows from `from_seq` on (atomically: a crash leaves none or all)."""
     key = ChainKey(secrets.token_bytes(32), from_seq)
-    path = _path(data_dir)
-    tmp = path.with_name(path.name + ".tmp")
     body = json.dumps({"version": _VERSION, "key": key.secret.hex(), "from_seq": from_seq}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, KEY_MODE)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(_path(data_dir), body, KEY_MODE)
     return key
 
 

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["DATABASE_MODE", "KEY_MODE", "conform", "create_empty", "current_umask", "fsync_dir", "restrict_umask"]
+__all__ = ["DATABASE_MODE", "KEY_MODE", "conform", "create_empty", "current_umask", "fsync_dir", "restrict_umask", "write_atomic"]
 
 log = logging.getLogger("agent.store")
 
@@ -86,3 +86,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write a secret or a small state file whole or not at all: a temp file made with `mode`
+    (never wider, whatever existed before), fsynced, renamed over `path`, the rename fsynced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
