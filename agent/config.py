@@ -306,11 +306,11 @@ class UpstreamSection(_Section):
     @classmethod
     def _central_key(cls, v: str) -> str:
         if v:
+            from agent.sync.envelope import decode_public_key  # the standard library only: no crypto in the core
             from agent.sync.errors import PublicKeyInvalid
-            from agent.sync.identity import PinnedKey
 
             try:
-                PinnedKey.from_text(v)
+                decode_public_key(v)
             except PublicKeyInvalid as exc:
                 raise ValueError(f"{exc.message}; {exc.hint}") from None
         return v

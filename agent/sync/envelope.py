@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.store import jsoncodec
-from agent.sync.errors import MessageMalformed, MessageTooLarge, VersionUnsupported
+from agent.sync.errors import MessageMalformed, MessageTooLarge, PublicKeyInvalid, VersionUnsupported
 
 __all__ = [
     "KIND_GAP",
@@ -47,6 +47,7 @@ __all__ = [
     "Signer",
     "canonical",
     "decode_ack",
+    "decode_public_key",
     "decode_command",
     "decode_record",
     "encode_ack",
@@ -188,6 +189,43 @@ def _sig_bytes(sig: str) -> bytes:
 def _require_canonical(raw: bytes, doc: Mapping[str, Any], what: str) -> None:
     if canonical(doc) != bytes(raw):
         raise MessageMalformed(f"{what} is not in canonical form (sorted keys, no spaces, one spelling per value)")
+
+
+# ------------------------------------------------------------------------------------ public keys
+
+_ED25519_RAW = 32
+# DER of a SubjectPublicKeyInfo for Ed25519 (RFC 8410): this prefix, then the 32 raw bytes.
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+_PEM_RE = re.compile(r"-----BEGIN PUBLIC KEY-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END PUBLIC KEY-----")
+
+
+def decode_public_key(text: str) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key given as text: base64 (standard or URL-safe,
+    padded or not) of the raw bytes, or a PEM `PUBLIC KEY` block.
+
+    Here, with the standard library only, so that the configuration can check
+    `central_public_key` without loading the crypto library into the core's start-up.
+    """
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        match = _PEM_RE.fullmatch(text)
+        if match is None:
+            raise PublicKeyInvalid("not a PEM PUBLIC KEY block")
+        try:
+            der = base64.b64decode("".join(match.group(1).split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise PublicKeyInvalid("the PEM block is not base64") from None
+        if len(der) != len(_ED25519_SPKI) + _ED25519_RAW or not der.startswith(_ED25519_SPKI):
+            raise PublicKeyInvalid("the PEM block holds a key that is not Ed25519")
+        return der[len(_ED25519_SPKI) :]
+    compact = text.replace("-", "+").replace("_", "/")
+    try:
+        raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise PublicKeyInvalid("not base64 and not a PEM block") from None
+    if len(raw) != _ED25519_RAW:
+        raise PublicKeyInvalid(f"the key is {len(raw)} bytes; an Ed25519 public key is {_ED25519_RAW}")
+    return raw
 
 
 # ---------------------------------------------------------------------------------------- records

@@ -18,7 +18,6 @@ again.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import logging
 import os
@@ -32,12 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.store.private_files import KEY_MODE, fsync_dir
-from agent.sync.envelope import Command, Record, make_record
+from agent.sync.envelope import Command, Record, decode_public_key, make_record
 from agent.sync.errors import (
     DeviceKeyInvalid,
     DeviceKeyUnreadable,
     DeviceKeyUnwritable,
-    PublicKeyInvalid,
     SignatureInvalid,
 )
 
@@ -55,7 +53,6 @@ __all__ = [
 log = logging.getLogger("agent.sync.identity")
 
 DEVICE_KEY_FILE = "device.key"
-_RAW_PUBLIC = 32
 _OTHERS = 0o007
 
 
@@ -73,23 +70,7 @@ class PinnedKey:
     @classmethod
     def from_text(cls, text: str) -> PinnedKey:
         """Base64 (standard or URL-safe, padded or not) of the 32 raw bytes, or a PEM public key."""
-        text = text.strip()
-        if text.startswith("-----BEGIN"):
-            try:
-                key: Any = serialization.load_pem_public_key(text.encode("ascii"))
-            except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm):
-                raise PublicKeyInvalid("the PEM block is not a readable public key") from None
-            if not isinstance(key, Ed25519PublicKey):
-                raise PublicKeyInvalid(f"the PEM key is {type(key).__name__.removeprefix('_')}, not Ed25519")
-            return cls(key)
-        compact = text.replace("-", "+").replace("_", "/")
-        try:
-            raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raise PublicKeyInvalid("not base64 and not a PEM block") from None
-        if len(raw) != _RAW_PUBLIC:
-            raise PublicKeyInvalid(f"the key is {len(raw)} bytes; an Ed25519 public key is {_RAW_PUBLIC}")
-        return cls(Ed25519PublicKey.from_public_bytes(raw))
+        return cls(Ed25519PublicKey.from_public_bytes(decode_public_key(text)))
 
     @property
     def raw(self) -> bytes:
