@@ -74,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", metavar="PATH", help="working directory for the demo (default: a new temporary one)")
 
-    from agent import admin_cli, store_cli
+    from agent import admin_cli, store_cli, sync_cli
 
     store_cli.add_parsers(sub, _add_config)
     admin_cli.add_parsers(sub)
+    sync_cli.add_parsers(sub, _add_config)
     return parser
 
 
@@ -185,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from agent.demo import run_demo
 
         return run_demo(args.dir)
-    from agent import admin_cli, store_cli
+    from agent import admin_cli, store_cli, sync_cli
 
-    for handler in (store_cli.dispatch, admin_cli.dispatch):
+    for handler in (store_cli.dispatch, admin_cli.dispatch, sync_cli.dispatch):
         code = handler(args)
         if code is not None:
             return code

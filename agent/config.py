@@ -7,6 +7,7 @@ configuration. Everything not required has a safe default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -246,15 +247,115 @@ class EstopGpioSection(_Section):
     discrepancy_ms: Annotated[int, Field(ge=10, le=1000)] = 50
 
 
-class UpstreamSection(_Section):
-    url: str = ""
+_MiB = 1024 * 1024
+_QUOTA = Annotated[int, Field(ge=4 * _MiB, le=64 * 1024 * _MiB)]  # at least a few of the largest records
 
-    @field_validator("url")
+
+class UpstreamSection(_Section):
+    """The link to the centre through the site's MQTT 5 broker (docs/upstream.md). Empty broker: off.
+
+    Over the network the broker is `mqtts://` only, with a pinned CA and the robot's own client
+    certificate; plain `mqtt://` is accepted for a loopback address alone (a broker on the same
+    host, as in tests), never for anything a cable reaches.
+    """
+
+    broker: str = ""  # mqtts://host[:port] (8883 by default), or mqtt://127.0.0.1:port
+    ca_file: str = ""  # the CA that signed the broker's certificate: the only one trusted
+    cert_file: str = ""  # this robot's client certificate (PEM) ...
+    key_file: str = ""  # ... and its private key
+    central_public_key: str = ""  # Ed25519 key that signs commands: base64 of 32 bytes, or PEM
+    window: Annotated[int, Field(ge=1, le=1024)] = 64  # records published and not yet acknowledged
+    ack_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0  # then the unacknowledged are sent again
+    command_max_age_s: Annotated[float, Field(ge=5, le=86400)] = 300.0  # issued_at older: UPSTREAM_STALE
+    clock_skew_s: Annotated[float, Field(ge=0, le=600)] = 30.0  # issued_at ahead of this clock by more: stale
+    critical_quota_bytes: _QUOTA = 64 * _MiB  # results, alarms: when full, new commands are refused
+    normal_quota_bytes: _QUOTA = 128 * _MiB  # events, audit: never dropped
+    bulk_quota_bytes: _QUOTA = 32 * _MiB  # telemetry: when full, the oldest go first (a gap record says so)
+    telemetry_ttl_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400  # older unsent telemetry is dropped
+
+    @model_validator(mode="before")
     @classmethod
-    def _https(cls, v: str) -> str:
-        if v and not v.startswith("https://"):
-            raise ValueError("the upstream URL must use https:// (or be empty to disable sync)")
+    def _url_replaced(cls, data: object) -> object:
+        if isinstance(data, dict) and "url" in data:
+            raise ValueError('upstream.url is replaced by upstream.broker = "mqtts://host:8883" (see docs/upstream.md)')
+        return data
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            parts = urlsplit(v)
+            port = parts.port  # checks the range
+        except ValueError as exc:
+            raise ValueError(f"{v!r}: {exc}") from None
+        if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
+            raise ValueError(f'{v!r}: use mqtts://host[:port] (or "" to turn sync off)')
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{v!r}: no user or password in the URL; the robot logs in with its client certificate")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{v!r}: give scheme://host[:port] only, without a path or query")
+        if port == 0:
+            raise ValueError(f"{v!r}: port 0 cannot be connected to")
+        if parts.scheme == "mqtt" and not _is_loopback_ip(parts.hostname):
+            raise ValueError(f"{v!r}: plain mqtt:// is allowed only to a loopback address (127.0.0.1, ::1); use mqtts://")
         return v
+
+    @field_validator("central_public_key")
+    @classmethod
+    def _central_key(cls, v: str) -> str:
+        if v:
+            from agent.sync.envelope import decode_public_key  # the standard library only: no crypto in the core
+            from agent.sync.errors import PublicKeyInvalid
+
+            try:
+                decode_public_key(v)
+            except PublicKeyInvalid as exc:
+                raise ValueError(f"{exc.message}; {exc.hint}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> UpstreamSection:
+        if not self.broker:
+            return self
+        tls_files = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        if self.tls:
+            missing = [name for name, value in tls_files.items() if not value]
+            if missing:
+                raise ValueError(f"mqtts:// needs {', '.join(missing)}: the pinned CA and this robot's client certificate and key")
+        elif any(tls_files.values()):
+            raise ValueError("ca_file, cert_file and key_file are TLS settings: use mqtts:// to use them")
+        if not self.central_public_key:
+            raise ValueError("central_public_key is required with a broker: without it no command could be verified")
+        if self.clock_skew_s >= self.command_max_age_s:
+            raise ValueError("clock_skew_s must be smaller than command_max_age_s")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.broker).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.broker)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+def _is_loopback_ip(host: str) -> bool:
+    """An IP literal in 127.0.0.0/8 or ::1. Not the name localhost: a name can be made to resolve elsewhere."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Config(_Section):

@@ -17,7 +17,7 @@ def test_shipped_config_is_valid_and_matches_the_contract() -> None:
     assert cfg.agent.id == "oht-001" and cfg.agent.data_dir == "/var/lib/oht-agent"
     assert cfg.bus.port == "/dev/ttyOHT485" and cfg.bus.baudrate == 115200
     assert (cfg.api.host, cfg.api.port) == ("127.0.0.1", 8080)
-    assert cfg.upstream.url == ""
+    assert cfg.upstream.broker == "" and not cfg.upstream.enabled
     assert cfg.modules.role_map() == {"power": 2, "safety": 5, "travel": 3, "dock": 4}
 
 
