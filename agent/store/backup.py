@@ -148,8 +148,8 @@ def _outbox_streams(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
 
 def _stream_mapping_problems(conn: sqlite3.Connection) -> list[str]:
-    """Where the database's kind -> stream mapping differs from agent/store/streams.py (a
-    release that changed the declaration without a migration writing it)."""
+    """Where the database's kind -> stream mapping differs from agent/store/streams.py (the core
+    aligns it at start: a difference means it has not run this release on this database yet)."""
     stored = dict(conn.execute("SELECT kind, stream FROM outbox_kinds").fetchall())
     known = {r[0] for r in conn.execute("SELECT stream FROM outbox_streams")}
     problems = [

@@ -358,7 +358,8 @@ _V6_IDEMPOTENCY_PER_USER = Migration(
 # `stream_seq`, gap-free per stream from 1, assigned by trigger in the inserting transaction:
 # the core and the gateway both write the outbox, SQLite lets one writer at a time in, so a
 # counter moved inside that transaction can neither skip nor repeat a number. `outbox_kinds`
-# holds the declaration's kind -> stream mapping; `outbox_streams` one row per stream with its
+# holds the declaration's kind -> stream mapping (as it stands when this runs; the core aligns
+# it with the declaration at every start); `outbox_streams` one row per stream with its
 # counters: last_seq (numbers given), acked_seq (the consumer's cumulative acknowledgement),
 # and rows and bytes (payload plus OUTBOX_ROW_OVERHEAD per row) of what is kept, maintained by
 # the same triggers so that the backlog and the quotas are read without a scan.
@@ -367,8 +368,8 @@ _V6_IDEMPOTENCY_PER_USER = Migration(
 # the server's answer) and are deleted, as an acknowledged record is now; the consumer never saw
 # them under stream numbers, so numbering them would only make it wait for seqs it cannot get.
 # The unsent rows are numbered per stream in `seq` (write) order. A row of a kind the
-# declaration does not know goes to the stream of 'event' (never dropped). Fault rows written
-# as 'event' before 'alarm' existed stay events: they are rewritten nowhere.
+# declaration does not know goes to the stream of 'event' (never dropped). Fault records written
+# as 'event' before 'alarm' existed stay in that stream: a record is never rewritten.
 # Only the store writes `stream` (for gap records: the stream they cover) and `stream_seq`;
 # a numbered row is never changed, and counters only move forward.
 OUTBOX_ROW_OVERHEAD = 128

@@ -63,6 +63,7 @@ __all__ = [
     "StreamBacklog",
     "ack_in",
     "add",
+    "align_streams_in",
     "backlog_in",
     "batch_in",
     "encode_payload",
@@ -246,6 +247,23 @@ async def backlog_in(conn: aiosqlite.Connection, now: datetime, limits: Limits) 
             unacked=int(row[3]), bytes=int(row[4]), oldest_at=oldest, oldest_age_s=age, overdue=overdue,
         )  # fmt: skip
     return out
+
+
+async def align_streams_in(conn: aiosqlite.Connection) -> bool:
+    """Make the database's kind -> stream mapping and stream counters those of the declaration
+    (agent/store/streams.py), at the core's start; True if anything had to change.
+
+    Why at every start and not only in a migration: the declaration is the one place that says
+    where a kind goes, and a release that changes it must not leave upgraded devices with the
+    old mapping (an insert of a new kind would be refused). Records already numbered stay in
+    their stream; counters are never reset (a stream no longer declared keeps its row)."""
+    stored = {r[0]: r[1] for r in await conn.execute_fetchall("SELECT kind, stream FROM outbox_kinds")}
+    names = {r[0] for r in await conn.execute_fetchall("SELECT stream FROM outbox_streams")}
+    if stored == dict(streams.KIND_STREAM) and set(streams.STREAM_BY_NAME) <= names:
+        return False
+    for statement in streams.mapping_statements():
+        await conn.execute(statement)
+    return True
 
 
 class Outbox:

@@ -8,12 +8,13 @@ before normal before bulk) and what happens when the link stays down until the d
 out (bulk is dropped oldest first and a `gap` record says which seqs went; critical and normal
 are never dropped, the agent refuses new commands instead).
 
-This module is the one declaration. The migration that gave the outbox its streams (7) writes
-the kind -> stream mapping and one counter row per stream from it; `db check` compares the
-database with it and reports a difference. A change here (a new kind, a kind moving stream, a
-new stream) therefore needs a new migration that writes `outbox_kinds` and `outbox_streams`
-again (`mapping_statements()` gives the SQL); without one, the database keeps the old mapping
-and an insert of a new kind is refused by the database.
+This module is the one declaration. The migration that gave the outbox its streams (7) wrote
+the kind -> stream mapping and one counter row per stream from it, the numbering trigger reads
+that mapping, and the core brings the database in line with this declaration at every start
+(`outbox.align_streams_in`). So a change here (a new kind, a kind moving stream, a new stream)
+needs no migration: records written after it go the new way, records already numbered stay
+where they are. `db check` reports a database that differs (one the core has not opened since
+an upgrade).
 """
 
 from __future__ import annotations
@@ -157,8 +158,7 @@ def _sql_text(value: str) -> str:
 
 def mapping_statements() -> tuple[str, ...]:
     """SQL that writes this declaration into `outbox_kinds` and adds a counter row for every
-    stream that has none (for the migration that creates them, or a later one that changes
-    them)."""
+    stream that has none (run by migration 7, and at start when the database differs)."""
     kinds = ", ".join(f"({_sql_text(k)}, {_sql_text(s)})" for k, s in sorted(KIND_STREAM.items()))
     streams = ", ".join(f"({_sql_text(s.name)})" for s in STREAMS)
     return (

@@ -305,20 +305,34 @@ async def test_v7_numbers_each_stream_gap_free_in_write_order(tmp_path: Path) ->
         await db.close()
 
 
-@pytest.mark.parametrize("start", [0, 6])
+@pytest.mark.parametrize("start", [0, 6, 7])
 async def test_the_stream_declaration_and_the_database_agree(tmp_path: Path, start: int) -> None:
-    """agent/store/streams.py is the one declaration: a fresh database and one upgraded from the
-    last version before streams hold exactly its kind -> stream mapping and its streams. (A
-    release that changes the declaration without a migration fails here, and `db check` says so
-    on a device.)"""
+    """agent/store/streams.py is the one declaration: a fresh database, one upgraded from before
+    streams, and one whose mapping an older release wrote (7: 'alarm' elsewhere, 'audit' missing,
+    a retired kind) all hold exactly its mapping and streams once the core has started, and
+    records go where it says."""
     from agent.store import streams
+    from agent.store.outbox import Outbox
 
-    await build_at(tmp_path / DB_NAME, start)
+    path = tmp_path / DB_NAME
+    await build_at(path, start)
+    if start == 7:
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE outbox_kinds SET stream = 'events' WHERE kind = 'alarm'")
+        conn.execute("DELETE FROM outbox_kinds WHERE kind = 'audit'")
+        conn.execute("INSERT INTO outbox_kinds (kind, stream) VALUES ('retired', 'events')")
+        conn.commit()
+        conn.close()
     db = await Database.open(tmp_path)
     try:
         mapping = await db.read(lambda c: c.execute_fetchall("SELECT kind, stream FROM outbox_kinds"))
         names = await db.read(lambda c: c.execute_fetchall("SELECT stream FROM outbox_streams"))
+        box = Outbox(db)
+        await box.add("alarm", {"code": "E1"})
+        await box.add("audit", {"who": "ann"})
+        assert [r.kind for r in await box.batch("alarms")] == ["alarm"]
+        assert [r.kind for r in await box.batch("audit")] == ["audit"]
     finally:
         await db.close()
-    assert dict((k, s) for k, s in mapping) == dict(streams.KIND_STREAM)
+    assert {k: s for k, s in mapping} == dict(streams.KIND_STREAM)
     assert {r[0] for r in names} == set(streams.STREAM_BY_NAME)
