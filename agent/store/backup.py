@@ -157,8 +157,10 @@ def _stream_mapping_problems(conn: sqlite3.Connection) -> list[str]:
         for kind, stream in sorted(streams.KIND_STREAM.items())
         if stored.get(kind) != stream
     ]
-    problems += [f"outbox kind {kind!r} is in the database but not declared" for kind in sorted(set(stored) - set(streams.KIND_STREAM))]
-    problems += [f"outbox stream {s!r} is declared but has no counter row" for s in sorted(set(streams.STREAM_BY_NAME) - known)]
+    undeclared = sorted(set(stored) - set(streams.KIND_STREAM))
+    problems += [f"outbox kind {kind!r} is in the database but not declared" for kind in undeclared]
+    uncounted = sorted(set(streams.STREAM_BY_NAME) - known)
+    problems += [f"outbox stream {s!r} is declared but has no counter row" for s in uncounted]
     return problems
 
 

@@ -205,13 +205,12 @@ async def ack_in(conn: aiosqlite.Connection, stream: str, seq: int) -> AckResult
     stream_named(stream)
     seq = _seq(seq, "ack seq")
     await outbox_limits.lock(conn)
-    (last_seq, acked_seq), = await conn.execute_fetchall(
-        "SELECT last_seq, acked_seq FROM outbox_streams WHERE stream = ?", (stream,)
-    )  # fmt: skip
-    if seq > int(last_seq):
+    rows = await conn.execute_fetchall("SELECT last_seq, acked_seq FROM outbox_streams WHERE stream = ?", (stream,))
+    last_seq, acked_seq = (int(v) for v in next(iter(rows)))
+    if seq > last_seq:
         raise OutboxAckAhead(f"ack {seq} for stream {stream!r} is beyond its last record {last_seq}")
-    if seq <= int(acked_seq):
-        return AckResult(stream, int(acked_seq), 0, False)
+    if seq <= acked_seq:
+        return AckResult(stream, acked_seq, 0, False)
     await conn.execute("UPDATE outbox_streams SET acked_seq = ? WHERE stream = ?", (seq, stream))
     cursor = await conn.execute("DELETE FROM outbox WHERE stream = ? AND stream_seq <= ?", (stream, seq))
     return AckResult(stream, seq, max(0, cursor.rowcount), True)

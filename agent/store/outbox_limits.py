@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
 import aiosqlite
 
 from agent.ids import new_id
@@ -134,7 +135,9 @@ class _Run:
     quota: bool  # at least one record went for the quota (else: all for their age)
 
 
-async def _write_gaps(conn: aiosqlite.Connection, stream: str, runs: Sequence[_Run], reason: str | None) -> list[GapRecord]:
+async def _write_gaps(
+    conn: aiosqlite.Connection, stream: str, runs: Sequence[_Run], reason: str | None
+) -> list[GapRecord]:
     """Delete every run's records and append its gap record (numbered by the trigger)."""
     gaps = []
     for run in runs:
@@ -145,13 +148,14 @@ async def _write_gaps(conn: aiosqlite.Connection, stream: str, runs: Sequence[_R
         why = reason or (REASON_QUOTA if run.quota else REASON_TTL)
         body = {"from_seq": run.first, "to_seq": run.last, "dropped": run.count, "reason": why}
         gap_id = new_id()
-        rows = await conn.execute_fetchall(
-            "INSERT INTO outbox (id, kind, created_at, payload, stream) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+        await conn.execute(
+            "INSERT INTO outbox (id, kind, created_at, payload, stream) VALUES (?, ?, ?, ?, ?)",
             (gap_id, KIND_GAP, now_ts(), jsoncodec.dumps(body), stream),
         )
-        (row_seq,), = rows  # fmt: skip
-        (seq,), = await conn.execute_fetchall("SELECT stream_seq FROM outbox WHERE seq = ?", (row_seq,))  # fmt: skip
-        gaps.append(GapRecord(stream, int(seq), gap_id, run.first, run.last, run.count, why))
+        # The trigger numbered it: the stream's counter now holds its seq.
+        rows = await conn.execute_fetchall("SELECT last_seq FROM outbox_streams WHERE stream = ?", (stream,))
+        seq = int(next(iter(rows))[0])
+        gaps.append(GapRecord(stream, seq, gap_id, run.first, run.last, run.count, why))
     return gaps
 
 
