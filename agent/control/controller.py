@@ -60,6 +60,16 @@ def utc_iso(ts: float | None = None) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Which events are alarms: a fault raised or cleared goes to the critical `alarms` stream, any
+# other event to `events`. Decided here, by the event's own name, for every record written.
+ALARM_EVENTS = frozenset({"fault_raised", "fault_cleared"})
+
+
+def outbox_kind(event: dict[str, Any]) -> str:
+    """The outbox kind of an event record the controller writes (see ALARM_EVENTS)."""
+    return outbox.KIND_ALARM if event.get("event") in ALARM_EVENTS else outbox.KIND_EVENT
+
+
 class Controller:
     def __init__(
         self,
@@ -435,7 +445,7 @@ class Controller:
     async def _write_records(self, transitions: list[Transition], events: list[dict[str, Any]], command_id: str | None = None) -> None:
         async def unit(conn: Any) -> None:
             for event in events:
-                await outbox.add(conn, outbox.KIND_EVENT, {**event, "at": utc_iso()})
+                await outbox.add(conn, outbox_kind(event), {**event, "at": utc_iso()})
             for t in transitions:
                 await record_transition(conn, t.from_state.value, t.to_state.value, t.event.value, t.reason, command_id)
 

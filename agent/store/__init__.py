@@ -18,11 +18,12 @@ from agent.store.errors import (
     StoreUnavailable,
 )
 from agent.store.lock import DataDirLock
-from agent.store.outbox import Outbox, OutboxRow, PruneResult
+from agent.store.outbox import AckResult, Outbox, OutboxRecord, StreamBacklog
 from agent.store.transitions import Transition, record_transition
 
 __all__ = [
     "DB_NAME",
+    "AckResult",
     "CommandExpired",
     "CommandInvalid",
     "CommandKeyConflict",
@@ -35,12 +36,12 @@ __all__ = [
     "DataDirLock",
     "Database",
     "Outbox",
-    "OutboxRow",
-    "PruneResult",
+    "OutboxRecord",
     "SchemaTooNew",
     "StartupReport",
     "StoreError",
     "StoreUnavailable",
+    "StreamBacklog",
     "Transition",
     "record_transition",
 ]

@@ -3,7 +3,8 @@
 Each returns a JSON-friendly dict or raises a CodedError; the CLI prints either.
 
 - `check` opens the database read-only (works while the daemon runs) and reports
-  `PRAGMA quick_check`, the schema version and row counts.
+  `PRAGMA quick_check`, the schema version, row counts and the outbox's backlog per stream
+  (a kind -> stream mapping that differs from agent/store/streams.py is a problem).
 - `backup` uses SQLite's online backup API, which copies a consistent snapshot while the daemon
   keeps writing (WAL: a reader never blocks the writer). The copy is a single self-contained
   file (journal_mode=DELETE), verified with quick_check before it gets its final name.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.ids import new_id
+from agent.store import streams
 from agent.store.database import DB_NAME
 from agent.store.private_files import fsync_dir
 from agent.store.errors import (
@@ -114,11 +116,10 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
         info["commands_by_state"] = dict(
             conn.execute("SELECT state, count(*) FROM commands GROUP BY state").fetchall()
         )
-    if "outbox" in tables:
-        (info["outbox_unsent"],) = conn.execute(
-            "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
-        ).fetchone()
     problems = []
+    if "outbox_streams" in tables:
+        info["outbox"] = _outbox_streams(conn)
+        info["outbox_unacked"] = sum(s["unacked"] for s in info["outbox"].values())
     try:
         check_identity(app_id, version, len(tables), what="the database")
         if version == 0:
@@ -132,11 +133,45 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
     return info
 
 
+def _outbox_streams(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """Per stream: its class, last seq written, seq acknowledged, records waiting and bytes."""
+    out = {}
+    for stream, last_seq, acked_seq, rows, size in conn.execute(
+        "SELECT stream, last_seq, acked_seq, rows, bytes FROM outbox_streams ORDER BY stream"
+    ):
+        declared = streams.STREAM_BY_NAME.get(stream)
+        out[stream] = {
+            "class": declared.cls.value if declared else None,
+            "last_seq": last_seq, "acked_seq": acked_seq, "unacked": rows, "bytes": size,
+        }  # fmt: skip
+    return out
+
+
+def _stream_mapping_problems(conn: sqlite3.Connection) -> list[str]:
+    """Where the database's kind -> stream mapping differs from agent/store/streams.py (the core
+    aligns it at start: a difference means it has not run this release on this database yet)."""
+    stored = dict(conn.execute("SELECT kind, stream FROM outbox_kinds").fetchall())
+    known = {r[0] for r in conn.execute("SELECT stream FROM outbox_streams")}
+    problems = [
+        f"outbox kind {kind!r} goes to stream {stored.get(kind)!r} in the database, {stream!r} in this release"
+        for kind, stream in sorted(streams.KIND_STREAM.items())
+        if stored.get(kind) != stream
+    ]
+    undeclared = sorted(set(stored) - set(streams.KIND_STREAM))
+    problems += [f"outbox kind {kind!r} is in the database but not declared" for kind in undeclared]
+    uncounted = sorted(set(streams.STREAM_BY_NAME) - known)
+    problems += [f"outbox stream {s!r} is declared but has no counter row" for s in uncounted]
+    return problems
+
+
 def check(data_dir: Path | str) -> dict[str, Any]:
-    """Integrity, schema version and row counts of `data_dir/agent.db` (daemon may run)."""
+    """Integrity, schema version, row counts and outbox backlog of `data_dir/agent.db` (daemon may run)."""
     path = Path(data_dir) / DB_NAME
     with _read_only(path) as conn:
         info = _inspect(conn)
+        if "outbox" in info:  # checked here, not in every copy: a backup is still worth making
+            info["problems"] += _stream_mapping_problems(conn)
+            info["ok"] = info["ok"] and not info["problems"]
     info["path"] = str(path)
     info["size_bytes"] = path.stat().st_size
     wal = Path(f"{path}-wal")

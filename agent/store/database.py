@@ -30,6 +30,7 @@ import aiosqlite
 from agent.ids import new_id
 from agent.store import chain_key, private_files
 from agent.store import commands as _commands
+from agent.store import outbox as _outbox
 from agent.store.audit import AuditEntry, append_in, bind_chain_key, params_digest
 from agent.store.clock import now_ts
 from agent.store.errors import (
@@ -210,8 +211,11 @@ class Database:
 
         async def first_write(conn: aiosqlite.Connection) -> int:
             # A real write (the same version again) finds a read-only file or a full disk now,
-            # not at the first command; then the commands left running are interrupted.
+            # not at the first command; the outbox's streams are brought in line with this
+            # release's declaration; then the commands left running are interrupted.
             await conn.execute(f"PRAGMA user_version = {version}")
+            if await _outbox.align_streams_in(conn):
+                log.warning("outbox stream mapping updated to this release's declaration")
             return len(await _commands.interrupt_running_in(conn))
 
         try:

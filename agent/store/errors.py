@@ -21,6 +21,10 @@ __all__ = [
     "CommandStateError",
     "DataDirBusy",
     "ForeignDatabase",
+    "OutboxAckAhead",
+    "OutboxError",
+    "OutboxFull",
+    "OutboxUnknownStream",
     "SchemaTooNew",
     "StoreClosed",
     "StoreError",
@@ -130,6 +134,39 @@ class CommandNotCancellable(CommandStateError):
     hint = (
         "The command is already running: stopping it is the executor's job (pause, stop or "
         "E-stop), not a queue operation."
+    )
+
+
+class OutboxError(StoreError):
+    """Base class for refusals of the outbox's streams (agent/store/outbox.py)."""
+
+    code = "OUTBOX_ERROR"
+
+
+class OutboxUnknownStream(OutboxError):
+    code = "OUTBOX_UNKNOWN_STREAM"
+    hint = "A bug in the caller: the streams are declared in agent/store/streams.py."
+
+
+class OutboxAckAhead(OutboxError):
+    code = "OUTBOX_ACK_AHEAD"
+    hint = (
+        "The central consumer acknowledged records this agent has not written yet. Either another "
+        "agent uses the same agent id, or this database was restored from a backup (a restore "
+        "rewinds the streams): check the agent id, and after a restore reset the consumer's "
+        "position for this agent."
+    )
+
+
+class OutboxFull(OutboxError):
+    """Records that are never dropped fill their class's share: new commands are refused."""
+
+    code = "OUTBOX_FULL"
+    hint = (
+        "The upstream link has been down too long: command results, alarms, events or audit "
+        "records that are never dropped have filled their share of the outbox. Check the broker "
+        "and the network path to it (`oht-agent db check` shows the backlog of every stream); "
+        "new commands are accepted again as soon as the centre acknowledges what it received."
     )
 
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from agent.store import streams
 from agent.store.errors import ForeignDatabase, SchemaTooNew
 
 __all__ = [
     "APPLICATION_ID",
     "LATEST_VERSION",
+    "OUTBOX_ROW_OVERHEAD",
     "MIGRATIONS",
     "Migration",
     "migrate",
@@ -352,7 +354,92 @@ _V6_IDEMPOTENCY_PER_USER = Migration(
     ),
 )
 
-# Next: v7 (append here; never edit the ones above).
+# v7: the outbox becomes streams (agent/store/streams.py says why). Every row gets `stream` and
+# `stream_seq`, gap-free per stream from 1, assigned by trigger in the inserting transaction:
+# the core and the gateway both write the outbox, SQLite lets one writer at a time in, so a
+# counter moved inside that transaction can neither skip nor repeat a number. `outbox_kinds`
+# holds the declaration's kind -> stream mapping (as it stands when this runs; the core aligns
+# it with the declaration at every start); `outbox_streams` one row per stream with its
+# counters: last_seq (numbers given), acked_seq (the consumer's cumulative acknowledgement),
+# and rows and bytes (payload plus OUTBOX_ROW_OVERHEAD per row) of what is kept, maintained by
+# the same triggers so that the backlog and the quotas are read without a scan.
+#
+# Existing rows: those already sent were acknowledged under the old model (mark_sent came after
+# the server's answer) and are deleted, as an acknowledged record is now; the consumer never saw
+# them under stream numbers, so numbering them would only make it wait for seqs it cannot get.
+# The unsent rows are numbered per stream in `seq` (write) order. A row of a kind the
+# declaration does not know goes to the stream of 'event' (never dropped). Fault records written
+# as 'event' before 'alarm' existed stay in that stream: a record is never rewritten.
+# Only the store writes `stream` (for gap records: the stream they cover) and `stream_seq`;
+# a numbered row is never changed, and counters only move forward.
+OUTBOX_ROW_OVERHEAD = 128
+_ROW_BYTES = "(length(CAST({row}.payload AS BLOB)) + " + str(OUTBOX_ROW_OVERHEAD) + ")"
+_TARGET_STREAM = "coalesce(NEW.stream, (SELECT k.stream FROM outbox_kinds k WHERE k.kind = NEW.kind))"
+_V7_OUTBOX_STREAMS = Migration(
+    7,
+    "outbox streams",
+    (
+        "CREATE TABLE outbox_kinds (kind TEXT PRIMARY KEY, stream TEXT NOT NULL) WITHOUT ROWID",
+        """
+        CREATE TABLE outbox_streams (
+            stream    TEXT PRIMARY KEY,
+            last_seq  INTEGER NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+            acked_seq INTEGER NOT NULL DEFAULT 0 CHECK (acked_seq >= 0 AND acked_seq <= last_seq),
+            rows      INTEGER NOT NULL DEFAULT 0 CHECK (rows >= 0),
+            bytes     INTEGER NOT NULL DEFAULT 0 CHECK (bytes >= 0)
+        ) WITHOUT ROWID
+        """,
+        *streams.mapping_statements(),
+        "DELETE FROM outbox WHERE sent_at IS NOT NULL",
+        "DROP INDEX outbox_unsent",
+        "ALTER TABLE outbox DROP COLUMN sent_at",
+        "ALTER TABLE outbox ADD COLUMN stream TEXT",
+        "ALTER TABLE outbox ADD COLUMN stream_seq INTEGER",
+        "UPDATE outbox SET stream = coalesce((SELECT k.stream FROM outbox_kinds k WHERE k.kind = outbox.kind),"
+        f" '{streams.KIND_STREAM[streams.KIND_EVENT]}')",
+        "UPDATE outbox SET stream_seq = n.rn FROM (SELECT seq, row_number() OVER (PARTITION BY stream ORDER BY seq)"
+        " AS rn FROM outbox) AS n WHERE n.seq = outbox.seq",
+        # What batches, acks and the limits read: a stream's rows in order.
+        "CREATE UNIQUE INDEX outbox_stream_seq ON outbox (stream, stream_seq)",
+        "UPDATE outbox_streams SET last_seq = c.n, rows = c.n, bytes = c.b FROM (SELECT stream, count(*) AS n,"
+        f" sum({_ROW_BYTES.format(row='outbox')}) AS b FROM outbox GROUP BY stream) AS c"
+        " WHERE c.stream = outbox_streams.stream",
+        # A row needs a stream: its kind's, or (gap records only) the one the store names.
+        f"""
+        CREATE TRIGGER outbox_needs_stream BEFORE INSERT ON outbox
+        WHEN NEW.stream_seq IS NOT NULL
+          OR (NEW.kind = '{streams.KIND_GAP}') IS NOT (NEW.stream IS NOT NULL)
+          OR NOT EXISTS (SELECT 1 FROM outbox_streams s WHERE s.stream = {_TARGET_STREAM})
+        BEGIN
+            SELECT RAISE(ABORT, 'outbox row without a stream: unknown kind, or stream or seq set by the writer');
+        END
+        """,
+        f"""
+        CREATE TRIGGER outbox_numbers_row AFTER INSERT ON outbox
+        BEGIN
+            UPDATE outbox_streams
+            SET last_seq = last_seq + 1, rows = rows + 1, bytes = bytes + {_ROW_BYTES.format(row='NEW')}
+            WHERE stream = {_TARGET_STREAM};
+            UPDATE outbox
+            SET stream = {_TARGET_STREAM},
+                stream_seq = (SELECT s.last_seq FROM outbox_streams s WHERE s.stream = {_TARGET_STREAM})
+            WHERE seq = NEW.seq;
+        END
+        """,
+        "CREATE TRIGGER outbox_row_fixed BEFORE UPDATE ON outbox WHEN OLD.stream_seq IS NOT NULL"
+        " BEGIN SELECT RAISE(ABORT, 'a numbered outbox row is never changed'); END",
+        "CREATE TRIGGER outbox_counts_delete AFTER DELETE ON outbox BEGIN"
+        f" UPDATE outbox_streams SET rows = rows - 1, bytes = bytes - {_ROW_BYTES.format(row='OLD')}"
+        " WHERE stream = OLD.stream; END",
+        "CREATE TRIGGER outbox_streams_forward BEFORE UPDATE ON outbox_streams"
+        " WHEN NEW.stream IS NOT OLD.stream OR NEW.last_seq < OLD.last_seq OR NEW.acked_seq < OLD.acked_seq"
+        " BEGIN SELECT RAISE(ABORT, 'stream counters only move forward'); END",
+        "CREATE TRIGGER outbox_streams_no_delete BEFORE DELETE ON outbox_streams"
+        " BEGIN SELECT RAISE(ABORT, 'a stream is never deleted'); END",
+    ),
+)
+
+# Next: v8 (append here; never edit the ones above).
 MIGRATIONS: tuple[Migration, ...] = (
     _V1_COMMANDS,
     _V2_TRANSITIONS_OUTBOX,
@@ -360,6 +447,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _V4_AUDIT,
     _V5_KEY_CREATORS,
     _V6_IDEMPOTENCY_PER_USER,
+    _V7_OUTBOX_STREAMS,
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,14 +1,17 @@
 """The outbox: everything sync must deliver upstream, written in the transaction that caused it.
 
 Why an outbox: "write the change, then send an event" loses the event when the process dies in
-between, and "send, then write" reports changes that never happened. Writing the event row in the
-same transaction as the change (with `add(conn, ...)` inside the unit of work) makes both happen or
-neither; sync drains `pending()` and calls `mark_sent()` after the server acknowledged.
+between, and "send, then write" reports changes that never happened. Writing the record in the
+same transaction as the change (`add(conn, ...)` inside the unit of work) makes both happen or
+neither.
 
-Bounded: `prune(max_rows)` first drops the oldest rows that were already sent; if that is not
-enough it drops the oldest unsent rows of the droppable kinds (telemetry only) and records how
-many in an 'event' row, so the loss is itself reported. Commands, results, transitions, events and
-audit are never dropped: if they alone exceed the bound, the outbox stays over it and says so.
+Streams (agent/store/streams.py): each record lands in the stream of its kind and gets the next
+`stream_seq` of that stream from a trigger (migration 7), gap-free from 1 whichever process
+wrote it. Sync reads a stream in order with `batch`, and only the central consumer's cumulative
+acknowledgement (`ack`) removes records: nothing is "sent" here, MQTT may lose or repeat a
+message, and what is not acknowledged is sent again. `enforce_limits` bounds the outbox per class
+(outbox_limits.py), `admission` says whether new commands may still be accepted, `backlog` what
+waits where.
 """
 
 from __future__ import annotations
@@ -16,78 +19,129 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from agent.ids import new_id
-from agent.store import jsoncodec
-from agent.store.clock import now_ts
-from agent.store.errors import StoreError
+from agent.store import jsoncodec, outbox_limits, streams
+from agent.store.clock import now_ts, parse_ts, utc_now
+from agent.store.errors import OutboxAckAhead, OutboxFull, StoreError
+from agent.store.outbox_limits import GapRecord, LimitReport, stream_named
+from agent.store.streams import (
+    DEFAULT_LIMITS,
+    KIND_ALARM,
+    KIND_AUDIT,
+    KIND_COMMAND,
+    KIND_COMMAND_RESULT,
+    KIND_EVENT,
+    KIND_GAP,
+    KIND_TELEMETRY,
+    KIND_TRANSITION,
+    Limits,
+    StreamClass,
+)
 
 if TYPE_CHECKING:
     from agent.store.database import Database
 
 __all__ = [
-    "DROPPABLE_KINDS",
+    "KIND_ALARM",
     "KIND_AUDIT",
     "KIND_COMMAND",
     "KIND_COMMAND_RESULT",
     "KIND_EVENT",
+    "KIND_GAP",
     "KIND_TELEMETRY",
     "KIND_TRANSITION",
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
+    "AckResult",
     "Outbox",
-    "OutboxRow",
-    "PruneResult",
+    "OutboxRecord",
+    "StreamBacklog",
+    "ack_in",
     "add",
+    "align_streams_in",
+    "backlog_in",
+    "batch_in",
+    "encode_payload",
 ]
 
-KIND_COMMAND = "command"  # a command was accepted or changed state (not terminal)
-KIND_COMMAND_RESULT = "command_result"  # a command reached a terminal state
-KIND_TRANSITION = "transition"  # the robot's state machine changed state
-KIND_EVENT = "event"  # faults, notices, and the store's own reports (e.g. pruning)
-KIND_AUDIT = "audit"  # who did what (logins, resets, configuration)
-KIND_TELEMETRY = "telemetry"  # periodic measurements: the only kind that may be dropped
-
-DROPPABLE_KINDS = frozenset({KIND_TELEMETRY})
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _MAX_PAYLOAD = 256 * 1024
-_CHUNK = 500
+# One batch holds at most this many records and (beyond its first record) this many payload
+# bytes: what sync holds in memory per stream, however long the backlog is.
+MAX_BATCH = 1000
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class OutboxRow:
+class OutboxRecord:
+    """One record as sync sends it: `seq` is its stream_seq (the envelope's `seq`)."""
+
+    stream: str
     seq: int
     id: str
     kind: str
     created_at: str
     payload: Any
-    sent_at: str | None
 
     @classmethod
-    def from_row(cls, row: Any) -> OutboxRow:
+    def from_row(cls, row: Any) -> OutboxRecord:
         return cls(
-            seq=row["seq"],
+            stream=row["stream"],
+            seq=int(row["stream_seq"]),
             id=row["id"],
             kind=row["kind"],
             created_at=row["created_at"],
             payload=jsoncodec.loads(row["payload"]),
-            sent_at=row["sent_at"],
         )
 
 
 @dataclass(frozen=True)
-class PruneResult:
-    dropped_sent: int
-    dropped_unsent: int
-    remaining: int
-    over_bound: bool
+class AckResult:
+    stream: str
+    acked_seq: int  # the stream's acknowledgement after this call
+    deleted: int  # records removed by it
+    advanced: bool  # False: an older or repeated acknowledgement, ignored
+
+
+@dataclass(frozen=True)
+class StreamBacklog:
+    """What waits in one stream. `unacked` counts the records kept (gap records included);
+    `bytes` is approximate (payload plus a fixed overhead per row). `overdue`: the oldest record
+    of a class that is never dropped is older than the class's time-to-live."""
+
+    stream: str
+    cls: StreamClass
+    last_seq: int
+    acked_seq: int
+    unacked: int
+    bytes: int
+    oldest_at: str | None
+    oldest_age_s: float | None
+    overdue: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.cls.value, "last_seq": self.last_seq, "acked_seq": self.acked_seq,
+            "unacked": self.unacked, "bytes": self.bytes, "oldest_at": self.oldest_at,
+            "oldest_age_s": self.oldest_age_s, "overdue": self.overdue,
+        }  # fmt: skip
 
 
 def encode_payload(kind: str, payload: Any) -> str:
-    """Validate kind and payload; return the payload's JSON text."""
-    if not isinstance(kind, str) or not _KIND_RE.match(kind):
-        raise StoreError(f"invalid outbox kind {kind!r}", code="OUTBOX_INVALID")
+    """Validate kind and payload; return the payload's JSON text.
+
+    Only declared kinds are taken (a record without a stream could never be delivered), and
+    never `gap`: gap records are written by the store alone, for what it dropped."""
+    if not isinstance(kind, str) or not _KIND_RE.match(kind) or kind not in streams.KIND_STREAM:
+        raise StoreError(
+            f"invalid outbox kind {kind!r}", code="OUTBOX_INVALID",
+            hint=f"A bug in the caller: the kinds are {sorted(streams.KIND_STREAM)} (agent/store/streams.py).",
+        )  # fmt: skip
     try:
         text = jsoncodec.dumps(payload)
     except (TypeError, ValueError) as exc:
@@ -100,7 +154,8 @@ def encode_payload(kind: str, payload: Any) -> str:
 
 
 async def add(conn: aiosqlite.Connection, kind: str, payload: Any) -> str:
-    """Add a row inside the caller's unit of work; returns its id."""
+    """Add a record inside the caller's unit of work; returns its id (its stream and seq are
+    given by the database in the same statement)."""
     text = encode_payload(kind, payload)
     row_id = new_id()
     await conn.execute(
@@ -110,14 +165,118 @@ async def add(conn: aiosqlite.Connection, kind: str, payload: Any) -> str:
     return row_id
 
 
-class Outbox:
-    """Draining and bounding the outbox (the adding happens inside other units via `add`)."""
+def _seq(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StoreError(f"{what} must be a non-negative integer, got {value!r}", code="OUTBOX_INVALID")
+    return value
 
-    def __init__(self, db: Database) -> None:
+
+async def batch_in(
+    conn: aiosqlite.Connection, stream: str, after_seq: int, limit: int, max_bytes: int = MAX_BATCH_BYTES
+) -> list[OutboxRecord]:
+    """The records of `stream` after `after_seq`, in stream order: at most `limit` of them and,
+    past the first, at most `max_bytes` of payload. The sizes are read first and the payloads
+    only of what fits, so a backlog of large records is never loaded whole."""
+    stream_named(stream)
+    after_seq = _seq(after_seq, "after_seq")
+    limit = max(1, min(int(limit), MAX_BATCH))
+    sizes = await conn.execute_fetchall(
+        "SELECT stream_seq, length(CAST(payload AS BLOB)) FROM outbox WHERE stream = ? AND stream_seq > ?"
+        " ORDER BY stream_seq LIMIT ?",
+        (stream, after_seq, limit),
+    )
+    last, total = None, 0
+    for seq, size in sizes:
+        if last is not None and total + int(size) > max_bytes:
+            break
+        last, total = int(seq), total + int(size)
+    if last is None:
+        return []
+    rows = await conn.execute_fetchall(
+        "SELECT stream, stream_seq, id, kind, created_at, payload FROM outbox"
+        " WHERE stream = ? AND stream_seq > ? AND stream_seq <= ? ORDER BY stream_seq",
+        (stream, after_seq, last),
+    )
+    return [OutboxRecord.from_row(r) for r in rows]
+
+
+async def ack_in(conn: aiosqlite.Connection, stream: str, seq: int) -> AckResult:
+    """`Outbox.ack` as a unit of work."""
+    stream_named(stream)
+    seq = _seq(seq, "ack seq")
+    await outbox_limits.lock(conn)
+    rows = await conn.execute_fetchall("SELECT last_seq, acked_seq FROM outbox_streams WHERE stream = ?", (stream,))
+    last_seq, acked_seq = (int(v) for v in next(iter(rows)))
+    if seq > last_seq:
+        raise OutboxAckAhead(f"ack {seq} for stream {stream!r} is beyond its last record {last_seq}")
+    if seq <= acked_seq:
+        return AckResult(stream, acked_seq, 0, False)
+    await conn.execute("UPDATE outbox_streams SET acked_seq = ? WHERE stream = ?", (seq, stream))
+    cursor = await conn.execute("DELETE FROM outbox WHERE stream = ? AND stream_seq <= ?", (stream, seq))
+    return AckResult(stream, seq, max(0, cursor.rowcount), True)
+
+
+def _age_s(at: str | None, now: datetime) -> float | None:
+    if at is None:
+        return None
+    try:
+        return max(0.0, (now - parse_ts(at)).total_seconds())
+    except ValueError:  # a hand-made row with another time format: age unknown
+        return None
+
+
+async def backlog_in(conn: aiosqlite.Connection, now: datetime, limits: Limits) -> dict[str, StreamBacklog]:
+    """Every declared stream's counters and oldest record (one indexed lookup per stream)."""
+    rows = await conn.execute_fetchall(
+        "SELECT s.stream, s.last_seq, s.acked_seq, s.rows, s.bytes,"
+        " (SELECT o.created_at FROM outbox o WHERE o.stream = s.stream ORDER BY o.stream_seq LIMIT 1)"
+        " FROM outbox_streams s"
+    )
+    found = {r[0]: r for r in rows}
+    out: dict[str, StreamBacklog] = {}
+    for stream in streams.STREAMS:
+        row = found.get(stream.name)
+        if row is None:
+            continue  # declared but not in this database: `db check` reports the difference
+        oldest = row[5]
+        age = _age_s(oldest, now)
+        overdue = not stream.policy.droppable and age is not None and age > limits.of(stream.cls).ttl_s
+        out[stream.name] = StreamBacklog(
+            stream=stream.name, cls=stream.cls, last_seq=int(row[1]), acked_seq=int(row[2]),
+            unacked=int(row[3]), bytes=int(row[4]), oldest_at=oldest, oldest_age_s=age, overdue=overdue,
+        )  # fmt: skip
+    return out
+
+
+async def align_streams_in(conn: aiosqlite.Connection) -> bool:
+    """Make the database's kind -> stream mapping and stream counters those of the declaration
+    (agent/store/streams.py), at the core's start; True if anything had to change.
+
+    Why at every start and not only in a migration: the declaration is the one place that says
+    where a kind goes, and a release that changes it must not leave upgraded devices with the
+    old mapping (an insert of a new kind would be refused). Records already numbered stay in
+    their stream; counters are never reset (a stream no longer declared keeps its row)."""
+    stored = {r[0]: r[1] for r in await conn.execute_fetchall("SELECT kind, stream FROM outbox_kinds")}
+    names = {r[0] for r in await conn.execute_fetchall("SELECT stream FROM outbox_streams")}
+    if stored == dict(streams.KIND_STREAM) and set(streams.STREAM_BY_NAME) <= names:
+        return False
+    for statement in streams.mapping_statements():
+        await conn.execute(statement)
+    return True
+
+
+class Outbox:
+    """Reading, acknowledging and bounding the outbox (adding happens inside other units via `add`).
+
+    `limits`: the per-class quotas and times-to-live (streams.DEFAULT_LIMITS unless configured).
+    """
+
+    def __init__(self, db: Database, limits: Limits = DEFAULT_LIMITS) -> None:
         self._db = db
+        self.limits = limits
 
     async def add(self, kind: str, payload: Any) -> str:
-        """Add a row in a unit of its own (e.g. telemetry that has no other cause to join)."""
+        """Add a record in a unit of its own (e.g. telemetry that has no other cause to join)."""
         encode_payload(kind, payload)  # refuse bad input before it reaches the writer queue
 
         async def unit(conn: aiosqlite.Connection) -> str:
@@ -125,99 +284,38 @@ class Outbox:
 
         return await self._db.write(unit)
 
-    async def pending(self, limit: int = 100) -> list[OutboxRow]:
-        """The oldest unsent rows, in the order they were written."""
-        limit = max(1, min(int(limit), 10_000))
+    async def batch(self, stream: str, after_seq: int = 0, limit: int = 100) -> list[OutboxRecord]:
+        """The next records of `stream` after `after_seq`, in stream order (see `batch_in`)."""
+        stream_named(stream)
+        return await self._db.read(lambda conn: batch_in(conn, stream, after_seq, limit))
 
-        async def fn(conn: aiosqlite.Connection) -> list[OutboxRow]:
-            rows = await conn.execute_fetchall(
-                "SELECT * FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?", (limit,)
-            )
-            return [OutboxRow.from_row(r) for r in rows]
+    async def ack(self, stream: str, seq: int) -> AckResult:
+        """The consumer has committed every record of `stream` up to `seq`: delete them.
 
-        return await self._db.read(fn)
+        Cumulative and monotonic: an older or equal ack changes nothing (MQTT may deliver an old
+        one late); an ack beyond the last record written is refused (OUTBOX_ACK_AHEAD), since
+        deleting on it would lose records the consumer has never seen."""
+        stream_named(stream)
+        return await self._db.write(lambda conn: ack_in(conn, stream, seq))
 
-    async def mark_sent(self, ids: Iterable[str]) -> int:
-        """Mark rows as delivered; returns how many were newly marked (repeats are harmless)."""
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return 0
+    async def backlog(self, now: datetime | None = None) -> dict[str, StreamBacklog]:
+        """Per stream: last and acked seq, records kept, bytes, oldest record and its age."""
+        when = now or utc_now()
+        return await self._db.read(lambda conn: backlog_in(conn, when, self.limits))
 
-        async def unit(conn: aiosqlite.Connection) -> int:
-            at = now_ts()
-            marked = 0
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                cursor = await conn.execute(
-                    f"UPDATE outbox SET sent_at = ? WHERE sent_at IS NULL AND id IN ({marks})",
-                    (at, *chunk),
-                )
-                marked += cursor.rowcount
-            return marked
+    async def enforce_limits(self, now: datetime | None = None) -> LimitReport:
+        """Apply the quotas and times-to-live (outbox_limits.py): telemetry beyond them is
+        replaced by gap records; classes never dropped are reported (over quota, overdue)."""
+        when = now or utc_now()
+        return await self._db.write(lambda conn: outbox_limits.enforce_in(conn, when, self.limits))
 
-        return await self._db.write(unit)
+    async def supersede(self, stream: str, seqs: Iterable[int]) -> list[GapRecord]:
+        """Replace records of a droppable stream that newer ones made redundant (the telemetry
+        coalescing of agent/sync/schedule.py) by gap records; returns the gap records."""
+        wanted = sorted({_seq(s, "seq") for s in seqs})
+        return await self._db.write(lambda conn: outbox_limits.supersede_in(conn, stream, wanted))
 
-    async def counts(self) -> dict[str, int]:
-        """{'total', 'unsent'} for metrics and `db check`."""
-
-        async def fn(conn: aiosqlite.Connection) -> dict[str, int]:
-            rows = await conn.execute_fetchall(
-                "SELECT count(*), count(*) FILTER (WHERE sent_at IS NULL) FROM outbox"
-            )
-            total, unsent = next(iter(rows))
-            return {"total": int(total), "unsent": int(unsent)}
-
-        return await self._db.read(fn)
-
-    async def prune(self, max_rows: int) -> PruneResult:
-        """Bring the outbox down to `max_rows` by the policy in the module docstring."""
-        if max_rows < 1:
-            raise ValueError("max_rows must be at least 1")
-        return await self._db.write(lambda conn: prune_in(conn, max_rows))
-
-
-async def _count(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall("SELECT count(*) FROM outbox")
-    return int(next(iter(rows))[0])
-
-
-async def prune_in(conn: aiosqlite.Connection, max_rows: int) -> PruneResult:
-    """`Outbox.prune` as a unit of work."""
-    total = await _count(conn)
-    if total <= max_rows:
-        return PruneResult(0, 0, total, False)
-    excess = total - max_rows
-    cursor = await conn.execute(
-        "DELETE FROM outbox WHERE seq IN ("
-        " SELECT seq FROM outbox WHERE sent_at IS NOT NULL ORDER BY seq LIMIT ?)",
-        (excess,),
-    )
-    dropped_sent = max(0, cursor.rowcount)
-    excess -= dropped_sent
-    dropped_unsent = 0
-    if excess > 0:
-        kinds = sorted(DROPPABLE_KINDS)
-        marks = ",".join("?" * len(kinds))
-        # One more than the excess: room for the event row that reports this loss.
-        cursor = await conn.execute(
-            "DELETE FROM outbox WHERE seq IN ("
-            f" SELECT seq FROM outbox WHERE sent_at IS NULL AND kind IN ({marks})"
-            " ORDER BY seq LIMIT ?)",
-            (*kinds, excess + 1),
-        )
-        dropped_unsent = max(0, cursor.rowcount)
-        if dropped_unsent:
-            await add(
-                conn,
-                KIND_EVENT,
-                {
-                    "event": "outbox_pruned",
-                    "code": "OUTBOX_DROPPED_UNSENT",
-                    "dropped": dropped_unsent,
-                    "kinds": kinds,
-                    "max_rows": max_rows,
-                },
-            )
-    remaining = await _count(conn)
-    return PruneResult(dropped_sent, dropped_unsent, remaining, remaining > max_rows)
+    async def admission(self) -> OutboxFull | None:
+        """None while new commands may be accepted; else the OUTBOX_FULL error to refuse them
+        with (a class that is never dropped is over its quota)."""
+        return await self._db.read(lambda conn: outbox_limits.admission_in(conn, self.limits))

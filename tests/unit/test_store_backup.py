@@ -71,7 +71,30 @@ async def test_check_reports_integrity_version_and_counts_while_running(tmp_path
     assert info["ok"] is True and info["quick_check"] == "ok" and info["problems"] == []
     assert info["schema_version"] == LATEST_VERSION == info["known_schema_version"]
     assert info["counts"]["commands"] == 5 and info["commands_by_state"] == {"queued": 5}
-    assert info["outbox_unsent"] == 5
+    assert info["outbox_unacked"] == 5
+    assert info["outbox"]["results"] == {"class": "critical", "last_seq": 5, "acked_seq": 0, "unacked": 5,
+                                         "bytes": info["outbox"]["results"]["bytes"]}
+    assert info["outbox"]["results"]["bytes"] > 5 * 128
+    assert set(info["outbox"]) == {"results", "alarms", "events", "audit", "telemetry"}
+
+
+async def test_check_reports_a_stream_mapping_that_differs_from_the_declaration(tmp_path: Path) -> None:
+    """A release that moved a kind to another stream without a migration writing it: `db check`
+    names the kind (a backup is still made: the data is sound)."""
+    data = tmp_path / "data"
+    await filled(data, 1)
+    conn = sqlite3.connect(data / DB_NAME)
+    conn.execute("UPDATE outbox_kinds SET stream = 'events' WHERE kind = 'alarm'")
+    conn.execute("INSERT INTO outbox_kinds (kind, stream) VALUES ('retired', 'events')")
+    conn.commit()
+    conn.close()
+    info = store_backup.check(data)
+    assert info["ok"] is False
+    assert info["problems"] == [
+        "outbox kind 'alarm' goes to stream 'events' in the database, 'alarms' in this release",
+        "outbox kind 'retired' is in the database but not declared",
+    ]
+    assert store_backup.backup(data, tmp_path / "copy.db")["schema_version"] == LATEST_VERSION
 
 
 def test_check_reports_damage_and_missing_files(tmp_path: Path) -> None:

@@ -231,7 +231,8 @@ async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: 
     def dump() -> dict[str, list[tuple[object, ...]]]:
         c = sqlite3.connect(path)
         try:
-            return {t: c.execute(f"SELECT * FROM {t} ORDER BY seq").fetchall() for t in ("commands", "state_transitions", "outbox")}
+            tables = {"commands": "*", "state_transitions": "*", "outbox": "seq, id, kind, created_at, payload"}  # v7 changes the rest
+            return {t: c.execute(f"SELECT {cols} FROM {t} ORDER BY seq").fetchall() for t, cols in tables.items()}
         finally:
             c.close()
 
@@ -254,3 +255,84 @@ async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: 
         assert list(await db.read(lambda conn: conn.execute_fetchall("PRAGMA foreign_key_check"))) == []
     finally:
         await db.close()
+
+
+async def test_v7_numbers_each_stream_gap_free_in_write_order(tmp_path: Path) -> None:
+    """A v6 outbox with rows of every kind, some already sent, migrated by the real writer: sent
+    rows are gone (acknowledged under the old model), the rest are numbered per stream from 1 in
+    the order they were written, and the counters continue from there."""
+    from agent.store import streams
+    from agent.store.outbox import Outbox
+
+    path = tmp_path / DB_NAME
+    kinds = ["command", "telemetry", "audit", "event", "command_result", "telemetry", "transition",
+             "legacy_note", "audit", "command", "telemetry", "event", "command_result"]  # fmt: skip
+    sent = {1, 5, 6}  # positions already delivered under the old model
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await conn.create_function("oht_new_id", 0, new_id)
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await migrate(conn, target=6)
+        for n, kind in enumerate(kinds):
+            await conn.execute(
+                "INSERT INTO outbox (id, kind, created_at, payload, sent_at) VALUES (?, ?, ?, ?, ?)",
+                (f"r{n}", kind, f"2026-01-01T00:00:{n:02d}.000000Z", f'{{"n": {n}}}',
+                 "2026-01-01T00:01:00.000000Z" if n in sent else None),
+            )  # fmt: skip
+    db = await Database.open(tmp_path)
+    try:
+        rows = await db.read(lambda c: c.execute_fetchall("SELECT id, kind, stream, stream_seq FROM outbox ORDER BY seq"))
+        numbered = {r[0]: (r[2], r[3]) for r in rows}
+        expected: dict[str, tuple[str, int]] = {}
+        per_stream: dict[str, int] = {}
+        for n, kind in enumerate(kinds):
+            if n in sent:
+                continue
+            stream = streams.KIND_STREAM.get(kind, "events")  # an unknown kind is kept, with the events
+            per_stream[stream] = per_stream.get(stream, 0) + 1
+            expected[f"r{n}"] = (stream, per_stream[stream])
+        assert numbered == expected
+        box = Outbox(db)
+        backlog = await box.backlog()
+        assert {s: (b.last_seq, b.acked_seq, b.unacked) for s, b in backlog.items() if b.last_seq} == {
+            s: (n, 0, n) for s, n in per_stream.items()}
+        await box.add("telemetry", {"after": "upgrade"})
+        assert [r.seq for r in await box.batch("telemetry")] == list(range(1, per_stream["telemetry"] + 2))
+        recount = await db.read(lambda c: c.execute_fetchall(
+            "SELECT s.bytes, (SELECT coalesce(sum(length(CAST(payload AS BLOB)) + 128), 0) FROM outbox o"
+            " WHERE o.stream = s.stream) FROM outbox_streams s"))  # fmt: skip
+        assert all(kept == counted for kept, counted in recount)
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("start", [0, 6, 7])
+async def test_the_stream_declaration_and_the_database_agree(tmp_path: Path, start: int) -> None:
+    """agent/store/streams.py is the one declaration: a fresh database, one upgraded from before
+    streams, and one whose mapping an older release wrote (7: 'alarm' elsewhere, 'audit' missing,
+    a retired kind) all hold exactly its mapping and streams once the core has started, and
+    records go where it says."""
+    from agent.store import streams
+    from agent.store.outbox import Outbox
+
+    path = tmp_path / DB_NAME
+    await build_at(path, start)
+    if start == 7:
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE outbox_kinds SET stream = 'events' WHERE kind = 'alarm'")
+        conn.execute("DELETE FROM outbox_kinds WHERE kind = 'audit'")
+        conn.execute("INSERT INTO outbox_kinds (kind, stream) VALUES ('retired', 'events')")
+        conn.commit()
+        conn.close()
+    db = await Database.open(tmp_path)
+    try:
+        mapping = await db.read(lambda c: c.execute_fetchall("SELECT kind, stream FROM outbox_kinds"))
+        names = await db.read(lambda c: c.execute_fetchall("SELECT stream FROM outbox_streams"))
+        box = Outbox(db)
+        await box.add("alarm", {"code": "E1"})
+        await box.add("audit", {"who": "ann"})
+        assert [r.kind for r in await box.batch("alarms")] == ["alarm"]
+        assert [r.kind for r in await box.batch("audit")] == ["audit"]
+    finally:
+        await db.close()
+    assert {k: s for k, s in mapping} == dict(streams.KIND_STREAM)
+    assert {r[0] for r in names} == set(streams.STREAM_BY_NAME)
