@@ -43,6 +43,7 @@ class Priority(enum.IntEnum):
 STOPS = frozenset({Priority.STOP, Priority.HALT})  # never refused for load or a set-aside slave
 
 TICK_WINDOW = 8  # recent tick sightings per slave that the estimate is taken from
+_TIE_NUDGE = 1e-9  # periods: far below any real jitter, far above float error
 
 
 ResultCallback = Callable[[tuple[int, ...], float], None]
@@ -224,8 +225,10 @@ class PollSchedule:
         seen = self._sightings.setdefault(slave, deque(maxlen=TICK_WINDOW))
         seen.append(seen_at)
         # Half a period rounds the same way for every sighting (not half-to-even), so an exact tie
-        # cannot split the sightings across two grid points.
-        on_grid = sorted(t + math.floor((seen_at - t) / period + 0.5) * period for t in seen)
+        # cannot split the sightings across two grid points. The nudge keeps it so in floating
+        # point: sightings on one grid, read against a reply exactly half a period late, came out
+        # as 10.999999 for some and 11.0 for others, and the late reply was taken for the tick.
+        on_grid = sorted(t + math.floor((seen_at - t) / period + 0.5 + _TIE_NUDGE) * period for t in seen)
         first = slave not in self._ticks
         tick = on_grid[len(on_grid) // 4]
         self._ticks[slave] = tick

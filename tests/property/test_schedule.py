@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers.modbus.frames import read_request
@@ -175,6 +175,7 @@ def test_background_reads_leave_a_tick_between_them(
     st.floats(0.0, 0.95),  # how late the reply was read (a stalled loop), in periods
     st.floats(0.01, 0.9),  # how long before that tick the request reached the slave, in periods
 )
+@example(0.05, 0.0, 10, 0.5, 0.5)  # exactly half a period late: float error once split the sightings
 def test_a_reply_read_late_marks_the_tick_that_served_it(
     period: float, tick: float, k: int, read_late: float, ahead: float
 ) -> None:
