@@ -88,6 +88,10 @@ class Gateway:
         await self.api.start()
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
+        if cfg.upstream.enabled:
+            # The protocol, the streams and the keys exist; the link that drains them does not yet.
+            log.warning("[upstream] broker %s is configured, but this release does not connect upstream yet: "
+                        "records are kept in the outbox until it does", cfg.upstream.broker)  # fmt: skip
         for task, name in ((self.client.task, "core-link"), (self.api.task, "api-server"), (self.db.writer_task, "store-writer")):
             if task is not None:
                 self.tasks.watch(task, name)
