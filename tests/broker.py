@@ -123,7 +123,9 @@ class Pki:
         self.ca = self._write_cert("ca.crt", self._ca_cert)
         server_key = ec.generate_private_key(ec.SECP256R1())
         server_cert = _issue(self._ca_key, self._ca_cert, "127.0.0.1", server_key, server=True)
-        self.server = Identity("127.0.0.1", self._write_cert("server.crt", server_cert), self._write_key("server.key", server_key))
+        self.server = Identity(
+            "127.0.0.1", self._write_cert("server.crt", server_cert), self._write_key("server.key", server_key)
+        )
         self.clients = {name: self.issue(name) for name in clients}
         foreign_key, foreign_ca = _make_ca("Someone else's CA")
         self.foreign_ca = self._write_cert("foreign-ca.crt", foreign_ca)
@@ -167,9 +169,7 @@ def _make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -198,9 +198,7 @@ def _issue(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
         builder = builder.add_extension(
@@ -301,7 +299,9 @@ class Broker:
             except OSError:
                 if time.monotonic() > deadline:
                     self.kill9()
-                    raise BrokerError(f"mosquitto did not listen within {START_TIMEOUT_S} s\n{self.log_text()}") from None
+                    raise BrokerError(
+                        f"mosquitto did not listen within {START_TIMEOUT_S} s\n{self.log_text()}"
+                    ) from None
                 time.sleep(0.005)
 
     def stop(self) -> None:
@@ -373,7 +373,11 @@ class Broker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        # Without persistence there is nothing to write, and SIGTERM costs mosquitto ~100 ms.
+        if self.persistence:
+            self.stop()
+        else:
+            self.kill9()
 
 
 # ---------------------------------------------------------------- links in tests

@@ -299,7 +299,7 @@ def guarded(name: str, fn: Callable[_P, None], on_error: Callable[[], None] | No
 class Incoming:
     """A received message. `ack()` once it is committed: until then the broker counts it in flight."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "duplicate", "_ack", "_acked")
+    __slots__ = ("_ack", "_acked", "duplicate", "payload", "qos", "retain", "topic")
 
     def __init__(
         self, topic: str, payload: bytes, qos: int, retain: bool, duplicate: bool, ack: Callable[[], None]
@@ -612,7 +612,8 @@ class MqttLink:
         self._generation += 1
         theirs = getattr(props, "ReceiveMaximum", 65535)
         if theirs < self.settings.max_inflight:  # paho does not follow the broker's limit by itself
-            log.warning("the broker takes %d messages in flight, max_inflight is %d: lower it", theirs, self.settings.max_inflight)
+            limit = self.settings.max_inflight
+            log.warning("the broker takes %d messages in flight, max_inflight is %d: lower it", theirs, limit)
         if self.subscriptions:
             client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions])
         if self.presence_topic is not None:
@@ -634,9 +635,7 @@ class MqttLink:
         if not self._stopping.is_set():
             log.warning("MQTT connection lost: %s", reason)
 
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties
-    ) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties) -> None:
         self._to_loop(self._resolve, mid, reason)
 
     def _on_subscribe(

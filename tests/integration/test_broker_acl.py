@@ -9,6 +9,7 @@ robot that subscribes to another robot's topic is granted the filter and receive
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
@@ -80,15 +81,19 @@ async def test_a_certificate_from_another_ca_is_refused_in_the_handshake(broker:
     with pytest.raises(ssl.SSLError) as refused:
         tls12_session(broker, pki, pki.foreign.cert, pki.foreign.key)
     assert refused.value.reason == "TLSV1_ALERT_UNKNOWN_CA"
-    assert "certificate verify failed" in broker.log_text()
+    async with asyncio.timeout(2):  # the broker logs it after sending the alert
+        while "certificate verify failed" not in broker.log_text():
+            await asyncio.sleep(0.01)
 
     # The agent's link (TLS 1.3, where the client learns of it after its own half of the handshake)
     # never gets a session either: every attempt fails and it keeps backing off.
     link = agent_link(broker.settings("foreign"), "oht-001")
     await link.start()
     try:
-        assert not await link.wait_connected(0.3)
-        assert link.stats().connects == 0 and link.stats().connect_failures >= 1
+        async with asyncio.timeout(3):
+            while link.stats().connect_failures < 2:
+                await asyncio.sleep(0.01)
+        assert link.stats().connects == 0 and not link.connected
     finally:
         await link.stop()
 
@@ -101,7 +106,8 @@ async def test_a_robot_cannot_publish_another_robots_records(broker: Broker) -> 
             await oht2.publish(up_topic("oht-001", "results"), b"forged")
         await oht2.publish(up_topic("oht-002", "results"), b"own")
         got = await next_message(listener)
-        assert (got.topic, got.payload) == (up_topic("oht-002", "results"), b"own")  # the forged one came first, or never
+        # published first, the forged one would have arrived first
+        assert (got.topic, got.payload) == (up_topic("oht-002", "results"), b"own")
         await no_message(listener, 0.1)
         # nor commands or acks, to anyone
         for topic in (cmd_topic("oht-001"), "oht/v1/oht-001/ack", "oht/v1/oht-002/cmd"):
