@@ -148,7 +148,7 @@ class MqttLinkError(CodedError):
 
 class MqttSettingsInvalid(MqttLinkError):
     code = "UPSTREAM_SETTINGS_INVALID"
-    hint = "Check the broker host and port and that the CA, certificate and key files of [upstream] exist and match."
+    hint = "Check the broker's host and port, and that the CA, certificate and key files exist and belong together."
 
 
 class ConnectFailed(MqttLinkError):

@@ -193,6 +193,20 @@ async def test_commands_sent_while_the_agent_is_away_wait_for_it_until_acknowled
             await no_message(last, 0.2)
 
 
+async def test_a_broker_with_persistence_keeps_the_agents_session_through_kill_9(tmp_path: Path) -> None:
+    with Broker(tmp_path / "broker", persistence=True) as broker:
+        sender = centre(broker)
+        async with running(sender):
+            async with running(agent_link(broker.settings(), AGENT)):
+                pass
+            await sender.publish(cmd_topic(AGENT), b"queued before the crash")
+        broker.kill9()  # written after every change (autosave_on_changes), so the kill loses nothing accepted
+        broker.start()
+        back = agent_link(broker.settings(), AGENT)
+        async with running(back):
+            assert (await next_message(back)).payload == b"queued before the crash"
+
+
 async def test_a_failing_handler_does_not_stop_the_next_message(plain_broker: Broker) -> None:
     link = agent_link(plain_broker.settings(), AGENT)
     sender = centre(plain_broker)
