@@ -14,7 +14,8 @@ What it does with each batch of messages (as many as are waiting, up to `batch_m
    batch, also when nothing new was stored: a duplicate means the agent missed an ack, so it gets
    it again. Acks go out without waiting for their PUBACK (`publish_nowait`: paho sends them again
    after a reconnect): an ack that is lost is superseded by the next one, and the consumer never
-   stops reading to wait for one;
+   stops reading to wait for one. Two consumers' acks may reach the agent out of order; the agent
+   keeps the highest (an older ack is ignored);
 4. and only then acknowledges the messages to the broker (PUBACK).
 
 A consumer killed between 2 and 4 has committed records the broker will hand out again, and the

@@ -20,6 +20,7 @@ broker with it so the rules are checked by mosquitto itself, not by reading them
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import datetime as dt
 import ipaddress
 import os
@@ -92,6 +93,21 @@ def mosquitto_binary() -> str | None:
 def skip_reason() -> str:
     """Why broker tests cannot run here, for pytest.mark.skipif."""
     return "mosquitto is not installed (`apt-get install mosquitto`; .ci/run installs it)"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends, so a test run that
+    is itself killed (the hang guard, a CI timeout) leaves no broker behind. Start brokers from the
+    main thread, as fixtures do."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def free_port() -> int:
@@ -212,8 +228,9 @@ class Broker:
     """One mosquitto process on 127.0.0.1:`port`, configured and kept under `root`.
 
     `persistence`: sessions, queued messages and retained messages are written to `root/data` after
-    every change (autosave_on_changes with an interval of 1), so even `kill9()` loses nothing the
-    broker had accepted; without it a restart starts empty, as a broker on a RAM disk would.
+    every change (autosave_on_changes with an interval of 1), on mosquitto's next turn of its loop,
+    up to ~100 ms later: a test that kills the broker right after a PUBACK calls `persist()` first.
+    Without it a restart starts empty, as a broker on a RAM disk would.
     `pki`: serve TLS only, with client certificates required, the certificate's common name as the
     user name and `ACL` applied.
     """
@@ -288,6 +305,7 @@ class Broker:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -327,6 +345,19 @@ class Broker:
             proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:  # pragma: no cover - the kernel reaps a SIGKILLed child
             raise BrokerError("mosquitto survived SIGKILL") from exc
+
+    def persist(self, timeout: float = 2.0) -> None:
+        """SIGUSR1: mosquitto writes its persistence file now; returns once the file is replaced."""
+        if not self.persistence or self.proc is None or self.proc.poll() is not None:
+            raise BrokerError("persist() needs a running broker with persistence")
+        path = self.data_dir / "mosquitto.db"
+        before = _stamp(path)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while _stamp(path) == before:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not write {path} within {timeout} s\n{self.log_text()}")
+            time.sleep(0.005)
 
     def freeze(self) -> None:
         """SIGSTOP: the broker keeps its sockets open and answers nothing (a hung broker)."""

@@ -200,7 +200,8 @@ async def test_a_broker_with_persistence_keeps_the_agents_session_through_kill_9
             async with running(agent_link(broker.settings(), AGENT)):
                 pass
             await sender.publish(cmd_topic(AGENT), b"queued before the crash")
-        broker.kill9()  # written after every change (autosave_on_changes), so the kill loses nothing accepted
+        broker.persist()  # saved after every change anyway, but on the broker's next loop turn
+        broker.kill9()
         broker.start()
         back = agent_link(broker.settings(), AGENT)
         async with running(back):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,20 @@ def test_a_guarded_callback_logs_and_counts_instead_of_raising(caplog: pytest.Lo
         wrapped(None, None)  # returns: paho's loop goes on
     assert errors == [1]
     assert "UPSTREAM_CALLBACK_FAILED" in caplog.text and "bug in a callback" in caplog.text
+
+
+async def test_reconnect_attempts_back_off_and_a_stop_ends_them() -> None:
+    with socket.socket() as s:  # a port nothing listens on: every attempt is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = MqttSettings(host="127.0.0.1", port=port, backoff_initial_s=0.02, backoff_max_s=0.1)
+    link = agent_link(settings, "oht-001")
+    await link.start()
+    await asyncio.sleep(0.5)
+    attempts = link.stats().connect_failures
+    started = time.monotonic()
+    await link.stop()
+    assert time.monotonic() - started < 0.5  # a stop does not wait out a backoff
+    # at most one attempt per 0.05 s on average once the cap is reached; without backoff, thousands
+    assert 3 <= attempts <= 30, attempts
+    assert link.stats().connects == 0
