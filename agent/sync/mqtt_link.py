@@ -1,7 +1,7 @@
 """The agent's MQTT 5 link to the site broker, on paho-mqtt 2.x, for code on an asyncio loop.
 
 paho is a blocking client with callbacks; the gateway is an asyncio program. The link runs paho in
-one thread of its own (`mqtt-link`) and hands everything across:
+one thread of its own (`mqtt-<client id>`) and hands everything across:
 
 - `await link.publish(topic, payload)` resolves when the broker's PUBACK arrives (QoS 1), raises
   `PublishRefused` on a PUBACK with a failure reason code (an ACL refusal, say), and raises
