@@ -1,0 +1,262 @@
+"""The reference central consumer against a real mosquitto: records in, once each; contiguous acks out.
+
+A robot is played by an `agent_link` that publishes record envelopes and reads the acks that come
+back, and, in the kill test, sends again whatever stays unacknowledged, as the agent's outbox does.
+What is stored is read from the central database itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.sync.mqtt_link import Incoming, MqttLink, agent_link, up_topic
+from central.consumer import Consumer
+from tests.broker import Broker, Pki, mosquitto_binary, running, skip_reason
+
+pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason=skip_reason())
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = "oht-001"
+
+
+def envelope(stream: str, seq: int, *, gap: tuple[int, int] | None = None) -> bytes:
+    kind, body = ("telemetry", {"n": seq}) if stream == "telemetry" else ("command_result", {"n": seq})
+    if gap is not None:
+        kind, body = "gap", {"from_seq": gap[0], "to_seq": gap[1], "dropped": gap[1] - gap[0] + 1, "reason": "full"}
+    return json.dumps(
+        {
+            "v": 1,
+            "agent": AGENT,
+            "stream": stream,
+            "seq": seq,
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{AGENT}/{stream}/{seq}")),  # a resend is the same record
+            "kind": kind,
+            "at": "2026-01-01T00:00:00.000000Z",
+            "body": body,
+            "sig": "c2ln",
+        }
+    ).encode()
+
+
+class Robot:
+    """Publishes records and keeps the highest ack per stream (and every ack message, in order)."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self.acked: dict[str, int] = {}
+        self.acks: list[dict[str, int]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _on_ack(self, message: Incoming) -> None:
+        acks = json.loads(message.payload)["acks"]
+        self.acks.append(acks)
+        for stream, seq in acks.items():
+            self.acked[stream] = max(self.acked.get(stream, 0), seq)
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.create_task(self.link.dispatch(self._on_ack))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def send(self, stream: str, seqs: list[int], gaps: dict[int, tuple[int, int]] | None = None) -> None:
+        gaps = gaps or {}
+        topic = up_topic(AGENT, stream)
+        await asyncio.gather(*(self.link.publish(topic, envelope(stream, s, gap=gaps.get(s))) for s in seqs))
+
+    async def until(self, stream: str, seq: int, timeout: float = 5.0) -> None:
+        await eventually(lambda: self.acked.get(stream, 0) >= seq, timeout)
+
+    def count(self, stream: str, seq: int) -> int:
+        """How many ack messages said `seq` for `stream`."""
+        return sum(1 for acks in self.acks if acks.get(stream) == seq)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def stored(db: Path, stream: str) -> list[int]:
+    with sqlite3.connect(db) as conn:
+        return [s for (s,) in conn.execute("SELECT seq FROM records WHERE stream = ? ORDER BY seq", (stream,))]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
+async def consumers(broker: Broker, tmp_path: Path):  # type: ignore[no-untyped-def]
+    pair = [Consumer(broker.settings(), tmp_path / "central.db", name=f"c{i}") for i in (1, 2)]
+    tasks = []
+    for c in pair:
+        await c.start()
+    for c in pair:
+        assert await c.link.wait_subscribed(3)
+        tasks.append(asyncio.create_task(c.run()))
+    yield pair
+    for task in tasks:
+        assert not task.done(), task  # a consumer that died would have raised StoreFailed
+        task.cancel()
+    for c in pair:
+        await c.stop()
+
+
+@pytest.fixture
+async def robot(broker: Broker):  # type: ignore[no-untyped-def]
+    r = Robot(agent_link(broker.settings(), AGENT))
+    async with running(r.link):
+        r.start_reading()
+        yield r
+        await r.close()
+
+
+async def test_two_consumers_store_every_record_once_and_ack_the_contiguous_prefix(
+    consumers: list[Consumer], robot: Robot, tmp_path: Path
+) -> None:
+    db = tmp_path / "central.db"
+    # telemetry 31-40 was dropped by the agent; the gap record at 61 stands for it
+    telemetry = [s for s in range(1, 62) if not 31 <= s <= 40]
+    await asyncio.gather(robot.send("results", list(range(1, 121))), robot.send("telemetry", telemetry, {61: (31, 40)}))
+    await robot.until("results", 120)
+    await robot.until("telemetry", 61)
+    await robot.send("results", list(range(1, 21)))  # copies, as after a lost ack
+    await eventually(lambda: sum(c.counts["duplicates"] for c in consumers) == 20)
+
+    assert stored(db, "results") == list(range(1, 121))
+    assert stored(db, "telemetry") == telemetry
+    with sqlite3.connect(db) as conn:
+        shares = dict(conn.execute("SELECT consumer, COUNT(*) FROM records GROUP BY consumer").fetchall())
+    assert set(shares) == {"c1", "c2"}, shares  # the shared subscription split the work
+    assert sum(c.counts["stored"] for c in consumers) == 120 + len(telemetry)
+    assert sum(c.counts["duplicates"] for c in consumers) == 20
+    assert sum(c.counts["rejected"] for c in consumers) == 0
+    assert max(robot.acked.values()) == 120 and robot.acked == {"results": 120, "telemetry": 61}
+
+
+async def test_the_ack_stops_at_a_hole_until_it_is_filled(
+    consumers: list[Consumer], robot: Robot, tmp_path: Path
+) -> None:
+    db = tmp_path / "central.db"
+    await robot.send("results", [1, 2, 3, 4, 6, 7, 8, 9, 10])
+    await eventually(lambda: len(stored(db, "results")) == 9)  # 6-10 are committed, and acked as 4
+    await eventually(lambda: robot.count("results", 4) >= 1)
+    await asyncio.sleep(0.05)
+    assert robot.acked["results"] == 4 and all(a["results"] <= 4 for a in robot.acks)
+    await robot.send("results", [5])
+    await robot.until("results", 10)
+
+
+async def test_a_duplicate_is_acknowledged_again_and_not_stored(
+    consumers: list[Consumer], robot: Robot, tmp_path: Path
+) -> None:
+    await robot.send("results", [1, 2, 3])
+    await robot.until("results", 3)
+    threes = robot.count("results", 3)  # only the consumer that committed last computed 3
+    await robot.send("results", [2])
+    await eventually(lambda: robot.count("results", 3) == threes + 1, 2)  # the copy is acked with the prefix
+    assert stored(tmp_path / "central.db", "results") == [1, 2, 3]
+    assert sum(c.counts["duplicates"] for c in consumers) == 1
+
+
+async def test_a_record_that_breaks_the_contract_is_refused_and_the_next_one_stored(
+    consumers: list[Consumer], robot: Robot, tmp_path: Path
+) -> None:
+    forged = json.loads(envelope("results", 1))
+    forged["agent"] = "oht-002"
+    await robot.link.publish(up_topic(AGENT, "results"), json.dumps(forged).encode())
+    await robot.link.publish(up_topic(AGENT, "results"), b"not json")
+    await robot.send("results", [1])
+    await robot.until("results", 1)
+    assert stored(tmp_path / "central.db", "results") == [1]
+    assert sum(c.counts["rejected"] for c in consumers) == 2
+
+
+# ---------------------------------------------------------------- kill -9 of a consumer process
+def consumer_process(broker: Broker, pki: Pki, db: Path, name: str) -> subprocess.Popen[bytes]:
+    ident = pki.clients["central-1"]
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "central.consumer",
+            "--broker", f"{broker.host}:{broker.port}", "--db", str(db), "--name", name,
+            "--ca", str(pki.ca), "--cert", str(ident.cert), "--key", str(ident.key),
+            "--log-level", "WARNING",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def ready(proc: subprocess.Popen[bytes]) -> None:
+    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 10)  # type: ignore[union-attr]
+    assert line.startswith(b"READY central-"), line
+
+
+@pytest.mark.timeout(60)
+async def test_kill_9_of_a_consumer_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    db = tmp_path / "central.db"
+    n = 300
+    with Broker(tmp_path / "broker", pki=pki) as broker:
+        procs = [consumer_process(broker, pki, db, name) for name in ("a", "b")]
+        try:
+            await asyncio.gather(*(ready(p) for p in procs))
+            robot = Robot(agent_link(broker.settings(AGENT), AGENT))
+            async with running(robot.link):
+                robot.start_reading()
+                for start in range(1, n + 1, 20):  # a steady stream; consumer a dies after 100 are acked
+                    if start == 141:
+                        await robot.until("results", 100)
+                        procs[0].send_signal(signal.SIGKILL)
+                    await robot.send("results", list(range(start, start + 20)))
+                    await asyncio.sleep(0.005)
+
+                # The agent's outbox: whatever the ack does not cover is sent again while acks stall.
+                resent = 0
+                deadline = time.monotonic() + 20
+                while robot.acked.get("results", 0) < n:
+                    assert time.monotonic() < deadline, (robot.acked, resent)
+                    before = robot.acked.get("results", 0)
+                    await asyncio.sleep(0.2)
+                    if robot.acked.get("results", 0) == before:
+                        missing = list(range(before + 1, n + 1))
+                        resent += len(missing)
+                        await robot.send("results", missing)
+                await robot.close()
+            assert procs[0].wait(5) == -signal.SIGKILL
+            assert procs[1].poll() is None  # the other consumer took over
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+                p.stdout.close()  # type: ignore[union-attr]
+    assert procs[1].returncode == 0  # a clean stop on SIGTERM
+    assert stored(db, "results") == list(range(1, n + 1))  # every record, once
+    with sqlite3.connect(db) as conn:
+        progress = conn.execute("SELECT acked FROM progress WHERE agent = ? AND stream = 'results'", (AGENT,))
+        assert progress.fetchone() == (n,)

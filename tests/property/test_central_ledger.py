@@ -1,0 +1,101 @@
+"""The central ledger's acknowledgement is the contiguous prefix, whatever order and copies records come in.
+
+Records (and gap records standing for dropped telemetry ranges) arrive shuffled, duplicated and
+in batches of any size; after every batch the ack of each stream must equal the prefix computed
+by brute force from what has arrived so far, and so never go backwards or cover a seq that is
+neither stored nor inside a stored gap's range.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from central.ledger import Ledger
+from central.records import Record, decode
+
+AGENT = "oht-001"
+
+
+def record(stream: str, seq: int, gap: tuple[int, int] | None = None, rid: str | None = None) -> Record:
+    body: object = {"n": seq}
+    kind = "telemetry"
+    if gap is not None:
+        kind, body = "gap", {"from_seq": gap[0], "to_seq": gap[1], "dropped": gap[1] - gap[0] + 1, "reason": "full"}
+    envelope = {
+        "v": 1,
+        "agent": AGENT,
+        "stream": stream,
+        "seq": seq,
+        "id": rid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{seq}")),
+        "kind": kind,
+        "at": "2026-01-01T00:00:00.000000Z",
+        "body": body,
+        "sig": "c2ln",
+    }
+    return decode(f"oht/v1/{AGENT}/up/{stream}", json.dumps(envelope).encode())
+
+
+@st.composite
+def stream_plan(draw: st.DrawFn) -> tuple[int, dict[int, tuple[int, int]]]:
+    """n seqs; some ranges dropped, each replaced by a gap record at a later seq that was not dropped."""
+    n = draw(st.integers(1, 30))
+    gaps: dict[int, tuple[int, int]] = {}
+    dropped: set[int] = set()
+    for _ in range(draw(st.integers(0, 3))):
+        first = draw(st.integers(1, n))
+        last = draw(st.integers(first, min(n, first + 4)))
+        later = [g for g in range(last + 1, n + 1) if g not in dropped and g not in gaps]
+        if set(range(first, last + 1)) & (dropped | set(gaps)) or not later:
+            continue
+        gaps[draw(st.sampled_from(later))] = (first, last)
+        dropped |= set(range(first, last + 1))
+    return n, gaps
+
+
+def reference(arrived: set[int], gaps: dict[int, tuple[int, int]]) -> int:
+    accounted = set(arrived)
+    for seq in arrived & set(gaps):
+        accounted |= set(range(gaps[seq][0], gaps[seq][1] + 1))
+    k = 0
+    while k + 1 in accounted:
+        k += 1
+    return k
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), plans=st.lists(stream_plan(), min_size=1, max_size=2))
+def test_the_ack_is_the_contiguous_prefix_after_every_batch(
+    data: st.DataObject, plans: list[tuple[int, dict[int, tuple[int, int]]]]
+) -> None:
+    streams = {f"s{i}": plan for i, plan in enumerate(plans)}
+    deliveries: list[tuple[str, int]] = []
+    for name, (n, gaps) in streams.items():
+        dropped = {s for a, b in gaps.values() for s in range(a, b + 1)}
+        sent = [s for s in range(1, n + 1) if s not in dropped]
+        delivered = data.draw(st.lists(st.sampled_from(sent), max_size=2 * len(sent))) if sent else []
+        deliveries += [(name, s) for s in delivered]
+    order = data.draw(st.permutations(deliveries))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(order)), max_size=5)))
+
+    ledger = Ledger(":memory:", consumer="prop")
+    arrived: dict[str, set[int]] = {name: set() for name in streams}
+    acked = dict.fromkeys(streams, 0)
+    stored = 0
+    for start, end in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        batch = order[start:end]
+        done = ledger.commit([record(name, s, streams[name][1].get(s)) for name, s in batch])
+        stored += done.stored
+        for name, s in batch:
+            arrived[name].add(s)
+        for name in {name for name, _ in batch}:
+            expected = reference(arrived[name], streams[name][1])
+            assert done.acks[AGENT][name] == expected
+            assert expected >= acked[name]
+            acked[name] = expected
+    assert stored == sum(len(a) for a in arrived.values())  # each (stream, seq) once, however many copies came
+    for name in streams:
+        assert ledger.acked(AGENT, name) == reference(arrived[name], streams[name][1])
