@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     """Register the administration subcommands."""
     from agent.auth.roles import ROLES
 
-    user = sub.add_parser("user", help="manage API users (stop the daemon first)")
+    user = sub.add_parser("user", help="manage API users (stop the daemon first; unlock works while it runs)")
     user_sub = user.add_subparsers(dest="user_command", metavar="ACTION")
     user_sub.required = True
     add = user_sub.add_parser("add", help="create a user (the first admin is made this way)")
