@@ -20,13 +20,24 @@ async def test_unreadable_input_holds_the_estop(sim: SimProcess, agent_factory) 
     assert "ESTOP_PRESSED" in result.remaining
 
 
+async def reset_once_fresh(rt):  # type: ignore[no-untyped-def]
+    """A reset after the safety module's readings are fresh again.
+
+    The stop just before it can delay one safety poll past its freshness limit (the agent shares
+    this process and the machine's two cores with the test); a reset then, rightly, refuses with
+    SAFETY_DATA_STALE. What is tested here is the E-stop input, so the reset waits for fresh data.
+    """
+    assert await wait_for(lambda: rt.controller.fresh("safety", time.monotonic()), 2.0)
+    return await rt.controller.reset(user="tech")
+
+
 async def test_input_edges_drive_estop_discrepancy_and_reset(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link, extra=GPIO, wait_state=None)
     assert await wait_for(lambda: rt.controller.sm.state.value == "ESTOP", 10.0)
     assert await wait_for(lambda: "safety" in rt.pollers and rt.controller.fresh("safety", time.monotonic()), 10.0)
     rt._on_gpio((False, False), time.monotonic())  # what the line request's edge callback delivers
     await asyncio.sleep(0.2)
-    result = await rt.controller.reset(user="tech")
+    result = await reset_once_fresh(rt)
     assert result.remaining == {} and result.state == "IDLE", result
     # One channel opens: pressed at once.
     rt._on_gpio((True, False), time.monotonic())
@@ -39,7 +50,7 @@ async def test_input_edges_drive_estop_discrepancy_and_reset(sim: SimProcess, ag
     assert "ESTOP_PRESSED" in result.remaining
     rt._on_gpio((False, False), time.monotonic())
     await asyncio.sleep(0.2)
-    result = await rt.controller.reset(user="tech")
+    result = await reset_once_fresh(rt)
     assert result.remaining == {} and result.state == "IDLE", result
 
 
