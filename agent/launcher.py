@@ -115,13 +115,29 @@ class _Child:
                 self.code = os.waitstatus_to_exitcode(status)
         return self.code
 
+    def _wait_exit(self, timeout: float) -> None:
+        """Block until the child exits or `timeout` passes: a pidfd becomes readable at its exit,
+        so the wait ends the moment it does (no polling)."""
+        assert self.pid is not None
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            deadline = time.monotonic() + timeout
+            while self.exited() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                select.select([fd], [], [], left)
+        finally:
+            os.close(fd)
+
     def stop(self, timeout: float) -> None:
         if self.pid is None or self.exited() is not None:
             return
         os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.exited() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # a synchronous process with no event loop: nothing else waits on it
+        self._wait_exit(timeout)
         if self.exited() is None:
             _say(f"{self.role} did not stop within {timeout:.0f} s: killed")
             os.kill(self.pid, signal.SIGKILL)
