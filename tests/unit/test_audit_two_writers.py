@@ -4,9 +4,6 @@ row is refused as "not extending the chain" and the chain verifies, however thei
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,8 +11,8 @@ import pytest
 
 from agent.store.audit import Audit, AuditEntry, verify_chain
 from agent.store.database import Database
+from tests.second_writer import start_in_step
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 300
 
 CHILD = textwrap.dedent("""
@@ -41,13 +38,7 @@ CHILD = textwrap.dedent("""
 async def test_two_processes_append_to_one_chain_without_losing_a_row(tmp_path: Path) -> None:
     db = await Database.open(tmp_path)
     try:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(tmp_path), str(ROWS), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert child.stdout is not None and child.stdin is not None
-        assert (await asyncio.wait_for(child.stdout.readline(), 60)).strip() == b"ready"
-        child.stdin.write(b"go\n")
-        await child.stdin.drain()
+        child = await start_in_step(CHILD, tmp_path, ROWS)
         audit = Audit(db)
         failures = []
         for i in range(ROWS):

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +12,8 @@ import pytest
 from agent.store.commands import Commands
 from agent.store.database import Database
 from agent.store.outbox import Outbox
+from tests.second_writer import start_in_step
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 150
 KINDS = ("event", "audit", "telemetry", "alarm")
 
@@ -44,13 +41,7 @@ CHILD = textwrap.dedent("""
 async def test_two_processes_number_every_stream_gap_free(tmp_path: Path) -> None:
     db = await Database.open(tmp_path)
     try:
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CHILD, str(tmp_path), str(ROWS), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert child.stdout is not None and child.stdin is not None
-        assert (await asyncio.wait_for(child.stdout.readline(), 60)).strip() == b"ready"
-        child.stdin.write(b"go\n")
-        await child.stdin.drain()
+        child = await start_in_step(CHILD, tmp_path, ROWS)
         box, commands = Outbox(db), Commands(db)
         child_done = asyncio.create_task(child.wait())
         written = 0
