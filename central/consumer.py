@@ -1,13 +1,17 @@
 """The reference central consumer: every robot's records from the broker into one SQLite database.
 
     python -m central.consumer --broker broker.site:8883 --db /var/lib/central/records.db \\
+        --device-keys /etc/central/device-keys.toml \\
         --ca ca.crt --cert central-1.crt --key central-1.key --name central-1
 
 What it does with each batch of messages (as many as are waiting, up to `batch_max`):
 
-1. decodes and checks every envelope (`central.records.decode`) and asks `verify` (the signature
-   hook); a record that fails is logged with its code, counted and acknowledged to the broker,
-   because it will never become valid: the agent sends it again only if it is never acked;
+1. checks every message (`central.records.check`): the envelope decoded strictly, the signature
+   verified with the device key pinned for the topic's robot (`--device-keys`, see
+   `central/device_keys.py`), robot and stream against the topic. A record that fails is counted
+   under its code, logged (once a minute per robot and code, with how many since) and
+   acknowledged to the broker but never to the agent: the agent keeps it and sends it again, which
+   is what enrols a robot without losing anything once its key is pinned;
 2. commits the batch in one transaction (`central.ledger.Ledger.commit`): new records stored,
    duplicates counted, the contiguous prefix of every stream touched computed;
 3. publishes `{"v": 1, "acks": {stream: prefix}}` to `oht/v1/<agent>/ack` for every robot in the
@@ -25,6 +29,11 @@ the other consumers from then on, and what it held unacknowledged is sent again 
 outbox keeps every record until an ack covers it. A consumer that cannot write its database exits
 (CENTRAL_STORE_FAILED) instead of acknowledging records it did not store.
 
+Steps 1 and 2 run in the database thread, one call per batch: Ed25519 verification is the larger
+part of the work per record, and there it keeps the event loop free to read the next messages and
+send acks between batches (the verification holds the GIL, so this is about latency, not about
+using a second core).
+
 Run several consumers side by side (each its own `--name`, one `--db`): see `central/ledger.py`.
 """
 
@@ -39,6 +48,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,16 +61,20 @@ from agent.sync.mqtt_link import (
     MqttSettingsInvalid,
     ack_topic,
 )
+from central.device_keys import DeviceKeys
+from central.errors import DeviceKeysInvalid
 from central.ledger import Committed, Ledger, StoreFailed
-from central.records import Record, RecordInvalid, SignatureInvalid, Verifier, decode, verify
+from central.records import Record, Refusal, check
 
 __all__ = ["Consumer", "StoreFailed", "main"]
 
 log = logging.getLogger("central.consumer")
 
+REFUSAL_LOG_INTERVAL_S = 60.0
+
 
 class Consumer:
-    """One consumer: the MQTT link (shared subscription, clean session) and a ledger connection."""
+    """One consumer: the MQTT link (shared subscription, clean session), a ledger connection and the pinned keys."""
 
     def __init__(
         self,
@@ -68,11 +82,12 @@ class Consumer:
         db: Path,
         *,
         name: str,
-        verifier: Verifier = verify,
+        device_keys: DeviceKeys,
         batch_max: int = 200,
     ) -> None:
         self.name = name
         self.db = db
+        self.device_keys = device_keys
         self.link = MqttLink(
             settings,
             client_id=f"central-{name}",
@@ -80,10 +95,11 @@ class Consumer:
             persistent_session=False,
         )
         self.counts: collections.Counter[str] = collections.Counter()
-        self._verify = verifier
+        self.refusals: collections.Counter[str] = collections.Counter()  # by code
         self._batch_max = batch_max
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-db")
         self._ledger: Ledger | None = None
+        self._logged: dict[tuple[str | None, str], tuple[float, int]] = {}  # (agent, code) -> (when, since)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -102,6 +118,13 @@ class Consumer:
             await asyncio.get_running_loop().run_in_executor(self._executor, ledger.close)
         self._executor.shutdown(wait=True)
 
+    def reload_keys(self) -> None:
+        """Read the device keys file again (SIGHUP), in the thread that uses them."""
+        try:
+            self._executor.submit(self.device_keys.reload)
+        except RuntimeError:  # stopping: the executor is shut down
+            pass
+
     async def _take_batch(self) -> list[Incoming]:
         batch = [await self.link.receive()]
         while len(batch) < self._batch_max:
@@ -111,35 +134,51 @@ class Consumer:
                 break
         return batch
 
-    def _check(self, message: Incoming) -> Record | None:
+    def _check_and_commit(self, batch: list[Incoming]) -> tuple[Committed, list[Refusal]]:
+        """Steps 1 and 2, in the database thread."""
+        self.device_keys.refresh()
+        records: list[Record] = []
+        refused: list[Refusal] = []
+        for message in batch:
+            outcome = check(message.topic, message.payload, self.device_keys)
+            if isinstance(outcome, Refusal):
+                refused.append(outcome)
+            else:
+                records.append(outcome)
+        if not records:
+            return Committed(), refused
+        assert self._ledger is not None, "start() first"
         try:
-            record = decode(message.topic, message.payload)
-            if not self._verify(record):
-                raise SignatureInvalid(f"{record.agent}/{record.stream}/{record.seq}")
-        except RecordInvalid as exc:
-            self.counts["rejected"] += 1
-            log.warning("refused a record on %s: %s", message.topic, exc)
-            return None
-        return record
+            return self._ledger.commit(records), refused
+        except Exception as exc:
+            raise StoreFailed(f"committing {len(records)} records to {self.db}: {exc}") from exc
 
     async def handle(self, batch: list[Incoming]) -> None:
         """Steps 1-4 of the module docstring for one batch."""
-        records = [r for r in (self._check(m) for m in batch) if r is not None]
-        if records:
-            assert self._ledger is not None, "start() first"
-            try:
-                done: Committed = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._ledger.commit, records
-                )
-            except Exception as exc:
-                raise StoreFailed(f"committing {len(records)} records to {self.db}: {exc}") from exc
-            self.counts["stored"] += done.stored
-            self.counts["duplicates"] += done.duplicates
-            self.counts["conflicts"] += len(done.conflicts)
-            for agent, acks in done.acks.items():
-                self._send_ack(agent, acks)
+        done, refused = await asyncio.get_running_loop().run_in_executor(self._executor, self._check_and_commit, batch)
+        for refusal in refused:
+            self._refused(refusal)
+        self.counts["stored"] += done.stored
+        self.counts["duplicates"] += done.duplicates
+        self.counts["conflicts"] += len(done.conflicts)
+        for agent, acks in done.acks.items():
+            self._send_ack(agent, acks)
         for message in batch:
             message.ack()
+
+    def _refused(self, refusal: Refusal) -> None:
+        """Count it; log it unless this robot's records were refused with this code less than a minute ago."""
+        self.counts["rejected"] += 1
+        self.refusals[refusal.code] += 1
+        key = (refusal.agent, refusal.code)
+        now = time.monotonic()
+        last, since = self._logged.get(key, (-REFUSAL_LOG_INTERVAL_S, 0))
+        if now - last < REFUSAL_LOG_INTERVAL_S:
+            self._logged[key] = (last, since + 1)
+            return
+        self._logged[key] = (now, 0)
+        more = f" ({since} more since the last report)" if since else ""
+        log.warning("refused a record of %s: %s: %s%s", refusal.agent or "?", refusal.code, refusal.reason, more)
 
     def _send_ack(self, agent: str, acks: dict[str, int]) -> None:
         payload = json.dumps({"v": 1, "acks": acks}, separators=(",", ":")).encode()
@@ -171,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--broker", type=_broker, required=True, metavar="HOST:PORT", help="the site's MQTT 5 broker")
     parser.add_argument("--db", type=Path, required=True, help="SQLite file, shared by every consumer on this host")
     parser.add_argument(
+        "--device-keys",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="TOML file of the pinned device keys, one line per robot: \"<agent id>\" = \"<key>\", the key as "
+        "`oht-agent upstream pubkey` prints it (base64 or PEM). A robot not in it is refused "
+        "(CENTRAL_DEVICE_UNKNOWN) until it is added; the file is read again on SIGHUP and when it changes",
+    )
+    parser.add_argument(
         "--name",
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="unique per consumer; the client id is central-NAME (default: host-pid)",
@@ -188,6 +236,7 @@ async def _serve(consumer: Consumer) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, consumer.reload_keys)
     try:
         await consumer.start()
     except StoreFailed as exc:
@@ -222,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     host, port = args.broker
     try:
+        keys = DeviceKeys(args.device_keys)
+    except DeviceKeysInvalid as exc:
+        print(f"{exc.code}: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 2
+    log.info("%d device keys pinned (%s)", len(keys), args.device_keys)
+    try:
         settings = MqttSettings(
             host=host,
             port=port,
@@ -231,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             backoff_initial_s=0.5,
             backoff_max_s=10.0,
         )
-        consumer = Consumer(settings, args.db, name=args.name)
+        consumer = Consumer(settings, args.db, name=args.name, device_keys=keys)
     except MqttSettingsInvalid as exc:
         print(exc, file=sys.stderr)
         return 2

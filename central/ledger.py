@@ -3,8 +3,14 @@
 Each record is kept once under its key (agent, stream, seq): a copy that arrives again (MQTT
 redelivers, the agent resends what was not acknowledged) is counted as a duplicate and changes
 nothing. A copy with the same key but another record id is a conflict: the first one stays, the
-other is logged (CENTRAL_SEQ_CONFLICT), because overwriting would let a second sender rewrite
-history.
+other is refused and logged (UPSTREAM_SEQ_CONFLICT, the agent's code for it), because overwriting
+would let a second sender rewrite history, and acknowledging it would let the robot delete a record
+the centre does not hold.
+
+This is the `committed_id` half of `agent.sync.replay.judge_record`, decided here, in the transaction
+that stores the record, because only the commit is the authority: a lookup before it could be
+overtaken by another consumer's commit. The signature half is checked before the transaction
+(central/records.py), so the write lock is never held while signatures are verified.
 
 The acknowledgement of a stream is its contiguous prefix: the highest seq n such that every seq
 from 1 to n is accounted for, either stored or inside the range named by a stored gap record. It
@@ -32,8 +38,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from central.records import Record
-from drivers.errors import CodedError
+from agent.sync.envelope import Record, canonical
+from agent.sync.errors import SeqConflict
+from central.errors import StoreFailed
 
 __all__ = ["Committed", "Ledger", "SeqConflict", "StoreFailed"]
 
@@ -72,22 +79,6 @@ CREATE TABLE IF NOT EXISTS progress (
 """
 
 
-class StoreFailed(CodedError):
-    code = "CENTRAL_STORE_FAILED"
-    hint = (
-        "The central database could not be opened or written (disk, permissions, lock): "
-        "the consumer stops rather than acknowledge what it did not store."
-    )
-
-
-class SeqConflict(CodedError):
-    code = "CENTRAL_SEQ_CONFLICT"
-    hint = (
-        "Two different records arrived under one (agent, stream, seq): the first is kept. Two robots may share "
-        "an agent id, or the robot's database was replaced without a new id."
-    )
-
-
 @dataclass(frozen=True)
 class Committed:
     """What one batch did; `acks` holds the prefix of every (agent, stream) the batch touched."""
@@ -96,6 +87,11 @@ class Committed:
     duplicates: int = 0
     conflicts: tuple[Record, ...] = ()
     acks: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _body(record: Record) -> str:
+    """The body as stored: its canonical JSON, the text the signature covered."""
+    return canonical(record.body).decode("utf-8")
 
 
 def _utc_now() -> str:
@@ -147,18 +143,19 @@ class Ledger:
         received_at = _utc_now()
         with self._transaction():
             for r in records:
-                touched.add((r.agent, r.stream))
                 cur = self._conn.execute(
                     "INSERT INTO records (agent, stream, seq, id, kind, at, body, sig, received_at, consumer)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (r.agent, r.stream, r.seq, r.id, r.kind, r.at, r.body_json(), r.sig, received_at, self.consumer),
+                    (r.agent, r.stream, r.seq, r.id, r.kind, r.at, _body(r), r.sig, received_at, self.consumer),
                 )
                 if cur.rowcount == 1:
                     stored += 1
-                    if r.gap is not None:
+                    touched.add((r.agent, r.stream))
+                    gap = r.gap()
+                    if gap is not None:
                         self._conn.execute(
                             "INSERT INTO covered (agent, stream, gap_seq, from_seq, to_seq) VALUES (?, ?, ?, ?, ?)",
-                            (r.agent, r.stream, r.seq, r.gap.from_seq, r.gap.to_seq),
+                            (r.agent, r.stream, r.seq, gap.from_seq, gap.to_seq),
                         )
                     continue
                 (kept,) = self._conn.execute(
@@ -166,7 +163,8 @@ class Ledger:
                 ).fetchone()
                 if kept == r.id:
                     duplicates += 1
-                else:
+                    touched.add((r.agent, r.stream))  # the agent missed the ack: it gets it again
+                else:  # not acknowledged for it: an ack sent for it alone would prune the robot's copy
                     conflicts.append(r)
             acks: dict[str, dict[str, int]] = {}
             for agent, stream in sorted(touched):
