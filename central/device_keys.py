@@ -45,7 +45,7 @@ _Stamp = tuple[int, int, int, int]
 
 def _line_of(text: str, agent: str) -> int | None:
     """The line of `agent`'s entry, for a message a person can act on (TOML gives values, not lines)."""
-    pattern = re.compile(rf"""^\s*(?:"{re.escape(agent)}"|'{re.escape(agent)}'|{re.escape(agent)})\s*=""")
+    pattern = re.compile(rf"""^\s*(?:"{re.escape(agent)}"|'{re.escape(agent)}'|{re.escape(agent)})\s*[=.]""")
     for number, line in enumerate(text.splitlines(), 1):
         if pattern.match(line):
             return number

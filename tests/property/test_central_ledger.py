@@ -8,35 +8,17 @@ neither stored nor inside a stored gap's range.
 
 from __future__ import annotations
 
-import json
-import uuid
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.sync.envelope import Record
 from central.ledger import Ledger
-from central.records import Record, decode
-
-AGENT = "oht-001"
+from tests.property.test_central_records import AGENT, record_id, signed
 
 
 def record(stream: str, seq: int, gap: tuple[int, int] | None = None, rid: str | None = None) -> Record:
-    body: object = {"n": seq}
-    kind = "telemetry"
-    if gap is not None:
-        kind, body = "gap", {"from_seq": gap[0], "to_seq": gap[1], "dropped": gap[1] - gap[0] + 1, "reason": "full"}
-    envelope = {
-        "v": 1,
-        "agent": AGENT,
-        "stream": stream,
-        "seq": seq,
-        "id": rid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{stream}/{seq}")),
-        "kind": kind,
-        "at": "2026-01-01T00:00:00.000000Z",
-        "body": body,
-        "sig": "c2ln",
-    }
-    return decode(f"oht/v1/{AGENT}/up/{stream}", json.dumps(envelope).encode())
+    """A signed record; `rid` names another record under the same seq (any text: it is made a UUIDv7 shape)."""
+    return signed(stream, seq, kind="telemetry", gap=gap, rid=record_id(rid) if rid is not None else None)
 
 
 @st.composite
