@@ -8,53 +8,45 @@ What is stored is read from the central database itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.sync.envelope import encode_record
+from agent.sync.identity import DeviceIdentity
 from agent.sync.mqtt_link import Incoming, MqttLink, agent_link, up_topic
-from central.consumer import Consumer
+from central.consumer import Consumer, main
+from central.device_keys import DeviceKeys
 from tests.broker import Broker, Pki, mosquitto_binary, running, skip_reason
+from tests.property.test_central_records import AGENT, DEVICE, OTHER, keys_file, record_id, signed
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason=skip_reason())
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT = "oht-001"
 
 
-def envelope(stream: str, seq: int, *, gap: tuple[int, int] | None = None) -> bytes:
-    kind, body = ("telemetry", {"n": seq}) if stream == "telemetry" else ("command_result", {"n": seq})
-    if gap is not None:
-        kind, body = "gap", {"from_seq": gap[0], "to_seq": gap[1], "dropped": gap[1] - gap[0] + 1, "reason": "full"}
-    return json.dumps(
-        {
-            "v": 1,
-            "agent": AGENT,
-            "stream": stream,
-            "seq": seq,
-            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{AGENT}/{stream}/{seq}")),  # a resend is the same record
-            "kind": kind,
-            "at": "2026-01-01T00:00:00.000000Z",
-            "body": body,
-            "sig": "c2ln",
-        }
-    ).encode()
+def envelope(stream: str, seq: int, *, gap: tuple[int, int] | None = None, agent: str = AGENT) -> bytes:
+    """The record the robot `agent` publishes for `seq` (the same bytes every time: a resend is a copy)."""
+    device = {AGENT: DEVICE, "oht-002": OTHER}[agent]
+    return encode_record(signed(stream, seq, gap=gap, agent=agent, device=device))
 
 
 class Robot:
     """Publishes records and keeps the highest ack per stream (and every ack message, in order)."""
 
-    def __init__(self, link: MqttLink) -> None:
+    def __init__(self, link: MqttLink, agent: str = AGENT) -> None:
         self.link = link
+        self.agent = agent
         self.acked: dict[str, int] = {}
         self.acks: list[dict[str, int]] = []
         self._reader: asyncio.Task[None] | None = None
@@ -74,8 +66,9 @@ class Robot:
 
     async def send(self, stream: str, seqs: list[int], gaps: dict[int, tuple[int, int]] | None = None) -> None:
         gaps = gaps or {}
-        topic = up_topic(AGENT, stream)
-        await asyncio.gather(*(self.link.publish(topic, envelope(stream, s, gap=gaps.get(s))) for s in seqs))
+        topic = up_topic(self.agent, stream)
+        payloads = [envelope(stream, s, gap=gaps.get(s), agent=self.agent) for s in seqs]
+        await asyncio.gather(*(self.link.publish(topic, payload) for payload in payloads))
 
     async def until(self, stream: str, seq: int, timeout: float = 5.0) -> None:
         await eventually(lambda: self.acked.get(stream, 0) >= seq, timeout)
@@ -91,9 +84,12 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
             await asyncio.sleep(0.01)
 
 
-def stored(db: Path, stream: str) -> list[int]:
+def stored(db: Path, stream: str, agent: str = AGENT) -> list[int]:
+    if not db.exists():
+        return []
     with sqlite3.connect(db) as conn:
-        return [s for (s,) in conn.execute("SELECT seq FROM records WHERE stream = ? ORDER BY seq", (stream,))]
+        query = "SELECT seq FROM records WHERE agent = ? AND stream = ? ORDER BY seq"
+        return [s for (s,) in conn.execute(query, (agent, stream))]
 
 
 @pytest.fixture
@@ -103,8 +99,16 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture
-async def consumers(broker: Broker, tmp_path: Path):  # type: ignore[no-untyped-def]
-    pair = [Consumer(broker.settings(), tmp_path / "central.db", name=f"c{i}") for i in (1, 2)]
+def device_keys(tmp_path: Path) -> DeviceKeys:
+    """The centre's pinned keys: robots oht-001 and oht-002."""
+    return DeviceKeys(keys_file(tmp_path / "device-keys.toml", {AGENT: DEVICE, "oht-002": OTHER}))
+
+
+@pytest.fixture
+async def consumers(broker: Broker, tmp_path: Path, device_keys: DeviceKeys):  # type: ignore[no-untyped-def]
+    pair = [
+        Consumer(broker.settings(), tmp_path / "central.db", name=f"c{i}", device_keys=device_keys) for i in (1, 2)
+    ]
     tasks = []
     for c in pair:
         await c.start()
@@ -186,16 +190,20 @@ async def test_a_record_that_breaks_the_contract_is_refused_and_the_next_one_sto
     await robot.send("results", [1])
     await robot.until("results", 1)
     assert stored(tmp_path / "central.db", "results") == [1]
-    assert sum(c.counts["rejected"] for c in consumers) == 2
+    await eventually(lambda: sum(c.counts["rejected"] for c in consumers) == 2)
+    refusals = sum((c.refusals for c in consumers), collections.Counter())
+    assert refusals == {"UPSTREAM_MALFORMED": 2}  # not canonical JSON any more, and not JSON at all
 
 
 # ---------------------------------------------------------------- kill -9 of a consumer process
 def consumer_process(broker: Broker, pki: Pki, db: Path, name: str) -> subprocess.Popen[bytes]:
     ident = pki.clients["central-1"]
+    keys = keys_file(db.with_name("device-keys.toml"), {AGENT: DEVICE})
     return subprocess.Popen(
         [
             sys.executable, "-m", "central.consumer",
             "--broker", f"{broker.host}:{broker.port}", "--db", str(db), "--name", name,
+            "--device-keys", str(keys),
             "--ca", str(pki.ca), "--cert", str(ident.cert), "--key", str(ident.key),
             "--log-level", "WARNING",
         ],
