@@ -268,3 +268,135 @@ async def test_kill_9_of_a_consumer_mid_stream_loses_nothing(tmp_path: Path) -> 
     with sqlite3.connect(db) as conn:
         progress = conn.execute("SELECT acked FROM progress WHERE agent = ? AND stream = 'results'", (AGENT,))
         assert progress.fetchone() == (n,)
+
+
+# ---------------------------------------------------------------- pinned device keys
+@pytest.fixture
+async def consumer(broker: Broker, tmp_path: Path, device_keys: DeviceKeys):  # type: ignore[no-untyped-def]
+    """One consumer, so that the order of its acks is the order of its batches."""
+    c = Consumer(broker.settings(), tmp_path / "central.db", name="c1", device_keys=device_keys)
+    await c.start()
+    assert await c.link.wait_subscribed(3)
+    task = asyncio.create_task(c.run())
+    yield c
+    assert not task.done(), task
+    task.cancel()
+    await c.stop()
+
+
+def altered(stream: str, seq: int) -> bytes:
+    """The robot's record with its body changed on the way, still canonical JSON: only the signature tells."""
+    doc = json.loads(envelope(stream, seq))
+    doc["body"]["n"] = seq + 1000
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def test_a_record_altered_in_transit_is_refused_and_the_ack_stops_below_it(
+    consumer: Consumer, robot: Robot, tmp_path: Path
+) -> None:
+    await robot.send("results", [1, 2])
+    await robot.link.publish(up_topic(AGENT, "results"), altered("results", 3))
+    await robot.send("results", [4])
+    await eventually(lambda: consumer.counts["stored"] == 3)
+    await eventually(lambda: len(robot.acks) == consumer.counts["acks_sent"])  # every ack sent has arrived
+    assert stored(tmp_path / "central.db", "results") == [1, 2, 4]
+    assert consumer.refusals == {"UPSTREAM_SIGNATURE_INVALID": 1}
+    assert all(a["results"] <= 2 for a in robot.acks)
+    await robot.send("results", [3])  # the agent sends it again, unaltered this time
+    await robot.until("results", 4)
+    with sqlite3.connect(tmp_path / "central.db") as conn:
+        (body,) = conn.execute("SELECT body FROM records WHERE agent = ? AND seq = 3", (AGENT,)).fetchone()
+    assert json.loads(body) == {"n": 3}
+
+
+async def test_a_record_signed_by_another_robots_key_is_refused(
+    consumer: Consumer, broker: Broker, robot: Robot, tmp_path: Path
+) -> None:
+    b = Robot(agent_link(broker.settings(), "oht-002"), "oht-002")
+    async with running(b.link):
+        # robot A's key, robot B's agent id and topic: B's pinned key does not verify it
+        forged = encode_record(signed("results", 1, agent="oht-002", device=DEVICE))
+        await b.link.publish(up_topic("oht-002", "results"), forged)
+        await b.link.publish(up_topic("oht-002", "results"), envelope("results", 1))  # A's record, B's topic
+        await eventually(lambda: consumer.refusals["UPSTREAM_SIGNATURE_INVALID"] == 2)
+        await b.send("results", [1])  # B's own record is taken
+        await eventually(lambda: stored(tmp_path / "central.db", "results", "oht-002") == [1])
+    assert stored(tmp_path / "central.db", "results") == []  # nothing filed under A either
+    assert consumer.counts["stored"] == 1
+
+
+async def test_a_replay_is_a_duplicate_and_another_record_under_a_committed_seq_never_replaces_it(
+    consumer: Consumer, robot: Robot, tmp_path: Path
+) -> None:
+    db = tmp_path / "central.db"
+    await robot.send("results", [1, 2])
+    await robot.until("results", 2)
+    twos = robot.count("results", 2)
+    await robot.send("results", [2])  # the same seq and id again, after the ack
+    await eventually(lambda: robot.count("results", 2) == twos + 1)  # acknowledged again
+    assert consumer.counts["duplicates"] == 1 and stored(db, "results") == [1, 2]
+
+    # signed by the robot, but another record under seq 2 (its database went back) ...
+    stale = signed("results", 2, body={"n": "stale"}, rid=record_id("restored/2"))
+    # ... and the committed record with its id changed: the signature no longer covers it
+    forged = json.loads(envelope("results", 2))
+    forged["id"] = record_id("forged/2")
+    forged_raw = json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    await robot.link.publish(up_topic(AGENT, "results"), encode_record(stale))
+    await eventually(lambda: consumer.counts["conflicts"] == 1)
+    await robot.link.publish(up_topic(AGENT, "results"), forged_raw)
+    await eventually(lambda: consumer.refusals["UPSTREAM_SIGNATURE_INVALID"] == 1)
+    await robot.send("results", [3])
+    await robot.until("results", 3)
+    assert robot.count("results", 2) == twos + 1  # the conflict and the forgery were not acknowledged
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq, id, body FROM records WHERE agent = ? ORDER BY seq", (AGENT,)).fetchall()
+    assert rows[1] == (2, record_id(f"{AGENT}/results/2"), '{"n":2}') and len(rows) == 3
+
+
+async def test_a_robot_without_a_pinned_key_is_refused_until_its_key_is_added(
+    consumer: Consumer, broker: Broker, device_keys: DeviceKeys, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "central.db"
+    keys_file(device_keys.path, {"oht-002": OTHER})  # robot oht-001 not enrolled (yet)
+    caplog.set_level(logging.WARNING, logger="central.consumer")
+    robot = Robot(agent_link(broker.settings(), AGENT))
+    async with running(robot.link):
+        robot.start_reading()
+        await robot.send("results", [1, 2])
+        await robot.send("results", [3])
+        await eventually(lambda: consumer.refusals["CENTRAL_DEVICE_UNKNOWN"] == 3)
+        assert stored(db, "results") == [] and consumer.counts["acks_sent"] == 0 and robot.acks == []
+        unknown = [r for r in caplog.records if "CENTRAL_DEVICE_UNKNOWN" in r.getMessage()]
+        assert len(unknown) == 1, unknown  # once per robot per minute, not per record
+
+        keys_file(device_keys.path, {"oht-002": OTHER, AGENT: DEVICE})  # enrolled: no restart
+        await robot.send("results", [1, 2, 3])  # the agent sends again what was never acked
+        await robot.until("results", 3)
+        await robot.close()
+    assert stored(db, "results") == [1, 2, 3]
+
+
+def test_help_describes_device_keys_and_a_bad_keys_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert "--device-keys FILE" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["--broker", "localhost:1883", "--db", str(tmp_path / "c.db")])  # the flag is required
+    assert done.value.code == 2 and "--device-keys" in capsys.readouterr().err
+
+    bad = tmp_path / "keys.toml"
+    bad.write_text(f'"{AGENT}" = "{DEVICE.public.base64()}"\n"oht-002" = "not a key"\n')
+    assert main(["--broker", "localhost:1883", "--db", str(tmp_path / "c.db"), "--device-keys", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "CENTRAL_DEVICE_KEYS_INVALID" in err and f"{bad}, line 2, entry 'oht-002'" in err
+    assert not (tmp_path / "c.db").exists()  # refused before anything was opened
+
+    missing = tmp_path / "nowhere.toml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "central.consumer", "--broker", "localhost:1883", "--db", str(tmp_path / "c.db"),
+         "--device-keys", str(missing)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2 and str(missing) in proc.stderr and "CENTRAL_DEVICE_KEYS_INVALID" in proc.stderr
