@@ -5,7 +5,10 @@ hold: take every robot's records from the site broker through the shared subscri
 once under (agent, stream, seq), and acknowledge per stream only the contiguous prefix it has
 committed, so an agent prunes nothing the centre does not hold.
 
-- `records.py`: the record envelope, decoded and checked, and the `verify` hook for signatures;
+- `records.py`: one message checked with the agent's own envelope and rules (agent/sync), the
+  signature against the robot's pinned device key;
+- `device_keys.py`: the pinned device keys, a file the central team keeps (enrolment);
 - `ledger.py`: the SQLite store and the contiguous prefix;
+- `errors.py`: the consumer's own codes (the rest are the agent's UPSTREAM_* codes);
 - `consumer.py`: the MQTT side and the command line (`python -m central.consumer --help`).
 """
