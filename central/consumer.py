@@ -148,6 +148,8 @@ class Consumer:
 
     async def handle(self, batch: list[Incoming]) -> None:
         """Steps 1-4 of the module docstring for one batch."""
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
         self.device_keys.refresh()
         size = -(-len(batch) // self._verify_threads)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.sync.envelope import STREAM_RE, AGENT_RE, Record, decode_record
+from agent.sync.envelope import AGENT_RE, STREAM_RE, Record, decode_record
 from agent.sync.errors import MessageMalformed, UpstreamError
 from agent.sync.replay import RecordOutcome, judge_record
 from central.device_keys import DeviceKeys

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from agent.sync.envelope import encode_record
-from agent.sync.identity import DeviceIdentity
 from agent.sync.mqtt_link import Incoming, MqttLink, agent_link, up_topic
 from central.consumer import Consumer, main
 from central.device_keys import DeviceKeys

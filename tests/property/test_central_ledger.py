@@ -81,3 +81,29 @@ def test_the_ack_is_the_contiguous_prefix_after_every_batch(
     assert stored == sum(len(a) for a in arrived.values())  # each (stream, seq) once, however many copies came
     for name in streams:
         assert ledger.acked(AGENT, name) == reference(arrived[name], streams[name][1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(1, 12))
+def test_a_record_under_a_committed_seq_never_replaces_it_nor_is_acknowledged_alone(
+    data: st.DataObject, n: int
+) -> None:
+    """Copies with other ids (a robot whose database went back, two robots under one id) arrive
+    mixed with the originals: the first id committed under a seq stays, and a batch of nothing but
+    such conflicts sends no ack, since an ack for it would make the robot delete its own copy."""
+    versions = {seq: [record("results", seq, rid=f"{seq}/{v}") for v in range(3)] for seq in range(1, n + 1)}
+    order = data.draw(st.lists(st.tuples(st.integers(1, n), st.integers(0, 2)), min_size=1, max_size=3 * n))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(order)), max_size=4)))
+    ledger = Ledger(":memory:", consumer="prop")
+    first: dict[int, str] = {}
+    for start, end in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        batch = [versions[seq][v] for seq, v in order[start:end]]
+        done = ledger.commit(batch)
+        new = {r.seq: r.id for r in reversed(batch) if r.seq not in first}  # the batch's first copy wins
+        conflicts = [r for r in batch if r.id != {**new, **first}[r.seq]]
+        first.update(new)
+        assert list(done.conflicts) == conflicts
+        if batch and len(conflicts) == len(batch):
+            assert done.acks == {}
+    rows = dict(ledger._conn.execute("SELECT seq, id FROM records"))  # noqa: SLF001 - the stored truth
+    assert rows == first
