@@ -304,3 +304,36 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
             assert {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")} == expected
         finally:
             await core_db.close()
+
+
+async def test_the_gateway_serves_while_the_broker_is_down_and_delivers_once_it_is_up(tmp_path: Path) -> None:
+    import httpx
+
+    from agent.gateway import Gateway
+
+    broker = Broker(tmp_path / "broker")  # its port is chosen; nothing listens on it yet
+    extra = (
+        f'\n[upstream]\nbroker = "mqtt://127.0.0.1:{broker.port}"\nack_timeout_s = 1.0\n'
+        f'central_public_key = "{central_key_text()}"\n'
+    )
+    cfg = agent_config(tmp_path, "/dev/null", extra)
+    core_db = await Database.open(cfg.data_path)
+    ledger = tmp_path / "central.db"
+    gateway = Gateway(cfg)
+    try:
+        await write(core_db, mixed(0))
+        expected = await outbox_rows(core_db)
+        await gateway.start()
+        async with httpx.AsyncClient(base_url=gateway.api.url, timeout=5.0) as client:  # type: ignore[union-attr]
+            assert (await client.get("/healthz")).status_code == 200
+        assert gateway.upstream is not None and gateway.tasks.healthy
+        link = gateway.upstream.link
+        assert link is not None and await wait_for(lambda: link.stats().connect_failures >= 1, 3.0)
+        with broker:
+            async with consuming(make_consumer(broker.settings(), ledger)):
+                assert await wait_for(lambda: len(ledger_rows(ledger, "oht-test")) == len(expected), 6.0)
+        assert gateway.tasks.healthy
+    finally:
+        await gateway.shutdown()
+        await core_db.close()
+    assert {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")} == expected
