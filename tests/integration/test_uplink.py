@@ -337,3 +337,24 @@ async def test_the_gateway_serves_while_the_broker_is_down_and_delivers_once_it_
         await gateway.shutdown()
         await core_db.close()
     assert {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")} == expected
+
+
+async def test_an_alarm_gets_a_slot_while_telemetry_fills_the_window(db: Database, broker: Broker, tmp_path: Path) -> None:
+    """No ack ever comes: the window is full of telemetry, and an alarm written now still goes."""
+    await write(db, [("telemetry", {"n": i}) for i in range(500)])
+    listener = MqttLink(broker.settings(), client_id="listener", subscriptions=(f"oht/v1/{AGENT}/up/+",), persistent_session=False)
+    robot = Robot(db, broker.settings(), tmp_path / "keys", window=16, ack_timeout_s=60.0)
+    seen: list[tuple[str, int]] = []
+
+    async def take(until: int) -> None:
+        while len(seen) < until:
+            doc = json.loads((await next_message(listener, 3.0)).payload)
+            seen.append((doc["stream"], doc["seq"]))
+
+    async with running(listener), robot.sending():
+        await take(14)  # 16 less the two slots kept for critical streams
+        await asyncio.sleep(0.2)
+        assert listener.unread == 0
+        await write(db, [("alarm", {"code": "OVERTEMP", "raised": True})])
+        await take(15)
+    assert seen == [("telemetry", n) for n in range(1, 15)] + [("alarms", 1)]
