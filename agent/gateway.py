@@ -1,4 +1,4 @@
-"""The gateway process: the local HTTP API (and, later, upstream sync), joined to the core by its socket.
+"""The gateway process: the local HTTP API and upstream sync, joined to the core by its socket.
 
 It owns no device: it cannot open the serial port or the watchdog, and nothing it does can delay
 the core's loop (the core admits its requests at a bounded rate). It opens the database the core
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from agent.api.server import ApiServer
     from agent.link.client import CoreClient
     from agent.store.database import Database
+    from agent.sync.service import UpstreamService
 
 __all__ = ["Gateway"]
 
@@ -50,6 +51,7 @@ class Gateway:
         self.db: Database | None = None
         self.client: CoreClient | None = None
         self.api: ApiServer | None = None
+        self.upstream: UpstreamService | None = None
         self.notifier = SdNotifier()
         self.tasks = TaskSupervisor(on_death=self._on_task_died)
         self._stop = asyncio.Event()
@@ -88,16 +90,32 @@ class Gateway:
         await self.api.start()
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
-        if cfg.upstream.enabled:
-            # The protocol, the streams and the keys exist; the link that drains them does not yet.
-            log.warning("[upstream] broker %s is configured, but this release does not connect upstream yet: "
-                        "records are kept in the outbox until it does", cfg.upstream.broker)  # fmt: skip
         for task, name in ((self.client.task, "core-link"), (self.api.task, "api-server"), (self.db.writer_task, "store-writer")):
             if task is not None:
                 self.tasks.watch(task, name)
+        if cfg.upstream.enabled:
+            await self._start_upstream()
         self.notifier.ready("serving the API")
         freeze_startup_heap()
         self._watchdog = asyncio.create_task(self._feed_watchdog(), name="gateway-watchdog")
+
+    async def _start_upstream(self) -> None:
+        """Upstream sync beside the API. A setup that cannot work (the device key, the TLS files)
+        is logged with its code and leaves the API serving; the broker's own trouble never comes
+        here, the link retries it."""
+        from agent.sync.service import UpstreamService
+
+        assert self.db is not None and self.client is not None
+        service = UpstreamService(self.config, self.db, self.client)
+        try:
+            await service.start()
+        except CodedError as exc:
+            log.error("upstream sync is off: %s", exc)
+            await service.stop()
+            return
+        self.upstream = service
+        for task, name in service.tasks:
+            self.tasks.watch(task, name)
 
     async def _open_database(self) -> Database:
         from agent.store.database import Database
@@ -137,6 +155,8 @@ class Gateway:
             await asyncio.gather(self._watchdog, return_exceptions=True)
         if self.api is not None:
             await self.api.stop()
+        if self.upstream is not None:
+            await self.upstream.stop()
         if self.client is not None:
             await self.client.stop()
         if self.db is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from drivers.errors import CodedError
 
 __all__ = [
+    "AckTimeout",
+    "BacklogOverdue",
     "CommandExpired",
     "CommandReplayed",
     "CommandStale",
@@ -20,6 +22,7 @@ __all__ = [
     "MessageMalformed",
     "MessageTooLarge",
     "PublicKeyInvalid",
+    "RecordUnsendable",
     "SeqConflict",
     "SignatureInvalid",
     "UpstreamError",
@@ -123,4 +126,29 @@ class DeviceKeyInvalid(UpstreamError):
     hint = (
         "device.key is damaged: restore it from the backup of the data directory. Only if none"
         " exists, move it away (a new key is made) and pin the new public key centrally."
+    )
+
+
+class AckTimeout(UpstreamError):
+    code = "UPSTREAM_ACK_TIMEOUT"
+    hint = (
+        "No central acknowledgement came for [upstream] ack_timeout_s while records were in flight:"
+        " the robot sends them again. Check that a central consumer runs and reaches the broker."
+    )
+
+
+class BacklogOverdue(UpstreamError):
+    code = "UPSTREAM_BACKLOG_OVERDUE"
+    hint = (
+        "Records that are never dropped have waited longer than their class's time-to-live: they"
+        " are kept, but the centre has not taken them. Check the broker, the consumer and the link"
+        " (`oht-agent db check` shows the backlog of every stream)."
+    )
+
+
+class RecordUnsendable(UpstreamError):
+    code = "UPSTREAM_RECORD_UNSENDABLE"
+    hint = (
+        "An outbox record cannot be put into the envelope (the message names it); its stream"
+        " waits at it and retries. A bug or a damaged row: report it with `oht-agent db check`."
     )
