@@ -264,6 +264,10 @@ class Broker:
             "log_type information",
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
+            # A central consumer's queue must hold the windows of every robot at once (docs/broker.md):
+            # at mosquitto's default of 1000, a fleet's records beyond it are dropped and wait for the
+            # agents' ack timeout.
+            "max_queued_messages 100000",
         ]
         if os.geteuid() == 0:
             lines.append("user root")

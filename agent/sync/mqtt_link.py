@@ -449,6 +449,12 @@ class MqttLink:
             return False
         return True
 
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker granted every subscription of this connection: what the
+        robot may publish records on, since the consumer's acks are only heard from then on."""
+        return self._subscribed.is_set()
+
     async def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker granted every subscription on the current connection (its SUBACK)."""
         try:

@@ -309,8 +309,8 @@ class Uplink:
             self._next_limits = now + self.limits_every_s
             await self._enforce_limits()
         self._store.fine()
-        if not self.link.connected:
-            await self.link.wait_connected(self.poll_s)
+        if not self.link.subscribed:  # an ack published before our SUBACK would be lost to us
+            await self.link.wait_subscribed(self.poll_s)
             return
         self._check_reconnect()
         self._check_ack_timeouts(now)
