@@ -50,9 +50,12 @@ def signed(command_id: str, type_: str = "register_write", params: dict[str, Any
 
 
 async def receipts(db: Database, command_id: str) -> list[OutboxRecord]:
-    """The `results` records the centre would match to `command_id`."""
-    records = await Outbox(db).batch("results", 0, 1000)
-    return [r for r in records if r.payload.get("idempotency_key") == command_id]
+    """The `results` records the centre would match to `command_id` (every batch of the stream)."""
+    found, after = [], 0
+    while batch := await Outbox(db).batch("results", after, 1000):
+        found += [r for r in batch if r.payload.get("idempotency_key") == command_id]
+        after = batch[-1].seq
+    return found
 
 
 async def eventually(probe: Callable[[], Any], check: Callable[[Any], bool], timeout: float) -> Any:
