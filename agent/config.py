@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.control.motion import MotionLimits
 from agent.safety.policy import SafetyPolicy
 from drivers.errors import CodedError
+
+if TYPE_CHECKING:
+    from agent.store.streams import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "config" / "agent.toml"
@@ -335,6 +338,21 @@ class UpstreamSection(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.broker)
+
+    def outbox_limits(self) -> Limits:
+        """The outbox's per-class bounds from these keys, for every process that bounds the outbox
+        or asks it whether commands are still admitted (the core refuses new commands by them).
+
+        Only telemetry's age is configured: the classes that are never dropped keep the
+        declaration's time-to-live, which only marks their oldest record as overdue."""
+        from agent.store.streams import DEFAULT_LIMITS, ClassLimits, Limits, StreamClass
+
+        ttl = {cls: DEFAULT_LIMITS.of(cls).ttl_s for cls in StreamClass}
+        return Limits({
+            StreamClass.CRITICAL: ClassLimits(self.critical_quota_bytes, ttl[StreamClass.CRITICAL]),
+            StreamClass.NORMAL: ClassLimits(self.normal_quota_bytes, ttl[StreamClass.NORMAL]),
+            StreamClass.BULK: ClassLimits(self.bulk_quota_bytes, float(self.telemetry_ttl_s)),
+        })  # fmt: skip
 
     @property
     def tls(self) -> bool:

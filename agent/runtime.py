@@ -171,6 +171,7 @@ class Runtime:
             agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety, stop_path=self.stop_path,
             mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
             notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state, motion=cfg.motion,
+            outbox_limits=cfg.upstream.outbox_limits(),
         )
 
     async def _stop_travel_first(self, timeout_s: float = 1.5) -> asyncio.Task[StopOutcome] | None:

@@ -63,6 +63,9 @@ API_ERROR_STATUS: Mapping[str, int] = {
     "STREAM_FULL": 503,
     "ORIGIN_NOT_ALLOWED": 403,
     "API_BUSY": 503,
+    # New commands refused while the outbox cannot keep their results (the link upstream is down
+    # too long); stop, pause and charge_stop are still taken, and the E-stop is no command at all.
+    "OUTBOX_FULL": 503,
     "INTERNAL": 500,
 }
 

@@ -21,7 +21,7 @@ from agent.control.executor import Executor, Outcome
 from agent.control.motion import MotionLimits
 from agent.control.output_monitor import OutputMonitor
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
-from agent.control.params import MOTION_TYPES, OUT_OF_BAND, validate_params
+from agent.control.params import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
 from agent.control.status_view import LagWindow, ModuleNotFound, ModuleView, StatusDocument, module_view, status_document
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
@@ -36,7 +36,9 @@ from agent.store import outbox
 from agent.store.audit import AuditEntry, append_in
 from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
-from agent.store.errors import CommandNotFound, CommandStateError
+from agent.store.errors import CommandNotFound, CommandStateError, OutboxFull
+from agent.store.outbox import Outbox
+from agent.store.streams import DEFAULT_LIMITS, Limits
 from agent.store.transitions import record_transition
 from agent.supervision import TaskSupervisor
 from drivers.errors import CodedError
@@ -85,12 +87,16 @@ class Controller:
         hw_watchdog: HardwareWatchdog | None = None,
         estop_input: Callable[[float], EstopInputState | None] | None = None,
         motion: MotionLimits | None = None,
+        outbox_limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.agent_id = agent_id
         self.hw = hw
         self.plant = Plant(hw)
         self.db = db
         self.commands = Commands(db)
+        # Asked at every new command whether results can still be kept ([upstream] quotas).
+        self.outbox = Outbox(db, outbox_limits)
+        self._outbox_full = False  # for logging the refusal once per episode
         self.policy = policy
         self.motion = motion if motion is not None else MotionLimits()
         self.mandatory = mandatory
@@ -547,6 +553,7 @@ class Controller:
             health = self.db.health()
             raise CodedError(f"the database cannot be written: {health.get('message', '')}", code="STORE_UNAVAILABLE",
                              hint="free disk space or fix the file system, then reset the fault")
+        await self._admit(source, idempotency_key, type, user)
         record, created = await self.commands.submit(source, idempotency_key, type, clean, user=user,
                                                      priority=priority, not_after=not_after)
         if created:
@@ -556,6 +563,26 @@ class Controller:
                 self.executor.wake()
         await self._audit(audit, target=record.id)
         return SubmitResult(record, created)
+
+    async def _admit(self, source: str, idempotency_key: str, type_: str, user: str | None) -> None:
+        """Refuse a new command (OUTBOX_FULL, nothing written) while a class of the outbox that
+        is never dropped is over its quota: every command adds results that could not be kept.
+
+        Commands that only stop are always taken (params.ADMITTED_WHEN_FULL), and so is a repeat
+        of a command already stored: it adds nothing, and its client gets the first answer."""
+        if admitted_when_full(type_):
+            return
+        full = await self.outbox.admission()
+        if full is None:
+            if self._outbox_full:
+                self._outbox_full = False
+                log.warning("the outbox has room again: new commands are accepted")
+            return
+        if not self._outbox_full:
+            self._outbox_full = True
+            log.error("%s [%s] (stop, pause and charge_stop are still taken)", full.message, full.code)
+        if await self.commands.find(source, idempotency_key, user=user) is None:
+            raise OutboxFull(full.message)
 
     def _deadline_for(self, type_: str, not_after: datetime | None) -> datetime | None:
         """Motion commands always have a deadline: the default TTL when none is given, and a client's

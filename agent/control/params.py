@@ -90,6 +90,17 @@ PARAMS: dict[str, type[_Params]] = {
 OUT_OF_BAND = frozenset({"stop", "pause", "resume"})
 MOTION_TYPES = frozenset({"move", "hoist", "dock", "undock"})
 
+# Still accepted when the outbox is full (Outbox.admission says OUTBOX_FULL): commands that only
+# stop something. Refusing new commands while results cannot be kept must never take away the
+# way to stop the robot: `stop`, `pause` (it stops motion, PAUSED holds still) and `charge_stop`
+# (it switches the charger off). `resume` is refused with the motion types: it starts motion.
+ADMITTED_WHEN_FULL = frozenset({"stop", "pause", "charge_stop"})
+
+
+def admitted_when_full(command_type: str) -> bool:
+    """Whether a new command of this type is accepted while the outbox refuses commands."""
+    return command_type in ADMITTED_WHEN_FULL
+
 
 def validate_params(command_type: str, params: Any) -> dict[str, Any]:
     model = PARAMS.get(command_type)

@@ -60,6 +60,7 @@ __all__ = [
     "Commands",
     "cancel_in",
     "expire_due_in",
+    "find_in",
     "finish_in",
     "interrupt_running_in",
     "mark_running_in",
@@ -303,6 +304,20 @@ async def _fetch(conn: aiosqlite.Connection, command_id: str) -> CommandRecord:
     return CommandRecord.from_row(rows[0])
 
 
+async def find_in(
+    conn: aiosqlite.Connection, source: str, idempotency_key: str, user: str | None = None
+) -> CommandRecord | None:
+    """The command stored under (source, user, idempotency key), if any: the key a repeat of
+    `submit` would meet (the unique index of migration 6, so one indexed lookup)."""
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT * FROM commands WHERE source = ? AND ifnull(user, '') = ? AND idempotency_key = ?",
+            (source, user or "", idempotency_key),
+        )
+    )
+    return CommandRecord.from_row(rows[0]) if rows else None
+
+
 def _check_transition(record: CommandRecord, to_state: str) -> None:
     if to_state not in ALLOWED_TRANSITIONS[record.state]:
         raise CommandStateError(
@@ -499,6 +514,13 @@ class Commands:
     async def get(self, command_id: str) -> CommandRecord:
         """The command with this id, or CommandNotFound."""
         return await self._db.read(lambda conn: _fetch(conn, command_id))
+
+    async def find(self, source: str, idempotency_key: str, *, user: str | None = None) -> CommandRecord | None:
+        """The command a repeat of this submit would return, or None (a read: no writer queue).
+
+        Why a read apart from `submit`: a caller that must not write anything for a repeat (the
+        upstream command intake, the refusal of commands while the outbox is full) asks first."""
+        return await self._db.read(lambda conn: find_in(conn, source, idempotency_key, user))
 
     async def next_runnable(self, now: datetime | None = None) -> CommandRecord | None:
         """The queued command to run next: not expired, most urgent, then first come."""
