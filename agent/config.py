@@ -267,7 +267,7 @@ class UpstreamSection(_Section):
     cert_file: str = ""  # this robot's client certificate (PEM) ...
     key_file: str = ""  # ... and its private key
     central_public_key: str = ""  # Ed25519 key that signs commands: base64 of 32 bytes, or PEM
-    window: Annotated[int, Field(ge=1, le=1024)] = 64  # records published and not yet acknowledged
+    window: Annotated[int, Field(ge=1, le=8192)] = 1024  # records published and not yet acknowledged
     ack_timeout_s: Annotated[float, Field(ge=1, le=3600)] = 30.0  # then the unacknowledged are sent again
     command_max_age_s: Annotated[float, Field(ge=5, le=86400)] = 300.0  # issued_at older: UPSTREAM_STALE
     clock_skew_s: Annotated[float, Field(ge=0, le=600)] = 30.0  # issued_at ahead of this clock by more: stale

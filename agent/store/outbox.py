@@ -67,6 +67,7 @@ __all__ = [
     "backlog_in",
     "batch_in",
     "encode_payload",
+    "gaps_covering_in",
 ]
 
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -200,6 +201,25 @@ async def batch_in(
     return [OutboxRecord.from_row(r) for r in rows]
 
 
+async def gaps_covering_in(conn: aiosqlite.Connection, stream: str, low: int, high: int) -> list[OutboxRecord]:
+    """The gap records of `stream` whose range meets [low, high], in stream order.
+
+    Why sync needs them out of order: a gap record is appended at the end of its stream when it
+    is written, possibly far beyond the records it stands for (a cut during a long outage, the
+    coalescing of a window read from an old backlog). The consumer's cumulative ack cannot pass
+    a hole until it has the gap record for it, so the sender sends that record as soon as it
+    meets the hole instead of after everything in between."""
+    stream_named(stream)
+    rows = await conn.execute_fetchall(
+        "SELECT stream, stream_seq, id, kind, created_at, payload FROM outbox"
+        " WHERE stream = ? AND kind = ? AND stream_seq > ?"
+        " AND json_extract(payload, '$.from_seq') <= ? AND json_extract(payload, '$.to_seq') >= ?"
+        " ORDER BY stream_seq",
+        (stream, KIND_GAP, _seq(low, "low"), _seq(high, "high"), low),
+    )
+    return [OutboxRecord.from_row(r) for r in rows]
+
+
 async def ack_in(conn: aiosqlite.Connection, stream: str, seq: int) -> AckResult:
     """`Outbox.ack` as a unit of work."""
     stream_named(stream)
@@ -288,6 +308,10 @@ class Outbox:
         """The next records of `stream` after `after_seq`, in stream order (see `batch_in`)."""
         stream_named(stream)
         return await self._db.read(lambda conn: batch_in(conn, stream, after_seq, limit))
+
+    async def gaps_covering(self, stream: str, low: int, high: int) -> list[OutboxRecord]:
+        """The gap records standing for any seq in [low, high] (see `gaps_covering_in`)."""
+        return await self._db.read(lambda conn: gaps_covering_in(conn, stream, low, high))
 
     async def ack(self, stream: str, seq: int) -> AckResult:
         """The consumer has committed every record of `stream` up to `seq`: delete them.

@@ -20,9 +20,11 @@ one thread of its own (`mqtt-<client id>`) and hands everything across:
   still unacknowledged). While reading is paused no PUBACK for our own publishes is read either,
   so the reader must not wait on a `publish` of the same link while it leaves messages unread:
   `publish_nowait` is for a reader that answers what it reads (the central consumer's acks).
-  One read of the socket can still bring several messages; past four times `receive_maximum`
-  unread a message is logged (UPSTREAM_INBOX_FULL), counted (`stats().inbox_overflows`) and left
-  unacknowledged, never dropped silently: the broker still holds it and sends it again on the next
+  One turn of paho's loop can still bring many messages (it reads up to as many packets as there
+  are messages in flight both ways, our own unacknowledged publishes included), so the inbox takes
+  up to `receive_maximum + max_queued + max_inflight`; past that (a broker that ignores flow
+  control altogether) a message is logged (UPSTREAM_INBOX_FULL), counted
+  (`stats().inbox_overflows`) and left unacknowledged, never dropped silently: the broker still holds it and sends it again on the next
   connection of a persistent session, and the agent sends again whatever the central consumer did
   not acknowledge.
   `dispatch(handler)` is the usual reader: an exception in the handler is logged and counted and
@@ -378,7 +380,9 @@ class MqttLink:
         self._unread_lock = threading.Lock()
         self._room = threading.Event()  # clear: the link's thread does not read the socket
         self._room.set()
-        self._hard_cap = 4 * settings.receive_maximum
+        # paho reads up to (our messages in flight + theirs) packets in one loop_read, so once reading
+        # pauses at receive_maximum at most that many more arrive: none is ever refused below this.
+        self._hard_cap = settings.receive_maximum + settings.max_queued + settings.max_inflight
         self._counters = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

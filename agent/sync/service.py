@@ -18,12 +18,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, UpstreamSection
 from agent.store.outbox import Outbox
-from agent.store.streams import DEFAULT_LIMITS, ClassLimits, Limits, StreamClass
+from agent.sync.downlink import Downlink
 from agent.sync.identity import PinnedKey, load_or_create
 from agent.sync.mqtt_link import Incoming, MqttLink, MqttSettings, ack_topic, agent_link, cmd_topic
 from agent.sync.replay import CommandRules
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from agent.link.client import CoreClient
     from agent.store.database import Database
 
-__all__ = ["UpstreamService", "UpstreamStatus", "mqtt_settings", "outbox_limits"]
+__all__ = ["UpstreamService", "UpstreamStatus", "mqtt_settings"]
 
 log = logging.getLogger("oht.gateway.upstream")
 
@@ -47,21 +46,6 @@ def mqtt_settings(section: UpstreamSection) -> MqttSettings:
         cert_file=Path(section.cert_file) if section.cert_file else None,
         key_file=Path(section.key_file) if section.key_file else None,
     )
-
-
-def outbox_limits(section: UpstreamSection) -> Limits:
-    """The outbox's per-class bounds from `[upstream]`: the three quotas, and the telemetry
-    time-to-live; the never-dropped classes keep their default time-to-live (when they are
-    reported as overdue)."""
-    return Limits(MappingProxyType({
-        StreamClass.CRITICAL: ClassLimits(section.critical_quota_bytes, DEFAULT_LIMITS.of(StreamClass.CRITICAL).ttl_s),
-        StreamClass.NORMAL: ClassLimits(section.normal_quota_bytes, DEFAULT_LIMITS.of(StreamClass.NORMAL).ttl_s),
-        StreamClass.BULK: ClassLimits(section.bulk_quota_bytes, float(section.telemetry_ttl_s)),
-    }))  # fmt: skip
-
-
-class _Handler(Protocol):
-    async def handle(self, payload: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,12 +71,11 @@ class UpstreamService:
         self.limits_every_s = limits_every_s
         self.link: MqttLink | None = None
         self.uplink: Uplink | None = None
-        self.downlink: _Handler | None = None
+        self.downlink: Downlink | None = None
         self.fingerprint = ""
         self._tasks: list[tuple[asyncio.Task[None], str]] = []
         self._ack_topic = ack_topic(config.agent.id)
         self._cmd_topic = cmd_topic(config.agent.id)
-        self._ignored_commands = 0
 
     @property
     def tasks(self) -> list[tuple[asyncio.Task[None], str]]:
@@ -105,7 +88,7 @@ class UpstreamService:
         self.fingerprint = identity.public.fingerprint()
         log.info("device key %s (%s)", self.fingerprint, "made now: pin it centrally" if created else "loaded")
         central_key = PinnedKey.from_text(up.central_public_key)
-        outbox = Outbox(self.db, outbox_limits(up))
+        outbox = Outbox(self.db, up.outbox_limits())
         self.link = agent_link(mqtt_settings(up), cfg.agent.id)
         self.uplink = Uplink(
             outbox, self.link, identity, cfg.agent.id, window=up.window, ack_timeout_s=up.ack_timeout_s,
@@ -119,26 +102,18 @@ class UpstreamService:
             (asyncio.create_task(self.link.dispatch(self._on_message), name="upstream-reader"), "upstream-reader"),
         ]
 
-    def _make_downlink(self, outbox: Outbox, central_key: PinnedKey) -> _Handler | None:
+    def _make_downlink(self, outbox: Outbox, central_key: PinnedKey) -> Downlink:
         up = self.config.upstream
-        try:
-            from agent.sync.downlink import Downlink  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            log.warning("upstream: this release takes no commands from the centre; records are sent")
-            return None
         rules = CommandRules(agent=self.config.agent.id, max_age_s=up.command_max_age_s, clock_skew_s=up.clock_skew_s)
-        handler: _Handler = Downlink(self.core, outbox, self.db, central_key, rules)
-        return handler
+        return Downlink(self.core, outbox, self.db, central_key, rules)
 
     async def _on_message(self, message: Incoming) -> None:
         if message.topic == self._ack_topic:
             assert self.uplink is not None
             await self.uplink.on_ack(message.payload)
         elif message.topic == self._cmd_topic:
-            if self.downlink is not None:
-                await self.downlink.handle(message.payload)
-            else:
-                self._ignored_commands += 1
+            assert self.downlink is not None
+            await self.downlink.handle(message.payload)
         else:  # the broker sent what we did not subscribe to
             log.warning("upstream: message on unexpected topic %s ignored", message.topic)
 

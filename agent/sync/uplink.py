@@ -10,6 +10,8 @@ The loop, one step at a time (one task, so the bookkeeping needs no locks):
 
 - Which stream next: `schedule.Scheduler` (critical, then normal, then bulk, with its starvation
   guard) among the streams that have something to send and room in the window.
+- Only once the link's subscriptions are granted: an ack the consumer publishes before our
+  SUBACK would be lost, and the records it covers sent again only after `ack_timeout_s`.
 - The window: at most `window` records in flight over all streams. Lower classes may fill only
   `window - reserve` of it (`reserve` is an eighth), so an alarm written while telemetry fills
   the window still gets a slot at once instead of waiting for the consumer's next ack.
@@ -116,6 +118,8 @@ class _Stream:
     published_max: int = 0  # highest seq ever published by this process: accept_ack's bound
     buffer: collections.deque[OutboxRecord] = field(default_factory=collections.deque)
     in_flight: collections.deque[int] = field(default_factory=collections.deque)
+    ahead: set[int] = field(default_factory=set)  # gap records sent before their turn, not yet acked
+    ahead_max: int = 0  # the highest of those ever published
     progress_at: float = 0.0  # monotonic: last ack that advanced it, or first publish into an empty window
     stalled_until: float = 0.0  # a record could not be encoded: retry then
 
@@ -125,10 +129,21 @@ class _Stream:
         self.cursor = self.sent_through = self.acked
         self.buffer.clear()
         self.in_flight.clear()
+        self.ahead.clear()  # sent again when their holes are met again
         return dropped
 
     def has_work(self, now: float) -> bool:
         return (bool(self.buffer) or self.cursor < self.last_seq) and now >= self.stalled_until
+
+
+def _holes(after: int, records: list[OutboxRecord]) -> list[tuple[int, int]]:
+    """The seq ranges missing between `after` and each next record (in order)."""
+    holes, expected = [], after + 1
+    for record in records:
+        if record.seq > expected:
+            holes.append((expected, record.seq - 1))
+        expected = record.seq + 1
+    return holes
 
 
 class _Episode:
@@ -160,7 +175,7 @@ class Uplink:
         identity: DeviceIdentity,
         agent_id: str,
         *,
-        window: int = 64,
+        window: int,
         ack_timeout_s: float = 30.0,
         poll_s: float = 0.1,
         limits_every_s: float = 10.0,
@@ -236,7 +251,7 @@ class Uplink:
             if s is None:
                 log.debug("ack for unknown stream %r ignored", name)
                 continue
-            decision = accept_ack(s.acked, seq, s.published_max)
+            decision = accept_ack(s.acked, seq, max(s.published_max, s.ahead_max))
             if decision.note is not None and decision.acked > s.acked:
                 log.info("stream %s: %s", name, decision.note)
             if decision.acked <= s.acked:
@@ -263,6 +278,7 @@ class Uplink:
         s.acked = acked
         while s.in_flight and s.in_flight[0] <= acked:
             s.in_flight.popleft()
+        s.ahead = {seq for seq in s.ahead if seq > acked}
         if s.sent_through < acked:  # acked past this pass (copies sent before a resend point)
             s.sent_through = acked
             while s.buffer and s.buffer[0].seq <= acked:
@@ -309,7 +325,7 @@ class Uplink:
             self._next_limits = now + self.limits_every_s
             await self._enforce_limits()
         self._store.fine()
-        if not self.link.subscribed:  # an ack published before our SUBACK would be lost to us
+        if not self.link.subscribed:  # an ack published before our SUBACK would never reach us
             await self.link.wait_subscribed(self.poll_s)
             return
         self._check_reconnect()
@@ -399,10 +415,30 @@ class Uplink:
         if not records:
             s.cursor = max(s.cursor, s.last_seq)  # what lay between was dropped or superseded
             return
+        after = s.cursor
         s.cursor = records[-1].seq
         if s.droppable:
             records = await self._coalesce(s, records)
+            await self._send_gaps_ahead(s, _holes(after, records))
         s.buffer.extend(records)
+
+    async def _send_gaps_ahead(self, s: _Stream, holes: list[tuple[int, int]]) -> None:
+        """Publish now the gap records that stand for `holes` (ranges dropped or superseded).
+
+        A gap record gets the next seq of its stream when it is written, so it may lie a whole
+        backlog beyond its range; the consumer's ack stops at the hole until it has it, and a
+        window full of the records in between would never be acknowledged. Sent before their
+        turn they count outside the window (they are few: one per cut or coalesced window) and
+        are skipped when their turn comes."""
+        if not holes:
+            return
+        low, high = holes[0][0], holes[-1][1]
+        for gap in await self.outbox.gaps_covering(s.name, low, high):
+            if gap.seq <= s.sent_through or gap.seq in s.ahead:
+                continue  # sent in its turn already, or ahead of it
+            self._publish_record(gap)
+            s.ahead.add(gap.seq)
+            s.ahead_max = max(s.ahead_max, gap.seq)
 
     async def _coalesce(self, s: _Stream, records: list[OutboxRecord]) -> list[OutboxRecord]:
         """Supersede the older samples of a key among records never published; keep the rest."""
@@ -422,11 +458,12 @@ class Uplink:
         now = time.monotonic()
         for _ in range(count):
             record = s.buffer[0]
+            if record.seq in s.ahead:  # a gap record sent before its turn
+                s.buffer.popleft()
+                s.sent_through = record.seq
+                continue
             try:
-                payload = encode_record(self.identity.sign_record(
-                    agent=self.agent_id, stream=record.stream, seq=record.seq, id=record.id,
-                    kind=record.kind, at=record.created_at, body=record.payload,
-                ))  # fmt: skip
+                self._publish_record(record)
             except UpstreamError as exc:
                 episode = self._unsendable.setdefault(s.name, _Episode(f"stream {s.name}"))
                 episode.trouble(RecordUnsendable(f"{s.name}/{record.seq} ({record.id}): {exc.code} {exc.message}"), logging.ERROR)
@@ -441,12 +478,20 @@ class Uplink:
                 self._resent += 1
             else:
                 s.published_max = record.seq
-            self._published += 1
-            task = asyncio.create_task(self._publish(s.topic, payload))
-            self._pending.add(task)
-            task.add_done_callback(self._published_one)
         if s.name in self._unsendable:
             self._unsendable.pop(s.name).fine()
+
+    def _publish_record(self, record: OutboxRecord) -> None:
+        """Sign `record` and hand it to the link in a task of its own; raises UpstreamError when
+        it cannot be put into an envelope."""
+        payload = encode_record(self.identity.sign_record(
+            agent=self.agent_id, stream=record.stream, seq=record.seq, id=record.id,
+            kind=record.kind, at=record.created_at, body=record.payload,
+        ))  # fmt: skip
+        self._published += 1
+        task = asyncio.create_task(self._publish(self._streams[record.stream].topic, payload))
+        self._pending.add(task)
+        task.add_done_callback(self._published_one)
 
     def _published_one(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)

@@ -28,8 +28,12 @@ from agent.sync.envelope import decode_record
 from agent.sync.identity import DeviceIdentity, PinnedKey, create, verify_record
 from agent.sync.mqtt_link import Incoming, MqttLink, MqttSettings, ack_topic, agent_link, status_topic, up_topic
 from agent.sync.uplink import Uplink
+from agent.sync.envelope import Record as CentralRecord
+from agent.sync.identity import load_or_create
 from central.consumer import Consumer
-from central.records import Record as CentralRecord
+from central.device_keys import DeviceKeys
+from central.ledger import Committed
+from tests.upstream_peer import keys_text
 from tests.broker import Broker, Pki, mosquitto_binary, next_message, running, skip_reason
 from tests.conftest import agent_config, wait_for
 
@@ -39,12 +43,29 @@ AGENT = "oht-001"
 
 
 # ---------------------------------------------------------------- the peer
-def make_consumer(settings: MqttSettings, ledger: Path, verifier: Callable[[CentralRecord], bool] | None = None) -> Consumer:
-    """The one place the tests build the central consumer (its constructor is about to take the
-    pinned device keys)."""
-    if verifier is None:
-        return Consumer(settings, ledger, name="central-1")
-    return Consumer(settings, ledger, name="central-1", verifier=verifier)
+class NotingConsumer(Consumer):
+    """The consumer, telling `note` of every record it is about to commit (in its database thread)."""
+
+    def __init__(self, *args: Any, note: Callable[[CentralRecord], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._note = note
+
+    def _commit(self, records: list[CentralRecord]) -> Committed:
+        for record in records:
+            self._note(record)
+        return super()._commit(records)
+
+
+def make_consumer(
+    settings: MqttSettings, ledger: Path, devices: dict[str, DeviceIdentity],
+    note: Callable[[CentralRecord], None] | None = None,
+) -> Consumer:  # fmt: skip
+    """The one place the tests build the central consumer, with `devices` pinned."""
+    keys = ledger.with_name("device-keys.toml")
+    keys.write_text(keys_text(devices))
+    if note is None:
+        return Consumer(settings, ledger, name="central-1", device_keys=DeviceKeys(keys))
+    return NotingConsumer(settings, ledger, name="central-1", device_keys=DeviceKeys(keys), note=note)
 
 
 @asynccontextmanager
@@ -159,7 +180,7 @@ async def test_every_record_of_every_stream_arrives_once_and_the_acks_empty_the_
     expected = await outbox_rows(db)
     ledger = tmp_path / "central.db"
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=32)
-    async with consuming(make_consumer(broker.settings(), ledger)), robot.sending():
+    async with consuming(make_consumer(broker.settings(), ledger, {AGENT: robot.identity})), robot.sending():
         assert await wait_for(lambda: ledger_count(ledger) == len(expected), 10.0), ledger_count(ledger)
         await write(db, [("alarm", {"code": "LATE"})])  # written while running: found by polling
         expected.update(await outbox_rows(db))
@@ -182,13 +203,12 @@ async def test_a_critical_record_behind_thousands_of_telemetry_records_goes_firs
     await write(db, [("alarm", {"code": "E_STOP", "raised": True})])
     arrived: list[tuple[str, int]] = []
 
-    def note(record: CentralRecord) -> bool:
+    def note(record: CentralRecord) -> None:
         arrived.append((record.stream, record.seq))
-        return True
 
     ledger = tmp_path / "central.db"
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=64)
-    async with consuming(make_consumer(broker.settings(), ledger, note)), robot.sending():
+    async with consuming(make_consumer(broker.settings(), ledger, {AGENT: robot.identity}, note)), robot.sending():
         assert await wait_for(lambda: ("alarms", 1) in arrived, 5.0)
         assert await wait_for(lambda: len(arrived) >= 200, 5.0)
     assert arrived[0] == ("alarms", 1), arrived[:5]
@@ -228,7 +248,7 @@ async def test_without_acks_the_robot_sends_again_after_the_ack_timeout(db: Data
     ledger = tmp_path / "central.db"
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=8, ack_timeout_s=0.4)
     robot.take_acks = False
-    consumer = make_consumer(broker.settings(), ledger)
+    consumer = make_consumer(broker.settings(), ledger, {AGENT: robot.identity})
     async with consuming(consumer), robot.sending():
         # audit is not critical: 7 of the window of 8 (one slot is kept for critical records)
         assert await wait_for(lambda: consumer.counts["duplicates"] >= 7, 5.0)  # 1..7 came again
@@ -244,7 +264,7 @@ async def test_a_broker_restart_mid_drain_ends_with_every_record_once(db: Databa
     expected = await outbox_rows(db)
     ledger = tmp_path / "central.db"
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=64, ack_timeout_s=1.0)
-    async with consuming(make_consumer(broker.settings(), ledger)), robot.sending():
+    async with consuming(make_consumer(broker.settings(), ledger, {AGENT: robot.identity})), robot.sending():
         assert await wait_for(lambda: ledger_count(ledger) >= 300, 5.0)
         broker.kill9()
         broker.start()  # no persistence: sessions, subscriptions and queued messages are gone
@@ -277,13 +297,14 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
         )
         cfg = agent_config(tmp_path, "/dev/null", extra)
         core_db = await Database.open(cfg.data_path)
+        device, _ = load_or_create(cfg.data_path)  # the gateway loads the same key
         watcher = MqttLink(broker.settings("central-1"), client_id="central-watch",
                            subscriptions=(status_topic("oht-test"),), persistent_session=False)  # fmt: skip
         ledger = tmp_path / "central.db"
         try:
             await write(core_db, mixed(20))
             expected = await outbox_rows(core_db)
-            async with consuming(make_consumer(broker.settings("central-1"), ledger)), running(watcher):
+            async with consuming(make_consumer(broker.settings("central-1"), ledger, {"oht-test": device})), running(watcher):
                 gateway = Gateway(cfg)
                 await gateway.start()
                 try:
@@ -318,6 +339,7 @@ async def test_the_gateway_serves_while_the_broker_is_down_and_delivers_once_it_
     )
     cfg = agent_config(tmp_path, "/dev/null", extra)
     core_db = await Database.open(cfg.data_path)
+    device, _ = load_or_create(cfg.data_path)  # the gateway loads the same key
     ledger = tmp_path / "central.db"
     gateway = Gateway(cfg)
     try:
@@ -330,7 +352,7 @@ async def test_the_gateway_serves_while_the_broker_is_down_and_delivers_once_it_
         link = gateway.upstream.link
         assert link is not None and await wait_for(lambda: link.stats().connect_failures >= 1, 3.0)
         with broker:
-            async with consuming(make_consumer(broker.settings(), ledger)):
+            async with consuming(make_consumer(broker.settings(), ledger, {"oht-test": device})):
                 assert await wait_for(lambda: len(ledger_rows(ledger, "oht-test")) == len(expected), 6.0)
         assert gateway.tasks.healthy
     finally:
