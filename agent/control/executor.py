@@ -132,9 +132,12 @@ class Executor:
                 continue
             if record is None:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the wait's result
+                # when a cancel arrives in the same turn as the wake, and the loop would run on.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), 0.25)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(0.25):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
                 continue
             await self.execute(record)

@@ -208,8 +208,9 @@ class Downlink:
         if self._core.connected.is_set():
             return True
         log.warning("command waits up to %.1f s for the core to come back", self._core_wait_s)
-        try:
-            await asyncio.wait_for(self._core.connected.wait(), self._core_wait_s)
+        try:  # asyncio.timeout: Python 3.11's wait_for can swallow a cancel that meets the event
+            async with asyncio.timeout(self._core_wait_s):
+                await self._core.connected.wait()
         except TimeoutError:
             return False
         return True

@@ -45,3 +45,22 @@ async def test_out_of_band_commands_run_by_the_controller_leave_nothing_behind()
     await asyncio.gather(task, return_exceptions=True)
     assert not ran, "the executor ran a command the controller had already run"
     assert largest <= 1 and len(executor._oob_seen) <= 1, f"{largest} entries kept"
+
+
+@pytest.mark.timeout(30)
+async def test_a_cancel_that_meets_a_wake_still_ends_the_idle_executor() -> None:
+    """Shutdown cancels the executor; a command stored at that same moment sets its wake event.
+    Python 3.11's asyncio.wait_for lets the inner wait's result win over the cancellation, and
+    the loop then ran on: the runtime's shutdown waited for a task that never ended."""
+    store = HeadOfQueue(stops=0)
+    controller = SimpleNamespace(commands=store, sm=SimpleNamespace(state=State.IDLE))
+    executor = Executor(controller)  # type: ignore[arg-type]
+    task = asyncio.create_task(executor.run())
+    for _ in range(20):  # let it reach its idle wait
+        await asyncio.sleep(0)
+    executor.wake()
+    task.cancel()  # in the same turn of the loop as the wake
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    if not done:
+        task.cancel()
+    assert done and task.cancelled(), "the executor swallowed its cancellation and kept running"
