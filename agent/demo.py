@@ -1,5 +1,8 @@
 """`make demo`: the simulator on a new pty and the agent (core and gateway) polling it, until Ctrl-C.
 
+With mosquitto installed it also starts a broker and the reference central consumer
+(agent/demo_upstream.py) and turns `[upstream]` on, so the robot's records go up as on a site.
+
 Everything lives in one working directory (a new temporary one unless --dir is given): the pty
 link, the simulator's control socket, the generated agent.toml, the data directory and the core's
 socket. The agent runs exactly as `oht-agent run` runs it.
@@ -15,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from agent.demo_upstream import start_centre
 from agent.launcher import main as launch
 from drivers.sim.client import SimProcess
 
@@ -47,28 +51,34 @@ def run_demo(directory: str | None) -> int:
     data.mkdir(exist_ok=True)
     config_path = workdir / "agent.toml"
     port = _free_port()
-    config_path.write_text(DEMO_CONFIG.format(data=data, link=link, port=port))
-    # No default password anywhere: the demo's admin gets a new random one each run, shown only here.
-    password = secrets.token_urlsafe(12)
-    subprocess.run([sys.executable, "-m", "agent", "user", "add", "demo", "--role", "admin", "--password-stdin",
-                    "--config", str(config_path)], input=password.encode(), check=True, capture_output=True)
-    sim = SimProcess(link, control, log_path=workdir / "sim.log", new_session=True).start()
-    print(f"simulator:   pid {sim.pid}, pty {link}, control socket {control}")
-    print(f"config:      {config_path}")
-    print(f"data:        {data}")
-    print(f"API:         http://127.0.0.1:{port}/  (status page)")
-    print(f"log in:      user demo, password {password}  (made for this demo run only)")
-    print(f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/auth/login -H 'Content-Type: application/json' "
-          f"-d '{{\"username\": \"demo\", \"password\": \"{password}\"}}'")
-    print("try, in another terminal:")
-    print(f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\"")
-    print("Ctrl-C stops both.\n")
+    centre = start_centre(workdir, data, "oht-demo")
     try:
-        launch(["--config", str(config_path)])
-    except KeyboardInterrupt:
-        pass
+        config = DEMO_CONFIG.format(data=data, link=link, port=port)
+        config_path.write_text(config + (centre.config_section() if centre is not None else ""))
+        # No default password anywhere: the demo's admin gets a new random one each run, shown only here.
+        password = secrets.token_urlsafe(12)
+        subprocess.run([sys.executable, "-m", "agent", "user", "add", "demo", "--role", "admin", "--password-stdin",
+                        "--config", str(config_path)], input=password.encode(), check=True, capture_output=True)
+        sim = SimProcess(link, control, log_path=workdir / "sim.log", new_session=True).start()
+        try:
+            print(f"simulator:   pid {sim.pid}, pty {link}, control socket {control}")
+            print(f"config:      {config_path}")
+            print(f"data:        {data}")
+            print(f"API:         http://127.0.0.1:{port}/  (status page)")
+            print(f"log in:      user demo, password {password}  (made for this demo run only)")
+            print(f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/auth/login -H 'Content-Type: application/json' "
+                  f"-d '{{\"username\": \"demo\", \"password\": \"{password}\"}}'")
+            print("try, in another terminal:")
+            print(f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\"")
+            print("Ctrl-C stops everything.\n", flush=True)
+            launch(["--config", str(config_path)])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sim.stop()
     finally:
-        sim.stop()
+        if centre is not None:
+            centre.stop()
         if directory is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -235,7 +235,7 @@ class Broker:
     user name and `ACL` applied.
     """
 
-    def __init__(self, root: Path, *, persistence: bool = False, pki: Pki | None = None) -> None:
+    def __init__(self, root: Path, *, persistence: bool = False, pki: Pki | None = None, max_queued: int = 100_000) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError(skip_reason())
@@ -243,6 +243,7 @@ class Broker:
         self.root = root
         self.persistence = persistence
         self.pki = pki
+        self.max_queued = max_queued
         self.host = "127.0.0.1"
         self.port = free_port()
         self.data_dir = root / "data"
@@ -267,7 +268,7 @@ class Broker:
             # A central consumer's queue must hold the windows of every robot at once (docs/broker.md):
             # at mosquitto's default of 1000, a fleet's records beyond it are dropped and wait for the
             # agents' ack timeout.
-            "max_queued_messages 100000",
+            f"max_queued_messages {self.max_queued}",
         ]
         if os.geteuid() == 0:
             lines.append("user root")
