@@ -54,6 +54,7 @@ from agent.store.database import Database  # noqa: E402
 from agent.sync.envelope import encode_record  # noqa: E402
 from agent.sync.identity import DeviceIdentity, load_or_create  # noqa: E402
 from agent.sync.mqtt_link import MqttSettings, ack_topic, up_topic  # noqa: E402
+from drivers.sim.client import terminate  # noqa: E402
 from tests.broker import Broker, mosquitto_binary, skip_reason  # noqa: E402
 from tests.gate import Gate  # noqa: E402
 from tests.upstream_peer import Peer, fill, keys_text, ledger_rows, payloads  # noqa: E402
@@ -94,13 +95,7 @@ def _expect(proc: subprocess.Popen[str], word: str, timeout: float) -> str:
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    terminate(proc)  # type: ignore[arg-type]
 
 
 def _consumer(broker: Broker, ledger: Path, keys: Path, name: str) -> subprocess.Popen[str]:

@@ -24,7 +24,6 @@ import ctypes
 import datetime as dt
 import ipaddress
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.demo_upstream import mosquitto_binary
 from agent.sync.mqtt_link import Incoming, MqttLink, MqttSettings
 
 __all__ = [
@@ -80,14 +80,6 @@ topic write oht/v1/+/ack
 
 class BrokerError(RuntimeError):
     """The test broker did not start, or did not stop, in time; the message ends with its log."""
-
-
-def mosquitto_binary() -> str | None:
-    """The mosquitto executable: on PATH, or where Debian puts it (/usr/sbin is not on every PATH)."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
 
 
 def skip_reason() -> str:

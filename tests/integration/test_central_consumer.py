@@ -26,6 +26,7 @@ from agent.sync.envelope import encode_record
 from agent.sync.mqtt_link import Incoming, MqttLink, agent_link, up_topic
 from central.consumer import Consumer, main
 from central.device_keys import DeviceKeys
+from drivers.sim.client import terminate
 from tests.broker import Broker, Pki, mosquitto_binary, running, skip_reason
 from tests.property.test_central_records import AGENT, DEVICE, OTHER, keys_file, record_id, signed
 
@@ -253,14 +254,7 @@ async def test_kill_9_of_a_consumer_mid_stream_loses_nothing(tmp_path: Path) -> 
             assert procs[1].poll() is None  # the other consumer took over
         finally:
             for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+                terminate(p)
                 p.stdout.close()  # type: ignore[union-attr]
     assert procs[1].returncode == 0  # a clean stop on SIGTERM
     assert stored(db, "results") == list(range(1, n + 1))  # every record, once

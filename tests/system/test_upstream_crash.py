@@ -29,6 +29,7 @@ import pytest
 
 from agent.store.database import Database
 from agent.sync.identity import load_or_create
+from drivers.sim.client import terminate
 from tests.broker import Broker, mosquitto_binary, skip_reason
 from tests.upstream_peer import fill, keys_text, ledger_rows, outbox_ids, payloads
 
@@ -96,14 +97,7 @@ class Site:
 
     def close(self) -> None:
         for proc in self.processes():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.processes():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            terminate(proc)
             proc.stdout.close()  # type: ignore[union-attr]
 
 
