@@ -7,7 +7,7 @@ reference central consumer (`python -m central.consumer`, one process, verifying
 against the pinned device keys, committing to SQLite, acknowledging cumulatively):
 
 (a) raw: a bare paho-mqtt 2 client, MQTT 5, QoS 1, the same in-flight limit as the agent's link,
-    publishes N record envelopes (signed beforehand, of the same size as the agent's) and waits
+    at most 1000 messages waiting for their PUBACK, publishes N record envelopes (signed beforehand, of the same size as the agent's) and waits
     for the consumer's ack of the last: the rate of broker + consumer with nothing in front;
 (b) drain: a robot process (tests/upstream_peer.py: the agent's outbox, key, MQTT link and sender,
     agent/sync/uplink.py) starts with N records in its outbox and runs until the consumer has
@@ -62,6 +62,7 @@ from tests.upstream_peer import Peer, fill, keys_text, ledger_rows, payloads  # 
 RATIO_TARGET = 0.5
 ALARM_TARGET_S = 2.0
 WINDOW = UpstreamSection().window
+RAW_OUTSTANDING = 1000  # the bare publisher's messages handed to paho and not yet PUBACKed
 INFLIGHT = MqttSettings(host="x").max_inflight  # the agent link's in-flight limit, for the bare publisher too
 
 
@@ -117,6 +118,10 @@ def raw_rate(broker: Broker, agent: str, device: DeviceIdentity, n: int) -> floa
         for i, b in enumerate(bodies)
     ]  # fmt: skip
     done = threading.Event()
+    outstanding = threading.BoundedSemaphore(RAW_OUTSTANDING)
+
+    def on_publish(client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        outstanding.release()
 
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if json.loads(msg.payload)["acks"].get("results", 0) >= n:
@@ -125,6 +130,7 @@ def raw_rate(broker: Broker, agent: str, device: DeviceIdentity, n: int) -> floa
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{agent}", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(INFLIGHT)
     client.on_message = on_message
+    client.on_publish = on_publish
     client.connect(broker.host, broker.port, keepalive=30)
     client.loop_start()
     try:
@@ -134,6 +140,7 @@ def raw_rate(broker: Broker, agent: str, device: DeviceIdentity, n: int) -> floa
         topic = up_topic(agent, "results")
         started = time.monotonic()
         for payload in messages:
+            outstanding.acquire()  # paho scans its whole queue on every PUBACK: keep the queue short
             client.publish(topic, payload, qos=1)
         if not done.wait(600):
             raise RuntimeError("the consumer did not acknowledge the raw records")

@@ -24,9 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.store.database import Database
 from agent.store.outbox import Outbox, add
-from agent.sync.envelope import decode_record
+from datetime import datetime, timedelta, timezone
+
+from agent.sync.envelope import decode_record, encode_command, make_command
 from agent.sync.identity import DeviceIdentity, PinnedKey, create, verify_record
-from agent.sync.mqtt_link import Incoming, MqttLink, MqttSettings, ack_topic, agent_link, status_topic, up_topic
+from agent.sync.mqtt_link import (
+    Incoming, MqttLink, MqttSettings, ack_topic, agent_link, cmd_topic, status_topic, up_topic,
+)  # fmt: skip
 from agent.sync.uplink import Uplink
 from agent.sync.envelope import Record as CentralRecord
 from agent.sync.identity import load_or_create
@@ -88,6 +92,16 @@ def ledger_rows(path: Path, agent: str = AGENT) -> list[tuple[str, int, str, str
         return conn.execute(
             "SELECT stream, seq, id, kind, at, body, sig FROM records WHERE agent = ? ORDER BY stream, seq", (agent,)
         ).fetchall()
+
+
+def receipts(path: Path, agent: str) -> dict[str, tuple[str, str]]:
+    """command_id -> (state, error_code) of the receipts on `results` for commands never committed."""
+    out = {}
+    for stream, _seq, _id, kind, _at, body, _sig in ledger_rows(path, agent):
+        doc = json.loads(body)
+        if stream == "results" and kind == "command_result" and doc.get("source") == "upstream":
+            out[doc["idempotency_key"]] = (doc["state"], doc["error_code"])
+    return out
 
 
 def ledger_count(path: Path) -> int:
@@ -278,9 +292,26 @@ async def test_a_broker_restart_mid_drain_ends_with_every_record_once(db: Databa
 
 
 # ---------------------------------------------------------------- the gateway, over TLS
+CENTRAL_KEY = Ed25519PrivateKey.generate()  # the centre's command-signing key, for this module
+
+
 def central_key_text() -> str:
-    raw = Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = CENTRAL_KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
+
+
+def signed_command(command_id: str, *, expired: bool = False, key: Ed25519PrivateKey = CENTRAL_KEY) -> bytes:
+    now = datetime.now(timezone.utc)
+    not_after = now - timedelta(seconds=1) if expired else now + timedelta(seconds=60)
+    command = make_command(
+        command_id=command_id, type="register_write", params={"module": "travel", "address": 0x0100, "value": 1},
+        not_after=stamp(not_after), issued_at=stamp(now - timedelta(seconds=2)), sign=key.sign,
+    )  # fmt: skip
+    return encode_command(command)
+
+
+def stamp(when: datetime) -> str:
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tmp_path: Path) -> None:
@@ -318,11 +349,20 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
                     while await unacked(outbox) and asyncio.get_running_loop().time() < deadline:
                         await asyncio.sleep(0.02)
                     assert await unacked(outbox) == 0
+                    # Commands down, through the broker and the ACL: answered on `results`, never run.
+                    await watcher.publish(cmd_topic("oht-test"), signed_command("c-expired", expired=True))
+                    await watcher.publish(cmd_topic("oht-test"), signed_command("c-forged", key=Ed25519PrivateKey.generate()))
+                    assert await wait_for(lambda: len(receipts(ledger, "oht-test")) == 2, 5.0)
+                    assert receipts(ledger, "oht-test") == {
+                        "c-expired": ("expired", "UPSTREAM_EXPIRED"),
+                        "c-forged": ("rejected", "UPSTREAM_SIGNATURE_INVALID"),
+                    }
                     assert gateway.tasks.healthy
                 finally:
                     await gateway.shutdown()
                 assert json.loads((await next_message(watcher, 3.0)).payload)["state"] == "OFFLINE"
-            assert {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")} == expected
+            delivered = {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")}
+            assert {k: v for k, v in delivered.items() if k in expected} == expected
         finally:
             await core_db.close()
 
