@@ -18,7 +18,7 @@ from drivers.sim.client import SimProcess
 
 from tests.conftest import wait_for
 
-CYCLES = 6  # in make test; `-m slow` runs 30
+CYCLES = 4  # in make test; `-m slow` runs 30
 SILENT_S = 3.0
 CONTRACT_S = 2.0
 

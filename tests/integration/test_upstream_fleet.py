@@ -17,7 +17,7 @@ from tests.upstream_peer import Peer, keys_text, ledger_rows, outbox_ids, payloa
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason=skip_reason())
 
 ROBOTS = 50
-PER_KIND = {"command_result": 15, "audit": 10, "telemetry": 15}
+PER_KIND = {"command_result": 8, "audit": 4, "telemetry": 8}
 
 
 @pytest.mark.timeout(120)

@@ -29,7 +29,7 @@ def _problems(**keys: object) -> list[str]:
 
 def test_empty_broker_means_sync_off_with_every_default() -> None:
     upstream = _upstream()
-    assert not upstream.enabled and upstream.window == 64
+    assert not upstream.enabled and upstream.window == 1024
     assert upstream.clock_skew_s < upstream.command_max_age_s
     assert upstream.bulk_quota_bytes < upstream.critical_quota_bytes < upstream.normal_quota_bytes
 
@@ -95,7 +95,7 @@ def test_a_central_key_as_pem_is_accepted() -> None:
     ("keys", "key"),
     [
         ({"window": 0}, "upstream.window"),
-        ({"window": 5000}, "upstream.window"),
+        ({"window": 9000}, "upstream.window"),
         ({"ack_timeout_s": 0.5}, "upstream.ack_timeout_s"),
         ({"command_max_age_s": 1}, "upstream.command_max_age_s"),
         ({"clock_skew_s": -1}, "upstream.clock_skew_s"),
