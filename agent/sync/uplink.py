@@ -44,10 +44,10 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from agent.store.errors import OutboxAckAhead, OutboxFull, StoreError
 from agent.store.outbox import Outbox, OutboxRecord
@@ -60,7 +60,7 @@ from agent.sync.mqtt_link import MqttLink, MqttLinkError, up_topic
 from agent.sync.replay import accept_ack
 from drivers.errors import CodedError
 
-__all__ = ["READ_BATCH", "StreamStatus", "Uplink", "UplinkStatus", "reserve_for_critical"]
+__all__ = ["READ_BATCH", "StreamStatus", "Uplink", "UplinkStatus", "missing_ranges", "reserve_for_critical"]
 
 log = logging.getLogger("oht.gateway.uplink")
 
@@ -136,8 +136,14 @@ class _Stream:
         return (bool(self.buffer) or self.cursor < self.last_seq) and now >= self.stalled_until
 
 
-def _holes(after: int, records: list[OutboxRecord]) -> list[tuple[int, int]]:
-    """The seq ranges missing between `after` and each next record (in order)."""
+class _Seq(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+def missing_ranges(after: int, records: Sequence[_Seq]) -> list[tuple[int, int]]:
+    """The seq ranges missing between `after` and each next record (`records` in seq order):
+    what was dropped or superseded, and so must be covered by gap records further on."""
     holes, expected = [], after + 1
     for record in records:
         if record.seq > expected:
@@ -419,7 +425,7 @@ class Uplink:
         s.cursor = records[-1].seq
         if s.droppable:
             records = await self._coalesce(s, records)
-            await self._send_gaps_ahead(s, _holes(after, records))
+            await self._send_gaps_ahead(s, missing_ranges(after, records))
         s.buffer.extend(records)
 
     async def _send_gaps_ahead(self, s: _Stream, holes: list[tuple[int, int]]) -> None:

@@ -420,3 +420,31 @@ async def test_an_alarm_gets_a_slot_while_telemetry_fills_the_window(db: Databas
         await write(db, [("alarm", {"code": "OVERTEMP", "raised": True})])
         await take(15)
     assert seen == [("telemetry", n) for n in range(1, 15)] + [("alarms", 1)]
+
+
+async def test_coalescing_an_old_backlog_sends_its_gap_records_before_their_turn(
+    db: Database, broker: Broker, tmp_path: Path
+) -> None:
+    """600 samples, every other one of the same key: each read of the backlog keeps the newest of
+    that key and every sample of the others, and the store appends a gap record for the rest at
+    the end of the stream, hundreds of seqs later. With a window of 16 and no resend to rescue it
+    (ack timeout 60 s), the window fills with the kept samples after the first hole; the
+    consumer's ack passes the hole only because its gap record is sent at once."""
+    samples = [{"source": "power", "key": "k" if i % 2 else f"d{i}", "value": i} for i in range(600)]
+    await write(db, [("telemetry", sample) for sample in samples])
+    ledger = tmp_path / "central.db"
+    robot = Robot(db, broker.settings(), tmp_path / "keys", window=16, ack_timeout_s=60.0)
+    async with consuming(make_consumer(broker.settings(), ledger, {AGENT: robot.identity})), robot.sending():
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while await unacked(robot.outbox) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert await unacked(robot.outbox) == 0, robot.uplink.status().to_dict()
+    rows = [r for r in ledger_rows(ledger) if r[0] == "telemetry"]
+    covered = set()
+    for _stream, seq, _id, kind, _at, body, _sig in rows:
+        covered.add(seq)
+        if kind == "gap":
+            gap = json.loads(body)
+            covered.update(range(gap["from_seq"], gap["to_seq"] + 1))
+    assert covered == set(range(1, max(covered) + 1)) and max(covered) > 600
+    assert sum(1 for r in rows if r[3] == "telemetry") < 320  # the repeated key was coalesced away
