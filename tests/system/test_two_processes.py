@@ -270,7 +270,8 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
         status = c.get("/api/v1/status").json()
     codes = [f["code"] for f in status["verdict"]["faults"]]
     assert "LOOP_LAG" not in codes and "LOOP_STALL" not in codes, status["verdict"]
-    assert status["state"] == "IDLE", status
+    faults = [(f["code"], f["level"], f.get("message", "")) for f in status["verdict"]["faults"]]
+    assert status["state"] == "IDLE", (status["state"], faults, daemon.log.read_text(errors="replace")[-3000:])
     assert status["loop"]["ticks"] > before["ticks"]
 
 
