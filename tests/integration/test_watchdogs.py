@@ -290,6 +290,8 @@ async def test_an_api_server_that_returns_on_its_own_is_the_gateways_death_not_t
         died_at = time.monotonic()
         gw.api._server.should_exit = True  # uvicorn leaves serve() as if it had decided to stop
         assert await wait_for(server.done, 10.0)
+        # The supervisor hears of it in the task's done callback, one turn of the loop later.
+        assert await wait_for(lambda: "api-server" in gw.tasks.deaths, 2.0)
         assert "returned" in gw.tasks.deaths["api-server"]  # the gateway's watchdog starves: systemd restarts it
         # The core goes on feeding both of its watchdogs: a dead API is not the robot's fault.
         await asyncio.sleep(0.3)
