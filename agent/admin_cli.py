@@ -31,7 +31,9 @@ _COMMANDS = ("user", "audit", "tls")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)")
+    p.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)"
+    )
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,7 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _add_config(lst)
     passwd = user_sub.add_parser("passwd", help="set a user's password (their sessions end)")
     passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true", help="read the password from stdin instead of prompting")
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin instead of prompting"
+    )
     _add_config(passwd)
     disable = user_sub.add_parser("disable", help="disable a user (never deleted; their sessions end)")
     disable.add_argument("name")
@@ -211,7 +215,10 @@ async def _audit_verify(data_dir: Path) -> int:
             result = await verify_connection(conn, key)
         except sqlite3.Error as exc:
             print(f"AUDIT_UNREADABLE: {exc}", file=sys.stderr)
-            print("hint: is this database from an agent version with an audit log? Start the agent once to migrate it.", file=sys.stderr)
+            print(
+                "hint: is this database from an agent version with an audit log? Start the agent once to migrate it.",
+                file=sys.stderr,
+            )
             return 1
         finally:
             await conn.execute("ROLLBACK")
@@ -240,7 +247,10 @@ def _tls_fingerprint(cfg: Config) -> int:
     fingerprint = read_fingerprint(cfg.data_path)
     if fingerprint is None:
         if is_loopback(cfg.api.host):
-            print(f"no device certificate: the API on {cfg.api.host} is loopback-only and serves plain HTTP", file=sys.stderr)
+            print(
+                f"no device certificate: the API on {cfg.api.host} is loopback-only and serves plain HTTP",
+                file=sys.stderr,
+            )
         else:
             print("no device certificate yet: it is generated at the agent's first start", file=sys.stderr)
         return 1

@@ -29,7 +29,9 @@ examples:
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)")
+    p.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the core and the gateway, supervised (see `oht-agent run --help`)", add_help=False)
     core = sub.add_parser(
-        "core", help="run the core process: bus, safety, control, store; no network",
+        "core",
+        help="run the core process: bus, safety, control, store; no network",
         description="Run the real-time core until SIGTERM: it owns the serial port, the watchdogs and the "
-                    "store's command tables, and listens only on its Unix socket ([core] socket) for the gateway.",
+        "store's command tables, and listens only on its Unix socket ([core] socket) for the gateway.",
     )
     _add_config(core)
     gateway = sub.add_parser(
-        "gateway", help="run the gateway process: the local HTTP API, connected to the core's socket",
+        "gateway",
+        help="run the gateway process: the local HTTP API, connected to the core's socket",
         description="Run the gateway until SIGTERM: HTTP/TLS, authentication, users, the status page, metrics "
-                    "and the stream. It has no access to the bus; it answers 503 CORE_UNAVAILABLE while the core is away.",
+        "and the stream. It has no access to the bus; it answers 503 CORE_UNAVAILABLE while the core is away.",
     )
     _add_config(gateway)
 
@@ -97,7 +101,9 @@ def cmd_config_check(path_arg: str | None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 1
-    print(f"{path}: ok (agent {cfg.agent.id}, bus {cfg.bus.port} @ {cfg.bus.baudrate}, {len(profiles)} register profiles)")
+    print(
+        f"{path}: ok (agent {cfg.agent.id}, bus {cfg.bus.port} @ {cfg.bus.baudrate}, {len(profiles)} register profiles)"
+    )
     return 0
 
 
@@ -139,10 +145,10 @@ def cmd_gateway(path_arg: str | None) -> int:
     cfg = _load(path_arg)
     if cfg is None:
         return 1
-    from agent.gateway import Gateway
-
     import asyncio
     import logging
+
+    from agent.gateway import Gateway
 
     # The gateway's loop on uvloop when it is installed: the HTTP stack serves more requests per
     # second of CPU on it (bench/api.py). Only the gateway: the core keeps the standard loop.

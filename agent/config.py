@@ -121,13 +121,17 @@ class SafetyModuleSection(_Section):
     """
 
     analog_enable: Annotated[list[bool], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
-        default_factory=lambda: [True] * SENSORS)
-    zone_thresholds: Annotated[list[Annotated[int, Field(ge=1, le=10000)]], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
-        default_factory=lambda: [30, 50, 60, 70])
+        default_factory=lambda: [True] * SENSORS
+    )
+    zone_thresholds: Annotated[
+        list[Annotated[int, Field(ge=1, le=10000)]], Field(min_length=SENSORS, max_length=SENSORS)
+    ] = Field(default_factory=lambda: [30, 50, 60, 70])
     di_enable: Annotated[list[bool], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
-        default_factory=lambda: [False] * SENSORS)
-    di_active_level: Annotated[list[Annotated[int, Field(ge=0, le=1)]], Field(min_length=SENSORS, max_length=SENSORS)] = Field(
-        default_factory=lambda: [1] * SENSORS)
+        default_factory=lambda: [False] * SENSORS
+    )
+    di_active_level: Annotated[
+        list[Annotated[int, Field(ge=0, le=1)]], Field(min_length=SENSORS, max_length=SENSORS)
+    ] = Field(default_factory=lambda: [1] * SENSORS)
     response_time_ms: Annotated[int, Field(ge=1, le=1000)] = 50
     auto_reset: bool = False
     safety_mode: Annotated[int, Field(ge=1, le=4)] = 1
@@ -152,7 +156,9 @@ class SafetyModuleSection(_Section):
     @classmethod
     def _manual_reset(cls, v: bool) -> bool:
         if v:
-            raise ValueError("must be false: the module must not release its relay latch by itself (a technician resets)")
+            raise ValueError(
+                "must be false: the module must not release its relay latch by itself (a technician resets)"
+            )
         return v
 
     def enabled_sensors(self) -> frozenset[int]:
@@ -244,7 +250,9 @@ class EstopGpioSection(_Section):
 
     enabled: bool = False
     chip: str = "/dev/gpiochip1"
-    lines: Annotated[list[Annotated[int, Field(ge=0, le=1023)]], Field(min_length=1, max_length=2)] = Field(default_factory=lambda: [59])
+    lines: Annotated[list[Annotated[int, Field(ge=0, le=1023)]], Field(min_length=1, max_length=2)] = Field(
+        default_factory=lambda: [59]
+    )
     active_low: bool = True
     debounce_ms: Annotated[int, Field(ge=0, le=100)] = 10
     discrepancy_ms: Annotated[int, Field(ge=10, le=1000)] = 50
@@ -302,7 +310,9 @@ class UpstreamSection(_Section):
         if port == 0:
             raise ValueError(f"{v!r}: port 0 cannot be connected to")
         if parts.scheme == "mqtt" and not _is_loopback_ip(parts.hostname):
-            raise ValueError(f"{v!r}: plain mqtt:// is allowed only to a loopback address (127.0.0.1, ::1); use mqtts://")
+            raise ValueError(
+                f"{v!r}: plain mqtt:// is allowed only to a loopback address (127.0.0.1, ::1); use mqtts://"
+            )
         return v
 
     @field_validator("central_public_key")
@@ -326,7 +336,9 @@ class UpstreamSection(_Section):
         if self.tls:
             missing = [name for name, value in tls_files.items() if not value]
             if missing:
-                raise ValueError(f"mqtts:// needs {', '.join(missing)}: the pinned CA and this robot's client certificate and key")
+                raise ValueError(
+                    f"mqtts:// needs {', '.join(missing)}: the pinned CA and this robot's client certificate and key"
+                )
         elif any(tls_files.values()):
             raise ValueError("ca_file, cert_file and key_file are TLS settings: use mqtts:// to use them")
         if not self.central_public_key:
@@ -403,7 +415,9 @@ class Config(_Section):
     def _socket_fits(self) -> Config:
         path = str(self.core_socket_path)
         if len(os.fsencode(path)) > SOCKET_PATH_MAX:
-            raise ValueError(f"core socket path {path!r} is longer than {SOCKET_PATH_MAX} bytes; set [core] socket to a shorter path")
+            raise ValueError(
+                f"core socket path {path!r} is longer than {SOCKET_PATH_MAX} bytes; set [core] socket to a shorter path"
+            )
         return self
 
     @property
@@ -450,7 +464,11 @@ def validate_config(data: dict[str, object], path: Path | str = "<memory>") -> C
             elif err["type"] == "missing":
                 msg = "required key is missing"
             got = err.get("input")
-            detail = f" (got {got!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict) else ""
+            detail = (
+                f" (got {got!r})"
+                if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict)
+                else ""
+            )
             problems.append(f"{key}: {msg}{detail}")
         raise ConfigError(path, problems) from None
     return cfg

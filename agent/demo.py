@@ -57,8 +57,24 @@ def run_demo(directory: str | None) -> int:
         config_path.write_text(config + (centre.config_section() if centre is not None else ""))
         # No default password anywhere: the demo's admin gets a new random one each run, shown only here.
         password = secrets.token_urlsafe(12)
-        subprocess.run([sys.executable, "-m", "agent", "user", "add", "demo", "--role", "admin", "--password-stdin",
-                        "--config", str(config_path)], input=password.encode(), check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "user",
+                "add",
+                "demo",
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--config",
+                str(config_path),
+            ],
+            input=password.encode(),
+            check=True,
+            capture_output=True,
+        )
         sim = SimProcess(link, control, log_path=workdir / "sim.log", new_session=True).start()
         try:
             print(f"simulator:   pid {sim.pid}, pty {link}, control socket {control}")
@@ -66,10 +82,14 @@ def run_demo(directory: str | None) -> int:
             print(f"data:        {data}")
             print(f"API:         http://127.0.0.1:{port}/  (status page)")
             print(f"log in:      user demo, password {password}  (made for this demo run only)")
-            print(f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/auth/login -H 'Content-Type: application/json' "
-                  f"-d '{{\"username\": \"demo\", \"password\": \"{password}\"}}'")
+            print(
+                f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/auth/login -H 'Content-Type: application/json' "
+                f'-d \'{{"username": "demo", "password": "{password}"}}\''
+            )
             print("try, in another terminal:")
-            print(f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\"")
+            print(
+                f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\""
+            )
             print("Ctrl-C stops everything.\n", flush=True)
             launch(["--config", str(config_path)])
         except KeyboardInterrupt:

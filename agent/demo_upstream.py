@@ -56,7 +56,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not listen on {port} within {_START_TIMEOUT_S:g} s; see {log}") from None
+                raise RuntimeError(
+                    f"mosquitto did not listen on {port} within {_START_TIMEOUT_S:g} s; see {log}"
+                ) from None
             try:
                 proc.wait(0.05)
             except subprocess.TimeoutExpired:

@@ -34,13 +34,15 @@ __all__ = ["Gateway"]
 log = logging.getLogger("oht.gateway")
 
 # The database is the core's to create and migrate: wait for it instead of failing.
-_WAIT_FOR_CORE = frozenset({"STORE_NOT_CREATED", "STORE_SCHEMA_PENDING", "STORE_AUDIT_KEY_MISSING", "STORE_LOCKED", "STORE_BUSY"})
+_WAIT_FOR_CORE = frozenset(
+    {"STORE_NOT_CREATED", "STORE_SCHEMA_PENDING", "STORE_AUDIT_KEY_MISSING", "STORE_LOCKED", "STORE_BUSY"}
+)
 
 
 def _import_api() -> None:
-    import agent.api.app  # noqa: F401
-    import agent.api.server  # noqa: F401
-    import agent.api.settings  # noqa: F401
+    import agent.api.app
+    import agent.api.server
+    import agent.api.settings
     import agent.link.client  # noqa: F401
 
 
@@ -90,7 +92,11 @@ class Gateway:
         await self.api.start()
         extra = f" (TLS, certificate SHA-256 {self.api.fingerprint})" if self.api.tls else ""
         log.info("API serving on %s%s", self.api.url, extra)
-        for task, name in ((self.client.task, "core-link"), (self.api.task, "api-server"), (self.db.writer_task, "store-writer")):
+        for task, name in (
+            (self.client.task, "core-link"),
+            (self.api.task, "api-server"),
+            (self.db.writer_task, "store-writer"),
+        ):
             if task is not None:
                 self.tasks.watch(task, name)
         if cfg.upstream.enabled:

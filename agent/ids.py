@@ -95,13 +95,7 @@ class UUIDv7Generator:
     def new_int(self) -> int:
         """The next id as a 128-bit integer."""
         ms, counter, rand_b = self._next_fields()
-        return (
-            ((ms & 0xFFFF_FFFF_FFFF) << 80)
-            | (_VERSION << 76)
-            | (counter << 64)
-            | (_VARIANT << 62)
-            | rand_b
-        )
+        return ((ms & 0xFFFF_FFFF_FFFF) << 80) | (_VERSION << 76) | (counter << 64) | (_VARIANT << 62) | rand_b
 
     def new_id(self) -> str:
         """The next id in its canonical 36-character form (lower-case hex with hyphens)."""

@@ -99,7 +99,7 @@ class _Child:
             code = cli_main(self.args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - the child reports and exits; the launcher restarts it
+        except BaseException:
             traceback.print_exc()
         finally:
             sys.stdout.flush()
@@ -168,10 +168,12 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="oht-agent run",
         description="Run the core (bus, safety, control; no network) and the gateway (local API) as two "
-                    "supervised child processes until SIGTERM or Ctrl-C. On a carriage, use the systemd units "
-                    "instead, which run `oht-agent core` and `oht-agent gateway`.",
+        "supervised child processes until SIGTERM or Ctrl-C. On a carriage, use the systemd units "
+        "instead, which run `oht-agent core` and `oht-agent gateway`.",
     )
-    parser.add_argument("--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)")
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: $OHT_AGENT_CONFIG or config/agent.toml)"
+    )
     args = parser.parse_args(list(argv))
 
     stopping = False
@@ -200,8 +202,13 @@ def main(argv: Sequence[str]) -> int:
                 gateway.start()
             for child, delay in ((core, RESTART_CORE_S), (gateway, RESTART_GATEWAY_S)):
                 code = child.exited()
-                if (code is not None and code > 0 and child.restart_at is None and child.starts == 1
-                        and now - child.started_at < FIRST_START_S):
+                if (
+                    code is not None
+                    and code > 0
+                    and child.restart_at is None
+                    and child.starts == 1
+                    and now - child.started_at < FIRST_START_S
+                ):
                     # It gave up by itself while coming up (a bad configuration, say): starting it
                     # again would fail again. One killed by a signal is started again below.
                     _say(f"{child.role} exited with {code} while starting; not started again")

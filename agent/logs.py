@@ -106,9 +106,15 @@ class _Writer(logging.handlers.QueueListener):
     def _report_dropped(self) -> None:
         n = _dropped.take_unreported()
         if n:
-            note = logging.LogRecord("oht.logs", logging.WARNING, __file__, 0,
-                                     "%d log line(s) dropped: the log output could not keep up (%d since start)",
-                                     (n, _dropped.total), None)
+            note = logging.LogRecord(
+                "oht.logs",
+                logging.WARNING,
+                __file__,
+                0,
+                "%d log line(s) dropped: the log output could not keep up (%d since start)",
+                (n, _dropped.total),
+                None,
+            )
             super().handle(note)
 
     def stop_within(self, timeout: float) -> None:
@@ -132,8 +138,9 @@ class _Writer(logging.handlers.QueueListener):
 _writer: _Writer | None = None
 
 
-def setup_logging(level: str = "info", fmt: str = "text", *, stream: IO[str] | None = None,
-                  queue_lines: int = QUEUE_LINES) -> None:
+def setup_logging(
+    level: str = "info", fmt: str = "text", *, stream: IO[str] | None = None, queue_lines: int = QUEUE_LINES
+) -> None:
     """Route every log record through a bounded queue to a writer thread on `stream` (stderr).
 
     Called again (tests, the demo) it replaces the previous set-up, flushing it first.

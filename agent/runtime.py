@@ -22,11 +22,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
-from agent.supervision import freeze_startup_heap, stop_on_signals
 from agent.safety.estop_input import EstopChannels
-from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.module_config import LockedWriter, ModuleConfigGuard
-from drivers.watchdog import HardwareWatchdog, SdNotifier
+from agent.safety.stop import StopOutcome, StopPath
+from agent.supervision import freeze_startup_heap, stop_on_signals
 from drivers.discovery import DiscoveryReport, discover
 from drivers.gpio import GpioInputs, GpioUnavailable
 from drivers.modbus.master import BusMaster
@@ -34,6 +33,7 @@ from drivers.modbus.schedule import Priority
 from drivers.polling import Binding, ModulePoller
 from drivers.profiles import Profile, load_profiles
 from drivers.snapshots import Quality, SnapshotBoard
+from drivers.watchdog import HardwareWatchdog, SdNotifier
 
 if TYPE_CHECKING:
     from agent.control.controller import Controller
@@ -48,8 +48,8 @@ ROLE_PHASE_S = {"safety": 0.0, "travel": 0.013, "power": 0.029, "dock": 0.041}
 
 def import_controller() -> None:
     """Load the controller (state machine, executor) and the store: called in a worker thread."""
-    import agent.control.controller  # noqa: F401
-    import agent.link.server  # noqa: F401
+    import agent.control.controller
+    import agent.link.server
     import agent.store.database  # noqa: F401
 
 
@@ -110,7 +110,9 @@ class Runtime:
         # phase-locked poll is not sent after the safety module's tick because a commit held it.
         sys.setswitchinterval(0.001)
         stop_on_signals(self.request_stop)
-        log.info("agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate)
+        log.info(
+            "agent %s starting: bus %s at %d baud", self.config.agent.id, self.config.bus.port, self.config.bus.baudrate
+        )
         try:
             await self.start()
             await self._stop.wait()
@@ -134,8 +136,10 @@ class Runtime:
             self.controller.adopt_initial_stop(initial_stop)
         report = await self.db.start()
         if report.interrupted_commands:
-            log.warning("%d command(s) were running when the agent stopped: marked interrupted, not re-run",
-                        report.interrupted_commands)
+            log.warning(
+                "%d command(s) were running when the agent stopped: marked interrupted, not re-run",
+                report.interrupted_commands,
+            )
         # Motion never resumes by itself: a move queued before the core stopped is not started by
         # the next core (other queued commands still run, once).
         await self.controller.withdraw_queued_motion()
@@ -143,7 +147,9 @@ class Runtime:
         self.controller.supervisor.judged_sensors = cfg.safety_module.enabled_sensors()
         if report.corrupt_moved_to is not None:
             # Latched until a technician has looked: the old file is kept for analysis.
-            self.controller.supervisor.record_event("STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}")
+            self.controller.supervisor.record_event(
+                "STORE_CORRUPT", f"corrupt database moved to {report.corrupt_moved_to}"
+            )
         await self.controller.start()
         await self._serve_link()
         self._open_gpio()
@@ -168,9 +174,17 @@ class Runtime:
             hw_watchdog = HardwareWatchdog(cfg.watchdog.device, cfg.watchdog.timeout_s)
             hw_watchdog.open()
         self.controller = Controller(
-            agent_id=cfg.agent.id, hw=self, db=self.db, policy=cfg.safety, stop_path=self.stop_path,
-            mandatory=list(cfg.modules.mandatory), ready_check=self.ready,
-            notifier=self.notifier, hw_watchdog=hw_watchdog, estop_input=estop_state, motion=cfg.motion,
+            agent_id=cfg.agent.id,
+            hw=self,
+            db=self.db,
+            policy=cfg.safety,
+            stop_path=self.stop_path,
+            mandatory=list(cfg.modules.mandatory),
+            ready_check=self.ready,
+            notifier=self.notifier,
+            hw_watchdog=hw_watchdog,
+            estop_input=estop_state,
+            motion=cfg.motion,
             outbox_limits=cfg.upstream.outbox_limits(),
         )
 
@@ -197,11 +211,14 @@ class Runtime:
         initial = self.stop_path.request("start-up: outputs to the safe state")
         try:
             outcome = await asyncio.wait_for(asyncio.shield(initial), max(0.05, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("start-up stop of the travel driver not yet confirmed; still trying")
             return initial
-        log.info("start-up: travel outputs confirmed safe %.0f ms after the stop was requested (monotonic %.3f)",
-                 outcome.confirm_ms or 0, outcome.confirmed_at or 0.0)
+        log.info(
+            "start-up: travel outputs confirmed safe %.0f ms after the stop was requested (monotonic %.3f)",
+            outcome.confirm_ms or 0,
+            outcome.confirmed_at or 0.0,
+        )
         return initial
 
     def _supervise_tasks(self) -> None:
@@ -217,8 +234,9 @@ class Runtime:
         cfg = self.config.estop_gpio
         if self.estop_channels is None:
             return
-        self.gpio = GpioInputs(cfg.chip, cfg.lines, active_low=cfg.active_low, debounce_ms=cfg.debounce_ms,
-                               on_change=self._on_gpio)
+        self.gpio = GpioInputs(
+            cfg.chip, cfg.lines, active_low=cfg.active_low, debounce_ms=cfg.debounce_ms, on_change=self._on_gpio
+        )
         try:
             self._on_gpio(self.gpio.open(), time.monotonic())
             log.info("E-stop input on %s lines %s", cfg.chip, cfg.lines)
@@ -239,8 +257,12 @@ class Runtime:
         assert self.controller is not None
         cfg = self.config.core
         self.link = CoreServer(
-            self.controller, self.config.core_socket_path, allowed_uids=allowed_uids(cfg.gateway_user),
-            rate=cfg.request_rate, burst=cfg.request_burst, max_inflight=cfg.max_inflight,
+            self.controller,
+            self.config.core_socket_path,
+            allowed_uids=allowed_uids(cfg.gateway_user),
+            rate=cfg.request_rate,
+            burst=cfg.request_burst,
+            max_inflight=cfg.max_inflight,
             view_interval_s=cfg.view_interval_ms / 1000,
         )
         await self.link.start()
@@ -365,9 +387,15 @@ class Runtime:
             self.safety_config.uninstall()
             self.board.remove_listener(self.safety_config.observe)
         self.safety_config = ModuleConfigGuard(
-            binding, cfg.expected_registers(), schedule=self.master.schedule, faults=self.controller.supervisor,
-            write=LockedWriter(self.master.schedule, binding), interval_s=cfg.verify_interval_ms / 1000.0, reapply_after_reboot=cfg.reapply_after_reboot,
-            phase_s=ROLE_PHASE_S["safety"], request_read=poller.refresh_config,
+            binding,
+            cfg.expected_registers(),
+            schedule=self.master.schedule,
+            faults=self.controller.supervisor,
+            write=LockedWriter(self.master.schedule, binding),
+            interval_s=cfg.verify_interval_ms / 1000.0,
+            reapply_after_reboot=cfg.reapply_after_reboot,
+            phase_s=ROLE_PHASE_S["safety"],
+            request_read=poller.refresh_config,
         )
         self.safety_config.install()
         self.board.add_listener(self.safety_config.observe)
@@ -385,7 +413,9 @@ class Runtime:
                 ident = finding.identity
                 log.info(
                     "address %d: module type %d firmware %s -> profile %s",
-                    finding.address, ident.module_type, ident.firmware_text,
+                    finding.address,
+                    ident.module_type,
+                    ident.firmware_text,
                     finding.profile.name if finding.profile else "?",
                 )
         for problem in report.problems:
@@ -397,7 +427,13 @@ class Runtime:
                 key = f"hint:{finding.address}:{finding.problem_code}"
                 if key not in self._reported:
                     self._reported.add(key)
-                    log.warning("address %d: %s (%s). Hint: %s", finding.address, finding.problem, finding.problem_code, finding.hint)
+                    log.warning(
+                        "address %d: %s (%s). Hint: %s",
+                        finding.address,
+                        finding.problem,
+                        finding.problem_code,
+                        finding.hint,
+                    )
 
     # ------------------------------------------------------------------ health
     def _on_bus_event(self, kind: str, info: dict[str, Any]) -> None:
@@ -408,7 +444,9 @@ class Runtime:
         elif kind == "port_unavailable":
             log.error("serial port %s unavailable: %s (retrying)", info.get("path"), info.get("reason"))
         elif kind == "slave_offline":
-            log.error("module at address %s set aside: %s (%s)", info.get("address"), info.get("reason"), info.get("code"))
+            log.error(
+                "module at address %s set aside: %s (%s)", info.get("address"), info.get("reason"), info.get("code")
+            )
         elif kind == "slave_online":
             log.info("module at address %s answers again", info.get("address"))
 
@@ -418,8 +456,10 @@ class Runtime:
 
         now = time.monotonic()
         stats = self.master.stats_dict()
-        modules = {role: module_summary(self, poller, fresh=poller.fast_quality(now) is Quality.FRESH)
-                   for role, poller in self.pollers.items()}
+        modules = {
+            role: module_summary(self, poller, fresh=poller.fast_quality(now) is Quality.FRESH)
+            for role, poller in self.pollers.items()
+        }
         return {"port_up": stats["port_up"], "bus": stats["bus"], "modules": modules}
 
     async def _health_loop(self) -> None:
@@ -431,5 +471,9 @@ class Runtime:
                 f"timeouts={m['timeouts']} crc={m['crc_errors']}"
                 for role, m in sorted(h["modules"].items())
             ]
-            log.info("health: port=%s overruns=%s | %s", "up" if h["port_up"] else "DOWN",
-                     h["bus"]["poll_overruns"], "; ".join(parts) or "no module bound")
+            log.info(
+                "health: port=%s overruns=%s | %s",
+                "up" if h["port_up"] else "DOWN",
+                h["bus"]["poll_overruns"],
+                "; ".join(parts) or "no module bound",
+            )

@@ -18,7 +18,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_config: Callable[[argparse.
     db = sub.add_parser("db", help="database maintenance: check, backup, restore")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.required = True
-    check = db_sub.add_parser("check", help="quick_check, schema version, row counts, outbox backlog per stream (safe while running)")
+    check = db_sub.add_parser(
+        "check", help="quick_check, schema version, row counts, outbox backlog per stream (safe while running)"
+    )
     add_config(check)
     backup = db_sub.add_parser("backup", help="consistent online copy to DEST (safe while running)")
     backup.add_argument("dest", metavar="DEST", help="file to write (must not exist)")

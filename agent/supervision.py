@@ -86,7 +86,7 @@ class TaskSupervisor:
         log.critical("task %s %s: watchdogs are no longer fed; the agent will be restarted", name, why)
         try:
             self._on_death(name, why)
-        except Exception:  # noqa: BLE001 - the death is recorded whatever the reaction does
+        except Exception:
             log.exception("reaction to the death of task %s failed", name)
 
 

@@ -83,6 +83,7 @@ sys.path.insert(0, str(REPO))
 from bench._wrk import REPORT_LUA  # noqa: E402
 from drivers.modbus.stats import ranked  # noqa: E402
 
+
 def figures(latencies: list[float], wall: float, statuses: dict[str, int], errors: int) -> dict[str, Any]:
     """One phase's figures, the same for every load client."""
     values = sorted(latencies)
@@ -103,7 +104,8 @@ PACED_RATE = 200.0  # requests/s offered in the paced phases (spread over all co
 
 # wrk script: a unique Idempotency-Key per POST (thread-local counter behind a per-run prefix,
 # one wrk thread), and one JSON line of figures at the end (wrk counts latency in microseconds).
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    r"""
 local prefix = "run"
 local counter = 0
 function init(args)
@@ -121,7 +123,9 @@ function request()
   headers["Idempotency-Key"] = prefix .. "-" .. counter
   return wrk.format(nil, nil, headers)
 end
-""" + REPORT_LUA
+"""
+    + REPORT_LUA
+)
 
 
 # ---------------------------------------------------------------------------- load client (child)
@@ -143,7 +147,8 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     # AsyncClient sharing a 50-connection pool spends most of its time in pool bookkeeping
     # (measured: 150 req/s against 650 with 10), which would measure httpx, not the agent.
     clients = [
-        httpx.AsyncClient(base_url=spec["url"], headers=headers, limits=limits, timeout=30.0) for _ in range(concurrency)
+        httpx.AsyncClient(base_url=spec["url"], headers=headers, limits=limits, timeout=30.0)
+        for _ in range(concurrency)
     ]
 
     async def one(client: httpx.AsyncClient, due: float | None = None) -> None:
@@ -223,11 +228,11 @@ class _RawConnection(asyncio.Protocol):
         at = head.find(b"\r\ncontent-length:")
         if at >= 0:
             line_end = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17:line_end if line_end >= 0 else len(head)])
+            length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
         if len(self.buffer) < end + 4 + length:
             return
         status = int(head[9:12])
-        del self.buffer[:end + 4 + length]
+        del self.buffer[: end + 4 + length]
         self.waiter.set_result(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -324,7 +329,13 @@ async def raw_client_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def load(
-    url: str, method: str, path: str, token: str, duration: float, concurrency: int, rate: float | None = None,
+    url: str,
+    method: str,
+    path: str,
+    token: str,
+    duration: float,
+    concurrency: int,
+    rate: float | None = None,
     client: str = "auto",
 ) -> dict[str, Any]:
     """One phase of load from a separate process: wrk for the closed loop when it is there, else
@@ -542,13 +553,18 @@ class AgentProcess:
                 when, text = parts[1], f"{parts[2]} {parts[3]}"
             else:
                 continue
-            key = re.sub(r"\d+", "#", re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>", text))[:100]
+            key = re.sub(
+                r"\d+", "#", re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>", text)
+            )[:100]
             if key in kinds:
                 kinds[key][0] += 1
                 kinds[key][2] = when
             else:
                 kinds[key] = [1, f"{parts[0]} {when} {text}" if when else text, when]
-        out = [f"{count:6d} x  {first}" + (f"  (last at {last})" if count > 1 else "") for count, first, last in kinds.values()]
+        out = [
+            f"{count:6d} x  {first}" + (f"  (last at {last})" if count > 1 else "")
+            for count, first, last in kinds.values()
+        ]
         return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more kinds)"]
 
     def stop(self) -> None:
@@ -627,11 +643,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per phase (default 5)")
     parser.add_argument("--concurrency", type=int, default=50, help="connections and workers (default 50)")
-    parser.add_argument("--client", choices=("auto", "wrk", "raw", "python"), default="auto",
-                        help="load generator: wrk for the closed loop when installed and the raw client otherwise "
-                             "(auto), or insist on one (python: httpx)")
-    parser.add_argument("--plain", action="store_true",
-                        help="hide httptools and uvloop from the agent: its gateway runs on h11 and asyncio")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "raw", "python"),
+        default="auto",
+        help="load generator: wrk for the closed loop when installed and the raw client otherwise "
+        "(auto), or insist on one (python: httpx)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="hide httptools and uvloop from the agent: its gateway runs on h11 and asyncio",
+    )
     parser.add_argument("--load-spec", help=argparse.SUPPRESS)  # the Python load client's own run
     parser.add_argument("--bare-server", help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()

@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.modbus.frames import read_request, write_request  # noqa: E402
-from drivers.modbus.master import BusMaster  # noqa: E402
-from drivers.modbus.schedule import PollPlan, Priority  # noqa: E402
-from drivers.modbus.stats import percentile  # noqa: E402
-from drivers.modbus.timing import line_timing  # noqa: E402
-from drivers.sim.client import SimProcess  # noqa: E402
+from drivers.modbus.frames import read_request, write_request
+from drivers.modbus.master import BusMaster
+from drivers.modbus.schedule import PollPlan, Priority
+from drivers.modbus.stats import percentile
+from drivers.modbus.timing import line_timing
+from drivers.sim.client import SimProcess
 
 TRAVEL, POWER, DOCK = 3, 2, 4
 READS = 3000
@@ -168,8 +168,13 @@ async def bench_stop(sim: SimProcess, master: BusMaster, samples: int = 300) -> 
     now = time.monotonic()
     starts: list[float] = []
     for i, (slave, start, count) in enumerate([(POWER, 0, 10), (TRAVEL, 0, 10), (DOCK, 0x30, 6), (POWER, 0x14, 10)]):
-        plan = PollPlan(key=f"load{i}", request=read_request(slave, start, count), interval_s=0.002, phase_s=0.0005 * i,
-                        on_result=lambda regs, at: starts.append(at))
+        plan = PollPlan(
+            key=f"load{i}",
+            request=read_request(slave, start, count),
+            interval_s=0.002,
+            phase_s=0.0005 * i,
+            on_result=lambda regs, at: starts.append(at),
+        )
         master.schedule.add(plan, now)
     await asyncio.sleep(0.5)
     starts.clear()
@@ -221,10 +226,20 @@ async def main() -> dict[str, object]:
 
 if __name__ == "__main__":
     out = asyncio.run(main())
-    print(f"pymodbus raw    {out['pymodbus_nogap_tps']:>8} tx/s  p50 {out['pymodbus_nogap_p50_ms']} ms  (no inter-frame gap)")
-    print(f"pymodbus + t3.5 {out['pymodbus_tps']:>8} tx/s  p50 {out['pymodbus_p50_ms']} ms  p99 {out['pymodbus_p99_ms']} ms")
-    print(f"agent master    {out['agent_tps']:>8} tx/s  p50 {out['agent_p50_ms']} ms  p99 {out['agent_p99_ms']} ms  ratio {out['ratio_vs_pymodbus']}")
-    print(f"wire @115200    {out['wire_tps']:>8} tx/s  of {out['wire_limit_tps']} possible  ratio {out['wire_ratio_115200']}")
-    print(f"stop wait       p50 {out['stop_wait_p50_ms']} ms  p99 {out['stop_wait_p99_ms']} ms  (transaction {out['transaction_ms']} ms,"
-          f" arrival p99 {out['stop_arrival_p99_ms']} ms)")
+    print(
+        f"pymodbus raw    {out['pymodbus_nogap_tps']:>8} tx/s  p50 {out['pymodbus_nogap_p50_ms']} ms  (no inter-frame gap)"
+    )
+    print(
+        f"pymodbus + t3.5 {out['pymodbus_tps']:>8} tx/s  p50 {out['pymodbus_p50_ms']} ms  p99 {out['pymodbus_p99_ms']} ms"
+    )
+    print(
+        f"agent master    {out['agent_tps']:>8} tx/s  p50 {out['agent_p50_ms']} ms  p99 {out['agent_p99_ms']} ms  ratio {out['ratio_vs_pymodbus']}"
+    )
+    print(
+        f"wire @115200    {out['wire_tps']:>8} tx/s  of {out['wire_limit_tps']} possible  ratio {out['wire_ratio_115200']}"
+    )
+    print(
+        f"stop wait       p50 {out['stop_wait_p50_ms']} ms  p99 {out['stop_wait_p99_ms']} ms  (transaction {out['transaction_ms']} ms,"
+        f" arrival p99 {out['stop_arrival_p99_ms']} ms)"
+    )
     print(json.dumps(out))

@@ -37,11 +37,11 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.ids import new_id  # noqa: E402
-from agent.store.clock import now_ts  # noqa: E402
-from agent.store.commands import Commands  # noqa: E402
-from agent.store.database import Database  # noqa: E402
-from agent.store.migrations import MIGRATIONS  # noqa: E402
+from agent.ids import new_id
+from agent.store.clock import now_ts
+from agent.store.commands import Commands
+from agent.store.database import Database
+from agent.store.migrations import MIGRATIONS
 
 RATIO_TARGET = 0.6
 SPEEDUP_TARGET = 3.0
@@ -131,9 +131,7 @@ async def run(rows: int, rounds: int, submitters: int) -> dict[str, object]:
     # Rounds are short and alternate, so neighbours share the machine's mood; the medians of
     # the per-round ratios are reported too, as a check on the ratio of medians.
     paired_ratio = statistics.median(s / r for s, r in zip(samples["single"], samples["raw"]))
-    paired_speedup = statistics.median(
-        c / s for c, s in zip(samples["concurrent"], samples["single"])
-    )
+    paired_speedup = statistics.median(c / s for c, s in zip(samples["concurrent"], samples["single"]))
     return {
         "bench": "ingest",
         "raw_rows_per_s": round(raw_rate, 1),
@@ -171,11 +169,12 @@ def main() -> None:
     print(f"{'measure':<34}{'per second':>12}")
     print(f"{'(a) raw INSERT+COMMIT':<34}{result['raw_rows_per_s']:>12,.0f}")
     print(f"{'(b) store, 1 submitter':<34}{result['store_single_per_s']:>12,.0f}")
-    print(f"{'(c) store, ' + str(args.submitters) + ' submitters':<34}"
-          f"{result['store_concurrent_per_s']:>12,.0f}")
-    print(f"ratio b/a = {result['ratio_vs_raw']:.2f} (target >= {RATIO_TARGET}),"
-          f" speedup c/b = {result['group_speedup']:.2f} (target >= {SPEEDUP_TARGET}),"
-          f" mean batch in (c) {result['concurrent_mean_batch']}, targets met: {result['targets_met']}")
+    print(f"{'(c) store, ' + str(args.submitters) + ' submitters':<34}{result['store_concurrent_per_s']:>12,.0f}")
+    print(
+        f"ratio b/a = {result['ratio_vs_raw']:.2f} (target >= {RATIO_TARGET}),"
+        f" speedup c/b = {result['group_speedup']:.2f} (target >= {SPEEDUP_TARGET}),"
+        f" mean batch in (c) {result['concurrent_mean_batch']}, targets met: {result['targets_met']}"
+    )
     print(json.dumps(result))
 
 

@@ -126,7 +126,8 @@ LOAD_NICE = 10
 
 # wrk script: one JSON line of figures at the end (wrk counts latency in microseconds); a unique
 # Idempotency-Key per command and a new unknown user name per login.
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    r"""
 local prefix, kind, counter = "run", "get", 0
 function init(args)
   prefix = args[1] or prefix
@@ -146,7 +147,9 @@ function request()
   end
   return wrk.format()
 end
-""".replace("__WRONG__", WRONG_PASSWORD) + REPORT_LUA
+""".replace("__WRONG__", WRONG_PASSWORD)
+    + REPORT_LUA
+)
 
 
 class BenchError(RuntimeError):
@@ -156,8 +159,16 @@ class BenchError(RuntimeError):
 # ---------------------------------------------------------------------------- minimal HTTP/1.1
 
 
-def http_request(method: str, path: str, port: int, *, token: str | None = None, body: Any = None,
-                 headers: dict[str, str] | None = None, close: bool = False) -> bytes:
+def http_request(
+    method: str,
+    path: str,
+    port: int,
+    *,
+    token: str | None = None,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    close: bool = False,
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
@@ -212,9 +223,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
-async def call(port: int, method: str, path: str, *, token: str | None = None, body: Any = None,
-               timeout: float = HTTP_TIMEOUT_S) -> tuple[int, Any]:
+async def call(
+    port: int, method: str, path: str, *, token: str | None = None, body: Any = None, timeout: float = HTTP_TIMEOUT_S
+) -> tuple[int, Any]:
     """One request on a new connection (closed after it); the answer's status and JSON (or None)."""
+
     async def exchange() -> tuple[int, Any]:
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
@@ -227,6 +240,7 @@ async def call(port: int, method: str, path: str, *, token: str | None = None, b
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, None
+
     return await asyncio.wait_for(exchange(), timeout)
 
 
@@ -237,8 +251,12 @@ async def load_main(spec: dict[str, Any]) -> dict[str, Any]:
     """Closed loop on `connections` keep-alive connections until stdin closes (or `max_s`)."""
     os.nice(LOAD_NICE)
     port, kind, prefix = int(spec["port"]), spec["kind"], uuid.uuid4().hex[:10]
-    method, path = {"status": ("GET", "/api/v1/status"), "health": ("GET", "/healthz"),
-                    "command": ("POST", "/api/v1/commands"), "login": ("POST", "/api/v1/auth/login")}[kind]
+    method, path = {
+        "status": ("GET", "/api/v1/status"),
+        "health": ("GET", "/healthz"),
+        "command": ("POST", "/api/v1/commands"),
+        "login": ("POST", "/api/v1/auth/login"),
+    }[kind]
     token = spec.get("token")
     counter = 0
 
@@ -246,10 +264,18 @@ async def load_main(spec: dict[str, Any]) -> dict[str, Any]:
         nonlocal counter
         counter += 1
         if kind == "command":
-            return http_request(method, path, port, token=token, body={"type": "pause"},
-                                headers={"Idempotency-Key": f"{prefix}-{counter}"})
+            return http_request(
+                method,
+                path,
+                port,
+                token=token,
+                body={"type": "pause"},
+                headers={"Idempotency-Key": f"{prefix}-{counter}"},
+            )
         if kind == "login":
-            return http_request(method, path, port, body={"username": f"nobody-{prefix}-{counter}", "password": WRONG_PASSWORD})
+            return http_request(
+                method, path, port, body={"username": f"nobody-{prefix}-{counter}", "password": WRONG_PASSWORD}
+            )
         return http_request(method, path, port, token=token)
 
     loop = asyncio.get_running_loop()
@@ -297,7 +323,7 @@ async def load_main(spec: dict[str, Any]) -> dict[str, Any]:
     workers = [asyncio.create_task(worker()) for _ in range(int(spec["connections"]))]
     try:
         await asyncio.wait_for(stopped.wait(), float(spec["max_s"]))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         stopped.set()
     ended = time.perf_counter()
     for task in (*workers, watcher):
@@ -305,11 +331,18 @@ async def load_main(spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*workers, watcher, return_exceptions=True)
     window = max(ended - measure_from, 1e-9)
     values = sorted(latencies)
-    return {"client": "python", "connections": int(spec["connections"]), "requests": len(values),
-            "window_s": round(window, 1), "rps": round(len(values) / window, 1),
-            "p50_ms": round(ranked(values, 50) * 1000, 2), "p99_ms": round(ranked(values, 99) * 1000, 2),
-            "max_ms": round(values[-1] * 1000, 2) if values else None,
-            "statuses": dict(statuses), "errors": errors}
+    return {
+        "client": "python",
+        "connections": int(spec["connections"]),
+        "requests": len(values),
+        "window_s": round(window, 1),
+        "rps": round(len(values) / window, 1),
+        "p50_ms": round(ranked(values, 50) * 1000, 2),
+        "p99_ms": round(ranked(values, 99) * 1000, 2),
+        "max_ms": round(values[-1] * 1000, 2) if values else None,
+        "statuses": dict(statuses),
+        "errors": errors,
+    }
 
 
 class Load:
@@ -325,19 +358,55 @@ class Load:
             if self.wrk:
                 script = work / "load.lua"
                 script.write_text(WRK_SCRIPT)
-                path = {"status": "/api/v1/status", "health": "/healthz", "command": "/api/v1/commands",
-                        "login": "/api/v1/auth/login"}[kind]
-                argv = ["nice", "-n", str(LOAD_NICE), "wrk", "-t1", f"-c{self.connections}", f"-d{int(max_s) + 1}s", "--timeout", "30s",
-                        "-s", str(script), "-H", "Content-Type: application/json"]
+                path = {
+                    "status": "/api/v1/status",
+                    "health": "/healthz",
+                    "command": "/api/v1/commands",
+                    "login": "/api/v1/auth/login",
+                }[kind]
+                argv = [
+                    "nice",
+                    "-n",
+                    str(LOAD_NICE),
+                    "wrk",
+                    "-t1",
+                    f"-c{self.connections}",
+                    f"-d{int(max_s) + 1}s",
+                    "--timeout",
+                    "30s",
+                    "-s",
+                    str(script),
+                    "-H",
+                    "Content-Type: application/json",
+                ]
                 if token:
                     argv += ["-H", f"Authorization: Bearer {token}"]
-                argv += [f"http://{HOST}:{port}{path}", "--", uuid.uuid4().hex[:10], "get" if kind in ("status", "health") else kind]
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+                argv += [
+                    f"http://{HOST}:{port}{path}",
+                    "--",
+                    uuid.uuid4().hex[:10],
+                    "get" if kind in ("status", "health") else kind,
+                ]
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+                )
             else:
-                spec = {"port": port, "kind": kind, "token": token, "connections": self.connections,
-                        "warmup": WARMUP_S, "max_s": max_s}
-                self.proc = subprocess.Popen([sys.executable, __file__, "--load-spec", json.dumps(spec)],
-                                             stdin=subprocess.PIPE, stdout=out, stderr=err, env=env, start_new_session=True)
+                spec = {
+                    "port": port,
+                    "kind": kind,
+                    "token": token,
+                    "connections": self.connections,
+                    "warmup": WARMUP_S,
+                    "max_s": max_s,
+                }
+                self.proc = subprocess.Popen(
+                    [sys.executable, __file__, "--load-spec", json.dumps(spec)],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,
+                )
 
     async def stop(self) -> dict[str, Any]:
         """End the flood (EOF on its stdin, SIGINT for wrk) and return its figures."""
@@ -353,19 +422,26 @@ class Load:
             raise BenchError(f"the {self.kind} load did not stop within 30 s")
         lines = self.out_path.read_text(errors="replace").strip().splitlines()
         if self.proc.returncode != 0 or not lines:
-            raise BenchError(f"the {self.kind} load failed ({self.proc.returncode}): "
-                             + self.err_path.read_text(errors="replace")[-2000:])
+            raise BenchError(
+                f"the {self.kind} load failed ({self.proc.returncode}): "
+                + self.err_path.read_text(errors="replace")[-2000:]
+            )
         figures = json.loads(lines[-1])
         if not self.wrk:
             return figures
         requests = int(figures["requests"])
-        return {"client": "wrk", "connections": self.connections, "requests": requests,
-                "window_s": round(figures["duration_us"] / 1e6, 1),
-                "rps": round(requests / max(figures["duration_us"] / 1e6, 1e-9), 1),
-                "p50_ms": round(figures["p50_us"] / 1000, 2), "p99_ms": round(figures["p99_us"] / 1000, 2),
-                "max_ms": round(figures["max_us"] / 1000, 2),
-                "statuses": {"2xx": requests - int(figures["non_2xx"]), "other": int(figures["non_2xx"])},
-                "errors": int(figures["socket_errors"])}
+        return {
+            "client": "wrk",
+            "connections": self.connections,
+            "requests": requests,
+            "window_s": round(figures["duration_us"] / 1e6, 1),
+            "rps": round(requests / max(figures["duration_us"] / 1e6, 1e-9), 1),
+            "p50_ms": round(figures["p50_us"] / 1000, 2),
+            "p99_ms": round(figures["p99_us"] / 1000, 2),
+            "max_ms": round(figures["max_us"] / 1000, 2),
+            "statuses": {"2xx": requests - int(figures["non_2xx"]), "other": int(figures["non_2xx"])},
+            "errors": int(figures["socket_errors"]),
+        }
 
 
 # ---------------------------------------------------------------------------- processes
@@ -438,11 +514,32 @@ def agent_env() -> dict[str, str]:
 
 
 def add_user(cfg: Path, name: str, role: str) -> None:
-    argv = [sys.executable, "-m", "agent", "user", "add", name, "--role", role, "--password-stdin", "--config", str(cfg)]
-    done = subprocess.run(argv, input=(PASSWORD + "\n").encode(), capture_output=True, timeout=120,
-                          env=agent_env(), cwd=REPO, start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--password-stdin",
+        "--config",
+        str(cfg),
+    ]
+    done = subprocess.run(
+        argv,
+        input=(PASSWORD + "\n").encode(),
+        capture_output=True,
+        timeout=120,
+        env=agent_env(),
+        cwd=REPO,
+        start_new_session=True,
+    )
     if done.returncode != 0:
-        raise BenchError(f"`user add {name}` failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+        raise BenchError(
+            f"`user add {name}` failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}"
+        )
 
 
 def log_tail(path: Path, limit: int = 3000) -> str:
@@ -460,8 +557,18 @@ def ms(values: list[float], q: float) -> float | None:
 
 
 class Bench:
-    def __init__(self, port: int, sim: SimProcess, agent: subprocess.Popen[bytes], agent_log: Path, work: Path,
-                 children: Children, samples: int, duration: float, client: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        sim: SimProcess,
+        agent: subprocess.Popen[bytes],
+        agent_log: Path,
+        work: Path,
+        children: Children,
+        samples: int,
+        duration: float,
+        client: str,
+    ) -> None:
         self.port, self.agent, self.agent_log, self.work, self.children = port, agent, agent_log, work, children
         self.sim = AsyncSimControl(sim.control_path)
         self.samples, self.duration, self.client = samples, duration, client
@@ -485,13 +592,15 @@ class Bench:
                 if status == 200:
                     return
                 last = body
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 last = repr(exc)
             await asyncio.sleep(0.2)
         raise BenchError(f"GET /readyz not 200 after {timeout:.0f} s ({last}): {log_tail(self.agent_log)}")
 
     async def login(self, name: str) -> str:
-        status, body = await call(self.port, "POST", "/api/v1/auth/login", body={"username": name, "password": PASSWORD})
+        status, body = await call(
+            self.port, "POST", "/api/v1/auth/login", body={"username": name, "password": PASSWORD}
+        )
         if status != 200 or not isinstance(body, dict):
             raise BenchError(f"login of {name} failed: {status} {body}")
         return str(body["token"])
@@ -500,8 +609,11 @@ class Bench:
         """Reception time (simulator's clock) of the first stop frame at the driver after `since`."""
         end = time.monotonic() + timeout
         while True:
-            frames = [w["t"] for w in await self.sim.writes(TRAVEL, since=since)
-                      if w["address"] == STOP_FRAME_START and w["values"] and w["values"][0] == 0]
+            frames = [
+                w["t"]
+                for w in await self.sim.writes(TRAVEL, since=since)
+                if w["address"] == STOP_FRAME_START and w["values"] and w["values"][0] == 0
+            ]
             if frames:
                 return float(min(frames))
             if time.monotonic() > end:
@@ -519,7 +631,7 @@ class Bench:
         while True:
             try:
                 status, body = await call(self.port, "POST", "/api/v1/reset", token=self.technician)
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 last = repr(exc)
                 answers[type(exc).__name__] += 1
             else:
@@ -541,7 +653,7 @@ class Bench:
             began = time.monotonic()
             try:
                 status, body = await call(self.port, "GET", "/api/v1/status", token=self.operator, timeout=5)
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 tally["errors"] += 1
             else:
                 loop = body.get("loop") if isinstance(body, dict) else None
@@ -589,10 +701,19 @@ class Bench:
             cleared.update(codes)
             other_trips += bool(set(codes) - PRESS_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
-        return {"samples": len(latencies), "missed": missed, "p50_ms": ms(latencies, 50), "p99_ms": ms(latencies, 99),
-                "max_ms": ms(latencies, 100), "other_trips": other_trips, "reset_cleared": dict(cleared),
-                "reset_p50_ms": ms(resets, 50), "reset_p99_ms": ms(resets, 99), "reset_not_200": dict(answers),
-                "seconds": self.spend(began, budget_s)}
+        return {
+            "samples": len(latencies),
+            "missed": missed,
+            "p50_ms": ms(latencies, 50),
+            "p99_ms": ms(latencies, 99),
+            "max_ms": ms(latencies, 100),
+            "other_trips": other_trips,
+            "reset_cleared": dict(cleared),
+            "reset_p50_ms": ms(resets, 50),
+            "reset_p99_ms": ms(resets, 99),
+            "reset_not_200": dict(answers),
+            "seconds": self.spend(began, budget_s),
+        }
 
     async def api_estop_samples(self, budget_s: float) -> dict[str, Any]:
         wire: list[float] = []
@@ -607,8 +728,9 @@ class Bench:
         for i in range(self.samples):
             if time.monotonic() >= end:
                 break
-            request = http_request("POST", "/api/v1/estop", self.port, token=self.technician, body={"reason": f"bench {i}"},
-                                   close=True)
+            request = http_request(
+                "POST", "/api/v1/estop", self.port, token=self.technician, body={"reason": f"bench {i}"}, close=True
+            )
             reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, self.port), 10)
             confirmed = False
             t0 = time.monotonic()
@@ -621,7 +743,7 @@ class Bench:
                     answered.append(time.monotonic() - t0)
                 else:
                     refused[str(status)] += 1
-            except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 refused[type(exc).__name__] += 1
             finally:
                 writer.close()
@@ -636,13 +758,25 @@ class Bench:
             cleared.update(codes)
             other_trips += bool(set(codes) - API_ESTOP_CODES)
             await asyncio.sleep(self.rng.uniform(0.05, 0.15))
-        return {"samples": len(wire), "missed": missed, "joined": joined, "p50_ms": ms(wire, 50), "p99_ms": ms(wire, 99),
-                "max_ms": ms(wire, 100),
-                "http_p50_ms": ms(answered, 50), "http_p99_ms": ms(answered, 99), "not_confirmed": dict(refused),
-                "other_trips": other_trips, "reset_cleared": dict(cleared), "reset_not_200": dict(answers),
-                "seconds": self.spend(began, budget_s)}
+        return {
+            "samples": len(wire),
+            "missed": missed,
+            "joined": joined,
+            "p50_ms": ms(wire, 50),
+            "p99_ms": ms(wire, 99),
+            "max_ms": ms(wire, 100),
+            "http_p50_ms": ms(answered, 50),
+            "http_p99_ms": ms(answered, 99),
+            "not_confirmed": dict(refused),
+            "other_trips": other_trips,
+            "reset_cleared": dict(cleared),
+            "reset_not_200": dict(answers),
+            "seconds": self.spend(began, budget_s),
+        }
 
-    async def phase(self, name: str, kind: str | None, token: str | None = None, api_estop: bool = False) -> dict[str, Any]:
+    async def phase(
+        self, name: str, kind: str | None, token: str | None = None, api_estop: bool = False
+    ) -> dict[str, Any]:
         print(f"== {name}", file=sys.stderr, flush=True)
         self.check_agent()
         if kind is None:
@@ -692,15 +826,24 @@ class Bench:
             if time.monotonic() > end:
                 raise BenchError(f"final GET /api/v1/status: {status} {body}")
             await asyncio.sleep(0.5)
-        return {"phases": phases, "faults_after": [f.get("code") for f in body.get("verdict", {}).get("faults", [])],
-                "state_after": body.get("state")}
+        return {
+            "phases": phases,
+            "faults_after": [f.get("code") for f in body.get("verdict", {}).get("faults", [])],
+            "state_after": body.get("state"),
+        }
 
 
 def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: float) -> dict[str, Any]:
     phases = result["phases"]
     quiet = phases["quiet"]["press"]
-    out: dict[str, Any] = {"bench": "isolation", "samples": samples, "duration_s": duration, "cpus": os.cpu_count(),
-                           "quiet_p50_ms": quiet["p50_ms"], "quiet_p99_ms": quiet["p99_ms"]}
+    out: dict[str, Any] = {
+        "bench": "isolation",
+        "samples": samples,
+        "duration_s": duration,
+        "cpus": os.cpu_count(),
+        "quiet_p50_ms": quiet["p50_ms"],
+        "quiet_p99_ms": quiet["p99_ms"],
+    }
     floods = ("status_flood", "health_flood", "command_flood", "login_flood")
     for name in floods:
         figures = phases[name]
@@ -715,14 +858,26 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
     out["loop_lag_p99_ms_max"] = {name: phases[name]["loop_lag_p99_ms_max"] for name in floods}
     lag_missing = all(phases[name]["loop_lag_polls"].get("read", 0) == 0 for name in floods)
     if lag_missing:
-        out["loop_lag_note"] = "GET /api/v1/status has no loop.lag_p99_ms (the one-process agent does not report it): null"
-    out["samples_taken"] = {name: {k: phases[name]["press"][k] for k in ("samples", "missed", "other_trips", "seconds",
-                                                                         "reset_p50_ms", "reset_p99_ms", "reset_not_200")}
-                            for name in ("quiet", *floods)}
-    out["samples_taken"]["api_estop"] = {k: api[k] for k in ("samples", "missed", "joined", "other_trips", "not_confirmed",
-                                                             "seconds", "reset_not_200")}
-    out["floods"] = {name: {k: phases[name]["load"].get(k) for k in ("client", "connections", "rps", "requests", "p50_ms",
-                                                                     "p99_ms", "statuses", "errors")} for name in floods}
+        out["loop_lag_note"] = (
+            "GET /api/v1/status has no loop.lag_p99_ms (the one-process agent does not report it): null"
+        )
+    out["samples_taken"] = {
+        name: {
+            k: phases[name]["press"][k]
+            for k in ("samples", "missed", "other_trips", "seconds", "reset_p50_ms", "reset_p99_ms", "reset_not_200")
+        }
+        for name in ("quiet", *floods)
+    }
+    out["samples_taken"]["api_estop"] = {
+        k: api[k] for k in ("samples", "missed", "joined", "other_trips", "not_confirmed", "seconds", "reset_not_200")
+    }
+    out["floods"] = {
+        name: {
+            k: phases[name]["load"].get(k)
+            for k in ("client", "connections", "rps", "requests", "p50_ms", "p99_ms", "statuses", "errors")
+        }
+        for name in floods
+    }
     out["reset_cleared"] = {name: phases[name]["press"]["reset_cleared"] for name in ("quiet", *floods)}
     out["reset_cleared"]["api_estop"] = api["reset_cleared"]
 
@@ -731,8 +886,10 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
         return {"value": value, "limit": limit, "met": met}
 
     limit = round(quiet["p99_ms"] + 10, 2) if quiet["p99_ms"] is not None else None
-    out["targets"] = {f"{name}_p99<=quiet_p99+10ms": target(out[f"{name}_p99_ms"], limit, phases[name]["press"]["missed"])
-                      for name in floods}
+    out["targets"] = {
+        f"{name}_p99<=quiet_p99+10ms": target(out[f"{name}_p99_ms"], limit, phases[name]["press"]["missed"])
+        for name in floods
+    }
     out["targets"]["api_estop_wire_p99<=20ms"] = target(out["api_estop_wire_p99_ms"], 20.0, api["missed"])
     out["targets"]["core_loop_lag_p99<=5ms"] = target(out["core_loop_lag_p99_ms"], 5.0)
     out["targets_met"] = all(t["met"] for t in out["targets"].values())
@@ -745,12 +902,22 @@ def summarise(result: dict[str, Any], samples: int, duration: float, wall_s: flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=30, help="samples per phase (default 30)")
-    parser.add_argument("--duration", type=float, default=32.0,
-                        help="seconds of sampling per set of samples (six sets), time a set leaves unused passes to the "
-                             "next; a set cut short reports how many samples it took (default 32)")
-    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto",
-                        help="load generator: wrk when installed (auto), or insist on one")
-    parser.add_argument("--keep-logs", metavar="DIR", help="copy the agent's, the simulator's and the load's logs to DIR")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=32.0,
+        help="seconds of sampling per set of samples (six sets), time a set leaves unused passes to the "
+        "next; a set cut short reports how many samples it took (default 32)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when installed (auto), or insist on one",
+    )
+    parser.add_argument(
+        "--keep-logs", metavar="DIR", help="copy the agent's, the simulator's and the load's logs to DIR"
+    )
     parser.add_argument("--load-spec", help=argparse.SUPPRESS)  # the Python load generator's own run
     args = parser.parse_args()
     if args.load_spec:
@@ -777,10 +944,19 @@ def main() -> int:
             add_user(cfg, OPERATOR, "operator")
             add_user(cfg, TECHNICIAN, "technician")
             with open(agent_log, "wb") as log:
-                agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, env=agent_env(), cwd=REPO, start_new_session=True)
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=agent_env(),
+                    cwd=REPO,
+                    start_new_session=True,
+                )
             children.add(agent, 20)
-            bench = Bench(port, children.sim, agent, agent_log, work, children, args.samples, args.duration, args.client)
+            bench = Bench(
+                port, children.sim, agent, agent_log, work, children, args.samples, args.duration, args.client
+            )
             result = asyncio.run(bench.run())
         except KeyboardInterrupt:
             raise
@@ -798,10 +974,16 @@ def main() -> int:
     summary = summarise(result, args.samples, args.duration, time.monotonic() - started)
     for name in ("quiet", "status_flood", "health_flood", "command_flood", "login_flood"):
         rps = summary.get(f"{name}_rps")
-        print(f"{name:14s} press->stop frame p50 {summary[f'{name}_p50_ms']} ms  p99 {summary[f'{name}_p99_ms']} ms"
-              + (f"  flood {rps} req/s" if rps is not None else ""), file=sys.stderr)
-    print(f"api E-stop (status flood) -> stop frame p50 {summary['api_estop_wire_p50_ms']} ms  p99 {summary['api_estop_wire_p99_ms']} ms;"
-          f" core loop lag p99 {summary['core_loop_lag_p99_ms']} ms; faults after {summary['faults_after']}", file=sys.stderr)
+        print(
+            f"{name:14s} press->stop frame p50 {summary[f'{name}_p50_ms']} ms  p99 {summary[f'{name}_p99_ms']} ms"
+            + (f"  flood {rps} req/s" if rps is not None else ""),
+            file=sys.stderr,
+        )
+    print(
+        f"api E-stop (status flood) -> stop frame p50 {summary['api_estop_wire_p50_ms']} ms  p99 {summary['api_estop_wire_p99_ms']} ms;"
+        f" core loop lag p99 {summary['core_loop_lag_p99_ms']} ms; faults after {summary['faults_after']}",
+        file=sys.stderr,
+    )
     print(json.dumps(summary))
     return 0
 

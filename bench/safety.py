@@ -38,12 +38,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import validate_config  # noqa: E402
-from agent.runtime import Runtime  # noqa: E402
-from drivers.modbus.frames import read_request  # noqa: E402
-from drivers.modbus.schedule import PollPlan  # noqa: E402
-from drivers.modbus.stats import percentile  # noqa: E402
-from drivers.sim.client import SimProcess, terminate  # noqa: E402
+from agent.config import validate_config
+from agent.runtime import Runtime
+from drivers.modbus.frames import read_request
+from drivers.modbus.schedule import PollPlan
+from drivers.modbus.stats import percentile
+from drivers.sim.client import SimProcess, terminate
 
 TRAVEL, SAFETY, POWER, DOCK = 3, 5, 2, 4
 ESTOP_SAMPLES = 60
@@ -82,8 +82,16 @@ def saturate(rt: Runtime) -> list[float]:
     starts: list[float] = []
     now = time.monotonic()
     for i, (slave, start, count) in enumerate([(POWER, 0, 10), (DOCK, 0x30, 6), (POWER, 0x14, 10), (DOCK, 0x40, 1)]):
-        rt.master.schedule.add(PollPlan(key=f"load{i}", request=read_request(slave, start, count), interval_s=0.002,
-                                        phase_s=0.0005 * i, on_result=lambda regs, at: starts.append(at)), now)
+        rt.master.schedule.add(
+            PollPlan(
+                key=f"load{i}",
+                request=read_request(slave, start, count),
+                interval_s=0.002,
+                phase_s=0.0005 * i,
+                on_result=lambda regs, at: starts.append(at),
+            ),
+            now,
+        )
     return starts
 
 
@@ -93,13 +101,16 @@ def restart_once(sim: SimProcess, tmp: Path, n: int) -> float:
     sim.control.set(TRAVEL, 0x0002, 40)
     sim.control.set(TRAVEL, 0x0001, 1)
     cfg = tmp / f"restart{n}.toml"
-    cfg.write_text(f'[agent]\nid = "bench"\ndata_dir = "{tmp}/restart-data"\n\n[bus]\nport = "{sim.link}"\n\n[api]\nport = 0\n')
+    cfg.write_text(
+        f'[agent]\nid = "bench"\ndata_dir = "{tmp}/restart-data"\n\n[bus]\nport = "{sim.link}"\n\n[api]\nport = 0\n'
+    )
     log = tmp / f"restart{n}.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "wb") as out:
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
         try:
             deadline = started + 20
             while time.monotonic() < deadline:
@@ -119,8 +130,9 @@ async def main() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="oht-bench-safety-") as tmp:
         sim = SimProcess(Path(tmp) / "bus.tty", Path(tmp) / "bus.ctl", seed=11).start()
         try:
-            cfg = validate_config({"agent": {"id": "bench", "data_dir": f"{tmp}/data"},
-                                   "bus": {"port": sim.link, "scan": [2, 3, 4, 5]}})
+            cfg = validate_config(
+                {"agent": {"id": "bench", "data_dir": f"{tmp}/data"}, "bus": {"port": sim.link, "scan": [2, 3, 4, 5]}}
+            )
             rt = Runtime(cfg, health_log_s=3600)
             await rt.start()
             if not await wait(lambda: rt.controller.sm.state.value == "IDLE", 20):
@@ -141,7 +153,9 @@ async def main() -> dict[str, object]:
                 result = await rt.controller.estop(source="bench", user="bench", reason=str(i))
                 if not result.confirmed:
                     raise RuntimeError(f"E-stop not confirmed: {result.fault}")
-                frames = [w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"] == [0, 0]]
+                frames = [
+                    w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"] == [0, 0]
+                ]
                 if not frames:  # it joined a stop already on its way (the monitor's): not a sample
                     await back_to_idle(rt, sim)
                     continue
@@ -159,8 +173,9 @@ async def main() -> dict[str, object]:
                     continue
                 t0 = time.monotonic()
                 sim.control.estop(True)
-                stop_seen = lambda: [w for w in sim.control.writes(TRAVEL, since=t0)  # noqa: E731
-                                     if w["address"] == 0x0001 and w["values"][0] == 0]
+                stop_seen = lambda: [
+                    w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"][0] == 0
+                ]
                 if not await wait(lambda: bool(stop_seen()), 3.0):
                     raise RuntimeError("no stop frame after the module's E-stop was pressed")
                 press.append(stop_seen()[0]["t"] - t0)
@@ -174,8 +189,14 @@ async def main() -> dict[str, object]:
                 before = rt.controller.stop_path.last
                 t0 = time.monotonic()
                 sim.control.silence(SAFETY, True)
-                ok = await wait(lambda: rt.controller.stop_path.last is not before and rt.controller.stop_path.last.confirmed
-                                and rt.controller.stop_path.last.requested_at > t0, 3.0)
+                ok = await wait(
+                    lambda: (
+                        rt.controller.stop_path.last is not before
+                        and rt.controller.stop_path.last.confirmed
+                        and rt.controller.stop_path.last.requested_at > t0
+                    ),
+                    3.0,
+                )
                 if not ok:
                     raise RuntimeError("comm-loss stop not confirmed")
                 commloss.append(rt.controller.stop_path.last.confirmed_at - t0)
@@ -193,13 +214,19 @@ async def main() -> dict[str, object]:
     out: dict[str, object] = {
         "bench": "safety",
         "transaction_ms": round(busy * 1000, 3),
-        "estop_wire_p50_ms": ms(wire, 50), "estop_wire_p99_ms": ms(wire, 99),
-        "estop_confirm_p50_ms": ms(confirm, 50), "estop_confirm_p99_ms": ms(confirm, 99),
-        "commloss_confirm_p50_ms": ms(commloss, 50), "commloss_confirm_p99_ms": ms(commloss, 99),
-        "press_wire_p50_ms": ms(press, 50), "press_wire_p99_ms": ms(press, 99),
-        "restart_stop_ms": round(max(restart) * 1000, 1), "restart_stop_p50_ms": ms(restart, 50),
+        "estop_wire_p50_ms": ms(wire, 50),
+        "estop_wire_p99_ms": ms(wire, 99),
+        "estop_confirm_p50_ms": ms(confirm, 50),
+        "estop_confirm_p99_ms": ms(confirm, 99),
+        "commloss_confirm_p50_ms": ms(commloss, 50),
+        "commloss_confirm_p99_ms": ms(commloss, 99),
+        "press_wire_p50_ms": ms(press, 50),
+        "press_wire_p99_ms": ms(press, 99),
+        "restart_stop_ms": round(max(restart) * 1000, 1),
+        "restart_stop_p50_ms": ms(restart, 50),
         # phase-locked safety polls answered a tick late (sent too late for theirs), of all its polls
-        "safety_missed_ticks": missed[0], "safety_polls": missed[1],
+        "safety_missed_ticks": missed[0],
+        "safety_polls": missed[1],
         "samples": {"estop": len(wire), "commloss": len(commloss), "press": len(press), "restart": len(restart)},
     }
     out["targets"] = {
@@ -216,10 +243,18 @@ async def main() -> dict[str, object]:
 if __name__ == "__main__":
     result = asyncio.run(main())
     print(f"E-stop -> first stop frame  p50 {result['estop_wire_p50_ms']} ms  p99 {result['estop_wire_p99_ms']} ms")
-    print(f"E-stop -> confirmed         p50 {result['estop_confirm_p50_ms']} ms  p99 {result['estop_confirm_p99_ms']} ms")
-    print(f"safety silent -> confirmed  p50 {result['commloss_confirm_p50_ms']} ms  p99 {result['commloss_confirm_p99_ms']} ms")
+    print(
+        f"E-stop -> confirmed         p50 {result['estop_confirm_p50_ms']} ms  p99 {result['estop_confirm_p99_ms']} ms"
+    )
+    print(
+        f"safety silent -> confirmed  p50 {result['commloss_confirm_p50_ms']} ms  p99 {result['commloss_confirm_p99_ms']} ms"
+    )
     print(f"module E-stop -> stop frame p50 {result['press_wire_p50_ms']} ms  p99 {result['press_wire_p99_ms']} ms")
-    print(f"new agent process -> start-up stop confirmed: worst {result['restart_stop_ms']} ms, p50 {result['restart_stop_p50_ms']} ms")
-    print(f"(in-flight transaction time under load: {result['transaction_ms']} ms; safety polls a tick late: "
-          f"{result['safety_missed_ticks']} of {result['safety_polls']})")
+    print(
+        f"new agent process -> start-up stop confirmed: worst {result['restart_stop_ms']} ms, p50 {result['restart_stop_p50_ms']} ms"
+    )
+    print(
+        f"(in-flight transaction time under load: {result['transaction_ms']} ms; safety polls a tick late: "
+        f"{result['safety_missed_ticks']} of {result['safety_polls']})"
+    )
     print(json.dumps(result))

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import sqlite3
 import subprocess
 import sys

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         required=True,
         metavar="FILE",
-        help="TOML file of the pinned device keys, one line per robot: \"<agent id>\" = \"<key>\", the key as "
+        help='TOML file of the pinned device keys, one line per robot: "<agent id>" = "<key>", the key as '
         "`oht-agent upstream pubkey` prints it (base64 or PEM). A robot not in it is refused "
         "(CENTRAL_DEVICE_UNKNOWN) until it is added; the file is read again on SIGHUP and when it changes",
     )

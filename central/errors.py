@@ -33,6 +33,6 @@ class DeviceUnknown(CodedError):
 class DeviceKeysInvalid(CodedError):
     code = "CENTRAL_DEVICE_KEYS_INVALID"
     hint = (
-        "The --device-keys file must be TOML: one line per robot, \"<agent id>\" = \"<its device public key>\""
+        'The --device-keys file must be TOML: one line per robot, "<agent id>" = "<its device public key>"'
         " (base64 of the 32 bytes, or the PEM block in triple quotes). Fix the line named."
     )

@@ -63,9 +63,7 @@ async def read_identity(master: BusMaster, address: int, attempts: int = 3) -> t
     crc_errors = 0
     for attempt in range(attempts):
         try:
-            words = await master.execute(
-                _identity_request(address), Priority.TELEMETRY, retries=0
-            )
+            words = await master.execute(_identity_request(address), Priority.TELEMETRY, retries=0)
             reads.append(words)
         except ModbusExceptionReply as exc:
             return None, f"{exc.code}: answers but refuses the identity block ({exc.message})"
@@ -119,7 +117,11 @@ async def discover(
             continue
         if trouble is not None:
             code, _, text = trouble.partition(": ")
-            hint = "give every module on the line its own slave address (register 0x0100)" if code == "DUPLICATE_ADDRESS" else None
+            hint = (
+                "give every module on the line its own slave address (register 0x0100)"
+                if code == "DUPLICATE_ADDRESS"
+                else None
+            )
             findings.append(Finding(address, problem_code=code, problem=text, hint=hint))
             problems.append(f"address {address}: {text}")
             continue
@@ -145,19 +147,28 @@ def _classify(address: int, identity: Identity, profiles: Mapping[str, Profile],
         return Finding(address, identity, None, exc.code, exc.message, exc.hint)
     if identity.device_id != address:
         return Finding(
-            address, identity, profile, "MODULE_ADDRESS_MISMATCH",
+            address,
+            identity,
+            profile,
+            "MODULE_ADDRESS_MISMATCH",
             f"module at {address} reports device id {identity.device_id}",
             "check the module's DEVICE_ID register (0x0100) and the line for a second module",
         )
     if role is None:
         return Finding(
-            address, identity, profile, "MODULE_UNASSIGNED",
+            address,
+            identity,
+            profile,
+            "MODULE_UNASSIGNED",
             f"{profile.role} module ({profile.name}) found at {address}, which no role is configured for",
             "set [modules] in agent.toml if this module should be used",
         )
     if profile.role != role:
         return Finding(
-            address, identity, profile, "MODULE_ROLE_MISMATCH",
+            address,
+            identity,
+            profile,
+            "MODULE_ROLE_MISMATCH",
             f"address {address} is configured as {role} but holds a {profile.role} module ({profile.name})",
             "fix [modules] in agent.toml or the module's address; the agent never rebinds roles by itself",
         )

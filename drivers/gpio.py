@@ -25,8 +25,15 @@ class GpioUnavailable(CodedError):
 
 
 class GpioInputs:
-    def __init__(self, chip: str, lines: Sequence[int], *, active_low: bool, debounce_ms: int,
-                 on_change: Callable[[tuple[bool, ...], float], None]) -> None:
+    def __init__(
+        self,
+        chip: str,
+        lines: Sequence[int],
+        *,
+        active_low: bool,
+        debounce_ms: int,
+        on_change: Callable[[tuple[bool, ...], float], None],
+    ) -> None:
         self.chip = chip
         self.lines = tuple(lines)
         self.active_low = active_low
@@ -41,8 +48,13 @@ class GpioInputs:
             from gpiod.line import Bias, Direction, Edge
         except ImportError as exc:
             raise GpioUnavailable("the gpiod package is not installed") from exc
-        settings = gpiod.LineSettings(direction=Direction.INPUT, edge_detection=Edge.BOTH, bias=Bias.PULL_UP,
-                                      active_low=self.active_low, debounce_period=dt.timedelta(milliseconds=self.debounce_ms))
+        settings = gpiod.LineSettings(
+            direction=Direction.INPUT,
+            edge_detection=Edge.BOTH,
+            bias=Bias.PULL_UP,
+            active_low=self.active_low,
+            debounce_period=dt.timedelta(milliseconds=self.debounce_ms),
+        )
         try:
             self._request = gpiod.request_lines(self.chip, consumer="oht-agent-estop", config={self.lines: settings})
         except (OSError, ValueError) as exc:

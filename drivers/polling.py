@@ -98,14 +98,19 @@ class ModulePoller:
         fast_blocks = plan_poll(profile, "fast")
         self._ride = self._riding_reads(fast_blocks) if locked else None
         groups = ("fast", "slow", "identity") if self._ride is not None else ("fast", "config", "slow", "identity")
-        plans = [(group, start, count) for group in groups
-                 for start, count in (fast_blocks if group == "fast" else plan_poll(profile, group))]
+        plans = [
+            (group, start, count)
+            for group in groups
+            for start, count in (fast_blocks if group == "fast" else plan_poll(profile, group))
+        ]
         rare = [p for p in plans if p[0] != "fast"]
         for index, (group, start, count) in enumerate(plans):
             key = f"{self.binding.role}:{group}:{start:04x}"
             fast = group == "fast"
             priority = self.priority if fast else Priority.TELEMETRY
-            interval = self.interval_s if fast else self.config_interval_s if group == "config" else self.slow_interval_s
+            interval = (
+                self.interval_s if fast else self.config_interval_s if group == "config" else self.slow_interval_s
+            )
             phase = self.phase_s + 0.003 * index
             if locked and not fast:
                 # A slave that serves one frame per service tick: the fast group (the safety
@@ -147,8 +152,12 @@ class ModulePoller:
         config = profile.poll_registers("config")
         if len(fast_blocks) != 1 or not config:
             return None
-        both = plan_register_reads([*profile.poll_registers("fast"), *config], max_registers=profile.max_read_registers,
-                                   max_gap=profile.max_read_registers, readable=profile.is_readable)
+        both = plan_register_reads(
+            [*profile.poll_registers("fast"), *config],
+            max_registers=profile.max_read_registers,
+            max_gap=profile.max_read_registers,
+            readable=profile.is_readable,
+        )
         if len(both) != 1:
             return None
         address = self.binding.address
@@ -210,14 +219,23 @@ class ModulePoller:
 
         return on_result
 
-    def _publish(self, start: int, words: tuple[int, ...], at: float, key: str,
-                 slower: frozenset[str] = frozenset(), slower_age_s: float = 0.0) -> None:
+    def _publish(
+        self,
+        start: int,
+        words: tuple[int, ...],
+        at: float,
+        key: str,
+        slower: frozenset[str] = frozenset(),
+        slower_age_s: float = 0.0,
+    ) -> None:
         """Decode one reply into the snapshot, fresh for the plan's maximum age (`slower` names:
         for `slower_age_s`, values that came with a rarer read), and publish it."""
         plan = self.master.schedule.get(key)
         max_age = self.max_age_s(plan.interval_s if plan is not None else self.slow_interval_s)
         values = self.binding.profile.decode_block(start, words)
-        updates = {name: Reading(value, at, slower_age_s if name in slower else max_age) for name, value in values.items()}
+        updates = {
+            name: Reading(value, at, slower_age_s if name in slower else max_age) for name, value in values.items()
+        }
         self._snapshot = self._snapshot.with_readings(updates, online=True, error=None, now=at)
         self.board.publish(self._snapshot)
 
@@ -249,5 +267,7 @@ class ModulePoller:
 
     def _on_error(self, exc: Exception, at: float) -> None:
         code = exc.code if isinstance(exc, BusError) else type(exc).__name__
-        self._snapshot = self._snapshot.with_readings({}, online=self.master.is_online(self.binding.address), error=code, now=at)
+        self._snapshot = self._snapshot.with_readings(
+            {}, online=self.master.is_online(self.binding.address), error=code, now=at
+        )
         self.board.publish(self._snapshot)

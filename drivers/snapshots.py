@@ -72,14 +72,20 @@ class ModuleSnapshot:
         until = self._fresh_until.get(names)
         if until is None:
             readings = [self.readings.get(name) for name in names]
-            until = -math.inf if any(r is None for r in readings) else min((r.fresh_until for r in readings if r), default=math.inf)
+            until = (
+                -math.inf
+                if any(r is None for r in readings)
+                else min((r.fresh_until for r in readings if r), default=math.inf)
+            )
             self._fresh_until[names] = until
         if until == -math.inf:
             return Quality.MISSING
         now = time.monotonic() if now is None else now
         return Quality.FRESH if now <= until else Quality.STALE
 
-    def with_readings(self, updates: Mapping[str, Reading], *, online: bool, error: str | None, now: float) -> ModuleSnapshot:
+    def with_readings(
+        self, updates: Mapping[str, Reading], *, online: bool, error: str | None, now: float
+    ) -> ModuleSnapshot:
         merged = dict(self.readings)
         merged.update(updates)
         return ModuleSnapshot(

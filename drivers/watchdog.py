@@ -30,8 +30,9 @@ class SdNotifier:
     sends a fresh one. Failures are logged at most once per `log_every_s`, with the count.
     """
 
-    def __init__(self, socket_path: str | None = None, *, log_every_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, socket_path: str | None = None, *, log_every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         path = socket_path if socket_path is not None else os.environ.get("NOTIFY_SOCKET", "")
         self.path = path
         self._sock: socket.socket | None = None
@@ -79,8 +80,13 @@ class SdNotifier:
         now = self._clock()
         if self._last_warning is None or now - self._last_warning >= self._log_every_s:
             self._last_warning = now
-            log.warning("sd_notify: %s not sent (%s); %d message(s) dropped so far, %d of them watchdog pings",
-                        message.split("\n", 1)[0], why, self.dropped, self.missed_pings)
+            log.warning(
+                "sd_notify: %s not sent (%s); %d message(s) dropped so far, %d of them watchdog pings",
+                message.split("\n", 1)[0],
+                why,
+                self.dropped,
+                self.missed_pings,
+            )
 
     def ready(self, status: str = "") -> bool:
         return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))

@@ -227,7 +227,9 @@ class Broker:
     user name and `ACL` applied.
     """
 
-    def __init__(self, root: Path, *, persistence: bool = False, pki: Pki | None = None, max_queued: int = 100_000) -> None:
+    def __init__(
+        self, root: Path, *, persistence: bool = False, pki: Pki | None = None, max_queued: int = 100_000
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError(skip_reason())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -79,7 +79,9 @@ async def started_master(link: str, profiles: dict[str, Profile], **kwargs: obje
     master = BusMaster(link, **kwargs)  # type: ignore[arg-type]
     for address, name in ((2, "power-v2"), (3, "travel-drvfw"), (4, "dock-readonly"), (5, "safety-safefw")):
         p = profiles[name]
-        master.configure_slave(address, turnaround_s=p.turnaround_ms / 1000, service_period_s=p.service_period_ms / 1000)
+        master.configure_slave(
+            address, turnaround_s=p.turnaround_ms / 1000, service_period_s=p.service_period_ms / 1000
+        )
     await master.start()
     assert await wait_for(lambda: master.port_up, 5.0), "port did not open"
     return master
@@ -130,7 +132,9 @@ async def agent_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
         runtimes.append(rt)
         await rt.start()
         if wait_state is not None:
-            ok = await wait_for(lambda: rt.controller is not None and rt.controller.sm.state.value == wait_state, timeout)
+            ok = await wait_for(
+                lambda: rt.controller is not None and rt.controller.sm.state.value == wait_state, timeout
+            )
             assert ok, f"agent did not reach {wait_state}: {rt.controller.status() if rt.controller else None}"
         return rt
 

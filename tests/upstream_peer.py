@@ -15,10 +15,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import time
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +80,9 @@ def ledger_rows(db: Path, agent: str) -> dict[str, list[tuple[int, str, str, str
     if not db.exists():
         return out
     with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        rows = conn.execute("SELECT stream, seq, id, kind, body FROM records WHERE agent = ? ORDER BY stream, seq", (agent,))
+        rows = conn.execute(
+            "SELECT stream, seq, id, kind, body FROM records WHERE agent = ? ORDER BY stream, seq", (agent,)
+        )
         for stream, seq, rid, kind, body in rows:
             out.setdefault(stream, []).append((int(seq), rid, kind, body))
     return out
@@ -210,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", default="oht-001")
     parser.add_argument("--window", type=int, default=UpstreamSection().window)
     parser.add_argument("--ack-timeout", type=float, default=2.0)
-    parser.add_argument("--exit-when-drained", action="store_true", help="print DRAINED {json} once the outbox is empty, and exit")
+    parser.add_argument(
+        "--exit-when-drained", action="store_true", help="print DRAINED {json} once the outbox is empty, and exit"
+    )
     return asyncio.run(_serve(parser.parse_args(argv)))
 
 

@@ -155,4 +155,3 @@ def route_permission(route: BaseRoute) -> Permission | None:
             found.append(perm)
         stack.extend(dep.dependencies)
     return found[0] if len(found) == 1 else None
-

@@ -133,8 +133,11 @@ def _log_failure(request: Request, exc: CodedError) -> None:
     _shed["count"] += 1
     now = time.monotonic()
     if now - _shed["logged_at"] >= _SHED_LOG_S:
-        log.warning("%d request(s) answered 503 (CORE_BUSY or CORE_UNAVAILABLE) since the last such warning; last: %s",
-                    _shed["count"], exc)
+        log.warning(
+            "%d request(s) answered 503 (CORE_BUSY or CORE_UNAVAILABLE) since the last such warning; last: %s",
+            _shed["count"],
+            exc,
+        )
         _shed["count"], _shed["logged_at"] = 0, now
 
 
@@ -189,7 +192,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
                               headers=dict(exc.headers or {}))  # fmt: skip
     if exc.status_code == 400:
         return error_response(request, 400, "REQUEST_MALFORMED", "the request could not be read")
-    code = {401: "AUTH_REQUIRED", 403: "PERMISSION_DENIED", 413: "REQUEST_TOO_LARGE"}.get(exc.status_code, f"HTTP_{exc.status_code}")
+    code = {401: "AUTH_REQUIRED", 403: "PERMISSION_DENIED", 413: "REQUEST_TOO_LARGE"}.get(
+        exc.status_code, f"HTTP_{exc.status_code}"
+    )
     return error_response(request, exc.status_code, code, str(exc.detail)[:200])
 
 

@@ -25,7 +25,7 @@ class RedactCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is still logged, just not rewritten
+        except Exception:
             return True
         cleaned = redact(message)
         if cleaned != message:

@@ -91,7 +91,7 @@ class _CoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             values = self._sources()
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the core hiccuped
+        except Exception:
             log.exception("collecting status metrics failed")
             values = {}
         for name, value in sorted(values.items()):

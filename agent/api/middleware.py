@@ -35,7 +35,7 @@ from agent.auth.principal import CallContext, Principal
 from agent.ids import new_id
 from agent.store.audit import AuditEntry, append_in, params_digest
 
-__all__ = ["ApiMiddleware", "STATE_CHANGING"]
+__all__ = ["STATE_CHANGING", "ApiMiddleware"]
 
 log = logging.getLogger("agent.api")
 
@@ -160,7 +160,7 @@ class ApiMiddleware:
                     await self.app(scope, _replay(body, receive), send_wrapper)
                 finally:
                     slots.release()
-        except Exception:  # noqa: BLE001 - the last line of defence: no traceback to the client
+        except Exception:
             log.exception("request %s (%s %s) failed", request_id, method, _route(scope))
             if response["started"]:
                 return
@@ -170,7 +170,9 @@ class ApiMiddleware:
                 f"Report request id {request_id}; the agent log has the details.", request_id,
             )  # fmt: skip
         finally:
-            self.api.metrics.observe_request(method, _template(scope), response["status"], time.perf_counter() - started)
+            self.api.metrics.observe_request(
+                method, _template(scope), response["status"], time.perf_counter() - started
+            )
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.api.settings.max_body_bytes
@@ -223,11 +225,13 @@ class ApiMiddleware:
                 await api.db.write(lambda conn: append_in(conn, entry))
             else:
                 await write_anonymous(api.db, api.auth.audit_gate, entry)
-        except Exception:  # noqa: BLE001 - the answer still goes out; the failure is logged
+        except Exception:
             log.exception("could not write the audit row of request %s", call.request_id)
 
 
-def audit_entry(scope: Scope, body: bytes, principal: Any, *, result: str = "ok", code: str | None = None) -> AuditEntry:
+def audit_entry(
+    scope: Scope, body: bytes, principal: Any, *, result: str = "ok", code: str | None = None
+) -> AuditEntry:
     """The audit row of this request: the middleware's own, or the one a route hands to the core
     so that the change and its record are written by the process that makes the change."""
     state: MutableMapping[str, Any] = scope["state"]

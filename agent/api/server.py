@@ -115,7 +115,7 @@ def _bounded_httptools() -> type[asyncio.Protocol]:
             if hook is not None and self.scope is not None:
                 try:
                     hook(self.scope)
-                except Exception:  # noqa: BLE001 - the request still takes its normal path
+                except Exception:
                     log.exception("early request hook failed")
 
         def data_received(self, data: bytes) -> None:
@@ -285,7 +285,9 @@ class ApiServer:
                 raise ApiServerError(f"the API server stopped while starting: {exc}", code="API_START_FAILED")
             if loop.time() > deadline:
                 await self.stop()
-                raise ApiServerError(f"the API server did not start within {self._start_timeout:g} s", code="API_START_FAILED")
+                raise ApiServerError(
+                    f"the API server did not start within {self._start_timeout:g} s", code="API_START_FAILED"
+                )
             await asyncio.sleep(0.01)
         log.info("API listening on %s (HTTP/1.1 by %s)", self.url, self.http_name)
 
@@ -304,7 +306,7 @@ class ApiServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        except Exception:  # noqa: BLE001 - stopping must not raise into the runtime's shutdown
+        except Exception:
             log.exception("API server ended with an error")
         if self._sock is not None:
             self._sock.close()

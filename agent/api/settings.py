@@ -20,7 +20,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("oht-agent")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
+    except Exception:
         return "0+unknown"
 
 

@@ -146,7 +146,9 @@ class StreamHub:
         except TimeoutError:
             self._metrics.stream_dropped.inc()
             log.warning("stream client too slow: closed")
-            await self._close(websocket, CLOSE_SLOW, f"client too slow: a message was not taken within {self._send_timeout:g} s")
+            await self._close(
+                websocket, CLOSE_SLOW, f"client too slow: a message was not taken within {self._send_timeout:g} s"
+            )
             return False
         except (WebSocketDisconnect, RuntimeError, OSError):
             return False

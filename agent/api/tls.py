@@ -162,7 +162,7 @@ TLS12_SUITES = "ECDHE+AESGCM:ECDHE+CHACHA20"
 def server_context(files: TlsFiles, min_version: str = "1.2") -> ssl.SSLContext:
     """TLS 1.3, and TLS 1.2 with AEAD suites unless `min_version` is "1.3", with the device certificate."""
     if min_version not in MIN_VERSIONS:
-        raise ValueError(f"tls_min_version {min_version!r}: use \"1.2\" or \"1.3\"")
+        raise ValueError(f'tls_min_version {min_version!r}: use "1.2" or "1.3"')
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MIN_VERSIONS[min_version]
     context.set_ciphers(TLS12_SUITES)

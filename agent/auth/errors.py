@@ -17,6 +17,7 @@ __all__ = [
     "AuthInvalid",
     "AuthRequired",
     "CurrentPasswordRequired",
+    "LastAdmin",
     "LoginThrottled",
     "PasswordMismatch",
     "PasswordRejected",
@@ -28,7 +29,6 @@ __all__ = [
     "UserExists",
     "UserNameInvalid",
     "UserNotFound",
-    "LastAdmin",
 ]
 
 

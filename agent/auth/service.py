@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 import aiosqlite
 
 from agent.auth import tokens
+from agent.auth.auditing import write_anonymous
 from agent.auth.errors import (
     AuthExpired,
     AuthFailed,
@@ -38,7 +39,6 @@ from agent.auth.errors import (
     SessionRequired,
     UserNotFound,
 )
-from agent.auth.auditing import write_anonymous
 from agent.auth.key_scope import standing
 from agent.auth.passwords import Hasher, check_policy
 from agent.auth.principal import CallContext, Principal, key_actor
@@ -204,7 +204,9 @@ class AuthService:
         attempt = await self._begin_check(user_name, ip)
         if isinstance(attempt, int):
             await self._audit_only(
-                self._entry("anonymous", "password", "auth.login", ctx, result="denied", code=LoginThrottled.code, target=target),
+                self._entry(
+                    "anonymous", "password", "auth.login", ctx, result="denied", code=LoginThrottled.code, target=target
+                ),
                 ctx,
                 anonymous=True,
             )
@@ -220,7 +222,9 @@ class AuthService:
         if not ok or user is None or user.disabled:
             attempt.failed()
             await self._audit_only(
-                self._entry("anonymous", "password", "auth.login", ctx, result="denied", code=AuthFailed.code, target=target),
+                self._entry(
+                    "anonymous", "password", "auth.login", ctx, result="denied", code=AuthFailed.code, target=target
+                ),
                 ctx,
                 anonymous=True,
             )
@@ -497,7 +501,9 @@ class AuthService:
         attempt = await self._begin_check(name, ip)
         if isinstance(attempt, int):
             await self._audit_only(
-                self._entry(name, "session", "auth.password_change", ctx, result="denied", code=LoginThrottled.code, target=name),
+                self._entry(
+                    name, "session", "auth.password_change", ctx, result="denied", code=LoginThrottled.code, target=name
+                ),
                 ctx,
             )
             raise LoginThrottled(f"too many failed password checks; retry in {attempt} s", retry_after=attempt)
@@ -510,7 +516,15 @@ class AuthService:
         if not ok or user is None:
             attempt.failed()
             await self._audit_only(
-                self._entry(name, "session", "auth.password_change", ctx, result="denied", code=PasswordMismatch.code, target=name),
+                self._entry(
+                    name,
+                    "session",
+                    "auth.password_change",
+                    ctx,
+                    result="denied",
+                    code=PasswordMismatch.code,
+                    target=name,
+                ),
                 ctx,
             )
             raise PasswordMismatch("the current password is not correct")
@@ -560,7 +574,9 @@ class AuthService:
             raise RoleNotAllowed(f"a {principal.role} cannot create a user with role {role}")
         check_policy(password, user_name=name)
         password_hash = await self.hasher.hash(password)
-        entry = self._entry(principal.actor, principal.method, "user.create", ctx, target=name, params={"name": name, "role": role})
+        entry = self._entry(
+            principal.actor, principal.method, "user.create", ctx, target=name, params={"name": name, "role": role}
+        )
 
         async def unit(conn: aiosqlite.Connection) -> User:
             user = await users_store.create_in(conn, name, role, password_hash, created_by=principal.actor)
@@ -598,7 +614,9 @@ class AuthService:
 
     # ------------------------------------------------------------------ API keys
 
-    async def create_api_key(self, principal: Principal, name: str, role: str, ctx: CallContext) -> tuple[ApiKeyRecord, str]:
+    async def create_api_key(
+        self, principal: Principal, name: str, role: str, ctx: CallContext
+    ) -> tuple[ApiKeyRecord, str]:
         """A new key (role up to the creator's); returns the record and the full key, shown once.
 
         Made by a person, never by a key: a key that made keys would leave them behind when it is
@@ -620,7 +638,14 @@ class AuthService:
             )  # fmt: skip
             await append_in(
                 conn,
-                self._entry(principal.actor, principal.method, "api_key.create", ctx, target=record.label, params={"name": name, "role": role}),
+                self._entry(
+                    principal.actor,
+                    principal.method,
+                    "api_key.create",
+                    ctx,
+                    target=record.label,
+                    params={"name": name, "role": role},
+                ),
             )
             return record
 
@@ -635,7 +660,9 @@ class AuthService:
         async def unit(conn: aiosqlite.Connection) -> tuple[ApiKeyRecord, list[ApiKeyRecord]]:
             record, _changed = await keys_store.revoke_in(conn, key_id, by=principal.actor)
             made = await keys_store.revoke_made_by_in(conn, key_id=record.id, by=principal.actor)
-            await append_in(conn, self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label))
+            await append_in(
+                conn, self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label)
+            )
             await self._append_key_revocations(conn, principal, made, ctx, why=f"made with {record.label}, revoked")
             return record, made
 
@@ -645,11 +672,19 @@ class AuthService:
         return record
 
     async def _append_key_revocations(
-        self, conn: aiosqlite.Connection, principal: Principal, revoked: list[ApiKeyRecord], ctx: CallContext, *, why: str
+        self,
+        conn: aiosqlite.Connection,
+        principal: Principal,
+        revoked: list[ApiKeyRecord],
+        ctx: CallContext,
+        *,
+        why: str,
     ) -> None:
         """One audit row per key revoked as a consequence, so the log lists each one."""
         for record in revoked:
-            entry = self._entry(principal.actor, principal.method, "api_key.revoke", ctx, target=record.label, params={"because": why})
+            entry = self._entry(
+                principal.actor, principal.method, "api_key.revoke", ctx, target=record.label, params={"because": why}
+            )
             await append_in(conn, entry)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:

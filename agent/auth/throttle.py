@@ -308,7 +308,9 @@ class AuditGate:
     so the loss is itself on record.
     """
 
-    def __init__(self, per_minute: int = 60, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, per_minute: int = 60, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._window = SlidingWindow(per_minute, 60.0, max_keys=max_keys, clock=clock)
         self._suppressed: OrderedDict[str, int] = OrderedDict()
         self._max_keys = max_keys

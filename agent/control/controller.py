@@ -18,20 +18,25 @@ from typing import Any
 
 from agent.control.conditions import build_conditions
 from agent.control.executor import Executor, Outcome
+from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.motion import MotionLimits
 from agent.control.output_monitor import OutputMonitor
-from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.params import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
-from agent.control.status_view import LagWindow, ModuleNotFound, ModuleView, StatusDocument, module_view, status_document
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
+from agent.control.status_view import (
+    LagWindow,
+    ModuleNotFound,
+    ModuleView,
+    StatusDocument,
+    module_view,
+    status_document,
+)
 from agent.safety.estop_input import EstopInputState
-from agent.safety.faults import Level
 from agent.safety.policy import SafetyPolicy
 from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.supervisor import RoleLiveness, Supervisor, Verdict
-from agent.store import commands as cmd_store
 from agent.store import outbox
 from agent.store.audit import AuditEntry, append_in
 from agent.store.commands import CommandRecord, Commands
@@ -58,7 +63,7 @@ NotFound = ModuleNotFound  # the name the API's tests and routes know
 
 
 def utc_iso(ts: float | None = None) -> str:
-    when = dt.datetime.now(dt.timezone.utc) if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    when = dt.datetime.now(dt.UTC) if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -107,8 +112,9 @@ class Controller:
         self.stop_path = stop_path
         self.output_monitor = OutputMonitor(policy.stop_current_max_a, policy.uncommanded_motion_cm)
         self._port_seen_up = False
-        self.supervisor = Supervisor(policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip,
-                                     estop_input=estop_input)
+        self.supervisor = Supervisor(
+            policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip, estop_input=estop_input
+        )
         self.executor = Executor(self)
         self.notifier = notifier or SdNotifier()
         self.hw_watchdog = hw_watchdog
@@ -168,7 +174,7 @@ class Controller:
         if bound:
             try:
                 outcome = await asyncio.wait_for(self.stop_path.stop("shutdown: final stop", fresh=True), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("shutdown: final stop not confirmed within 2 s")
         await self._drain_records()
         if self.hw_watchdog is not None:
@@ -198,8 +204,13 @@ class Controller:
         poller = self.hw.pollers.get(role)
         if poller is None:
             return None
-        return RoleLiveness(poller.snapshot, poller.bound_at, poller.interval_s, poller.binding.profile.turnaround_ms / 1000,
-                            poller.interval_since)
+        return RoleLiveness(
+            poller.snapshot,
+            poller.bound_at,
+            poller.interval_s,
+            poller.binding.profile.turnaround_ms / 1000,
+            poller.interval_since,
+        )
 
     def fresh(self, role: str, now: float) -> bool:
         poller = self.hw.pollers.get(role)
@@ -207,7 +218,10 @@ class Controller:
 
     def conditions(self, *, target_valid: bool = False, now: float | None = None) -> Conditions:
         now = time.monotonic() if now is None else now
-        comms = all(r in self.hw.pollers and self.hw.master.is_online(self.hw.pollers[r].binding.address) for r in self.mandatory)
+        comms = all(
+            r in self.hw.pollers and self.hw.master.is_online(self.hw.pollers[r].binding.address)
+            for r in self.mandatory
+        )
         return build_conditions(
             self.supervisor.verdict,
             comms_ok=comms and self.hw.master.port_up,
@@ -293,8 +307,12 @@ class Controller:
         # Last, so that a tick that raised anywhere above feeds nothing. Healthy: on time, and every
         # supervised task (bus master, executor, recorder, store writer, API, ...) still running.
         master_task = self.hw.master.task
-        healthy = (lag * 1000 <= p.loop_lag_stop_ms and self.tasks.healthy
-                   and master_task is not None and not master_task.done())
+        healthy = (
+            lag * 1000 <= p.loop_lag_stop_ms
+            and self.tasks.healthy
+            and master_task is not None
+            and not master_task.done()
+        )
         self.loop_healthy = healthy
         if healthy:
             self._feed_watchdogs(now)
@@ -342,7 +360,9 @@ class Controller:
             if self.supervisor.external_active("STOP_NOT_CONFIRMED"):
                 self.supervisor.clear_external("STOP_NOT_CONFIRMED")
         elif last.error is not None and not self.supervisor.external_active("STOP_NOT_CONFIRMED"):
-            self.supervisor.raise_external("STOP_NOT_CONFIRMED", f"stop for '{last.reason}' not confirmed ({last.error})")
+            self.supervisor.raise_external(
+                "STOP_NOT_CONFIRMED", f"stop for '{last.reason}' not confirmed ({last.error})"
+            )
 
     def _motion_window(self, now: float) -> None:
         if self.sm.state not in (State.MOVE, State.DOCK):
@@ -362,13 +382,20 @@ class Controller:
             return
         motion = self.sm.state in (State.MOVE, State.DOCK)
         stop = self.stop_path
-        if (not motion and not stop.in_progress and stop.last_confirmed is not None
-                and self.hw.master.interlock.energised_since(stop.last_confirmed.readback_sent_at or 0.0)):
+        if (
+            not motion
+            and not stop.in_progress
+            and stop.last_confirmed is not None
+            and self.hw.master.interlock.energised_since(stop.last_confirmed.readback_sent_at or 0.0)
+        ):
             # An energising frame went out after the last confirmed stop, and none is running.
             stop.request("outputs energised outside motion")
         causes = self.output_monitor.check(
-            poller.snapshot, now, motion=motion or stop.in_progress,
-            stopped_since=None if stop.last_confirmed is None else stop.last_confirmed.confirmed_at)
+            poller.snapshot,
+            now,
+            motion=motion or stop.in_progress,
+            stopped_since=None if stop.last_confirmed is None else stop.last_confirmed.confirmed_at,
+        )
         for code in ("OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION"):
             detail = causes.get(code)
             if detail is not None and not self.supervisor.external_active(code):
@@ -389,9 +416,12 @@ class Controller:
         self._deadman_counter = (self._deadman_counter + 1) & 0xFFFF
         permit = self.plant.permit("dead-man heartbeat")  # taken with the motion check above
         self._deadman_task = asyncio.get_running_loop().create_task(
-            self._quiet_write("travel", "HEARTBEAT", self._deadman_counter, Priority.SAFETY, permit))
+            self._quiet_write("travel", "HEARTBEAT", self._deadman_counter, Priority.SAFETY, permit)
+        )
 
-    async def _quiet_write(self, role: str, name: str, value: int, priority: Priority, permit: Permit | None = None) -> None:
+    async def _quiet_write(
+        self, role: str, name: str, value: int, priority: Priority, permit: Permit | None = None
+    ) -> None:
         try:
             await self.plant.write(role, name, value, priority, permit=permit)
         except (BusError, CodedError) as exc:
@@ -437,7 +467,9 @@ class Controller:
         try:
             self._records.put_nowait((transitions, events))
         except asyncio.QueueFull:
-            log.error("transition recorder queue full: dropping %d transitions, %d events", len(transitions), len(events))
+            log.error(
+                "transition recorder queue full: dropping %d transitions, %d events", len(transitions), len(events)
+            )
 
     async def _recorder(self) -> None:
         while True:
@@ -448,7 +480,9 @@ class Controller:
         while not self._records.empty():
             await self._write_records(*self._records.get_nowait())
 
-    async def _write_records(self, transitions: list[Transition], events: list[dict[str, Any]], command_id: str | None = None) -> None:
+    async def _write_records(
+        self, transitions: list[Transition], events: list[dict[str, Any]], command_id: str | None = None
+    ) -> None:
         async def unit(conn: Any) -> None:
             for event in events:
                 await outbox.add(conn, outbox_kind(event), {**event, "at": utc_iso()})
@@ -460,7 +494,9 @@ class Controller:
         except CodedError as exc:
             log.error("could not record %d transitions: %s", len(transitions), exc)
 
-    async def transition(self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None) -> Transition:
+    async def transition(
+        self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None
+    ) -> Transition:
         """A command-driven transition: applied, then committed (with its command) before anything moves."""
         t = self.sm.handle(event, self.conditions(target_valid=target_valid), reason)
         log.info("state %s -> %s (%s: %s)", t.from_state, t.to_state, t.event, t.reason)
@@ -472,7 +508,9 @@ class Controller:
         """After a motion command: back to IDLE if nothing else moved the state machine meanwhile."""
         if self.sm.state in (State.MOVE, State.DOCK, State.PAUSED):
             try:
-                await self.transition(Event.STOP_COMMAND, target_valid=False, reason="motion command ended", command_id=command_id)
+                await self.transition(
+                    Event.STOP_COMMAND, target_valid=False, reason="motion command ended", command_id=command_id
+                )
             except TransitionRefused:
                 pass
 
@@ -482,25 +520,42 @@ class Controller:
         outcome = await self.stop_path.stop(reason, routine=True) if self.stop_path.bound else None
         if outcome is None:
             return {"confirmed": False, "confirm_ms": None}
-        return {"confirmed": outcome.confirmed, "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
-                "readback": {"M1_ENABLE": 0, "M1_COMMAND_SPEED": 0, "M1_ACTUAL_SPEED": 0,
-                             "M2_ENABLE": 0, "M2_COMMAND_SPEED": 0, "M2_ACTUAL_SPEED": 0} if outcome.confirmed else {}}
+        return {
+            "confirmed": outcome.confirmed,
+            "confirm_ms": round(outcome.confirm_ms, 1) if outcome.confirm_ms else None,
+            "readback": {
+                "M1_ENABLE": 0,
+                "M1_COMMAND_SPEED": 0,
+                "M1_ACTUAL_SPEED": 0,
+                "M2_ENABLE": 0,
+                "M2_COMMAND_SPEED": 0,
+                "M2_ACTUAL_SPEED": 0,
+            }
+            if outcome.confirmed
+            else {},
+        }
 
     async def withdraw_queued_motion(self) -> None:
         """At start: motion commands still queued from before are expired (MOTION_WITHDRAWN), never run."""
         try:
-            withdrawn = await self.commands.withdraw_queued(MOTION_TYPES, "MOTION_WITHDRAWN",
-                                                            "queued before the agent restarted: motion never resumes by itself")
+            withdrawn = await self.commands.withdraw_queued(
+                MOTION_TYPES, "MOTION_WITHDRAWN", "queued before the agent restarted: motion never resumes by itself"
+            )
         except CodedError as exc:
             log.error("could not withdraw the motion commands queued before the restart: %s", exc)
             return
         if withdrawn:
-            log.warning("%d motion command(s) queued before the restart withdrawn, not run: %s",
-                        len(withdrawn), ", ".join(r.id for r in withdrawn))
+            log.warning(
+                "%d motion command(s) queued before the restart withdrawn, not run: %s",
+                len(withdrawn),
+                ", ".join(r.id for r in withdrawn),
+            )
 
     async def finish_command(self, record: CommandRecord, outcome: Outcome) -> None:
         try:
-            await self.commands.finish(record.id, outcome.state, outcome.result, outcome.error_code, outcome.error_message)
+            await self.commands.finish(
+                record.id, outcome.state, outcome.result, outcome.error_code, outcome.error_message
+            )
         except CodedError as exc:
             log.error("could not record the result of %s: %s", record.id, exc)
 
@@ -544,18 +599,30 @@ class Controller:
         return module_view(self.hw, name, poller)
 
     async def submit_command(
-        self, *, source: str, idempotency_key: str, type: str, params: dict[str, Any],  # noqa: A002
-        user: str | None, priority: int = 5, not_after: datetime | None = None, audit: AuditEntry | None = None,
+        self,
+        *,
+        source: str,
+        idempotency_key: str,
+        type: str,
+        params: dict[str, Any],
+        user: str | None,
+        priority: int = 5,
+        not_after: datetime | None = None,
+        audit: AuditEntry | None = None,
     ) -> SubmitResult:
         clean = validate_params(type, params)
         not_after = self._deadline_for(type, not_after)
         if not self.db.healthy:
             health = self.db.health()
-            raise CodedError(f"the database cannot be written: {health.get('message', '')}", code="STORE_UNAVAILABLE",
-                             hint="free disk space or fix the file system, then reset the fault")
+            raise CodedError(
+                f"the database cannot be written: {health.get('message', '')}",
+                code="STORE_UNAVAILABLE",
+                hint="free disk space or fix the file system, then reset the fault",
+            )
         await self._admit(source, idempotency_key, type, user)
-        record, created = await self.commands.submit(source, idempotency_key, type, clean, user=user,
-                                                     priority=priority, not_after=not_after)
+        record, created = await self.commands.submit(
+            source, idempotency_key, type, clean, user=user, priority=priority, not_after=not_after
+        )
         if created:
             if type in OUT_OF_BAND:
                 asyncio.get_running_loop().create_task(self.run_out_of_band(record))
@@ -589,7 +656,7 @@ class Controller:
         deadline is capped, so a queued move never runs long after it was asked for."""
         if type_ not in MOTION_TYPES:
             return not_after
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cap = now + dt.timedelta(seconds=self.motion.max_command_ttl_s)
         if not_after is None:
             return now + dt.timedelta(seconds=self.motion.command_ttl_s)
@@ -608,14 +675,21 @@ class Controller:
                 if self.executor.current is not None and sig.abort_reason is None:
                     sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
                 stopped = await self.stop_outputs(f"stop command {record.id}")
-                outcome = Outcome("succeeded" if stopped["confirmed"] else "failed", stopped,
-                                  None if stopped["confirmed"] else "STOP_NOT_CONFIRMED")
+                outcome = Outcome(
+                    "succeeded" if stopped["confirmed"] else "failed",
+                    stopped,
+                    None if stopped["confirmed"] else "STOP_NOT_CONFIRMED",
+                )
             elif record.type == "pause":
-                await self.transition(Event.PAUSE_COMMAND, target_valid=True, reason=f"pause {record.id}", command_id=record.id)
+                await self.transition(
+                    Event.PAUSE_COMMAND, target_valid=True, reason=f"pause {record.id}", command_id=record.id
+                )
                 stopped = await self.stop_outputs(f"pause {record.id}")
                 outcome = Outcome("succeeded", stopped)
             else:
-                await self.transition(Event.RESUME_COMMAND, target_valid=True, reason=f"resume {record.id}", command_id=record.id)
+                await self.transition(
+                    Event.RESUME_COMMAND, target_valid=True, reason=f"resume {record.id}", command_id=record.id
+                )
                 outcome = Outcome("succeeded", {"state": self.sm.state.value})
         except CodedError as exc:
             outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
@@ -628,7 +702,9 @@ class Controller:
     async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]:
         return await self.commands.list(state=state, limit=limit)
 
-    async def cancel_command(self, command_id: str, *, user: str | None, audit: AuditEntry | None = None) -> CommandRecord:
+    async def cancel_command(
+        self, command_id: str, *, user: str | None, audit: AuditEntry | None = None
+    ) -> CommandRecord:
         record = await self._cancel(command_id, user)
         await self._audit(audit)
         return record
@@ -651,16 +727,22 @@ class Controller:
 
         None when no travel driver is bound (nothing to stop on the bus)."""
         who = user or source
-        self.supervisor.record_event("ESTOP_REQUESTED", f"E-stop requested by {who}" + (f": {reason}" if reason else ""))
+        self.supervisor.record_event(
+            "ESTOP_REQUESTED", f"E-stop requested by {who}" + (f": {reason}" if reason else "")
+        )
         self._apply_internal(Event.ESTOP_TRIGGERED, f"E-stop requested by {who}")
         if not self.stop_path.bound:
             return None
         return self.stop_path.request(f"E-stop by {who}")
 
-    async def estop(self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None) -> EstopResult:
+    async def estop(
+        self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None
+    ) -> EstopResult:
         return await self.confirm_estop(self.begin_estop(source=source, user=user, reason=reason), audit=audit)
 
-    async def confirm_estop(self, task: asyncio.Task[StopOutcome] | None, *, audit: AuditEntry | None = None) -> EstopResult:
+    async def confirm_estop(
+        self, task: asyncio.Task[StopOutcome] | None, *, audit: AuditEntry | None = None
+    ) -> EstopResult:
         """Wait for the stop begun by `begin_estop` to be read back, then write its audit row."""
         result = await self._estop_outcome(task)
         if audit is not None and not result.confirmed:
@@ -670,17 +752,30 @@ class Controller:
 
     async def _estop_outcome(self, task: asyncio.Task[StopOutcome] | None) -> EstopResult:
         if task is None:
-            return EstopResult(False, None, {"code": "ESTOP_NOT_CONFIRMED", "message": "no travel driver is bound",
-                                             "hint": "use the hardware E-stop; the travel module is not reachable"})
+            return EstopResult(
+                False,
+                None,
+                {
+                    "code": "ESTOP_NOT_CONFIRMED",
+                    "message": "no travel driver is bound",
+                    "hint": "use the hardware E-stop; the travel module is not reachable",
+                },
+            )
         try:
             outcome = await asyncio.wait_for(asyncio.shield(task), self.policy.stop_confirm_timeout_ms / 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = None
         if outcome is None or not outcome.confirmed:
             error = outcome.error if outcome else "timeout"
-            return EstopResult(False, None, {"code": "ESTOP_NOT_CONFIRMED",
-                                             "message": f"the stop was sent but not confirmed on the bus ({error})",
-                                             "hint": "use the hardware E-stop now; then check the travel driver and the RS485 link"})
+            return EstopResult(
+                False,
+                None,
+                {
+                    "code": "ESTOP_NOT_CONFIRMED",
+                    "message": f"the stop was sent but not confirmed on the bus ({error})",
+                    "hint": "use the hardware E-stop now; then check the travel driver and the RS485 link",
+                },
+            )
         return EstopResult(True, outcome.confirm_ms, None)
 
     async def _audit(self, entry: AuditEntry | None, *, target: str | None = None) -> None:
@@ -691,7 +786,7 @@ class Controller:
             entry = dataclasses.replace(entry, target=target)
         try:
             await self.db.write(lambda conn: append_in(conn, entry))
-        except Exception:  # noqa: BLE001 - the change stands; the failure is logged with its request id
+        except Exception:
             log.exception("could not write the audit row of request %s", entry.request_id)
 
     async def reset(self, *, user: str, audit: AuditEntry | None = None) -> ResetResult:
@@ -726,8 +821,11 @@ class Controller:
         if not remaining and self.sm.state in (State.ESTOP, State.FAULT, State.SAFE):
             remaining.update(await self._fresh_stop_before_reset(user))
         if not remaining:
-            for event, reason in ((Event.ESTOP_RESET, f"reset by {user}"), (Event.FAULT_CLEARED, f"reset by {user}"),
-                                  (Event.SAFE_RESET, f"reset by {user}")):
+            for event, reason in (
+                (Event.ESTOP_RESET, f"reset by {user}"),
+                (Event.FAULT_CLEARED, f"reset by {user}"),
+                (Event.SAFE_RESET, f"reset by {user}"),
+            ):
                 if self.sm.state in (State.ESTOP, State.FAULT, State.SAFE):
                     try:
                         await self.transition(event, target_valid=False, reason=reason)
@@ -743,16 +841,21 @@ class Controller:
         if not self.stop_path.bound:
             return {}
         try:
-            fresh = await asyncio.wait_for(self.stop_path.stop(f"reset by {user}", routine=True, fresh=True),
-                                           self.policy.stop_confirm_timeout_ms / 1000)
-        except asyncio.TimeoutError:
+            fresh = await asyncio.wait_for(
+                self.stop_path.stop(f"reset by {user}", routine=True, fresh=True),
+                self.policy.stop_confirm_timeout_ms / 1000,
+            )
+        except TimeoutError:
             fresh = None
         if fresh is None or not fresh.confirmed:
             error = fresh.error if fresh is not None else "timeout"
             return {"STOP_NOT_CONFIRMED": f"the travel driver did not confirm a fresh stop ({error})"}
         self._watch_outputs(time.monotonic())  # readings from before this stop no longer count
-        remaining = {f.code: f"cause still present: {f.detail}" for f in self.supervisor.verdict.faults
-                     if f.code in ("OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION") and f.cause_present}
+        remaining = {
+            f.code: f"cause still present: {f.detail}"
+            for f in self.supervisor.verdict.faults
+            if f.code in ("OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION") and f.cause_present
+        }
         return remaining
 
     # ------------------------------------------------------------------ status stream
@@ -768,7 +871,12 @@ class Controller:
         self._maybe_notify_status(self.supervisor.verdict)
 
     def _maybe_notify_status(self, verdict: Verdict) -> None:
-        key = (self.sm.state, verdict.level, tuple(f.code for f in verdict.faults), self.executor.current and self.executor.current.id)
+        key = (
+            self.sm.state,
+            verdict.level,
+            tuple(f.code for f in verdict.faults),
+            self.executor.current and self.executor.current.id,
+        )
         if key == self._last_status_key or not self._listeners:
             self._last_status_key = key
             return
@@ -781,4 +889,4 @@ class Controller:
                 log.exception("status listener failed")
 
 
-__all__ = ["Controller", "NotFound", "CommandNotFound", "ModuleNotBound"]
+__all__ = ["CommandNotFound", "Controller", "ModuleNotBound", "NotFound"]

@@ -18,8 +18,7 @@ from agent.control.motion import ProgressWatch
 from agent.control.state_machine import TransitionRefused, command_allowed
 from agent.control.states import Event, State
 from agent.safety.faults import Level
-from agent.store.commands import CommandRecord
-from agent.store.commands import CommandExpired
+from agent.store.commands import CommandExpired, CommandRecord
 from agent.store.errors import StoreError
 from drivers.errors import CodedError
 from drivers.modbus.interlock import PermitRevoked
@@ -74,7 +73,9 @@ class ExecutorPort(Protocol):
 
     def motion_allowed(self) -> bool: ...
 
-    async def transition(self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None) -> Transition: ...
+    async def transition(
+        self, event: Event, *, target_valid: bool, reason: str, command_id: str | None = None
+    ) -> Transition: ...
 
     async def settle_after_motion(self, command_id: str) -> None: ...
 
@@ -183,37 +184,71 @@ class Executor:
         position = await self._position("M1_POSITION_CURRENT")
         sign = 1 if p.direction == "forward" else -1
         bound_ok = p.distance_cm is None or TRACK_MIN_CM <= position + sign * p.distance_cm <= TRACK_MAX_CM
-        await self.c.transition(Event.MOVE_COMMAND, target_valid=bound_ok, reason=f"move {record.id}", command_id=record.id)
-        return await self._drive("M1", p.direction, p.speed_pct, record, start=position,
-                                 distance=p.distance_cm, duration_ms=p.duration_ms)
+        await self.c.transition(
+            Event.MOVE_COMMAND, target_valid=bound_ok, reason=f"move {record.id}", command_id=record.id
+        )
+        return await self._drive(
+            "M1", p.direction, p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=p.duration_ms
+        )
 
     async def _do_hoist(self, p: P.HoistParams, record: CommandRecord) -> Outcome:
         position = await self._position("M2_POSITION_CURRENT")
         if position == p.position_cm:
             return Outcome("succeeded", {"position_cm": position, "moved_cm": 0})
         direction = "forward" if p.position_cm > position else "reverse"
-        await self.c.transition(Event.MOVE_COMMAND, target_valid=True, reason=f"hoist {record.id}", command_id=record.id)
-        return await self._drive("M2", direction, p.speed_pct, record, start=position,
-                                 distance=abs(p.position_cm - position), duration_ms=None)
+        await self.c.transition(
+            Event.MOVE_COMMAND, target_valid=True, reason=f"hoist {record.id}", command_id=record.id
+        )
+        return await self._drive(
+            "M2",
+            direction,
+            p.speed_pct,
+            record,
+            start=position,
+            distance=abs(p.position_cm - position),
+            duration_ms=None,
+        )
 
     async def _do_dock(self, p: P.DockParams, record: CommandRecord) -> Outcome:
         await self.c.transition(Event.DOCK_COMMAND, target_valid=True, reason=f"dock {record.id}", command_id=record.id)
-        return await self._drive("M1", "forward", p.speed_pct, record, start=await self._position("M1_POSITION_CURRENT"),
-                                 distance=None, duration_ms=p.timeout_ms, until_docked=True)
+        return await self._drive(
+            "M1",
+            "forward",
+            p.speed_pct,
+            record,
+            start=await self._position("M1_POSITION_CURRENT"),
+            distance=None,
+            duration_ms=p.timeout_ms,
+            until_docked=True,
+        )
 
     async def _do_undock(self, p: P.UndockParams, record: CommandRecord) -> Outcome:
         position = await self._position("M1_POSITION_CURRENT")
-        await self.c.transition(Event.MOVE_COMMAND, target_valid=position - p.distance_cm >= TRACK_MIN_CM,
-                                reason=f"undock {record.id}", command_id=record.id)
-        return await self._drive("M1", "reverse", p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=None)
+        await self.c.transition(
+            Event.MOVE_COMMAND,
+            target_valid=position - p.distance_cm >= TRACK_MIN_CM,
+            reason=f"undock {record.id}",
+            command_id=record.id,
+        )
+        return await self._drive(
+            "M1", "reverse", p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=None
+        )
 
     async def _position(self, name: str) -> int:
         values = await self.c.plant.read("travel", [name])
         return int(values[name])
 
     async def _drive(
-        self, channel: str, direction: str, speed_pct: int, record: CommandRecord, *, start: int,
-        distance: int | None, duration_ms: int | None, until_docked: bool = False,
+        self,
+        channel: str,
+        direction: str,
+        speed_pct: int,
+        record: CommandRecord,
+        *,
+        start: int,
+        distance: int | None,
+        duration_ms: int | None,
+        until_docked: bool = False,
     ) -> Outcome:
         """Run one channel until its bound, then stop and confirm. Outputs are zeroed on every exit.
 
@@ -228,8 +263,12 @@ class Executor:
         limits = c.motion
         c.hw.set_moving(True)
         began = time.monotonic()
-        bound_s = limits.time_bound_s(distance_cm=distance, duration_ms=duration_ms, speed_pct=speed_pct,
-                                      slowest_factor=c.policy.warning_speed_factor)
+        bound_s = limits.time_bound_s(
+            distance_cm=distance,
+            duration_ms=duration_ms,
+            speed_pct=speed_pct,
+            slowest_factor=c.policy.warning_speed_factor,
+        )
         hard_deadline = began + bound_s
         progress = ProgressWatch(limits)
         moved = 0
@@ -242,8 +281,16 @@ class Executor:
                 if sig.abort_reason is not None:
                     reason, code, state = sig.abort_reason, sig.abort_code, "cancelled"
                     break
-                if c.supervisor.verdict.level >= Level.PROTECTIVE_STOP or c.sm.state not in (State.MOVE, State.DOCK, State.PAUSED):
-                    reason, code, state = f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})", "MOTION_WITHDRAWN", "failed"
+                if c.supervisor.verdict.level >= Level.PROTECTIVE_STOP or c.sm.state not in (
+                    State.MOVE,
+                    State.DOCK,
+                    State.PAUSED,
+                ):
+                    reason, code, state = (
+                        f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})",
+                        "MOTION_WITHDRAWN",
+                        "failed",
+                    )
                     break
                 if now >= hard_deadline:
                     reason, code, state = f"time bound of {bound_s:.1f} s exceeded", "MOTION_TIME_EXCEEDED", "failed"
@@ -278,8 +325,14 @@ class Executor:
                 if progress.observe(now, position):
                     c.sm.refresh(limit=hard_deadline)
                 if progress.stalled(now):
-                    reason, code, state = (f"no progress for {limits.stall_window_s(speed_pct * applied_factor):.1f} s "
-                                           f"with speed commanded"), "TRAVEL_STALLED", "failed"
+                    reason, code, state = (
+                        (
+                            f"no progress for {limits.stall_window_s(speed_pct * applied_factor):.1f} s "
+                            f"with speed commanded"
+                        ),
+                        "TRAVEL_STALLED",
+                        "failed",
+                    )
                     c.supervisor.record_event("TRAVEL_STALLED", f"{record.type} {record.id}: {reason}")
                     break
                 if distance is not None and moved >= distance:
@@ -296,8 +349,14 @@ class Executor:
             c.hw.set_moving(False)
             await c.settle_after_motion(record.id)
         readback = outcome.get("readback", {})
-        result = {"moved_cm": moved, "end": reason, "stop_confirmed": outcome["confirmed"],
-                  "stop_confirm_ms": outcome["confirm_ms"], "readback": readback, "time_bound_s": round(bound_s, 1)}
+        result = {
+            "moved_cm": moved,
+            "end": reason,
+            "stop_confirmed": outcome["confirmed"],
+            "stop_confirm_ms": outcome["confirm_ms"],
+            "readback": readback,
+            "time_bound_s": round(bound_s, 1),
+        }
         if not outcome["confirmed"] and state == "succeeded":
             state, code = "failed", "STOP_NOT_CONFIRMED"
         return Outcome(state, result, code, None if state == "succeeded" else reason)
@@ -329,7 +388,9 @@ class Executor:
         plant = self.c.plant
         await plant.write(p.role, "RESET_ERROR_CMD", 1)
         await asyncio.sleep(0.05)
-        readback = await plant.read(p.role, ["DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "SYSTEM_STATUS", "SYSTEM_ERROR"])
+        readback = await plant.read(
+            p.role, ["DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "SYSTEM_STATUS", "SYSTEM_ERROR"]
+        )
         if p.role == "travel":
             await self.c.stop_outputs("after module reset")  # the driver re-initialises: confirm it is still off
         return Outcome("succeeded", {"role": p.role, "readback": readback})
@@ -338,10 +399,16 @@ class Executor:
         poller = self.c.plant.poller(p.role)
         reg = poller.binding.profile.register(p.register_name)
         if reg.safety:
-            return Outcome("failed", error_code="REGISTER_SAFETY_CRITICAL",
-                           error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)")
+            return Outcome(
+                "failed",
+                error_code="REGISTER_SAFETY_CRITICAL",
+                error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)",
+            )
         await self.c.plant.write(p.role, reg.name, p.value)
         readback = await self.c.plant.read(p.role, [reg.name]) if reg.readable else {}
         ok = not reg.readable or abs(float(readback[reg.name]) - float(p.value)) <= abs(reg.scale) / 2
-        return Outcome("succeeded" if ok else "failed", {"register": reg.name, "written": p.value, "readback": readback},
-                       None if ok else "READBACK_MISMATCH")
+        return Outcome(
+            "succeeded" if ok else "failed",
+            {"register": reg.name, "written": p.value, "readback": readback},
+            None if ok else "READBACK_MISMATCH",
+        )

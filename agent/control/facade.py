@@ -82,9 +82,13 @@ class AgentCore(Protocol):
 
     async def list_commands(self, state: str | None = None, limit: int = 100) -> list[CommandRecord]: ...
 
-    async def cancel_command(self, command_id: str, *, user: str | None, audit: AuditEntry | None = None) -> CommandRecord: ...
+    async def cancel_command(
+        self, command_id: str, *, user: str | None, audit: AuditEntry | None = None
+    ) -> CommandRecord: ...
 
-    async def estop(self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None) -> EstopResult:
+    async def estop(
+        self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None
+    ) -> EstopResult:
         """The stop is queued before anything else happens; the audit row follows the confirmation."""
 
     async def reset(self, *, user: str, audit: AuditEntry | None = None) -> ResetResult: ...

@@ -42,8 +42,9 @@ class MotionLimits(BaseModel):
     def nominal_s(self, distance_cm: float, speed_pct: float) -> float:
         return distance_cm / (self.full_speed_cm_s * speed_pct / 100.0)
 
-    def time_bound_s(self, *, distance_cm: float | None, duration_ms: int | None, speed_pct: float,
-                     slowest_factor: float) -> float:
+    def time_bound_s(
+        self, *, distance_cm: float | None, duration_ms: int | None, speed_pct: float, slowest_factor: float
+    ) -> float:
         """Seconds the command may run at most. The slowest speed factor the supervisor may apply
         (the warning slow-down) is assumed, so a legitimate slowed move is not cut short."""
         bounds = [self.max_motion_s]

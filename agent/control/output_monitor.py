@@ -42,7 +42,9 @@ class OutputMonitor:
         on = {n: v for n in OUTPUT_REGISTERS if (v := after_stop(n))}
         if on:
             listed = ", ".join(f"{n}={v:g}" for n, v in on.items())
-            causes["OUTPUTS_NOT_SAFE"] = f"travel driver reads {listed} after a confirmed stop, with no motion commanded"
+            causes["OUTPUTS_NOT_SAFE"] = (
+                f"travel driver reads {listed} after a confirmed stop, with no motion commanded"
+            )
         moved: list[str] = []
         for name in POSITION_REGISTERS:
             position = after_stop(name)

@@ -114,11 +114,11 @@ def validate_params(command_type: str, params: Any) -> dict[str, Any]:
     try:
         parsed = model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
-        )
-        raise CommandInvalid(f"invalid parameters for {command_type}: {problems}",
-                             hint=f"see the {command_type} parameters in the README") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
+        raise CommandInvalid(
+            f"invalid parameters for {command_type}: {problems}",
+            hint=f"see the {command_type} parameters in the README",
+        ) from None
     return parsed.model_dump(exclude_none=True, by_alias=True)
 
 

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from agent.safety.stop import ENERGISING_REGISTERS
 from drivers.errors import CodedError
-from drivers.modbus.interlock import Permit
 from drivers.modbus.frames import read_request, write_request
+from drivers.modbus.interlock import Permit
 from drivers.modbus.master import BusMaster
 from drivers.modbus.merge import plan_register_reads
 from drivers.modbus.schedule import Priority
@@ -31,7 +31,9 @@ class ModuleNotBound(CodedError):
 
 class OutputNotPermitted(CodedError):
     code = "OUTPUT_NOT_PERMITTED"
-    hint = "an energising travel write needs an output permit taken where motion was checked; this is a bug in the caller"
+    hint = (
+        "an energising travel write needs an output permit taken where motion was checked; this is a bug in the caller"
+    )
 
 
 class Hardware(Protocol):
@@ -71,15 +73,28 @@ class Plant:
     def bound(self, role: str) -> bool:
         return role in self.hw.pollers
 
-    async def write(self, role: str, name: str, value: float | int, priority: Priority = Priority.COMMAND,
-                    *, permit: Permit | None = None) -> None:
+    async def write(
+        self,
+        role: str,
+        name: str,
+        value: float | int,
+        priority: Priority = Priority.COMMAND,
+        *,
+        permit: Permit | None = None,
+    ) -> None:
         poller = self.poller(role)
         permit = self._permit_for(role, {name: value}, permit)
         address, words = plan_write(poller.binding.profile, name, value)
         await self.hw.master.execute(write_request(poller.binding.address, address, words), priority, permit=permit)
 
-    async def write_many(self, role: str, values: dict[str, float | int], priority: Priority = Priority.COMMAND,
-                         *, permit: Permit | None = None) -> None:
+    async def write_many(
+        self,
+        role: str,
+        values: dict[str, float | int],
+        priority: Priority = Priority.COMMAND,
+        *,
+        permit: Permit | None = None,
+    ) -> None:
         """Several registers; adjacent ones go out in one frame, in address order."""
         poller = self.poller(role)
         permit = self._permit_for(role, values, permit)
@@ -99,8 +114,12 @@ class Plant:
         profile = poller.binding.profile
         regs = [profile.register(n) for n in names]
         out: dict[str, float | int] = {}
-        for start, count in plan_register_reads(regs, max_registers=profile.max_read_registers,
-                                                max_gap=profile.max_read_registers, readable=profile.is_readable):
+        for start, count in plan_register_reads(
+            regs,
+            max_registers=profile.max_read_registers,
+            max_gap=profile.max_read_registers,
+            readable=profile.is_readable,
+        ):
             words = await self.hw.master.execute(read_request(poller.binding.address, start, count), priority)
             decoded = profile.decode_block(start, words)
             out.update({n: decoded[n] for n in names if n in decoded})

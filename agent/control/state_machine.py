@@ -159,9 +159,7 @@ def guard_failures(guard: Guard, conditions: Conditions) -> tuple[str, ...]:
 
 def _guard_hint(guard: Guard, conditions: Conditions) -> str:
     required = GUARD_REQUIREMENTS[guard]
-    return "; ".join(
-        REQUIREMENT_HINTS[r] for r in REQUIREMENT_ORDER if r in required and not conditions.holds(r)
-    )
+    return "; ".join(REQUIREMENT_HINTS[r] for r in REQUIREMENT_ORDER if r in required and not conditions.holds(r))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +275,7 @@ class StateMachine:
     the store's job.
     """
 
-    __slots__ = ("_clock", "_state", "_entered_at", "_timeouts", "_history")
+    __slots__ = ("_clock", "_entered_at", "_history", "_state", "_timeouts")
 
     def __init__(
         self,
@@ -393,9 +391,7 @@ class StateMachine:
             return fired
         deadline = self.deadline
         if deadline is not None and self._clock() >= deadline:
-            fired.append(
-                self._apply(Event.TIMEOUT, f"{self._state.value} timed out after {self.timeout:g} s")
-            )
+            fired.append(self._apply(Event.TIMEOUT, f"{self._state.value} timed out after {self.timeout:g} s"))
         return fired
 
     def refresh(self, limit: float | None = None) -> None:

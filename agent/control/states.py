@@ -116,13 +116,9 @@ GUARD_REQUIREMENTS: Mapping[Guard, frozenset[Requirement]] = MappingProxyType(
         Guard.DOCK: _ALL - {Requirement.TARGET_VALID},
         # Configuration writes registers but moves nothing.
         Guard.CONFIG: frozenset({Requirement.SAFETY_OK, Requirement.NO_LATCHED_FAULT}),
-        Guard.FAULT_CLEAR: frozenset(
-            {Requirement.NO_LATCHED_FAULT, Requirement.ESTOP_RELEASED, Requirement.SAFETY_OK}
-        ),
+        Guard.FAULT_CLEAR: frozenset({Requirement.NO_LATCHED_FAULT, Requirement.ESTOP_RELEASED, Requirement.SAFETY_OK}),
         # The master's shortcut checked only "no fault"; the pin and the verdict count too.
-        Guard.ESTOP_RESET: frozenset(
-            {Requirement.ESTOP_RELEASED, Requirement.NO_LATCHED_FAULT, Requirement.SAFETY_OK}
-        ),
+        Guard.ESTOP_RESET: frozenset({Requirement.ESTOP_RELEASED, Requirement.NO_LATCHED_FAULT, Requirement.SAFETY_OK}),
         Guard.SAFE_RESET: frozenset(
             {
                 Requirement.ESTOP_RELEASED,
@@ -185,9 +181,7 @@ def _build_transitions() -> dict[tuple[State, Event], tuple[State, Guard | None]
     return table
 
 
-TRANSITIONS: Mapping[tuple[State, Event], tuple[State, Guard | None]] = MappingProxyType(
-    _build_transitions()
-)
+TRANSITIONS: Mapping[tuple[State, Event], tuple[State, Guard | None]] = MappingProxyType(_build_transitions())
 """(from state, event) -> (to state, guard or None). A pair that is missing is refused."""
 
 
@@ -216,9 +210,7 @@ TIMEOUT_TARGETS: Mapping[State, State] = MappingProxyType(
 MOTION_STATES: frozenset[State] = frozenset({State.MOVE, State.DOCK})
 
 # Which guard keeps each motion state alive (used by `StateMachine.motion_allowed`).
-MOTION_STATE_GUARDS: Mapping[State, Guard] = MappingProxyType(
-    {State.MOVE: Guard.MOTION, State.DOCK: Guard.DOCK}
-)
+MOTION_STATE_GUARDS: Mapping[State, Guard] = MappingProxyType({State.MOVE: Guard.MOTION, State.DOCK: Guard.DOCK})
 
 
 class CommandType(StrEnum):

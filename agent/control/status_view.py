@@ -21,14 +21,31 @@ if TYPE_CHECKING:
     from agent.control.plant import Hardware
     from drivers.polling import ModulePoller
 
-__all__ = ["LagWindow", "ModuleNotFound", "ModuleSummary", "ModuleView", "StatusDocument", "module_summary", "module_view", "status_document"]
+__all__ = [
+    "LagWindow",
+    "ModuleNotFound",
+    "ModuleSummary",
+    "ModuleView",
+    "StatusDocument",
+    "module_summary",
+    "module_view",
+    "status_document",
+]
+
 
 class ModuleNotFound(CodedError):
     code = "MODULE_NOT_FOUND"
     hint = "use a role name: power, safety, travel, dock"
 
 
-IDENTITY_REGISTERS = ("DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "HARDWARE_VERSION", "SYSTEM_STATUS", "SYSTEM_ERROR")
+IDENTITY_REGISTERS = (
+    "DEVICE_ID",
+    "MODULE_TYPE",
+    "FIRMWARE_VERSION",
+    "HARDWARE_VERSION",
+    "SYSTEM_STATUS",
+    "SYSTEM_ERROR",
+)
 
 
 class ModuleSummary(TypedDict, total=False):
@@ -133,8 +150,9 @@ def status_document(c: Controller) -> StatusDocument:
         "bus": c.hw.master.bus_summary(),
         "modules": modules,
         "command": None if current is None else {"id": current.id, "type": current.type},
-        "last_stop": None if last is None else {"reason": last.reason, "confirmed": last.confirmed,
-                                                "confirm_ms": last.confirm_ms, "error": last.error},
+        "last_stop": None
+        if last is None
+        else {"reason": last.reason, "confirmed": last.confirmed, "confirm_ms": last.confirm_ms, "error": last.error},
         "store": c.db.health(),
         "logs": {"dropped_lines": dropped_lines()},
         "loop": c.loop_lag.summary(),
@@ -152,8 +170,19 @@ def module_view(hw: Hardware, name: str, poller: ModulePoller) -> ModuleView:
         reading = snap.readings.get(reg.name)
         if reading is None:
             continue
-        values[reg.name] = {"value": reading.value, "unit": reg.unit, "age_ms": round((now - reading.at) * 1000, 1),
-                            "quality": snap.quality(reg.name, now).value}
-    return {"role": name, "address": poller.binding.address, "profile": profile.name,
-            "description": profile.description, "read_only": profile.read_only, "identity": identity,
-            "online": hw.master.is_online(poller.binding.address), "values": values}
+        values[reg.name] = {
+            "value": reading.value,
+            "unit": reg.unit,
+            "age_ms": round((now - reading.at) * 1000, 1),
+            "quality": snap.quality(reg.name, now).value,
+        }
+    return {
+        "role": name,
+        "address": poller.binding.address,
+        "profile": profile.name,
+        "description": profile.description,
+        "read_only": profile.read_only,
+        "identity": identity,
+        "online": hw.master.is_online(poller.binding.address),
+        "values": values,
+    }

@@ -134,7 +134,9 @@ class CoreClient:
         kind = message["t"]
         if kind == "view":
             if message.get("v") != p.VIEW_VERSION:
-                raise p.ProtocolError(f"the core sends view version {message.get('v')!r}, this gateway reads {p.VIEW_VERSION}")
+                raise p.ProtocolError(
+                    f"the core sends view version {message.get('v')!r}, this gateway reads {p.VIEW_VERSION}"
+                )
             self._view = message
             self._view_at = time.monotonic()
             self.connected.set()
@@ -170,7 +172,9 @@ class CoreClient:
         request_id = self._next_id
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        writer.write(p.encode({"t": "req", "id": request_id, "op": op, "deadline_ms": int(timeout * 1000), "args": args}))
+        writer.write(
+            p.encode({"t": "req", "id": request_id, "op": op, "deadline_ms": int(timeout * 1000), "args": args})
+        )
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -189,8 +193,17 @@ class CoreClient:
         if writer is None:
             return False
         self._next_id += 1  # its reply matches no pending request and is dropped
-        writer.write(p.encode({"t": "req", "id": self._next_id, "op": "estop", "deadline_ms": 1000,
-                               "args": {"source": "api", "user": user, "reason": reason or "on receipt of the request"}}))
+        writer.write(
+            p.encode(
+                {
+                    "t": "req",
+                    "id": self._next_id,
+                    "op": "estop",
+                    "deadline_ms": 1000,
+                    "args": {"source": "api", "user": user, "reason": reason or "on receipt of the request"},
+                }
+            )
+        )
         return True
 
     # ------------------------------------------------------------------ AgentCore: reads
@@ -246,21 +259,41 @@ class CoreClient:
 
     # ------------------------------------------------------------------ AgentCore: changes
     async def submit_command(
-        self, *, source: str, idempotency_key: str, type: str, params: dict[str, Any],  # noqa: A002
-        user: str | None, priority: int = 5, not_after: datetime | None = None, audit: AuditEntry | None = None,
+        self,
+        *,
+        source: str,
+        idempotency_key: str,
+        type: str,
+        params: dict[str, Any],
+        user: str | None,
+        priority: int = 5,
+        not_after: datetime | None = None,
+        audit: AuditEntry | None = None,
     ) -> SubmitResult:
-        result = await self.request("submit_command", {
-            "source": source, "idempotency_key": idempotency_key, "type": type, "params": params, "user": user,
-            "priority": priority, "not_after": not_after.isoformat() if not_after is not None else None,
-            "audit": _audit(audit),
-        })
+        result = await self.request(
+            "submit_command",
+            {
+                "source": source,
+                "idempotency_key": idempotency_key,
+                "type": type,
+                "params": params,
+                "user": user,
+                "priority": priority,
+                "not_after": not_after.isoformat() if not_after is not None else None,
+                "audit": _audit(audit),
+            },
+        )
         return SubmitResult(CommandRecord(**result["record"]), bool(result["created"]))
 
-    async def cancel_command(self, command_id: str, *, user: str | None, audit: AuditEntry | None = None) -> CommandRecord:
+    async def cancel_command(
+        self, command_id: str, *, user: str | None, audit: AuditEntry | None = None
+    ) -> CommandRecord:
         result = await self.request("cancel_command", {"command_id": command_id, "user": user, "audit": _audit(audit)})
         return CommandRecord(**result["record"])
 
-    async def estop(self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None) -> EstopResult:
+    async def estop(
+        self, *, source: str, user: str | None, reason: str = "", audit: AuditEntry | None = None
+    ) -> EstopResult:
         result = await self.request("estop", {"source": source, "user": user, "reason": reason, "audit": _audit(audit)})
         return EstopResult(bool(result["confirmed"]), result.get("confirm_ms"), result.get("fault"))
 

@@ -70,8 +70,10 @@ class CoreUnavailable(CodedError):
     """The core cannot be reached: not running, restarting, or its socket refuses the gateway."""
 
     code = "CORE_UNAVAILABLE"
-    hint = ("the core process (bus, safety, control) is not connected; it is restarted by systemd "
-            "(journalctl -u oht-agent-core); the robot stops by itself when the core is down")
+    hint = (
+        "the core process (bus, safety, control) is not connected; it is restarted by systemd "
+        "(journalctl -u oht-agent-core); the robot stops by itself when the core is down"
+    )
 
 
 class CoreBusy(CodedError):
@@ -90,7 +92,9 @@ def encode(message: dict[str, Any]) -> bytes:
     """One frame: length prefix plus compact JSON (no NaN: JSON has none)."""
     body = json.dumps(message, separators=(",", ":"), allow_nan=False, default=str).encode("utf-8")
     if len(body) > MAX_FRAME:
-        raise ProtocolError(f"a {message.get('t')} message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+        raise ProtocolError(
+            f"a {message.get('t')} message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit"
+        )
     return _HEADER.pack(len(body)) + body
 
 
@@ -115,7 +119,7 @@ class FrameDecoder:
             end = _HEADER.size + length
             if len(self._buffer) < end:
                 return
-            body = bytes(self._buffer[_HEADER.size:end])
+            body = bytes(self._buffer[_HEADER.size : end])
             del self._buffer[:end]
             try:
                 message = json.loads(body)
@@ -149,6 +153,8 @@ def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
 def remote_error(body: dict[str, Any]) -> CodedError:
     """The gateway-side exception for an error the core replied with (same code and hint)."""
     code = str(body.get("code") or "INTERNAL")
-    known: dict[str, type[CodedError]] = {cls.code: cls for cls in (CoreBusy, CoreTimeout, CoreUnavailable, ProtocolError)}
+    known: dict[str, type[CodedError]] = {
+        cls.code: cls for cls in (CoreBusy, CoreTimeout, CoreUnavailable, ProtocolError)
+    }
     cls = known.get(code, CodedError)
     return cls(str(body.get("message") or code), code=code, hint=str(body.get("hint") or "") or None)

@@ -113,8 +113,12 @@ class _Connection(asyncio.Protocol):
             return
         pid, uid, _gid = self.peer
         if uid not in self.server.allowed_uids:
-            log.error("connection from pid %d uid %d refused: not an allowed gateway user (allowed uids %s)",
-                      pid, uid, sorted(self.server.allowed_uids))
+            log.error(
+                "connection from pid %d uid %d refused: not an allowed gateway user (allowed uids %s)",
+                pid,
+                uid,
+                sorted(self.server.allowed_uids),
+            )
             transport.abort()
             return
         self.send(dict(p.hello("core", self.server.controller.agent_id, os.getpid())))
@@ -132,7 +136,7 @@ class _Connection(asyncio.Protocol):
             log.error("gateway (pid %d) broke the protocol: %s", self.peer[0], exc)
             self.send(p.error_reply(None, exc))
             self.close()
-        except Exception:  # noqa: BLE001 - a message we could not handle ends this connection, never the core
+        except Exception:
             log.exception("gateway (pid %d) sent a message the core could not handle: disconnected", self.peer[0])
             self.close()
 
@@ -174,8 +178,9 @@ class _Connection(asyncio.Protocol):
             audit = _audit_entry(args.get("audit"))
         except CodedError:
             audit = None  # a malformed audit never delays or refuses a stop
-        task = controller.begin_estop(source=str(args.get("source") or "api"), user=args.get("user"),
-                                      reason=str(args.get("reason") or ""))
+        task = controller.begin_estop(
+            source=str(args.get("source") or "api"), user=args.get("user"), reason=str(args.get("reason") or "")
+        )
 
         async def finish() -> Any:
             result = await controller.confirm_estop(task, audit=audit)
@@ -203,10 +208,16 @@ class _Connection(asyncio.Protocol):
             self.send(p.ok_reply(request_id, result))
         except CodedError as exc:
             self.send(p.error_reply(request_id, exc))
-        except Exception as exc:  # noqa: BLE001 - the gateway gets a coded error, the log the traceback
+        except Exception as exc:
             log.exception("core request %s failed", request_id)
-            self.send(p.error_reply(request_id, CodedError(f"internal error: {type(exc).__name__}", code="INTERNAL",
-                                                           hint="the core's log has the details")))
+            self.send(
+                p.error_reply(
+                    request_id,
+                    CodedError(
+                        f"internal error: {type(exc).__name__}", code="INTERNAL", hint="the core's log has the details"
+                    ),
+                )
+            )
         finally:
             self.inflight -= 1
 
@@ -322,9 +333,13 @@ class CoreServer:
 
     def view(self, status: StatusDocument | None = None) -> dict[str, Any]:
         self._seq += 1
-        return {"t": "view", "v": p.VIEW_VERSION, "seq": self._seq,
-                "status": status if status is not None else self.controller.status(),
-                "modules": self.controller.modules()}
+        return {
+            "t": "view",
+            "v": p.VIEW_VERSION,
+            "seq": self._seq,
+            "status": status if status is not None else self.controller.status(),
+            "modules": self.controller.modules(),
+        }
 
     def publish(self, status: StatusDocument | None = None) -> None:
         """One view, encoded once, to every connected gateway (skipped for one that lags)."""
@@ -357,10 +372,13 @@ class CoreServer:
         return {"record": result.record.to_dict(), "created": result.created}
 
     async def _cancel(self, args: dict[str, Any]) -> Any:
-        record = await self.controller.cancel_command(str(args.get("command_id") or ""), user=args.get("user"),
-                                                      audit=_audit_entry(args.get("audit")))
+        record = await self.controller.cancel_command(
+            str(args.get("command_id") or ""), user=args.get("user"), audit=_audit_entry(args.get("audit"))
+        )
         return {"record": record.to_dict()}
 
     async def _reset(self, args: dict[str, Any]) -> Any:
-        result = await self.controller.reset(user=str(args.get("user") or "unknown"), audit=_audit_entry(args.get("audit")))
+        result = await self.controller.reset(
+            user=str(args.get("user") or "unknown"), audit=_audit_entry(args.get("audit"))
+        )
         return {"cleared": list(result.cleared), "remaining": dict(result.remaining), "state": result.state}

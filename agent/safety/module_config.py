@@ -37,7 +37,7 @@ from drivers.errors import CodedError
 from drivers.modbus.errors import BusError, BusTimeout
 from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.merge import plan_register_reads
-from drivers.modbus.schedule import PollPlan, Priority, PollSchedule
+from drivers.modbus.schedule import PollPlan, PollSchedule, Priority
 from drivers.polling import Binding
 from drivers.profiles import plan_write
 from drivers.snapshots import ModuleSnapshot
@@ -80,7 +80,9 @@ class LockedWriter:
     through the bound profile, as for every other write.
     """
 
-    def __init__(self, schedule: PollSchedule, binding: Binding, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, schedule: PollSchedule, binding: Binding, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.schedule = schedule
         self.binding = binding
         self._clock = clock
@@ -108,13 +110,20 @@ class LockedWriter:
                 done.set_exception(exc)
 
         service = profile.service_period_ms / 1000.0
-        plan = PollPlan(key=key, request=write_request(self.binding.address, address, words),
-                        interval_s=max(3 * service, 0.05), priority=Priority.SAFETY, service_period_s=service,
-                        background=True, on_result=ok, on_error=failed)
+        plan = PollPlan(
+            key=key,
+            request=write_request(self.binding.address, address, words),
+            interval_s=max(3 * service, 0.05),
+            priority=Priority.SAFETY,
+            service_period_s=service,
+            background=True,
+            on_result=ok,
+            on_error=failed,
+        )
         self.schedule.add(plan, self._clock())
         try:
             await asyncio.wait_for(done, WRITE_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BusTimeout(f"configuration write at 0x{address:04X} not done within {WRITE_TIMEOUT_S:g} s") from None
         finally:
             self.schedule.remove(key)
@@ -153,7 +162,11 @@ class ModuleConfigGuard:
         self._request_read = request_read  # asks the poller for the config group as soon as it can
         self._clock = clock
         profile = binding.profile
-        self.missing = sorted(n for n in expected if n not in profile or not profile.register(n).readable or not profile.register(n).writable)
+        self.missing = sorted(
+            n
+            for n in expected
+            if n not in profile or not profile.register(n).readable or not profile.register(n).writable
+        )
         known = [profile.register(n) for n in expected if n not in self.missing]
         self.defaults = {r.name: r.default for r in known}
         # Registers that tell a configured module from one just powered up.
@@ -168,8 +181,12 @@ class ModuleConfigGuard:
                 self.polled_blocks.append(Block(marker, 0, names))
         self.blocks.extend(self.polled_blocks)
         own = [r for r in known if r.poll not in ("fast", "config")]
-        for start, count in plan_register_reads(own, max_registers=profile.max_read_registers,
-                                                max_gap=profile.max_read_registers, readable=profile.is_readable):
+        for start, count in plan_register_reads(
+            own,
+            max_registers=profile.max_read_registers,
+            max_gap=profile.max_read_registers,
+            readable=profile.is_readable,
+        ):
             names = tuple(r.name for r in own if start <= r.address < start + count)
             self.blocks.append(Block(start, count, names))
         self._snapshot_at: dict[int, float] = {}  # polled block -> when its registers were last judged
@@ -194,8 +211,10 @@ class ModuleConfigGuard:
     def install(self) -> None:
         now = self._clock()
         if self.missing:
-            self._mismatch(f"profile {self.binding.profile.name} has no readable register {', '.join(self.missing)}: "
-                           "the configuration cannot be verified")
+            self._mismatch(
+                f"profile {self.binding.profile.name} has no readable register {', '.join(self.missing)}: "
+                "the configuration cannot be verified"
+            )
         service = self.binding.profile.service_period_ms / 1000.0
         for index, block in enumerate(b for b in self.blocks if b not in self.polled_blocks):
             key = f"{self.binding.role}:config-check:{block.start:04x}"
@@ -225,8 +244,12 @@ class ModuleConfigGuard:
         return self.state is ConfigState.VERIFIED
 
     def status(self) -> dict[str, object]:
-        return {"state": self.state.value, "differences": {n: {"read": got, "expected": want} for n, (got, want) in self.diffs.items()},
-                "applied": self.applied, "reboots": self.reboots}
+        return {
+            "state": self.state.value,
+            "differences": {n: {"read": got, "expected": want} for n, (got, want) in self.diffs.items()},
+            "applied": self.applied,
+            "reboots": self.reboots,
+        }
 
     # ------------------------------------------------------------------ read-back
     def observe(self, snap: ModuleSnapshot) -> None:
@@ -343,8 +366,12 @@ class ModuleConfigGuard:
         # a reboot every other register holds its power-on default, which is what is expected.
         names = (set(self.telltales) | set(diffs) | set(self.diffs)) - set(self.missing)
         values = {n: self.expected[n] for n in sorted(names)}
-        log.warning("safety module configuration %s: writing %d registers (%s)", why, len(values), self._describe(diffs))
-        self._applying = asyncio.get_running_loop().create_task(self._write_all(values, why), name="safety-config-apply")
+        log.warning(
+            "safety module configuration %s: writing %d registers (%s)", why, len(values), self._describe(diffs)
+        )
+        self._applying = asyncio.get_running_loop().create_task(
+            self._write_all(values, why), name="safety-config-apply"
+        )
 
     def _frames(self, values: dict[str, int]) -> list[dict[str, int]]:
         """Adjacent registers in one frame each, in address order."""

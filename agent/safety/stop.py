@@ -45,8 +45,9 @@ ACTUAL_SPEED_REGISTERS = ("M1_ACTUAL_SPEED", "M2_ACTUAL_SPEED")
 STOP_CHECK_REGISTERS = STOP_WRITE_REGISTERS + ACTUAL_SPEED_REGISTERS
 CURRENT_REGISTER = "CURRENT"  # the driver's motor current: the stop's second signal, where the profile has it
 # Travel registers whose nonzero value can make the carriage move: written only under a permit.
-ENERGISING_REGISTERS = frozenset({"M1_ENABLE", "M1_COMMAND_SPEED", "M1_DIRECTION",
-                                  "M2_ENABLE", "M2_COMMAND_SPEED", "M2_DIRECTION", "HEARTBEAT"})
+ENERGISING_REGISTERS = frozenset(
+    {"M1_ENABLE", "M1_COMMAND_SPEED", "M1_DIRECTION", "M2_ENABLE", "M2_COMMAND_SPEED", "M2_DIRECTION", "HEARTBEAT"}
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class StopPath:
 
     @classmethod
     def from_policy(cls, master: BusMaster, policy: SafetyPolicy) -> StopPath:
-        return cls(master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000, current_max_a=policy.stop_current_max_a)
+        return cls(
+            master, confirm_timeout_s=policy.stop_confirm_timeout_ms / 1000, current_max_a=policy.stop_current_max_a
+        )
 
     @property
     def bound(self) -> bool:
@@ -126,8 +129,12 @@ class StopPath:
             current = profile.register(CURRENT_REGISTER)
             checks.append(current)
             self._current_reg = current
-        self._reads = plan_register_reads(checks, max_registers=profile.max_read_registers, max_gap=profile.max_read_registers,
-                                          readable=profile.is_readable)
+        self._reads = plan_register_reads(
+            checks,
+            max_registers=profile.max_read_registers,
+            max_gap=profile.max_read_registers,
+            readable=profile.is_readable,
+        )
         self._check = {r.name: r.address for r in checks}
         self._writes = writes
         self._address = address
@@ -144,20 +151,33 @@ class StopPath:
         """
         self.interlock.revoke_all()
         current = self._current
-        if (not fresh and current is not None and not current.done() and (routine or self._current_urgent)
-                and not self.interlock.energised_since(self._current_requested_at)):
+        if (
+            not fresh
+            and current is not None
+            and not current.done()
+            and (routine or self._current_urgent)
+            and not self.interlock.energised_since(self._current_requested_at)
+        ):
             return current
         last = self.last
-        if (routine and not fresh and current is not None and last is not None and last.confirmed
-                and last.confirmed_at is not None and last.readback_sent_at is not None
-                and time.monotonic() - last.confirmed_at < self.reuse_s
-                and not self.interlock.energised_since(last.readback_sent_at)):
+        if (
+            routine
+            and not fresh
+            and current is not None
+            and last is not None
+            and last.confirmed
+            and last.confirmed_at is not None
+            and last.readback_sent_at is not None
+            and time.monotonic() - last.confirmed_at < self.reuse_s
+            and not self.interlock.energised_since(last.readback_sent_at)
+        ):
             return current
         priority = Priority.HALT if routine else Priority.STOP
         self._current_requested_at = time.monotonic()
         first = self._queue_first_write(priority)
         self._current = asyncio.get_running_loop().create_task(
-            self._run(reason, priority, self._current_requested_at, first), name="stop-path")
+            self._run(reason, priority, self._current_requested_at, first), name="stop-path"
+        )
         self._current_urgent = not routine
         return self._current
 
@@ -181,8 +201,9 @@ class StopPath:
     async def stop(self, reason: str, *, routine: bool = False, fresh: bool = False) -> StopOutcome:
         return await asyncio.shield(self.request(reason, routine=routine, fresh=fresh))
 
-    async def _run(self, reason: str, priority: Priority, requested: float,
-                   first: asyncio.Future[tuple[int, ...]] | None = None) -> StopOutcome:
+    async def _run(
+        self, reason: str, priority: Priority, requested: float, first: asyncio.Future[tuple[int, ...]] | None = None
+    ) -> StopOutcome:
         first_write: float | None = None
         attempts = 0
         error: str | None = None
@@ -204,17 +225,31 @@ class StopPath:
                         first_write = time.monotonic()
                 check = await self._read_back_zero(address, priority)
                 if check.stopped:
-                    outcome = StopOutcome(True, reason, requested, first_write, time.monotonic(), attempts,
-                                          readback_sent_at=check.sent_at, current_a=check.current_a)
+                    outcome = StopOutcome(
+                        True,
+                        reason,
+                        requested,
+                        first_write,
+                        time.monotonic(),
+                        attempts,
+                        readback_sent_at=check.sent_at,
+                        current_a=check.current_a,
+                    )
                     self._remember(outcome)
                     return outcome
                 error = check.error or error
             except BusError as exc:
                 error = exc.code
-            if time.monotonic() - requested > self.confirm_timeout_s and (self.last is None or self.last.requested_at != requested):
+            if time.monotonic() - requested > self.confirm_timeout_s and (
+                self.last is None or self.last.requested_at != requested
+            ):
                 # Tell the supervisor (through `last`) that confirmation is late; keep trying meanwhile.
-                self._remember(StopOutcome(False, reason, requested, first_write, None, attempts, error or "STOP_NOT_CONFIRMED"))
-                log.error("stop not confirmed after %.0f ms (%s); still trying", 1000 * (time.monotonic() - requested), error)
+                self._remember(
+                    StopOutcome(False, reason, requested, first_write, None, attempts, error or "STOP_NOT_CONFIRMED")
+                )
+                log.error(
+                    "stop not confirmed after %.0f ms (%s); still trying", 1000 * (time.monotonic() - requested), error
+                )
             await asyncio.sleep(0.01 if attempts < 10 else 0.1)
 
     async def _read_back_zero(self, address: int, priority: Priority) -> _Readback:
@@ -244,7 +279,9 @@ class StopPath:
             if time.monotonic() > deadline:
                 # Speed registers say stopped but the motor still draws current (or still reports speed):
                 # a frozen feedback register must not confirm a stop that did not happen.
-                return _Readback(False, sent_at, current_a, "STOP_CURRENT_PERSISTS" if not any(actual) else "STOP_DECEL_TOO_LONG")
+                return _Readback(
+                    False, sent_at, current_a, "STOP_CURRENT_PERSISTS" if not any(actual) else "STOP_DECEL_TOO_LONG"
+                )
             await asyncio.sleep(self.readback_interval_s)
 
     def _remember(self, outcome: StopOutcome) -> None:

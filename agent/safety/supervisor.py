@@ -28,9 +28,22 @@ MODULE_LATCH_CODES = frozenset({"SAFETY_MODULE_CRITICAL", "SAFETY_MODULE_ERROR",
 SAFETY_STATUS = ("SAFETY_SYSTEM_STATUS", "EMERGENCY_STOP_STATUS", "RESET_FLAG")
 LIVENESS_REGISTERS: dict[str, tuple[str, ...]] = {"safety": SAFETY_STATUS}
 SENSORS = (1, 2, 3, 4)
-EXTERNAL_CODES = frozenset({"ESTOP_REQUESTED", "STOP_NOT_CONFIRMED", "LOOP_STALL", "LOOP_LAG", "STORE_UNAVAILABLE", "STORE_CORRUPT",
-                            "OUTPUTS_NOT_SAFE", "UNCOMMANDED_MOTION", "TRAVEL_STALLED",
-                            "SAFETY_CONFIG_MISMATCH", "SAFETY_MODULE_REBOOTED", "TASK_DIED"})
+EXTERNAL_CODES = frozenset(
+    {
+        "ESTOP_REQUESTED",
+        "STOP_NOT_CONFIRMED",
+        "LOOP_STALL",
+        "LOOP_LAG",
+        "STORE_UNAVAILABLE",
+        "STORE_CORRUPT",
+        "OUTPUTS_NOT_SAFE",
+        "UNCOMMANDED_MOTION",
+        "TRAVEL_STALLED",
+        "SAFETY_CONFIG_MISMATCH",
+        "SAFETY_MODULE_REBOOTED",
+        "TASK_DIED",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ LivenessSource = Callable[[str], RoleLiveness | None]
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Supervisor:
@@ -202,9 +215,17 @@ class Supervisor:
         for code in sorted(set(self._latched) | set(self._present)):
             spec = CATALOGUE[code]
             since, since_utc, detail = self._present.get(code) or self._latched[code]
-            faults.append(ActiveFault(code, spec.level, code in self._latched, code in causes, since, since_utc, detail, spec.hint))
+            faults.append(
+                ActiveFault(
+                    code, spec.level, code in self._latched, code in causes, since, since_utc, detail, spec.hint
+                )
+            )
         level = max((f.level for f in faults), default=Level.OK)
-        factor = 0.0 if level >= Level.PROTECTIVE_STOP else (self.policy.warning_speed_factor if level == Level.WARNING else 1.0)
+        factor = (
+            0.0
+            if level >= Level.PROTECTIVE_STOP
+            else (self.policy.warning_speed_factor if level == Level.WARNING else 1.0)
+        )
         return Verdict(level, tuple(faults), "ESTOP_PRESSED" in causes, factor, now)
 
     def _causes(self, now: float) -> dict[str, str]:
@@ -260,7 +281,11 @@ class Supervisor:
             if live is None:
                 continue
             # Never shorter than two poll periods plus one reply budget, or a slow idle poll would trip it.
-            budget = max(budget_ms / 1000.0, 2 * live.interval_s + live.turnaround_s) if role != "safety" else budget_ms / 1000.0
+            budget = (
+                max(budget_ms / 1000.0, 2 * live.interval_s + live.turnaround_s)
+                if role != "safety"
+                else budget_ms / 1000.0
+            )
             yield role, code, live, budget
 
     def link_deadline(self, now: float | None = None) -> float | None:
@@ -279,7 +304,9 @@ class Supervisor:
             age = self._age(live, now, role)
             if age > budget:
                 what = "status-block reply" if role in LIVENESS_REGISTERS else "valid reply"
-                causes[code] = f"no {what} from the {role} module for {age * 1000:.0f} ms (budget {budget * 1000:.0f} ms)"
+                causes[code] = (
+                    f"no {what} from the {role} module for {age * 1000:.0f} ms (budget {budget * 1000:.0f} ms)"
+                )
         live = self._liveness("power")
         if live is not None:
             warn = max(p.power_link_warning_ms / 1000.0, 2 * live.interval_s + live.turnaround_s)
@@ -329,15 +356,20 @@ class Supervisor:
         def lapsed(name: str) -> bool:
             return settled and snap.quality(name, now) is not Quality.FRESH
 
-        values = self._fresh_values(
-            "safety",
-            list(SAFETY_STATUS) + [f"ANALOG_INPUT_{i}" for i in SENSORS] + [f"ANALOG_{i}_ENABLE" for i in SENSORS],
-            now,
-        ) or {}
+        values = (
+            self._fresh_values(
+                "safety",
+                list(SAFETY_STATUS) + [f"ANALOG_INPUT_{i}" for i in SENSORS] + [f"ANALOG_{i}_ENABLE" for i in SENSORS],
+                now,
+            )
+            or {}
+        )
         stale = [name for name in SAFETY_STATUS if lapsed(name)]
         unknown = [i for i in SENSORS if lapsed(f"ANALOG_{i}_ENABLE")]
         if unknown:
-            causes["SAFETY_SENSORS_UNKNOWN"] = f"enable flags of sensors {unknown} are not fresh: which sensors count is unknown"
+            causes["SAFETY_SENSORS_UNKNOWN"] = (
+                f"enable flags of sensors {unknown} are not fresh: which sensors count is unknown"
+            )
         distances: list[float] = []
         judged = self.judged_sensors  # the sensors the module must have on (configuration), if known
         for i in SENSORS:
@@ -380,7 +412,9 @@ class Supervisor:
         soc, p = values["BATTERY_SOC"], self.policy
         if soc <= p.battery_stop_pct:
             causes["BATTERY_CRITICAL"] = f"battery at {soc:g} % (stop level {p.battery_stop_pct:g} %)"
-        if soc <= p.battery_warning_pct or ("BATTERY_LOW" in self._hysteresis and soc <= p.battery_warning_pct + p.battery_hysteresis_pct):
+        if soc <= p.battery_warning_pct or (
+            "BATTERY_LOW" in self._hysteresis and soc <= p.battery_warning_pct + p.battery_hysteresis_pct
+        ):
             causes["BATTERY_LOW"] = f"battery at {soc:g} % (warning level {p.battery_warning_pct:g} %)"
             self._hysteresis.add("BATTERY_LOW")
         else:
@@ -400,7 +434,9 @@ class Supervisor:
             elif code == "ESTOP_PRESSED":
                 released = 0.0 if self._estop_clear_since is None else now - self._estop_clear_since
                 if released * 1000 < self.policy.estop_release_ms:
-                    blockers[code] = f"E-stop released only {released * 1000:.0f} ms ago (needs {self.policy.estop_release_ms} ms)"
+                    blockers[code] = (
+                        f"E-stop released only {released * 1000:.0f} ms ago (needs {self.policy.estop_release_ms} ms)"
+                    )
         # A reset also needs fresh readings from the safety module: nothing is cleared on stale data.
         if self._fresh_values("safety", ["SAFETY_SYSTEM_STATUS"], now) in (None, {}):
             for code in self._latched:

@@ -227,7 +227,9 @@ async def verify_connection(conn: aiosqlite.Connection, key: ChainKey | None = N
         batch = [AuditRecord.from_row(r) for r in rows]
         for rec in batch:
             if rec.seq != expected_seq:
-                return VerifyResult(False, count, expected_seq, f"row {expected_seq} is missing (next row is {rec.seq})", keyed_from)
+                return VerifyResult(
+                    False, count, expected_seq, f"row {expected_seq} is missing (next row is {rec.seq})", keyed_from
+                )
             if rec.prev_hash != prev:
                 return VerifyResult(
                     False, count, rec.seq,

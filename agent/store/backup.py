@@ -31,7 +31,6 @@ from typing import Any
 from agent.ids import new_id
 from agent.store import streams
 from agent.store.database import DB_NAME
-from agent.store.private_files import fsync_dir
 from agent.store.errors import (
     BackupError,
     ForeignDatabase,
@@ -41,6 +40,7 @@ from agent.store.errors import (
 )
 from agent.store.lock import DataDirLock
 from agent.store.migrations import APPLICATION_ID, LATEST_VERSION, check_identity
+from agent.store.private_files import fsync_dir
 
 __all__ = ["backup", "check", "restore"]
 
@@ -74,9 +74,7 @@ def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
         )
     existed = {p for p in _side_files(path) if p.exists()}
     try:
-        conn = sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
-        )
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise map_sqlite_error(exc) from exc
     try:
@@ -104,8 +102,7 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
     tables = [
         r[0]
         for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            " ORDER BY name"
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )
     ]
     info["application_id_ok"] = app_id == APPLICATION_ID
@@ -113,9 +110,7 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
     info["known_schema_version"] = LATEST_VERSION
     info["counts"] = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
     if "commands" in tables:
-        info["commands_by_state"] = dict(
-            conn.execute("SELECT state, count(*) FROM commands GROUP BY state").fetchall()
-        )
+        info["commands_by_state"] = dict(conn.execute("SELECT state, count(*) FROM commands GROUP BY state").fetchall())
     problems = []
     if "outbox_streams" in tables:
         info["outbox"] = _outbox_streams(conn)
@@ -257,8 +252,7 @@ def restore(data_dir: Path | str, src: Path | str) -> dict[str, Any]:
             raise ForeignDatabase(f"{src} is not an oht-agent database")
         if info["schema_version"] > LATEST_VERSION:
             raise SchemaTooNew(
-                f"{src} has schema version {info['schema_version']}; this oht-agent knows up "
-                f"to {LATEST_VERSION}"
+                f"{src} has schema version {info['schema_version']}; this oht-agent knows up to {LATEST_VERSION}"
             )
         restore_id = new_id()
         temp = data_dir / f".{DB_NAME}.restore-{restore_id}.tmp"
@@ -280,7 +274,7 @@ def restore(data_dir: Path | str, src: Path | str) -> dict[str, Any]:
                     path.rename(kept)  # file systems without hard links
                 for side in _side_files(path):
                     if side.exists():  # a stale -wal must never meet the new file
-                        side.rename(f"{kept}{side.name[len(DB_NAME):]}")
+                        side.rename(f"{kept}{side.name[len(DB_NAME) :]}")
             os.replace(temp, path)
             fsync_dir(data_dir)
         except OSError as exc:

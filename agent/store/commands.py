@@ -151,9 +151,7 @@ def _ts(value: datetime | str | None, name: str) -> str | None:
             raise TypeError
         return format_ts(value)
     except (TypeError, ValueError):
-        raise CommandInvalid(
-            f"{name} must be a timezone-aware ISO-8601 timestamp, got {value!r}"
-        ) from None
+        raise CommandInvalid(f"{name} must be a timezone-aware ISO-8601 timestamp, got {value!r}") from None
 
 
 def _now(now: datetime | None) -> str:
@@ -198,6 +196,7 @@ def _validate_submit(
 
 # ---------------------------------------------------------------------------- units of work
 
+
 @dataclass(frozen=True)
 class _Submission:
     """A validated submit request, encoded once, before it is queued for the writer."""
@@ -221,9 +220,7 @@ def _prepare(
     not_after: datetime | str | None,
 ) -> _Submission:
     params_json = _validate_submit(source, idempotency_key, type_, params, user, priority)
-    return _Submission(
-        source, idempotency_key, type_, params_json, user, priority, _ts(not_after, "not_after")
-    )
+    return _Submission(source, idempotency_key, type_, params_json, user, priority, _ts(not_after, "not_after"))
 
 
 # On a repeat (same source, user and key) the no-op update makes RETURNING give the existing
@@ -285,7 +282,7 @@ async def submit_in(
     conn: aiosqlite.Connection,
     source: str,
     idempotency_key: str,
-    type: str,  # noqa: A002 - the column's name
+    type: str,
     params: Mapping[str, Any],
     *,
     user: str | None = None,
@@ -320,9 +317,7 @@ async def find_in(
 
 def _check_transition(record: CommandRecord, to_state: str) -> None:
     if to_state not in ALLOWED_TRANSITIONS[record.state]:
-        raise CommandStateError(
-            f"command {record.id} is {record.state}; it cannot become {to_state}"
-        )
+        raise CommandStateError(f"command {record.id} is {record.state}; it cannot become {to_state}")
 
 
 async def _change(
@@ -346,9 +341,7 @@ async def _change(
     return CommandRecord.from_row(rows[0])
 
 
-async def mark_running_in(
-    conn: aiosqlite.Connection, command_id: str, now: datetime | None = None
-) -> CommandRecord:
+async def mark_running_in(conn: aiosqlite.Connection, command_id: str, now: datetime | None = None) -> CommandRecord:
     """queued -> running (attempts + 1). Past its deadline it becomes expired instead.
 
     Returns the changed record; its state is 'expired' when the deadline had passed (the
@@ -392,8 +385,14 @@ async def withdraw_queued_in(
     out = []
     for row in rows:
         record = CommandRecord.from_row(row)
-        out.append(await _change(conn, record, "expired", {"updated_at": at, "finished_at": at,
-                                                             "error_code": code, "error_message": message}))
+        out.append(
+            await _change(
+                conn,
+                record,
+                "expired",
+                {"updated_at": at, "finished_at": at, "error_code": code, "error_message": message},
+            )
+        )
     return out
 
 
@@ -446,27 +445,20 @@ async def cancel_in(conn: aiosqlite.Connection, command_id: str) -> CommandRecor
     )
 
 
-async def expire_due_in(
-    conn: aiosqlite.Connection, now: datetime | None = None
-) -> list[CommandRecord]:
+async def expire_due_in(conn: aiosqlite.Connection, now: datetime | None = None) -> list[CommandRecord]:
     """Every queued command whose deadline has passed becomes expired (with outbox rows)."""
     at = _now(now)
     rows = await conn.execute_fetchall(
-        "SELECT * FROM commands WHERE state = 'queued' AND not_after IS NOT NULL"
-        " AND not_after <= ? ORDER BY seq",
+        "SELECT * FROM commands WHERE state = 'queued' AND not_after IS NOT NULL AND not_after <= ? ORDER BY seq",
         (at,),
     )
     return [await _expire(conn, CommandRecord.from_row(r), at) for r in rows]
 
 
-async def interrupt_running_in(
-    conn: aiosqlite.Connection, now: datetime | None = None
-) -> list[CommandRecord]:
+async def interrupt_running_in(conn: aiosqlite.Connection, now: datetime | None = None) -> list[CommandRecord]:
     """At start: every command still 'running' was cut off by a stop; mark it interrupted."""
     at = _now(now)
-    rows = await conn.execute_fetchall(
-        "SELECT * FROM commands WHERE state = 'running' ORDER BY seq"
-    )
+    rows = await conn.execute_fetchall("SELECT * FROM commands WHERE state = 'running' ORDER BY seq")
     changed = []
     for row in rows:
         changed.append(
@@ -498,7 +490,7 @@ class Commands:
         self,
         source: str,
         idempotency_key: str,
-        type: str,  # noqa: A002 - the column's name
+        type: str,
         params: Mapping[str, Any],
         *,
         user: str | None = None,
@@ -560,9 +552,7 @@ class Commands:
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> CommandRecord:
-        return await self._db.write(
-            lambda conn: finish_in(conn, command_id, state, result, error_code, error_message)
-        )
+        return await self._db.write(lambda conn: finish_in(conn, command_id, state, result, error_code, error_message))
 
     async def cancel(self, command_id: str) -> CommandRecord:
         return await self._db.write(lambda conn: cancel_in(conn, command_id))

@@ -168,8 +168,11 @@ class Database:
             private_files.conform(self._lock.path, 0o600)
             private_files.create_empty(self.path, private_files.DATABASE_MODE)
         if self._attach and not self.path.exists():
-            raise StoreUnavailable(f"{self.path} does not exist yet", code="STORE_NOT_CREATED",
-                                   hint="the core creates the database when it starts; start oht-agent-core first")
+            raise StoreUnavailable(
+                f"{self.path} does not exist yet",
+                code="STORE_NOT_CREATED",
+                hint="the core creates the database when it starts; start oht-agent-core first",
+            )
         self._writer_conn = conn = await self._connect(writer=True)
         try:
             if self._attach:
@@ -207,7 +210,9 @@ class Database:
         self._running = True
         interrupted = 0
         if self._attach:
-            return StartupReport(corrupt_moved_to=None, schema_version=version, interrupted_commands=0, migrated_from=before)
+            return StartupReport(
+                corrupt_moved_to=None, schema_version=version, interrupted_commands=0, migrated_from=before
+            )
 
         async def first_write(conn: aiosqlite.Connection) -> int:
             # A real write (the same version again) finds a read-only file or a full disk now,
@@ -267,7 +272,7 @@ class Database:
         for conn in conns:
             try:
                 await asyncio.wait_for(conn.close(), self._close_timeout)
-            except Exception as exc:  # noqa: BLE001 - closing is best effort, keep going
+            except Exception as exc:
                 log.warning("closing a database connection failed: %s", exc)
         if not self._attach:
             self._lock.release()
@@ -425,9 +430,7 @@ class Database:
             raise StoreClosed("the database is not open")
         return await writer.write(unit, self._write_timeout if timeout is None else timeout)
 
-    async def read(
-        self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], *, timeout: float | None = None
-    ) -> T:
+    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], *, timeout: float | None = None) -> T:
         """Run `fn(conn)` on a read-only connection inside one read transaction (a snapshot).
 
         Reads see only committed data and keep working while writes fail.

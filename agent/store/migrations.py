@@ -28,8 +28,8 @@ from agent.store.errors import ForeignDatabase, SchemaTooNew
 __all__ = [
     "APPLICATION_ID",
     "LATEST_VERSION",
-    "OUTBOX_ROW_OVERHEAD",
     "MIGRATIONS",
+    "OUTBOX_ROW_OVERHEAD",
     "Migration",
     "migrate",
     "read_identity",
@@ -110,8 +110,7 @@ _V2_TRANSITIONS_OUTBOX = Migration(
             command_id TEXT REFERENCES commands (id)
         )
         """,
-        "CREATE INDEX state_transitions_command ON state_transitions (command_id)"
-        " WHERE command_id IS NOT NULL",
+        "CREATE INDEX state_transitions_command ON state_transitions (command_id) WHERE command_id IS NOT NULL",
         """
         CREATE TABLE outbox (
             seq        INTEGER PRIMARY KEY,
@@ -418,7 +417,7 @@ _V7_OUTBOX_STREAMS = Migration(
         CREATE TRIGGER outbox_numbers_row AFTER INSERT ON outbox
         BEGIN
             UPDATE outbox_streams
-            SET last_seq = last_seq + 1, rows = rows + 1, bytes = bytes + {_ROW_BYTES.format(row='NEW')}
+            SET last_seq = last_seq + 1, rows = rows + 1, bytes = bytes + {_ROW_BYTES.format(row="NEW")}
             WHERE stream = {_TARGET_STREAM};
             UPDATE outbox
             SET stream = {_TARGET_STREAM},
@@ -467,15 +466,11 @@ async def read_identity(conn: aiosqlite.Connection) -> tuple[int, int, int]:
 def check_identity(app_id: int, version: int, objects: int, *, what: str) -> None:
     """Refuse a database this code must not write: newer schema, or not ours at all."""
     if version > LATEST_VERSION:
-        raise SchemaTooNew(
-            f"{what} has schema version {version}; this oht-agent knows up to {LATEST_VERSION}"
-        )
+        raise SchemaTooNew(f"{what} has schema version {version}; this oht-agent knows up to {LATEST_VERSION}")
     if version == 0 and objects > 0:
         raise ForeignDatabase(f"{what} has tables but no oht-agent schema version")
     if version > 0 and app_id != APPLICATION_ID:
-        raise ForeignDatabase(
-            f"{what} has application_id {app_id:#x}, not oht-agent's {APPLICATION_ID:#x}"
-        )
+        raise ForeignDatabase(f"{what} has application_id {app_id:#x}, not oht-agent's {APPLICATION_ID:#x}")
 
 
 async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -> tuple[int, int]:

@@ -148,9 +148,7 @@ def encode_payload(kind: str, payload: Any) -> str:
     except (TypeError, ValueError) as exc:
         raise StoreError(f"outbox payload is not JSON: {exc}", code="OUTBOX_INVALID") from exc
     if len(text) > _MAX_PAYLOAD:
-        raise StoreError(
-            f"outbox payload of {len(text)} bytes exceeds {_MAX_PAYLOAD}", code="OUTBOX_INVALID"
-        )
+        raise StoreError(f"outbox payload of {len(text)} bytes exceeds {_MAX_PAYLOAD}", code="OUTBOX_INVALID")
     return text
 
 

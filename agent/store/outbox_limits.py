@@ -249,4 +249,3 @@ async def supersede_in(conn: aiosqlite.Connection, stream_name: str, seqs: Seque
         for (seq,) in rows:
             _extend(runs, int(seq), False)
     return await _write_gaps(conn, stream.name, runs, REASON_COALESCED)
-

@@ -63,7 +63,7 @@ async def settle(futures: Sequence[asyncio.Future[Any]]) -> BaseException | None
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the caller is being cancelled
-        except Exception:  # noqa: BLE001 - reported below like the others
+        except Exception:
             pass
     if not all(f.done() for f in futures):
         await asyncio.wait(futures)

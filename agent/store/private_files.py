@@ -15,7 +15,16 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["DATABASE_MODE", "KEY_MODE", "conform", "create_empty", "current_umask", "fsync_dir", "restrict_umask", "write_atomic"]
+__all__ = [
+    "DATABASE_MODE",
+    "KEY_MODE",
+    "conform",
+    "create_empty",
+    "current_umask",
+    "fsync_dir",
+    "restrict_umask",
+    "write_atomic",
+]
 
 log = logging.getLogger("agent.store")
 

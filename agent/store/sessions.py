@@ -130,8 +130,7 @@ async def revoke_in(conn: aiosqlite.Connection, session_id: str, reason: str) ->
 async def revoke_user_in(conn: aiosqlite.Connection, user_id: str, reason: str) -> list[str]:
     """Revoke every open session of a user; returns their ids."""
     rows = await conn.execute_fetchall(
-        "UPDATE sessions SET revoked_at = ?, revoked_reason = ?"
-        " WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
+        "UPDATE sessions SET revoked_at = ?, revoked_reason = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
         (format_ts(utc_now()), reason, user_id),
     )
     return [str(r[0]) for r in rows]

@@ -20,7 +20,7 @@ from agent.store.errors import StoreError
 if TYPE_CHECKING:
     from agent.store.database import Database
 
-__all__ = ["Transition", "record_transition", "recent_transitions"]
+__all__ = ["Transition", "recent_transitions", "record_transition"]
 
 _MAX_TEXT = 500
 
@@ -45,8 +45,7 @@ def _text(name: str, value: object, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str) or (required and not value) or len(value) > _MAX_TEXT:
         raise StoreError(
-            f"transition {name} must be a {'non-empty ' if required else ''}string "
-            f"of at most {_MAX_TEXT} characters",
+            f"transition {name} must be a {'non-empty ' if required else ''}string of at most {_MAX_TEXT} characters",
             code="TRANSITION_INVALID",
             hint="A bug in the caller of record_transition.",
         )

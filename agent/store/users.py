@@ -113,9 +113,7 @@ async def list_in(conn: aiosqlite.Connection) -> list[User]:
     return [User.from_row(r) for r in rows]
 
 
-async def create_in(
-    conn: aiosqlite.Connection, name: str, role: str, password_hash: str, *, created_by: str
-) -> User:
+async def create_in(conn: aiosqlite.Connection, name: str, role: str, password_hash: str, *, created_by: str) -> User:
     """Insert a user; raises UserExists when the name (in any case) is taken."""
     check_name(name)
     check_role(role)
@@ -158,9 +156,7 @@ async def record_login_in(conn: aiosqlite.Connection, user_id: str) -> None:
 
 
 async def _active_admins(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall(
-        "SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL"
-    )
+    rows = await conn.execute_fetchall("SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL")
     return int(next(iter(rows))[0])
 
 

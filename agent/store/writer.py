@@ -176,9 +176,7 @@ class GroupWriter:
                 raise StoreTimeout(
                     f"write did not complete within {timeout:.1f} s; it may still be committed"
                 ) from None
-            raise StoreTimeout(
-                f"write waited {timeout:.1f} s in the queue and was dropped; not written"
-            ) from None
+            raise StoreTimeout(f"write waited {timeout:.1f} s in the queue and was dropped; not written") from None
 
     def _fail_queued(self, err: StoreError) -> None:
         while True:
@@ -213,7 +211,7 @@ class GroupWriter:
             except asyncio.CancelledError:
                 self._fail_all(batch, StoreClosed("the database was closed during this write"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - a writer bug must not stop all writes
+            except Exception as exc:
                 log.exception("store writer: batch failed unexpectedly")
                 self._fail_all(batch, StoreError(f"store writer failed: {exc!r}"))
                 await self._rollback_quietly()
@@ -281,7 +279,7 @@ class GroupWriter:
                     code="STORE_INTERNAL",
                 )
             (statement,) = statements
-        except Exception as exc:  # noqa: BLE001 - a bad unit refuses only itself
+        except Exception as exc:
             self._resolve([_Outcome(job, error=_as_caller_error(exc))])
             return
         futures = [enqueue(conn, *statement), enqueue(conn, "COMMIT")]
@@ -303,7 +301,7 @@ class GroupWriter:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], 1)
         try:
             outcome = _Outcome(job, value=unit.result([list(futures[0].result())]))
-        except Exception as exc:  # noqa: BLE001 - a refusal: nothing was changed (see contract)
+        except Exception as exc:
             outcome = _Outcome(job, error=_as_caller_error(exc))
         self._resolve([outcome])
 
@@ -322,7 +320,7 @@ class GroupWriter:
         try:
             async with asyncio.timeout(self._unit_timeout):
                 value = await job.unit(conn)  # type: ignore[operator]
-        except BaseException as exc:  # noqa: BLE001 - the unit's error goes to its caller
+        except BaseException as exc:
             if not _is_unit_failure(exc):
                 raise
             if isinstance(exc, TimeoutError):
@@ -364,7 +362,7 @@ class GroupWriter:
             job.started = True
             try:
                 statements = job.unit.statements()  # type: ignore[union-attr]
-            except Exception as exc:  # noqa: BLE001 - reported by the careful pass
+            except Exception as exc:
                 refused = exc
                 break
             sent.append((job, [enqueue(conn, sql, params) for sql, params in statements]))
@@ -383,7 +381,7 @@ class GroupWriter:
             if refused is None:
                 try:
                     value = job.unit.result([list(f.result()) for f in futures])  # type: ignore[union-attr]
-                except Exception as exc:  # noqa: BLE001 - reported by the careful pass
+                except Exception as exc:
                     refused = exc
                 else:
                     outcomes.append(_Outcome(job, value=value))
@@ -416,7 +414,7 @@ class GroupWriter:
                     statements = job.unit.statements()  # type: ignore[union-attr]
                     futures = [enqueue(conn, sql, params) for sql, params in statements]
                     refused: BaseException | None = None
-                except Exception as exc:  # noqa: BLE001 - a bad unit refuses only itself
+                except Exception as exc:
                     futures, refused = [], exc
                 sent.append((job, name, futures, refused, list(self._inflight)))
                 self._inflight = []
@@ -432,7 +430,7 @@ class GroupWriter:
                     try:
                         rows = [list(f.result()) for f in futures]
                         value = job.unit.result(rows)  # type: ignore[union-attr]
-                    except Exception as exc:  # noqa: BLE001 - the unit refuses: its caller's error
+                    except Exception as exc:
                         failure = exc
                     else:
                         outcomes.append(_Outcome(job, value=value))
@@ -484,9 +482,7 @@ class GroupWriter:
             else:
                 outcome.job.future.set_result(outcome.value)
 
-    async def _abort(
-        self, jobs: list[_Job[Any]], outcomes: list[_Outcome], aborted: _BatchAborted
-    ) -> None:
+    async def _abort(self, jobs: list[_Job[Any]], outcomes: list[_Outcome], aborted: _BatchAborted) -> None:
         """Roll the batch back; every unit not refused on its own gets the cause."""
         self.stats["aborted_batches"] += 1
         await self._rollback_quietly()

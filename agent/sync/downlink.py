@@ -35,7 +35,7 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiosqlite
@@ -58,10 +58,10 @@ __all__ = [
     "AUDIT_ACTION",
     "AUTH_METHOD",
     "DEFAULT_CORE_WAIT_S",
+    "SOURCE",
     "CommandSink",
     "Downlink",
     "DownlinkStats",
-    "SOURCE",
 ]
 
 log = logging.getLogger("oht.sync.downlink")
@@ -85,8 +85,16 @@ class CommandSink(Protocol):
     connected: asyncio.Event
 
     async def submit_command(
-        self, *, source: str, idempotency_key: str, type: str, params: dict[str, Any],  # noqa: A002
-        user: str | None, priority: int = 5, not_after: datetime | None = None, audit: AuditEntry | None = None,
+        self,
+        *,
+        source: str,
+        idempotency_key: str,
+        type: str,
+        params: dict[str, Any],
+        user: str | None,
+        priority: int = 5,
+        not_after: datetime | None = None,
+        audit: AuditEntry | None = None,
     ) -> SubmitResult: ...
 
 
@@ -154,15 +162,20 @@ class Downlink:
             await self._handle(command)
         except CodedError as exc:
             log.error("command %s not answered: %s [%s]", command.command_id, exc.message, exc.code)
-        except Exception:  # noqa: BLE001 - one bad command must not end the cmd topic's reader
+        except Exception:
             log.exception("command %s not answered: internal error", command.command_id)
 
     async def _handle(self, command: Command) -> None:
         stored = await self._commands.find(SOURCE, command.command_id, user=ACTOR)
         if stored is not None and stored.type != command.type:
-            log.warning("command_id %s arrived again as a %s, first stored as a %s (%s): the first stands",
-                        command.command_id, command.type, stored.type, stored.id)
-        now = datetime.now(timezone.utc)
+            log.warning(
+                "command_id %s arrived again as a %s, first stored as a %s (%s): the first stands",
+                command.command_id,
+                command.type,
+                stored.type,
+                stored.id,
+            )
+        now = datetime.now(UTC)
         decision = judge_command(command, central_key=self._central_key, seen_before=stored is not None,
                                  now=now, rules=self._rules)  # fmt: skip
         if decision.outcome is CommandOutcome.DUPLICATE:
@@ -187,8 +200,12 @@ class Downlink:
             # Sent, but the answer is lost: the core may have committed it. A 'rejected' receipt
             # could contradict its own; the centre's resend finds out (see the module docstring).
             self._count("unanswered", exc.code)
-            log.warning("command %s: the core's answer was lost (%s [%s]); no receipt until it is sent again",
-                        command.command_id, exc.message, exc.code)
+            log.warning(
+                "command %s: the core's answer was lost (%s [%s]); no receipt until it is sent again",
+                command.command_id,
+                exc.message,
+                exc.code,
+            )
             return
         except CodedError as exc:
             await self._refuse(command, CommandDecision(CommandOutcome.REJECTED, exc.code, exc.message))
@@ -217,7 +234,7 @@ class Downlink:
 
     async def _refuse(self, command: Command, decision: CommandDecision) -> None:
         """The receipt of a command that was not committed, and its audit row, in one transaction."""
-        at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         receipt = rejection_receipt(command, decision, at)
         outbox_store.encode_payload(outbox_store.KIND_COMMAND_RESULT, receipt)  # refuse bad input before the writer
         audit = AuditEntry(

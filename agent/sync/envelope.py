@@ -47,8 +47,8 @@ __all__ = [
     "Signer",
     "canonical",
     "decode_ack",
-    "decode_public_key",
     "decode_command",
+    "decode_public_key",
     "decode_record",
     "encode_ack",
     "encode_command",
@@ -148,7 +148,9 @@ def _fields(doc: Mapping[str, Any], required: frozenset[str], optional: frozense
     missing = sorted(required - doc.keys())
     unknown = sorted(doc.keys() - required - optional)
     if missing or unknown:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(unknown)}"] if unknown else []
+        )
         raise MessageMalformed(f"{what}: {'; '.join(parts)}")
 
 
@@ -312,9 +314,18 @@ def _record_from(doc: Mapping[str, Any], what: str = "record") -> Record:
     return record
 
 
-def make_record(*, agent: str, stream: str, seq: int, id: str, kind: str, at: str, body: Any, sign: Signer) -> Record:  # noqa: A002
+def make_record(*, agent: str, stream: str, seq: int, id: str, kind: str, at: str, body: Any, sign: Signer) -> Record:
     """A signed record from an outbox row; MessageMalformed/MessageTooLarge if it could not be decoded."""
-    unsigned = {"v": VERSION, "agent": agent, "stream": stream, "seq": seq, "id": id, "kind": kind, "at": at, "body": body}
+    unsigned = {
+        "v": VERSION,
+        "agent": agent,
+        "stream": stream,
+        "seq": seq,
+        "id": id,
+        "kind": kind,
+        "at": at,
+        "body": body,
+    }
     sig = _b64url(sign(canonical(unsigned)))
     record = _record_from({**unsigned, "sig": sig})
     encode_record(record)  # refuses now what the consumer would refuse for its size
@@ -436,7 +447,7 @@ def _command_from(doc: Mapping[str, Any]) -> Command:
 def make_command(
     *,
     command_id: str,
-    type: str,  # noqa: A002 - the field's name
+    type: str,
     params: Mapping[str, Any],
     not_after: str,
     issued_at: str,

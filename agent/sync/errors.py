@@ -52,7 +52,7 @@ class MessageTooLarge(UpstreamError):
 
 class VersionUnsupported(UpstreamError):
     code = "UPSTREAM_VERSION_UNSUPPORTED"
-    hint = "This agent speaks envelope version 1 (\"v\": 1); upgrade the agent or send version 1."
+    hint = 'This agent speaks envelope version 1 ("v": 1); upgrade the agent or send version 1.'
 
 
 class SignatureInvalid(UpstreamError):

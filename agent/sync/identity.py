@@ -81,7 +81,9 @@ class PinnedKey:
         return base64.b64encode(self.raw).decode("ascii")
 
     def pem(self) -> str:
-        return self.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
 
     def fingerprint(self) -> str:
         """SHA-256 of the raw key, colon-separated hex: what two people read to each other to compare."""
@@ -117,7 +119,7 @@ class DeviceIdentity:
     def sign(self, message: bytes) -> bytes:
         return self.private_key.sign(message)
 
-    def sign_record(self, *, agent: str, stream: str, seq: int, id: str, kind: str, at: str, body: Any) -> Record:  # noqa: A002
+    def sign_record(self, *, agent: str, stream: str, seq: int, id: str, kind: str, at: str, body: Any) -> Record:
         """The record for one outbox row, signed (see envelope.make_record for what is refused)."""
         return make_record(agent=agent, stream=stream, seq=seq, id=id, kind=kind, at=at, body=body, sign=self.sign)
 
@@ -138,7 +140,9 @@ def _close_to_others(path: Path, mode: int) -> None:
     try:
         os.chmod(path, mode & ~_OTHERS)
     except PermissionError:
-        log.warning("%s is mode %o and cannot be changed by this account: other accounts can read the device key", path, mode)
+        log.warning(
+            "%s is mode %o and cannot be changed by this account: other accounts can read the device key", path, mode
+        )
         return
     log.warning("%s was mode %o; now %o (others must not read the device key)", path, mode, mode & ~_OTHERS)
 

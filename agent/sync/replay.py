@@ -101,12 +101,21 @@ def judge_command(
     if seen_before:
         return _refused(CommandOutcome.DUPLICATE, CommandReplayed(f"command {command.command_id} was handled before"))
     if now >= command.not_after_at:
-        return _refused(CommandOutcome.EXPIRED, CommandExpired(f"command {command.command_id}: not_after {command.not_after} has passed"))
+        return _refused(
+            CommandOutcome.EXPIRED,
+            CommandExpired(f"command {command.command_id}: not_after {command.not_after} has passed"),
+        )
     issued = command.issued_at_at
     if issued > now + timedelta(seconds=rules.clock_skew_s):
-        return _refused(CommandOutcome.REJECTED, CommandStale(f"command {command.command_id}: issued_at {command.issued_at} is in the future"))
+        return _refused(
+            CommandOutcome.REJECTED,
+            CommandStale(f"command {command.command_id}: issued_at {command.issued_at} is in the future"),
+        )
     if now - issued > timedelta(seconds=rules.max_age_s):
-        return _refused(CommandOutcome.REJECTED, CommandStale(f"command {command.command_id}: issued_at {command.issued_at} is too old"))
+        return _refused(
+            CommandOutcome.REJECTED,
+            CommandStale(f"command {command.command_id}: issued_at {command.issued_at} is too old"),
+        )
     return CommandDecision(CommandOutcome.ACCEPTED)
 
 

@@ -393,7 +393,9 @@ class Uplink:
         else:
             self._full.fine()
         if report.overdue:
-            self._overdue.trouble(BacklogOverdue(f"streams {', '.join(report.overdue)} hold records past their time-to-live"))
+            self._overdue.trouble(
+                BacklogOverdue(f"streams {', '.join(report.overdue)} hold records past their time-to-live")
+            )
         else:
             self._overdue.fine()
 
@@ -412,8 +414,10 @@ class Uplink:
                 first = s.acked + 1
                 count = s.rewind()
                 self._waiting_ack[s.name].trouble(
-                    AckTimeout(f"no ack for stream {s.name} in {self.ack_timeout_s:g} s with {count} in flight;"
-                               f" sending again from seq {first}")  # fmt: skip
+                    AckTimeout(
+                        f"no ack for stream {s.name} in {self.ack_timeout_s:g} s with {count} in flight;"
+                        f" sending again from seq {first}"
+                    )  # fmt: skip
                 )
 
     async def _refill(self, s: _Stream) -> None:
@@ -472,7 +476,9 @@ class Uplink:
                 self._publish_record(record)
             except UpstreamError as exc:
                 episode = self._unsendable.setdefault(s.name, _Episode(f"stream {s.name}"))
-                episode.trouble(RecordUnsendable(f"{s.name}/{record.seq} ({record.id}): {exc.code} {exc.message}"), logging.ERROR)
+                episode.trouble(
+                    RecordUnsendable(f"{s.name}/{record.seq} ({record.id}): {exc.code} {exc.message}"), logging.ERROR
+                )
                 s.stalled_until = now + self.ack_timeout_s
                 return
             s.buffer.popleft()

@@ -63,7 +63,9 @@ class OutputInterlock:
         """Raise PermitRevoked unless `permit` is still valid (called by the bus task before writing)."""
         if permit.epoch != self._epoch:
             self.refused += 1
-            raise PermitRevoked(f"energising write dropped: its permit ({permit.reason or 'motion'}) was revoked by a stop")
+            raise PermitRevoked(
+                f"energising write dropped: its permit ({permit.reason or 'motion'}) was revoked by a stop"
+            )
 
     def note_on_wire(self, at: float) -> None:
         self.last_energising_on_wire = at

@@ -183,14 +183,18 @@ class BusMaster:
         if task is not None:
             try:
                 await asyncio.wait_for(task, timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         self._fail_queue(BusStopped("bus master stopped"))
         self.port.close()
 
     # ----------------------------------------------------------------- public requests
     async def execute(
-        self, request: Request, priority: Priority = Priority.COMMAND, *, retries: int | None = None,
+        self,
+        request: Request,
+        priority: Priority = Priority.COMMAND,
+        *,
+        retries: int | None = None,
         permit: Permit | None = None,
     ) -> tuple[int, ...]:
         """Queue `request`, wait for its checked reply (registers read, or values written).
@@ -201,7 +205,11 @@ class BusMaster:
         return await self.submit(request, priority, retries=retries, permit=permit)
 
     def submit(
-        self, request: Request, priority: Priority = Priority.COMMAND, *, retries: int | None = None,
+        self,
+        request: Request,
+        priority: Priority = Priority.COMMAND,
+        *,
+        retries: int | None = None,
         permit: Permit | None = None,
     ) -> asyncio.Future[tuple[int, ...]]:
         """Queue `request` now, without yielding to the loop; the future gets what `execute` returns.
@@ -223,14 +231,22 @@ class BusMaster:
         if retries is None:
             retries = self.write_retries if request.is_write else self.read_retries
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._queue, _Job(int(priority), next(self._seq), request, fut, retries, time.monotonic(), permit))
+        heapq.heappush(
+            self._queue, _Job(int(priority), next(self._seq), request, fut, retries, time.monotonic(), permit)
+        )
         self._wake()
         if priority == Priority.STOP:
             self.port.wake()  # an overdue read on the wire may be pre-empted (see _transact)
         return fut
 
     async def read(
-        self, slave: int, address: int, count: int, *, priority: Priority = Priority.COMMAND, function: int = READ_HOLDING
+        self,
+        slave: int,
+        address: int,
+        count: int,
+        *,
+        priority: Priority = Priority.COMMAND,
+        function: int = READ_HOLDING,
     ) -> tuple[int, ...]:
         return await self.execute(read_request(slave, address, count, function), priority)
 
@@ -373,7 +389,8 @@ class BusMaster:
         """The set-aside slave to probe now, or (None, when to look again). See drivers/modbus/probes.py."""
         waiting = [
             ProbeCandidate(link.address, link.next_probe_at, link.service_period_s > 0)
-            for link in self._links.values() if not link.online
+            for link in self._links.values()
+            if not link.online
         ]
         if not waiting:
             return None, None
@@ -430,7 +447,9 @@ class BusMaster:
             return
         done = time.monotonic()
         if plan.phase_locked and done - started > plan.service_period_s / 2:
-            link.stats.missed_ticks += 1  # answered a tick late: sent too late for its tick (a stop went first, a late loop)
+            link.stats.missed_ticks += (
+                1  # answered a tick late: sent too late for its tick (a stop went first, a late loop)
+            )
         self.schedule.completed(plan, done)
         self.stats.poll_overruns = self.schedule.overruns
         if plan.on_result is not None:
@@ -548,7 +567,9 @@ class BusMaster:
                 if now >= deadline:
                     link.stats.timeouts += 1
                     self._add_ghost(link, request.signature())
-                    raise BusTimeout(f"slave {request.slave} gave no valid reply within {1000 * (deadline - sent_at):.1f} ms")
+                    raise BusTimeout(
+                        f"slave {request.slave} gave no valid reply within {1000 * (deadline - sent_at):.1f} ms"
+                    )
                 wait_until = deadline
                 if self._stop_waiting() and not request.is_write and request.slave != self._stop_target():
                     # A stop is queued and this read is overdue: its slave is late or dead, and the
@@ -556,7 +577,9 @@ class BusMaster:
                     if now >= preempt_at and not port.buffer:
                         link.stats.preempted += 1
                         self._add_ghost(link, request.signature())
-                        raise BusPreempted(f"read from slave {request.slave} abandoned for a stop after {1000 * (now - sent_at):.1f} ms")
+                        raise BusPreempted(
+                            f"read from slave {request.slave} abandoned for a stop after {1000 * (now - sent_at):.1f} ms"
+                        )
                     wait_until = min(deadline, preempt_at)
                 await port.wait_data(wait_until)
         finally:
@@ -633,7 +656,10 @@ class BusMaster:
         link.reply_sent_at = self.port.last_rx - self.timing.wire_s(reply_length)
         if link.service_period_s > 0:
             self.schedule.observe_tick(
-                link.address, link.reply_sent_at, link.service_period_s, time.monotonic(),
+                link.address,
+                link.reply_sent_at,
+                link.service_period_s,
+                time.monotonic(),
                 sent_at=self._reached_slave_at,
             )
 

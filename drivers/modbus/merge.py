@@ -61,8 +61,14 @@ def _plan_spans(
         if (
             blocks
             and end - block_start + 1 <= max_registers
-            and (gap == 0 or (0 < gap <= max_gap and readable is not None
-                              and all(readable(a) for a in range(block_end + 1, start))))
+            and (
+                gap == 0
+                or (
+                    0 < gap <= max_gap
+                    and readable is not None
+                    and all(readable(a) for a in range(block_end + 1, start))
+                )
+            )
         ):
             block_end = end
             blocks[-1] = (block_start, block_end - block_start + 1)
@@ -84,8 +90,7 @@ def plan_reads(
     Gaps of up to `max_gap` unrequested addresses are read through only when `readable(addr)` is
     true for every one of them; with `readable=None` nothing is bridged.
     """
-    return _plan_spans(((a, 1) for a in addresses), max_registers=max_registers,
-                       max_gap=max_gap, readable=readable)
+    return _plan_spans(((a, 1) for a in addresses), max_registers=max_registers, max_gap=max_gap, readable=readable)
 
 
 def plan_register_reads(
@@ -96,8 +101,9 @@ def plan_register_reads(
     readable: Callable[[int], bool] | None = None,
 ) -> list[ReadBlock]:
     """Like `plan_reads`, but keeps both words of a u32 in the same block."""
-    return _plan_spans(((r.address, r.width) for r in registers), max_registers=max_registers,
-                       max_gap=max_gap, readable=readable)
+    return _plan_spans(
+        ((r.address, r.width) for r in registers), max_registers=max_registers, max_gap=max_gap, readable=readable
+    )
 
 
 def plan_poll(profile: Profile, group: str, *, max_gap: int | None = None) -> list[ReadBlock]:

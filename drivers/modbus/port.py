@@ -184,8 +184,10 @@ class SerialPort:
         loop.add_writer(fd, lambda: room.done() or room.set_result(None))
         try:
             await asyncio.wait_for(room, max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
-            raise PortUnavailable(f"{self.path}: output stalled (the kernel took no bytes for a frame in time)") from None
+        except TimeoutError:
+            raise PortUnavailable(
+                f"{self.path}: output stalled (the kernel took no bytes for a frame in time)"
+            ) from None
         finally:
             self._room = None
             if self._fd == fd:

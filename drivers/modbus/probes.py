@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-
 TICK_SERVED_HEADSTART_S = 0.1  # below the bus master's shortest probe back-off (0.2 s)
 
 

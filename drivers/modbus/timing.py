@@ -35,11 +35,7 @@ class LineTiming:
     def deadline_s(self, request_bytes: int, reply_bytes: int, turnaround_s: float) -> float:
         """How long to wait, from the moment the request is handed to the port, for the whole reply."""
         return (
-            self.wire_s(request_bytes)
-            + turnaround_s
-            + self.wire_s(reply_bytes)
-            + self.silence_s
-            + self.host_margin_s
+            self.wire_s(request_bytes) + turnaround_s + self.wire_s(reply_bytes) + self.silence_s + self.host_margin_s
         )
 
     def transaction_s(self, request_bytes: int, reply_bytes: int) -> float:

@@ -139,8 +139,9 @@ def encode(register: Register, value: object, *, read_only: bool = False) -> lis
             "this module's register map is not verified; writes stay disabled until it is",
         )
     if not register.writable:
-        raise _refuse(register, f"register is {register.access} (not writable)",
-                      "only RW and W registers can be written")
+        raise _refuse(
+            register, f"register is {register.access} (not writable)", "only RW and W registers can be written"
+        )
     return raw_to_words(register.type, value_to_raw(register, value))
 
 

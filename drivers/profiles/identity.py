@@ -60,8 +60,7 @@ def select_profile(identity: Identity, profiles: Iterable[Profile] | Mapping[str
     """The one profile matching the module type and firmware version, or an error. Never a guess."""
     candidates = profiles.values() if isinstance(profiles, Mapping) else profiles
     matches = [
-        p for p in candidates
-        if p.module_type == identity.module_type and p.accepts_firmware(identity.firmware_version)
+        p for p in candidates if p.module_type == identity.module_type and p.accepts_firmware(identity.firmware_version)
     ]
     if len(matches) == 1:
         return matches[0]
@@ -76,8 +75,13 @@ def select_profile(identity: Identity, profiles: Iterable[Profile] | Mapping[str
         )
     names = ", ".join(sorted(p.name for p in matches))
     raise ProfileError(
-        [Problem("config/profiles", "profile.firmware_min",
-                 f"profiles {names} all match module type {identity.module_type} firmware "
-                 f"0x{identity.firmware_version:04X}")],
+        [
+            Problem(
+                "config/profiles",
+                "profile.firmware_min",
+                f"profiles {names} all match module type {identity.module_type} firmware "
+                f"0x{identity.firmware_version:04X}",
+            )
+        ],
         hint=f"narrow the firmware ranges of {names} so exactly one matches",
     )

@@ -37,8 +37,16 @@ MODBUS_MAX_READ = 125  # protocol limit for function codes 3 and 4
 
 # [profile] keys: required ones have no default
 _PROFILE_REQUIRED = (
-    "name", "role", "module_type", "firmware_min", "firmware_max", "default_address",
-    "turnaround_ms", "service_period_ms", "function_codes", "max_read_registers",
+    "name",
+    "role",
+    "module_type",
+    "firmware_min",
+    "firmware_max",
+    "default_address",
+    "turnaround_ms",
+    "service_period_ms",
+    "function_codes",
+    "max_read_registers",
 )
 _PROFILE_OPTIONAL: dict[str, Any] = {
     "description": "",
@@ -127,8 +135,9 @@ def _merge_extends(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[
     return merged
 
 
-def _check_keys(table: Mapping[str, Any], required: Iterable[str], optional: Iterable[str],
-                where: str, out: _Collector) -> None:
+def _check_keys(
+    table: Mapping[str, Any], required: Iterable[str], optional: Iterable[str], where: str, out: _Collector
+) -> None:
     allowed = set(required) | set(optional)
     for key in table:
         if key not in allowed:
@@ -138,8 +147,7 @@ def _check_keys(table: Mapping[str, Any], required: Iterable[str], optional: Ite
             out.add(f"{where}.{key}", "missing required key")
 
 
-def _int_field(table: Mapping[str, Any], key: str, where: str, out: _Collector,
-               lo: int, hi: int) -> int | None:
+def _int_field(table: Mapping[str, Any], key: str, where: str, out: _Collector, lo: int, hi: int) -> int | None:
     value = table.get(key)
     if value is None:
         return None
@@ -190,8 +198,7 @@ def _parse_profile_table(table: Any, out: _Collector, stem: str | None) -> dict[
     take("default_address", _int_field(table, "default_address", "profile", out, 1, 247))
     take("turnaround_ms", _int_field(table, "turnaround_ms", "profile", out, 1, 60_000))
     take("service_period_ms", _int_field(table, "service_period_ms", "profile", out, 0, 60_000))
-    take("max_read_registers",
-         _int_field(table, "max_read_registers", "profile", out, 2, MODBUS_MAX_READ))
+    take("max_read_registers", _int_field(table, "max_read_registers", "profile", out, 2, MODBUS_MAX_READ))
 
     fcs = table.get("function_codes")
     if fcs is not None:
@@ -268,7 +275,7 @@ def _parse_register(index: int, table: Any, out: _Collector) -> Register | None:
     if poll not in POLL_GROUPS:
         out.add(f"{where}.poll", f"{poll!r} is not one of {', '.join(sorted(POLL_GROUPS))}")
     elif access == "W" and poll != "none":
-        out.add(f"{where}.poll", "a write-only register cannot be polled; use poll = \"none\"")
+        out.add(f"{where}.poll", 'a write-only register cannot be polled; use poll = "none"')
     if not isinstance(table.get("description", ""), str):
         out.add(f"{where}.description", "must be a string")
 
@@ -335,8 +342,7 @@ def _check_register_set(registers: list[Register], out: _Collector) -> None:
         for addr in reg.addresses:
             other = owner.get(addr)
             if other is not None and other is not reg:
-                out.add(f"register({reg.name}).address",
-                        f"0x{addr:04X} is already occupied by {other.name}")
+                out.add(f"register({reg.name}).address", f"0x{addr:04X} is already occupied by {other.name}")
                 break
             owner[addr] = reg
 
@@ -363,11 +369,13 @@ def _check_profile_rules(values: Mapping[str, Any], registers: list[Register], o
     fw = by_name.get("FIRMWARE_VERSION")
     lo, hi = values.get("firmware_min"), values.get("firmware_max")
     if fw is not None and lo is not None and hi is not None and not lo <= fw.default <= hi:
-        out.add("register(FIRMWARE_VERSION).default",
-                f"0x{fw.default:04X} outside firmware_min..firmware_max (0x{lo:04X}..0x{hi:04X})")
+        out.add(
+            "register(FIRMWARE_VERSION).default",
+            f"0x{fw.default:04X} outside firmware_min..firmware_max (0x{lo:04X}..0x{hi:04X})",
+        )
     for reg in registers:
         if reg.poll == "identity" and reg.name not in dict((n, a) for n, a, _ in IDENTITY_REGISTERS):
-            out.add(f"register({reg.name}).poll", "poll = \"identity\" is reserved for 0x0100-0x0109")
+            out.add(f"register({reg.name}).poll", 'poll = "identity" is reserved for 0x0100-0x0109')
     if values.get("deadman"):
         hb = by_name.get("HEARTBEAT")
         if hb is None:
@@ -462,10 +470,13 @@ def load_profiles(directory: str | Path) -> dict[str, Profile]:
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
             if a.module_type == b.module_type and a.firmware_min <= b.firmware_max and b.firmware_min <= a.firmware_max:
-                problems.append(Problem(
-                    str(directory / f"{b.name}.toml"), "profile.firmware_min",
-                    f"module_type {b.module_type} firmware range overlaps profile {a.name!r}",
-                ))
+                problems.append(
+                    Problem(
+                        str(directory / f"{b.name}.toml"),
+                        "profile.firmware_min",
+                        f"module_type {b.module_type} firmware range overlaps profile {a.name!r}",
+                    )
+                )
     if problems:
         raise ProfileError(problems)
     return profiles

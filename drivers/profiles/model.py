@@ -131,7 +131,9 @@ class Profile:
             if reg.readable:
                 groups.setdefault(reg.poll, []).append(reg)
         object.__setattr__(self, "_poll_groups", MappingProxyType({g: tuple(rs) for g, rs in groups.items()}))
-        object.__setattr__(self, "_poll_names", MappingProxyType({g: tuple(r.name for r in rs) for g, rs in groups.items()}))
+        object.__setattr__(
+            self, "_poll_names", MappingProxyType({g: tuple(r.name for r in rs) for g, rs in groups.items()})
+        )
 
     def register(self, name: str) -> Register:
         """The register called `name`; raises `UnknownRegister` (a KeyError) otherwise."""

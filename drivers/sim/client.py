@@ -29,8 +29,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,7 +198,7 @@ class AsyncSimControl(_Ops):
 
         try:
             line = await asyncio.wait_for(exchange(), self.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SimControlError(f"control socket {self.path}: {exc!r}") from exc
         return _decode(line)
 
@@ -285,13 +286,16 @@ class SimProcess:
         except OSError:
             return ""
 
-    def start(self) -> "SimProcess":
+    def start(self) -> SimProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "drivers.sim", *self.args],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
                 start_new_session=self.new_session,
             )
         try:
@@ -336,7 +340,7 @@ class SimProcess:
     def returncode(self) -> int | None:
         return self.proc.returncode if self.proc else None
 
-    def __enter__(self) -> "SimProcess":
+    def __enter__(self) -> SimProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -79,7 +79,7 @@ def _bool(req: dict[str, Any], key: str, default: Any = _MISSING) -> bool:
 
 
 class Commands:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -94,20 +94,20 @@ class Commands:
         return {"ok": True, **result}
 
     # --- selecting slaves ---
-    def _slave(self, req: dict[str, Any], key: str = "addr") -> "SimSlave":
+    def _slave(self, req: dict[str, Any], key: str = "addr") -> SimSlave:
         unit = _int(req, key, 0, 255)
         slave = self.sim.slaves.get(unit)
         if slave is None:
             raise RequestError(f"no simulated slave at address {unit} (have {sorted(self.sim.slaves)})")
         return slave
 
-    def _targets(self, req: dict[str, Any]) -> list["SimSlave"]:
+    def _targets(self, req: dict[str, Any]) -> list[SimSlave]:
         """``addr`` null or absent: every slave."""
         if req.get("addr") is None:
             return list(self.sim.slaves.values())
         return [self._slave(req)]
 
-    def _safety(self, req: dict[str, Any]) -> list["SimSlave"]:
+    def _safety(self, req: dict[str, Any]) -> list[SimSlave]:
         """``addr`` given: that slave (must be a safety module); absent: every safety module."""
         slaves = self._targets(req)
         found = [s for s in slaves if isinstance(s.firmware, SafetyFirmware)]
@@ -275,8 +275,11 @@ class Commands:
     def op_reads(self, req: dict[str, Any]) -> dict[str, Any]:
         since = _number(req, "since", float("-inf"), float("inf"), 0.0)
         unit = None if req.get("addr") is None else self._slave(req).unit
-        items = [{"t": t, "addr": u, "fc": fc, "address": a, "count": n}
-                 for t, u, fc, a, n in self.sim.reads if t > since and (unit is None or u == unit)]
+        items = [
+            {"t": t, "addr": u, "fc": fc, "address": a, "count": n}
+            for t, u, fc, a, n in self.sim.reads
+            if t > since and (unit is None or u == unit)
+        ]
         return {"reads": items}
 
     def op_clear_writes(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -286,9 +289,12 @@ class Commands:
     def op_stats(self, req: dict[str, Any]) -> dict[str, Any]:
         return {
             "slaves": {
-                str(unit): {**slave.stats.as_dict(), "faults": slave.faults.as_dict(),
-                            "service_period_ms": slave.service_period * 1000.0,
-                            "profile": slave.profile.name}
+                str(unit): {
+                    **slave.stats.as_dict(),
+                    "faults": slave.faults.as_dict(),
+                    "service_period_ms": slave.service_period * 1000.0,
+                    "profile": slave.profile.name,
+                }
                 for unit, slave in self.sim.slaves.items()
             },
             "bus": dict(self.sim.bus),

@@ -14,7 +14,8 @@ import os
 import selectors
 import socket
 import stat
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("drivers.sim.control")
 
@@ -44,7 +45,7 @@ def _prepare_path(path: str) -> None:
 
 
 class _Connection:
-    def __init__(self, server: "ControlServer", sock: socket.socket) -> None:
+    def __init__(self, server: ControlServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.inbuf = bytearray()

@@ -47,7 +47,7 @@ RESET_ERROR_CMD = "RESET_ERROR_CMD"
 class Peers(Protocol):
     """How one firmware finds another on the same simulated carriage (power drains with motion)."""
 
-    def firmware_for_role(self, role: str) -> "Firmware | None": ...
+    def firmware_for_role(self, role: str) -> Firmware | None: ...
 
 
 class Firmware:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from drivers.sim.registers import ProfileError, load_profile
 
@@ -49,12 +49,28 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--link", required=True, help="symlink to create for the pty slave device (the agent's port)")
     parser.add_argument("--control", help="Unix socket path of the control channel (default: LINK.ctl)")
     parser.add_argument("--profiles", default=str(DEFAULT_PROFILES), help="register profile directory")
-    parser.add_argument("--slave", action="append", type=_slave_spec, metavar="ADDR:PROFILE",
-                        help=f"serve PROFILE at ADDR (repeatable; default {' '.join(DEFAULT_SLAVES)})")
-    parser.add_argument("--wire-baud", type=int, default=0, metavar="N",
-                        help="emulate wire time at N baud, 8N1 (0 = off, replies at once)")
-    parser.add_argument("--service-period", action="append", type=_period_spec, default=[], metavar="ADDR:MS",
-                        help="override a slave's Modbus service period (default from its profile)")
+    parser.add_argument(
+        "--slave",
+        action="append",
+        type=_slave_spec,
+        metavar="ADDR:PROFILE",
+        help=f"serve PROFILE at ADDR (repeatable; default {' '.join(DEFAULT_SLAVES)})",
+    )
+    parser.add_argument(
+        "--wire-baud",
+        type=int,
+        default=0,
+        metavar="N",
+        help="emulate wire time at N baud, 8N1 (0 = off, replies at once)",
+    )
+    parser.add_argument(
+        "--service-period",
+        action="append",
+        type=_period_spec,
+        default=[],
+        metavar="ADDR:MS",
+        help="override a slave's Modbus service period (default from its profile)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for tick phases and fault rates")
     parser.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
     return parser
@@ -67,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the simulator for parsed arguments (shared with ``oht-agent sim``); returns the exit code."""
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        stream=sys.stderr, format="sim %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        stream=sys.stderr,
+        format="sim %(levelname)s %(name)s: %(message)s",
+    )
     specs = args.slave or [_slave_spec(s) for s in DEFAULT_SLAVES]
     units = [u for u, _ in specs]
     if len(set(units)) != len(units):
@@ -94,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from drivers.sim.server import Simulator, print_ready
 
-    sim = Simulator(args.link, control, slaves, wire_baud=args.wire_baud,
-                    service_periods=periods, seed=args.seed)
+    sim = Simulator(args.link, control, slaves, wire_baud=args.wire_baud, service_periods=periods, seed=args.seed)
     try:
         sim.start()
     except OSError as exc:

@@ -75,7 +75,7 @@ def parse_request(frame: bytes | bytearray) -> Request:
     if function == FC_WRITE_MULTIPLE:
         address, count = struct.unpack_from(">HH", frame, 2)
         byte_count = frame[6]
-        data = bytes(frame[7:7 + byte_count])
+        data = bytes(frame[7 : 7 + byte_count])
         if byte_count != 2 * count or len(data) != byte_count or count == 0:
             return Request(unit, function, address, count, (), malformed=True)
         values = struct.unpack(f">{count}H", data)

@@ -24,8 +24,9 @@ import sys
 import time
 import tty
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from drivers.sim import rtu
 from drivers.sim.commands import Commands
@@ -85,8 +86,14 @@ class Simulator:
         self.writes: deque[dict[str, Any]] = deque(maxlen=WRITE_LOG_SIZE)
         #: Every read request a slave received: (time received, unit, function, address, count).
         self.reads: deque[tuple[float, int, int, int, int]] = deque(maxlen=READ_LOG_SIZE)
-        self.bus = {"frames_unserved": 0, "crc_errors_unattributed": 0, "partials_dropped": 0,
-                    "replies_lost": 0, "bytes_in": 0, "bytes_out": 0}
+        self.bus = {
+            "frames_unserved": 0,
+            "crc_errors_unattributed": 0,
+            "partials_dropped": 0,
+            "replies_lost": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+        }
         self.master_fd: int | None = None
         #: Bumped on every line-up, so a reply scheduled before a line flap is never sent after it.
         self.line_generation = 0
@@ -316,16 +323,31 @@ class Simulator:
                 slave.stats.exceptions_sent += 1
         self._kick(slave, time.monotonic())
 
-    def _log_write(self, slave: SimSlave, req: rtu.Request, received: float, applied_at: float | None,
-                   *, applied: bool, exception: int | None) -> None:
+    def _log_write(
+        self,
+        slave: SimSlave,
+        req: rtu.Request,
+        received: float,
+        applied_at: float | None,
+        *,
+        applied: bool,
+        exception: int | None,
+    ) -> None:
         if req.function not in rtu.WRITE_FUNCTIONS:
             self.reads.append((received, slave.unit, req.function, req.address, req.count))
             return
-        self.writes.append({
-            "t": received, "t_applied": applied_at, "addr": slave.unit, "fc": req.function,
-            "address": req.address, "values": list(req.values), "applied": applied,
-            "exception": exception,
-        })
+        self.writes.append(
+            {
+                "t": received,
+                "t_applied": applied_at,
+                "addr": slave.unit,
+                "fc": req.function,
+                "address": req.address,
+                "values": list(req.values),
+                "applied": applied,
+                "exception": exception,
+            }
+        )
 
     # --- firmware physics ---
     def _physics(self, when: float) -> None:

@@ -23,10 +23,23 @@ from drivers.sim.client import SimControl
 
 TRAVEL = 3
 # Travel driver registers whose nonzero value energises it (DRV-FW map), by address.
-ENERGISING = {0x01: "M1_ENABLE", 0x02: "M1_COMMAND_SPEED", 0x04: "M1_DIRECTION",
-              0x11: "M2_ENABLE", 0x12: "M2_COMMAND_SPEED", 0x14: "M2_DIRECTION", 0xF0: "HEARTBEAT"}
-OFF_REGISTERS = {0x01: "M1_ENABLE", 0x02: "M1_COMMAND_SPEED", 0x03: "M1_ACTUAL_SPEED",
-                 0x11: "M2_ENABLE", 0x12: "M2_COMMAND_SPEED", 0x13: "M2_ACTUAL_SPEED"}
+ENERGISING = {
+    0x01: "M1_ENABLE",
+    0x02: "M1_COMMAND_SPEED",
+    0x04: "M1_DIRECTION",
+    0x11: "M2_ENABLE",
+    0x12: "M2_COMMAND_SPEED",
+    0x14: "M2_DIRECTION",
+    0xF0: "HEARTBEAT",
+}
+OFF_REGISTERS = {
+    0x01: "M1_ENABLE",
+    0x02: "M1_COMMAND_SPEED",
+    0x03: "M1_ACTUAL_SPEED",
+    0x11: "M2_ENABLE",
+    0x12: "M2_COMMAND_SPEED",
+    0x13: "M2_ACTUAL_SPEED",
+}
 OFF_AFTER_S = 0.3
 
 
@@ -61,8 +74,10 @@ class TrialResult:
 
     def describe(self) -> str:
         late = [(round((t - (self.confirmed_at or 0)) * 1000, 1), n, v) for t, n, v in self.late_frames]
-        return (f"{self.kind} after {self.delay_ms:.0f} ms: confirmed={self.confirmed_at is not None} "
-                f"energising after confirmation (ms, register, value)={late} on {int(OFF_AFTER_S * 1000)} ms later={self.on_after}")
+        return (
+            f"{self.kind} after {self.delay_ms:.0f} ms: confirmed={self.confirmed_at is not None} "
+            f"energising after confirmation (ms, register, value)={late} on {int(OFF_AFTER_S * 1000)} ms later={self.on_after}"
+        )
 
 
 def judge(kind: str, delay_ms: float, control: SimControl, confirmed_at: float | None) -> TrialResult:

@@ -92,7 +92,11 @@ def test_error_shapes(admin: httpx.Client) -> None:
     assert_error(admin.get("/api/v1/commands/01a00000-0000-7000-8000-000000000000"), 404, "COMMAND_NOT_FOUND")
     body = assert_error(admin.get("/api/v1/commands", params={"limit": 0, "state": "bogus"}), 422, "REQUEST_INVALID")
     assert set(body["fields"]) == {"query.limit", "query.state"}
-    r = admin.post("/api/v1/commands", content=b'{"type": "stop",', headers={"Idempotency-Key": "m", "Content-Type": "application/json"})
+    r = admin.post(
+        "/api/v1/commands",
+        content=b'{"type": "stop",',
+        headers={"Idempotency-Key": "m", "Content-Type": "application/json"},
+    )
     assert_error(r, 400, "REQUEST_MALFORMED")
 
 
@@ -106,13 +110,17 @@ def test_validation_errors_never_echo_the_input(agent: Agent) -> None:
 
 def test_oversize_bodies_are_refused(admin: httpx.Client) -> None:
     big = json.dumps({"type": "stop", "params": {"x": "y" * 70_000}}).encode()
-    assert_error(admin.post("/api/v1/commands", content=big, headers={"Idempotency-Key": "big"}), 413, "REQUEST_TOO_LARGE")
+    assert_error(
+        admin.post("/api/v1/commands", content=big, headers={"Idempotency-Key": "big"}), 413, "REQUEST_TOO_LARGE"
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold on the stream itself
         for _ in range(70):
             yield b" " * 1024
 
-    r = admin.post("/api/v1/commands", content=chunks(), headers={"Idempotency-Key": "big2", "Content-Type": "application/json"})
+    r = admin.post(
+        "/api/v1/commands", content=chunks(), headers={"Idempotency-Key": "big2", "Content-Type": "application/json"}
+    )
     assert_error(r, 413, "REQUEST_TOO_LARGE")
 
 
@@ -149,7 +157,9 @@ def test_commands_are_idempotent_by_key(admin: httpx.Client) -> None:
     assert_error(other, 409, "COMMAND_KEY_REUSED")
     body = assert_error(admin.post("/api/v1/commands", json={"type": "stop"}), 422, "REQUEST_INVALID")
     assert body["fields"] == ["header.Idempotency-Key"]
-    assert_error(admin.post("/api/v1/commands", json={"type": "warp"}, headers={"Idempotency-Key": "w"}), 422, "COMMAND_INVALID")
+    assert_error(
+        admin.post("/api/v1/commands", json={"type": "warp"}, headers={"Idempotency-Key": "w"}), 422, "COMMAND_INVALID"
+    )
     assert admin.get(f"/api/v1/commands/{record['id']}").json()["id"] == record["id"]
     assert record["id"] in [c["id"] for c in admin.get("/api/v1/commands").json()]
 
@@ -212,7 +222,11 @@ def test_login_throttle_returns_429_with_retry_after(agent: Agent, admin: httpx.
     agent.add_user("target", "viewer")
     with agent.client() as c:
         for _ in range(5):
-            assert_error(c.post("/api/v1/auth/login", json={"username": "target", "password": "wrong wrong wrong"}), 401, "AUTH_FAILED")
+            assert_error(
+                c.post("/api/v1/auth/login", json={"username": "target", "password": "wrong wrong wrong"}),
+                401,
+                "AUTH_FAILED",
+            )
         r = c.post("/api/v1/auth/login", json={"username": "target", "password": PASSWORD})
         assert_error(r, 429, "AUTH_THROTTLED")
         assert 0 < int(r.headers["retry-after"]) <= 900
@@ -233,7 +247,9 @@ def test_a_parallel_login_burst_gets_only_the_limit_of_password_checks(agent: Ag
     async def burst() -> list[int]:
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
         async with httpx.AsyncClient(base_url=agent.url, transport=transport, timeout=30.0) as c:
-            bodies = [{"username": "burst", "password": "wrong wrong wrong"}] * 49 + [{"username": "burst", "password": PASSWORD}]
+            bodies = [{"username": "burst", "password": "wrong wrong wrong"}] * 49 + [
+                {"username": "burst", "password": PASSWORD}
+            ]
             answers = await asyncio.gather(*(c.post("/api/v1/auth/login", json=b) for b in bodies))
             return [a.status_code for a in answers]
 
@@ -330,7 +346,9 @@ def test_readyz_reports_why(agent: Agent, sim: SimProcess) -> None:
 AGENT_LOGGERS = ("agent", "oht", "uvicorn", "drivers", "fastapi", "starlette", "aiosqlite")
 
 
-def test_no_secret_in_any_log_record_or_audit_row(agent: Agent, admin: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_in_any_log_record_or_audit_row(
+    agent: Agent, admin: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     secrets: list[str] = []
     agent.add_user("sam", "operator", "sam's first password")
@@ -346,7 +364,10 @@ def test_no_secret_in_any_log_record_or_audit_row(agent: Agent, admin: httpx.Cli
         url = agent.url.replace("http://", "ws://") + f"/api/v1/stream?ticket={t}"
         with websockets.sync.client.connect(url, open_timeout=5, proxy=None) as ws:
             ws.recv(timeout=5)
-        r = sam.post("/api/v1/auth/password", json={"current_password": "sam's first password", "new_password": "sam's second password"})
+        r = sam.post(
+            "/api/v1/auth/password",
+            json={"current_password": "sam's first password", "new_password": "sam's second password"},
+        )
         assert r.status_code == 200, r.text
         secrets.append("sam's second password")
     created = admin.post("/api/v1/api-keys", json={"name": "scraper", "role": "viewer"}).json()
@@ -363,4 +384,6 @@ def test_no_secret_in_any_log_record_or_audit_row(agent: Agent, admin: httpx.Cli
     for secret in secrets:
         assert not [t for t in texts if secret in t], f"a secret ({secret[:4]}...) was logged"
         assert secret not in rows
-    assert any("WebSocket" in t and "ticket=<redacted>" in t for t in texts), "the handshake line should be there, redacted"
+    assert any("WebSocket" in t and "ticket=<redacted>" in t for t in texts), (
+        "the handshake line should be there, redacted"
+    )

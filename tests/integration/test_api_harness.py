@@ -84,7 +84,7 @@ class Agent:
         self.loop = loop
         try:
             loop.run_until_complete(self._start())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
             loop.run_until_complete(self._stop())
@@ -149,8 +149,13 @@ class Agent:
             now = utc_now() - timedelta(seconds=seen_ago_s)
             await self.api.db.write(
                 lambda conn: sessions_store.create_in(
-                    conn, user_id=user.id, token_hash=tokens.digest(token), lifetime=timedelta(seconds=lifetime_s),
-                    idle_timeout_s=idle_s, source_ip="127.0.0.1", now=now,
+                    conn,
+                    user_id=user.id,
+                    token_hash=tokens.digest(token),
+                    lifetime=timedelta(seconds=lifetime_s),
+                    idle_timeout_s=idle_s,
+                    source_ip="127.0.0.1",
+                    now=now,
                 )  # fmt: skip
             )
 

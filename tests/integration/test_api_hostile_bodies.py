@@ -39,8 +39,15 @@ def state_changing_paths(agent: Agent, command_id: str) -> list[tuple[str, str]]
         for method in sorted(m.upper() for m in operations):
             if method not in ("POST", "PUT", "PATCH", "DELETE") or path == "/api/v1/estop":
                 continue  # the E-stop is never refused for its body: a stop must not wait on a parser
-            out.append((method, path.replace("{command_id}", command_id).replace("{name}", "tess")
-                        .replace("{key_id}", "k").replace("{username}", "tess")))
+            out.append(
+                (
+                    method,
+                    path.replace("{command_id}", command_id)
+                    .replace("{name}", "tess")
+                    .replace("{key_id}", "k")
+                    .replace("{username}", "tess"),
+                )
+            )
     return out
 
 
@@ -58,8 +65,11 @@ def audit_rows_for(admin: httpx.Client, request_id: str) -> list[dict[str, Any]]
 def test_every_state_changing_route_refuses_hostile_bodies_and_audits_each(agent: Agent) -> None:
     token = agent.login("ada")
     with agent.client(token) as admin:
-        queued = admin.post("/api/v1/commands", headers={"Idempotency-Key": "hostile-target"},
-                            json={"type": "charge_stop", "params": {}, "not_after": "2099-01-01T00:00:00Z"})
+        queued = admin.post(
+            "/api/v1/commands",
+            headers={"Idempotency-Key": "hostile-target"},
+            json={"type": "charge_stop", "params": {}, "not_after": "2099-01-01T00:00:00Z"},
+        )
         assert queued.status_code == 201, queued.text
         command_id = queued.json()["id"]
         routes = state_changing_paths(agent, command_id)
@@ -68,8 +78,12 @@ def test_every_state_changing_route_refuses_hostile_bodies_and_audits_each(agent
         users_before = admin.get("/api/v1/users").json()
         for method, path in routes:
             for name, body in HOSTILE.items():
-                answer = admin.request(method, path, content=body, headers={
-                    "Content-Type": "application/json", "Idempotency-Key": f"hostile-{name}-{path}"})
+                answer = admin.request(
+                    method,
+                    path,
+                    content=body,
+                    headers={"Content-Type": "application/json", "Idempotency-Key": f"hostile-{name}-{path}"},
+                )
                 assert answer.status_code == 400, (method, path, name, answer.status_code, answer.text)
                 assert answer.json()["code"] == "REQUEST_MALFORMED"
                 rows = audit_rows_for(admin, answer.headers["x-request-id"])
@@ -85,5 +99,7 @@ def test_every_state_changing_route_refuses_hostile_bodies_and_audits_each(agent
 
 def test_a_plain_json_body_still_passes(agent: Agent) -> None:
     with agent.client(agent.login("ada")) as admin:
-        answer = admin.post("/api/v1/commands", headers={"Idempotency-Key": "plain"}, json={"type": "stop", "params": {}})
+        answer = admin.post(
+            "/api/v1/commands", headers={"Idempotency-Key": "plain"}, json={"type": "stop", "params": {}}
+        )
     assert answer.status_code == 201, answer.text

@@ -190,14 +190,18 @@ async def test_a_key_acts_with_the_lower_of_its_role_and_its_creators(served: Se
     ada_name, _ = admins
     async with served.client(await served.login(ada_name)) as ada:
         made = await make_key(ada, "strong key")
-    await served.api.db.write(lambda conn: conn.execute("UPDATE users SET role = 'operator' WHERE name = ?", (ada_name,)))
+    await served.api.db.write(
+        lambda conn: conn.execute("UPDATE users SET role = 'operator' WHERE name = ?", (ada_name,))
+    )
     async with served.client(made["key"]) as key:
         assert (await key.get("/api/v1/auth/me")).json()["role"] == "operator"
         r = await key.get("/api/v1/users")
         assert r.status_code == 403 and r.json()["code"] == "PERMISSION_DENIED"
 
 
-async def test_an_admin_sets_their_own_password_only_with_the_current_one(served: Served, admins: tuple[str, str]) -> None:
+async def test_an_admin_sets_their_own_password_only_with_the_current_one(
+    served: Served, admins: tuple[str, str]
+) -> None:
     ada_name, bob_name = admins
     async with served.client(await served.login(ada_name)) as ada:
         for name in (ada_name, ada_name.upper()):
@@ -222,9 +226,13 @@ async def legacy_key(served: Served, name: str, *, made_by: str) -> tuple[keys_s
     prefix, full = tokens.new_api_key()
     record = await served.api.db.write(
         lambda conn: keys_store.create_in(
-            conn, prefix=prefix, key_hash=tokens.digest(full), name=name, role="admin",
-            created_by=parent.label, created_by_key_id=parent.id,
+            conn,
+            prefix=prefix,
+            key_hash=tokens.digest(full),
+            name=name,
+            role="admin",
+            created_by=parent.label,
+            created_by_key_id=parent.id,
         )  # fmt: skip
     )
     return record, full
-

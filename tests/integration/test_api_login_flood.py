@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from drivers.sim.client import SimProcess
 from tests.integration.test_api_harness import Agent, start_agent
 
 
@@ -31,7 +30,9 @@ def test_status_is_answered_while_failed_logins_queue_for_the_hashing_threads(ag
     def flood(n: int) -> None:
         with httpx.Client(base_url=agent.url, timeout=60.0) as c:
             while not stop.is_set():
-                c.post("/api/v1/auth/login", json={"username": f"nobody-{n}", "password": "wrong password, long enough"})
+                c.post(
+                    "/api/v1/auth/login", json={"username": f"nobody-{n}", "password": "wrong password, long enough"}
+                )
                 done.append(time.monotonic())
 
     threads = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(24)]
@@ -52,4 +53,6 @@ def test_status_is_answered_while_failed_logins_queue_for_the_hashing_threads(ag
     assert status.status_code == 200, status.text
     # 24 logins queue for 2 hashing threads (each check tens of ms): with shared slots a status read
     # waited behind several of them; with slots of their own it passes them all.
-    assert logins_meanwhile <= 2, f"{logins_meanwhile} logins finished while one status read waited ({took * 1000:.0f} ms)"
+    assert logins_meanwhile <= 2, (
+        f"{logins_meanwhile} logins finished while one status read waited ({took * 1000:.0f} ms)"
+    )

@@ -122,11 +122,15 @@ TABLE: dict[tuple[str, str], Row] = {
         201,
     ),
     ("GET", "/api/v1/commands"): row(Permission.READ, lambda c, x: c.get("/api/v1/commands", params={"limit": 5})),
-    ("GET", "/api/v1/commands/{command_id}"): row(Permission.READ, lambda c, x: c.get(f"/api/v1/commands/{x.command_id}")),
+    ("GET", "/api/v1/commands/{command_id}"): row(
+        Permission.READ, lambda c, x: c.get(f"/api/v1/commands/{x.command_id}")
+    ),
     ("POST", "/api/v1/commands/{command_id}/cancel"): row(
         Permission.COMMAND, lambda c, x: c.post(f"/api/v1/commands/{x.command_id}/cancel"), 200, 409
     ),
-    ("POST", "/api/v1/estop"): row(Permission.ESTOP, lambda c, x: c.post("/api/v1/estop", json={"reason": "route table"})),
+    ("POST", "/api/v1/estop"): row(
+        Permission.ESTOP, lambda c, x: c.post("/api/v1/estop", json={"reason": "route table"})
+    ),
     ("POST", "/api/v1/reset"): row(Permission.FAULT_RESET, lambda c, x: c.post("/api/v1/reset"), 200, 409),
     ("GET", "/api/v1/users"): row(Permission.USERS, lambda c, x: c.get("/api/v1/users")),
     ("POST", "/api/v1/users"): row(
@@ -237,7 +241,9 @@ def world(agent_and_sim: tuple[Agent, SimProcess]) -> Iterator[World]:
         gone = r.json()
         assert c.delete(f"/api/v1/api-keys/{gone['id']}", headers=headers["admin"]).status_code == 200
         headers["revoked-key"] = {"Authorization": f"Bearer {gone['key']}"}
-        r = c.post("/api/v1/commands", json={"type": "stop"}, headers={**headers["admin"], "Idempotency-Key": "table-seed"})
+        r = c.post(
+            "/api/v1/commands", json={"type": "stop"}, headers={**headers["admin"], "Idempotency-Key": "table-seed"}
+        )
         assert r.status_code == 201, r.text
     world = World(agent, headers, r.json()["id"])
     yield world

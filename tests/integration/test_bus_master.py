@@ -13,12 +13,11 @@ import time
 import pytest
 
 from drivers.modbus.errors import BusError, BusTimeout, ModbusExceptionReply, PortUnavailable, SlaveSetAside
+from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import PollPlan, Priority
-from drivers.modbus.frames import read_request, write_request
 from drivers.sim.client import SimProcess
-
-from tests.conftest import started_master, wait_for
+from tests.conftest import wait_for
 
 POWER, TRAVEL, DOCK, SAFETY = 2, 3, 4, 5
 
@@ -31,7 +30,10 @@ async def test_reads_and_writes_match_ground_truth(sim: SimProcess, master: BusM
     await master.write(TRAVEL, 0x0007, [120, 11, 6])  # PID gains, FC16
     assert sim.control.read(TRAVEL, 0x0007, 4) == [120, 11, 6, 37]
     writes = sim.control.writes(TRAVEL)
-    assert [(w["fc"], w["address"], w["values"]) for w in writes[-2:]] == [(6, 0x000A, [37]), (16, 0x0007, [120, 11, 6])]
+    assert [(w["fc"], w["address"], w["values"]) for w in writes[-2:]] == [
+        (6, 0x000A, [37]),
+        (16, 0x0007, [120, 11, 6]),
+    ]
 
 
 async def test_exception_is_decoded_and_not_retried(sim: SimProcess, master: BusMaster) -> None:
@@ -42,7 +44,9 @@ async def test_exception_is_decoded_and_not_retried(sim: SimProcess, master: Bus
     assert info.value.code == "MODBUS_EXCEPTION_04" and info.value.hint
     after = sim.control.stats()
     key = str(POWER)
-    assert after["slaves"][key]["frames_received"] - before["slaves"][key]["frames_received"] == 1  # exceptions are final
+    assert (
+        after["slaves"][key]["frames_received"] - before["slaves"][key]["frames_received"] == 1
+    )  # exceptions are final
     sim.control.exception(POWER, 0)
     # An unmapped address is refused by the firmware with exception 02.
     with pytest.raises(ModbusExceptionReply) as info:
@@ -183,8 +187,12 @@ async def test_dead_slave_barely_stretches_healthy_polls(sim: SimProcess, master
     now = time.monotonic()
     plans = {}
     for key, slave, interval in (("power", POWER, 0.1), ("travel", TRAVEL, 0.1), ("dock", DOCK, 0.1)):
-        plans[key] = PollPlan(key=f"{key}:fast", request=read_request(slave, 0, 4) if slave != DOCK else read_request(slave, 0x30, 3),
-                              interval_s=interval, phase_s=0.01 * len(plans))
+        plans[key] = PollPlan(
+            key=f"{key}:fast",
+            request=read_request(slave, 0, 4) if slave != DOCK else read_request(slave, 0x30, 3),
+            interval_s=interval,
+            phase_s=0.01 * len(plans),
+        )
         master.schedule.add(plans[key], now)
     sim.control.silence(DOCK, True)
     assert await wait_for(lambda: not master.is_online(DOCK), 3.0)
@@ -203,8 +211,12 @@ async def test_safety_polls_are_phase_locked_to_the_service_tick(sim: SimProcess
     """SAFE-FW answers only every 100 ms; aligned polls hold the bus for a few ms, not up to 100."""
     results: list[float] = []
     plan = PollPlan(
-        key="safety:fast", request=read_request(SAFETY, 0, 6), interval_s=0.05, priority=Priority.SAFETY,
-        service_period_s=0.1, on_result=lambda regs, at: results.append(at),
+        key="safety:fast",
+        request=read_request(SAFETY, 0, 6),
+        interval_s=0.05,
+        priority=Priority.SAFETY,
+        service_period_s=0.1,
+        on_result=lambda regs, at: results.append(at),
     )
     master.schedule.add(plan, time.monotonic())
     await asyncio.sleep(3.0)
@@ -224,7 +236,10 @@ async def test_polls_answered_a_tick_late_are_counted(sim: SimProcess, master: B
     """The module's tick stops matching the 100 ms grid the polls are locked to (its period is
     170 ms now): polls that reach it too late for a tick are answered one tick later, counted."""
     plan = PollPlan(
-        key="safety:fast", request=read_request(SAFETY, 0, 6), interval_s=0.05, priority=Priority.SAFETY,
+        key="safety:fast",
+        request=read_request(SAFETY, 0, 6),
+        interval_s=0.05,
+        priority=Priority.SAFETY,
         service_period_s=0.1,
     )
     master.schedule.add(plan, time.monotonic())
@@ -314,7 +329,9 @@ async def test_no_exception_escapes_the_bus_task_under_every_fault(sim: SimProce
     sim.control.wrong_address(POWER, reply_as=TRAVEL, rate=0.3)
     calls = [master.read(s, 0x0100, 10) for s in (POWER, TRAVEL, DOCK) for _ in range(15)]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(o, (tuple, BusError)) for o in outcomes), [o for o in outcomes if not isinstance(o, (tuple, BusError))]
+    assert all(isinstance(o, (tuple, BusError)) for o in outcomes), [
+        o for o in outcomes if not isinstance(o, (tuple, BusError))
+    ]
     sim.control.line(False)
     await asyncio.sleep(0.2)
     sim.control.line(True)

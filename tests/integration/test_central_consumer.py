@@ -106,9 +106,7 @@ def device_keys(tmp_path: Path) -> DeviceKeys:
 
 @pytest.fixture
 async def consumers(broker: Broker, tmp_path: Path, device_keys: DeviceKeys):  # type: ignore[no-untyped-def]
-    pair = [
-        Consumer(broker.settings(), tmp_path / "central.db", name=f"c{i}", device_keys=device_keys) for i in (1, 2)
-    ]
+    pair = [Consumer(broker.settings(), tmp_path / "central.db", name=f"c{i}", device_keys=device_keys) for i in (1, 2)]
     tasks = []
     for c in pair:
         await c.start()
@@ -370,7 +368,9 @@ async def test_a_robot_without_a_pinned_key_is_refused_until_its_key_is_added(
     assert stored(db, "results") == [1, 2, 3]
 
 
-def test_help_describes_device_keys_and_a_bad_keys_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_describes_device_keys_and_a_bad_keys_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0

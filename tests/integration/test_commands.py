@@ -10,7 +10,6 @@ import pytest
 
 from agent.store.errors import CommandInvalid, CommandKeyConflict
 from drivers.sim.client import SimProcess
-
 from tests.conftest import wait_for
 from tests.integration.test_safety import M1_ACCEL, TRAVEL, outputs, start_moving, terminal
 
@@ -18,7 +17,9 @@ POWER, SAFETY, DOCK = 2, 5, 4
 
 
 async def submit(rt, key: str, type_: str, params: dict, **kw):  # type: ignore[no-untyped-def]
-    return await rt.controller.submit_command(source="api", idempotency_key=key, type=type_, params=params, user="tester", **kw)
+    return await rt.controller.submit_command(
+        source="api", idempotency_key=key, type=type_, params=params, user="tester", **kw
+    )
 
 
 async def test_move_by_distance_reaches_its_bound_and_stops_confirmed(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -53,9 +54,12 @@ async def test_repeated_key_returns_the_first_record_and_runs_once(sim: SimProce
 
 async def test_invalid_parameters_are_refused_before_storing(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
-    for type_, params in (("move", {"direction": "up", "speed_pct": 10, "duration_ms": 500}),
-                          ("move", {"direction": "forward", "speed_pct": 10}),
-                          ("teleport", {}), ("hoist", {"position_cm": 999})):
+    for type_, params in (
+        ("move", {"direction": "up", "speed_pct": 10, "duration_ms": 500}),
+        ("move", {"direction": "forward", "speed_pct": 10}),
+        ("teleport", {}),
+        ("hoist", {"position_cm": 999}),
+    ):
         with pytest.raises(CommandInvalid):
             await submit(rt, f"bad-{type_}", type_, params)
     assert await rt.controller.list_commands() == []
@@ -63,8 +67,10 @@ async def test_invalid_parameters_are_refused_before_storing(sim: SimProcess, ag
 
 async def test_expired_command_never_runs(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
-    res = await submit(rt, "late", "register_write", {"role": "power", "register": "USE_V_THS", "value": 3.0}, not_after=past)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    res = await submit(
+        rt, "late", "register_write", {"role": "power", "register": "USE_V_THS", "value": 3.0}, not_after=past
+    )
     record = await terminal(rt, res.record.id)
     assert record.state == "expired"
     assert not [w for w in sim.control.writes(POWER) if w["address"] == 0x004D]
@@ -76,8 +82,17 @@ async def test_priority_then_arrival_order(sim: SimProcess, agent_factory) -> No
     await start_moving(rt, sim, duration_ms=800)
     ids = []
     for i, prio in enumerate((3, 9, 3, 9)):
-        ids.append((await submit(rt, f"o{i}", "register_write", {"role": "power", "register": "USE_V_THS", "value": 4 + i},
-                                 priority=prio)).record.id)
+        ids.append(
+            (
+                await submit(
+                    rt,
+                    f"o{i}",
+                    "register_write",
+                    {"role": "power", "register": "USE_V_THS", "value": 4 + i},
+                    priority=prio,
+                )
+            ).record.id
+        )
     for cid in ids:
         await terminal(rt, cid, 10.0)
     written = [w["values"][0] for w in sim.control.writes(POWER) if w["address"] == 0x004D]
@@ -122,8 +137,14 @@ async def test_register_write_is_checked_against_the_profile(sim: SimProcess, ag
         record = await terminal(rt, (await submit(rt, f"rw{i}", "register_write", params)).record.id)
         assert record.state == "failed" and record.error_code == code, record
     assert len(sim.control.writes(None)) == before  # nothing refused reached the bus
-    ok = await terminal(rt, (await submit(rt, "rw-ok", "register_write",
-                                          {"role": "travel", "register": "M1_MAX_ACCELERATION", "value": 20})).record.id)
+    ok = await terminal(
+        rt,
+        (
+            await submit(
+                rt, "rw-ok", "register_write", {"role": "travel", "register": "M1_MAX_ACCELERATION", "value": 20}
+            )
+        ).record.id,
+    )
     assert ok.state == "succeeded" and ok.result["readback"] == {"M1_MAX_ACCELERATION": 20}
     assert sim.control.registers(TRAVEL)[M1_ACCEL] == 20
 
@@ -134,7 +155,9 @@ async def test_module_reset_and_charge_commands(sim: SimProcess, agent_factory) 
     reset = await terminal(rt, (await submit(rt, "mr", "module_reset", {"role": "travel"})).record.id)
     assert reset.state == "succeeded" and reset.result["readback"]["DEVICE_ID"] == TRAVEL
     assert sim.control.registers(TRAVEL)[M1_ACCEL] == 5  # the driver re-initialised to its defaults
-    start = await terminal(rt, (await submit(rt, "cs", "charge_start", {"voltage_v": 25.2, "current_a": 4.0})).record.id)
+    start = await terminal(
+        rt, (await submit(rt, "cs", "charge_start", {"voltage_v": 25.2, "current_a": 4.0})).record.id
+    )
     assert start.state == "succeeded" and start.result["readback"]["CHARGE_REQUEST"] == 1
     assert start.result["readback"]["I_SET"] == 4.0
     stop = await terminal(rt, (await submit(rt, "ce", "charge_stop", {})).record.id)
@@ -144,8 +167,13 @@ async def test_module_reset_and_charge_commands(sim: SimProcess, agent_factory) 
 async def test_commands_refused_in_estop_with_the_reason(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     await rt.controller.estop(source="api", user="op")
-    for i, (type_, params) in enumerate((("move", {"direction": "forward", "speed_pct": 10, "duration_ms": 500}),
-                                         ("hoist", {"position_cm": 50}), ("charge_start", {}))):
+    for i, (type_, params) in enumerate(
+        (
+            ("move", {"direction": "forward", "speed_pct": 10, "duration_ms": 500}),
+            ("hoist", {"position_cm": 50}),
+            ("charge_start", {}),
+        )
+    ):
         record = await terminal(rt, (await submit(rt, f"e{i}", type_, params)).record.id)
         assert record.state == "failed" and record.error_code == "STATE_COMMAND_NOT_ALLOWED", record
     assert outputs(sim)["M1_ENABLE"] == 0
@@ -160,8 +188,12 @@ async def test_motion_window_stops_a_stalled_executor(sim: SimProcess, agent_fac
     # that the motion command's window passed unrefreshed and stop the carriage by itself.
     monkeypatch.setattr(executor_module, "LOOP_S", 3.0)
     assert await wait_for(lambda: outputs(sim)["M1_ENABLE"] == 0 and outputs(sim)["M1_ACTUAL"] == 0, 1.5)
-    assert await wait_for(lambda: "motion window expired" in rt.controller.stop_path.last.reason
-                          and rt.controller.stop_path.last.confirmed, 1.0)
+    assert await wait_for(
+        lambda: (
+            "motion window expired" in rt.controller.stop_path.last.reason and rt.controller.stop_path.last.confirmed
+        ),
+        1.0,
+    )
 
 
 async def test_a_flood_of_stop_commands_does_not_starve_the_safety_polls(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]

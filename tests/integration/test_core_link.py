@@ -22,7 +22,9 @@ def short_socket() -> Path:
     return Path(tempfile.mkdtemp(prefix="oht-link-")) / "core.sock"
 
 
-async def test_a_peer_whose_uid_is_not_allowed_is_refused_before_it_is_heard(sim: SimProcess, agent_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_peer_whose_uid_is_not_allowed_is_refused_before_it_is_heard(
+    sim: SimProcess, agent_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     path = short_socket()
     strict = CoreServer(rt.controller, path, allowed_uids={os.getuid() + 4242})
@@ -64,7 +66,9 @@ async def test_the_client_reads_the_view_and_changes_go_through_the_core(sim: Si
         assert getattr(refused.value, "code", "") == "COMMAND_NOT_FOUND"
 
 
-async def test_while_the_core_is_away_the_client_says_so_and_comes_back_by_itself(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_while_the_core_is_away_the_client_says_so_and_comes_back_by_itself(
+    sim: SimProcess, agent_factory
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     async with gateway_for(rt) as gw:
         client = gw.client
@@ -76,7 +80,9 @@ async def test_while_the_core_is_away_the_client_says_so_and_comes_back_by_itsel
         assert away.value.hint
         await rt.link.start()
         assert await wait_for(lambda: client.connected.is_set() and client.ready()[0], 5.0), client.ready()
-        record = (await client.submit_command(source="api", idempotency_key="k", type="stop", params={}, user="t")).record
+        record = (
+            await client.submit_command(source="api", idempotency_key="k", type="stop", params={}, user="t")
+        ).record
         assert (await client.get_command(record.id)).id == record.id  # read from the database, not the core
 
 
@@ -89,14 +95,23 @@ async def test_the_estop_early_path_stops_from_a_known_credential_only(sim: SimP
     rt = await agent_factory(sim.link)
     async with gateway_for(rt) as gw:
         app = gw.api.app
-        await app.state.api.auth.create_user(cli_principal("test"), "vic", "viewer", "a long enough password", CallContext())
+        await app.state.api.auth.create_user(
+            cli_principal("test"), "vic", "viewer", "a long enough password", CallContext()
+        )
         async with httpx.AsyncClient(base_url=gw.api.url) as http:
-            token = (await http.post("/api/v1/auth/login", json={"username": "vic", "password": "a long enough password"})).json()["token"]
+            token = (
+                await http.post("/api/v1/auth/login", json={"username": "vic", "password": "a long enough password"})
+            ).json()["token"]
             assert (await http.get("/api/v1/status", headers={"Authorization": f"Bearer {token}"})).status_code == 200
         hook = early_estop_hook(app)
 
         def head(path: str, credential: str) -> dict[str, object]:
-            return {"type": "http", "method": "POST", "path": path, "headers": [(b"authorization", f"Bearer {credential}".encode())]}
+            return {
+                "type": "http",
+                "method": "POST",
+                "path": path,
+                "headers": [(b"authorization", f"Bearer {credential}".encode())],
+            }
 
         hook(head("/api/v1/estop", "not-a-session-token"))
         hook(head("/api/v1/reset", token))  # only the E-stop has an early path

@@ -24,7 +24,6 @@ from agent.sync.downlink import ACTOR, SOURCE, Downlink
 from agent.sync.identity import PinnedKey
 from agent.sync.replay import CommandRules
 from drivers.sim.client import SimProcess
-
 from tests.conftest import wait_for
 
 AGENT = "oht-test"  # the agent id of tests/conftest.py's configuration
@@ -36,16 +35,30 @@ WRITE = {"role": "power", "register": "USE_V_THS", "value": 1.5}
 
 
 def stamp(offset_s: float = 0.0) -> str:
-    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=offset_s)
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_s)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def signed(command_id: str, type_: str = "register_write", params: dict[str, Any] | None = None, *,
-           not_after: float = 60.0, issued_at: float = 0.0, agent: str | None = AGENT,
-           key: Ed25519PrivateKey = CENTRAL) -> bytes:
+def signed(
+    command_id: str,
+    type_: str = "register_write",
+    params: dict[str, Any] | None = None,
+    *,
+    not_after: float = 60.0,
+    issued_at: float = 0.0,
+    agent: str | None = AGENT,
+    key: Ed25519PrivateKey = CENTRAL,
+) -> bytes:
     """A command as the centre publishes it: canonical JSON, signed."""
-    command = envelope.make_command(command_id=command_id, type=type_, params=WRITE if params is None else params,
-                                    not_after=stamp(not_after), issued_at=stamp(issued_at), sign=key.sign, agent=agent)
+    command = envelope.make_command(
+        command_id=command_id,
+        type=type_,
+        params=WRITE if params is None else params,
+        not_after=stamp(not_after),
+        issued_at=stamp(issued_at),
+        sign=key.sign,
+        agent=agent,
+    )
     return envelope.encode_command(command)
 
 
@@ -92,14 +105,20 @@ async def linked(sim: SimProcess, agent_factory) -> AsyncIterator[tuple[Any, Dat
 
 
 async def test_a_command_runs_once_its_receipt_and_result_are_on_results_and_a_repeat_adds_nothing(
-    linked, sim: SimProcess,  # type: ignore[no-untyped-def]
+    linked,
+    sim: SimProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     rt, db, client, downlink = linked
     message = signed("c-run-1")
     await downlink.handle(message)
-    done = await eventually(lambda: receipts(db, "c-run-1"), lambda rs: any(r.kind == "command_result" for r in rs), 5.0)
-    assert [(r.kind, r.payload["state"]) for r in done] == [("command", "queued"), ("command", "running"),
-                                                            ("command_result", "succeeded")], done
+    done = await eventually(
+        lambda: receipts(db, "c-run-1"), lambda rs: any(r.kind == "command_result" for r in rs), 5.0
+    )
+    assert [(r.kind, r.payload["state"]) for r in done] == [
+        ("command", "queued"),
+        ("command", "running"),
+        ("command_result", "succeeded"),
+    ], done
     assert all(r.payload["source"] == "upstream" and r.payload["type"] == "register_write" for r in done)
     seqs = [r.seq for r in done]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
@@ -130,7 +149,9 @@ async def test_a_command_runs_once_its_receipt_and_result_are_on_results_and_a_r
     assert not waiting.done() and await receipts(db, "c-while-away") == []
     await rt.link.start()
     await asyncio.wait_for(waiting, 6.0)
-    after = await eventually(lambda: receipts(db, "c-while-away"), lambda rs: any(r.kind == "command_result" for r in rs), 5.0)
+    after = await eventually(
+        lambda: receipts(db, "c-while-away"), lambda rs: any(r.kind == "command_result" for r in rs), 5.0
+    )
     assert after[0].payload["state"] == "queued" and after[-1].payload["state"] == "succeeded", after
     assert downlink.stats().accepted == 2
 
@@ -164,12 +185,20 @@ async def test_refused_commands_get_one_receipt_each_with_their_code_and_never_r
     for command_id, (_, state, code) in cases.items():
         [receipt] = await receipts(db, command_id)
         assert receipt.kind == "command_result", receipt
-        assert (receipt.payload["state"], receipt.payload["error_code"], receipt.payload["source"]) == (state, code, "upstream")
+        assert (receipt.payload["state"], receipt.payload["error_code"], receipt.payload["source"]) == (
+            state,
+            code,
+            "upstream",
+        )
         assert await stored(db, command_id) is None
     audit = {a.request_id: (a.result, a.code) for a in await Audit(db).list(0, 1000)}
-    assert audit == {"c-expired": ("error", "UPSTREAM_EXPIRED"), "c-forged": ("denied", "UPSTREAM_SIGNATURE_INVALID"),
-                     "c-old": ("denied", "UPSTREAM_STALE"), "c-ahead": ("denied", "UPSTREAM_STALE"),
-                     "c-other": ("denied", "UPSTREAM_WRONG_AGENT")}
+    assert audit == {
+        "c-expired": ("error", "UPSTREAM_EXPIRED"),
+        "c-forged": ("denied", "UPSTREAM_SIGNATURE_INVALID"),
+        "c-old": ("denied", "UPSTREAM_STALE"),
+        "c-ahead": ("denied", "UPSTREAM_STALE"),
+        "c-other": ("denied", "UPSTREAM_WRONG_AGENT"),
+    }
     # A refused command is not stored: the same message again is judged again, and refused again.
     await downlink.handle(cases["c-forged"][0])
     assert len(await receipts(db, "c-forged")) == 2

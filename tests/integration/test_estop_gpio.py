@@ -6,10 +6,9 @@ import asyncio
 import time
 
 from drivers.sim.client import SimProcess
-
 from tests.conftest import wait_for
 
-GPIO = "[estop_gpio]\nenabled = true\nchip = \"/dev/no-such-gpiochip\"\nlines = [48, 49]\ndiscrepancy_ms = 50\n"
+GPIO = '[estop_gpio]\nenabled = true\nchip = "/dev/no-such-gpiochip"\nlines = [48, 49]\ndiscrepancy_ms = 50\n'
 
 
 async def test_unreadable_input_holds_the_estop(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -61,6 +60,11 @@ def test_gpiod_glue_builds_real_line_settings() -> None:
     import gpiod
     from gpiod.line import Bias, Direction, Edge
 
-    settings = gpiod.LineSettings(direction=Direction.INPUT, edge_detection=Edge.BOTH, bias=Bias.PULL_UP,
-                                  active_low=True, debounce_period=dt.timedelta(milliseconds=10))
+    settings = gpiod.LineSettings(
+        direction=Direction.INPUT,
+        edge_detection=Edge.BOTH,
+        bias=Bias.PULL_UP,
+        active_low=True,
+        debounce_period=dt.timedelta(milliseconds=10),
+    )
     assert settings.active_low and settings.edge_detection == Edge.BOTH

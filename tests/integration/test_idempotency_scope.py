@@ -53,5 +53,7 @@ def test_the_same_key_from_two_operators_makes_two_commands(agent: Agent) -> Non
         # A different body under one's own key is still refused.
         reused = submit(otis, {"type": "pause"})
         assert reused.status_code == 409 and reused.json()["code"] == "COMMAND_KEY_REUSED"
-        listed = [c["id"] for c in oona.get("/api/v1/commands").json() if c["idempotency_key"] == KEY["Idempotency-Key"]]
+        listed = [
+            c["id"] for c in oona.get("/api/v1/commands").json() if c["idempotency_key"] == KEY["Idempotency-Key"]
+        ]
         assert sorted(listed) == sorted([mine["id"], theirs["id"]])

@@ -42,9 +42,13 @@ async def test_a_stalled_carriage_is_stopped_with_travel_stalled(sim: SimProcess
     rt = await agent_factory(sim.link)
     sim.control.set(TRAVEL, M1_MAX_SPEED, 0)  # jammed: speed is commanded, nothing moves
     started = time.monotonic()
-    submitted = await rt.controller.submit_command(source="cli", idempotency_key="stall", type="move",
-                                                   params={"direction": "forward", "speed_pct": 40, "duration_ms": 20000},
-                                                   user="t")
+    submitted = await rt.controller.submit_command(
+        source="cli",
+        idempotency_key="stall",
+        type="move",
+        params={"direction": "forward", "speed_pct": 40, "duration_ms": 20000},
+        user="t",
+    )
     record = await _finished(rt, submitted.record.id, 10.0)
     assert record.state == "failed" and record.error_code == "TRAVEL_STALLED", record
     assert time.monotonic() - started < 6.0, "the stall went unnoticed for most of the move"
@@ -66,9 +70,13 @@ async def test_a_slow_move_ends_at_its_time_bound(sim: SimProcess, agent_factory
     # it progresses all the time (1 cm every 0.2 s), so only the time bound can end it.
     sim.control.set(TRAVEL, M1_MAX_SPEED, 10)
     started = time.monotonic()
-    submitted = await rt.controller.submit_command(source="cli", idempotency_key="slow", type="move",
-                                                   params={"direction": "forward", "speed_pct": 100, "distance_cm": 20},
-                                                   user="t")
+    submitted = await rt.controller.submit_command(
+        source="cli",
+        idempotency_key="slow",
+        type="move",
+        params={"direction": "forward", "speed_pct": 100, "distance_cm": 20},
+        user="t",
+    )
     record = await _finished(rt, submitted.record.id, 10.0)
     assert record.state == "failed" and record.error_code == "MOTION_TIME_EXCEEDED", record
     assert record.result["time_bound_s"] < 1.5
@@ -79,13 +87,29 @@ async def test_a_slow_move_ends_at_its_time_bound(sim: SimProcess, agent_factory
 async def test_motion_commands_get_a_default_deadline_and_expire_in_the_queue(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link, extra="[motion]\ncommand_ttl_s = 1.0\nmax_command_ttl_s = 5.0\n")
     c = rt.controller
-    before = dt.datetime.now(dt.timezone.utc)
-    first = await c.submit_command(source="cli", idempotency_key="long", type="move",
-                                   params={"direction": "forward", "speed_pct": 20, "duration_ms": 2500}, user="t")
-    second = await c.submit_command(source="cli", idempotency_key="queued", type="move",
-                                    params={"direction": "reverse", "speed_pct": 20, "duration_ms": 500}, user="t")
-    far = await c.submit_command(source="cli", idempotency_key="far", type="hoist", params={"position_cm": 0}, user="t",
-                                 not_after=before + dt.timedelta(hours=5))
+    before = dt.datetime.now(dt.UTC)
+    first = await c.submit_command(
+        source="cli",
+        idempotency_key="long",
+        type="move",
+        params={"direction": "forward", "speed_pct": 20, "duration_ms": 2500},
+        user="t",
+    )
+    second = await c.submit_command(
+        source="cli",
+        idempotency_key="queued",
+        type="move",
+        params={"direction": "reverse", "speed_pct": 20, "duration_ms": 500},
+        user="t",
+    )
+    far = await c.submit_command(
+        source="cli",
+        idempotency_key="far",
+        type="hoist",
+        params={"position_cm": 0},
+        user="t",
+        not_after=before + dt.timedelta(hours=5),
+    )
     assert second.record.not_after is not None
     deadline = dt.datetime.fromisoformat(second.record.not_after.replace("Z", "+00:00"))
     assert dt.timedelta(seconds=0.5) < deadline - before < dt.timedelta(seconds=2)

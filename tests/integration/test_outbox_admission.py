@@ -20,10 +20,9 @@ from agent.store.streams import StreamClass
 from agent.sync.downlink import Downlink
 from drivers.errors import CodedError
 from drivers.sim.client import SimProcess
-
 from tests.conftest import gateway_for
-from tests.integration.test_safety import terminal
 from tests.integration.test_downlink import CENTRAL_KEY, RULES, receipts, signed
+from tests.integration.test_safety import terminal
 
 QUOTA = 4 * 1024 * 1024
 UPSTREAM = f"[upstream]\ncritical_quota_bytes = {QUOTA}\n"
@@ -33,7 +32,9 @@ WRITE = {"role": "power", "register": "USE_V_THS", "value": 1.5}
 
 
 async def submit(rt, key: str, type_: str, params: dict[str, Any]):  # type: ignore[no-untyped-def]
-    return await rt.controller.submit_command(source="api", idempotency_key=key, type=type_, params=params, user="tester")
+    return await rt.controller.submit_command(
+        source="api", idempotency_key=key, type=type_, params=params, user="tester"
+    )
 
 
 async def test_a_full_outbox_refuses_new_commands_but_takes_stops_and_repeats(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -59,14 +60,21 @@ async def test_a_full_outbox_refuses_new_commands_but_takes_stops_and_repeats(si
         api = gw.api.app.state.api
         await api.auth.create_user(cli_principal("test"), "olga", "operator", PASSWORD, CallContext())
         async with httpx.AsyncClient(base_url=gw.api.url, timeout=10.0) as http:
-            token = (await http.post("/api/v1/auth/login", json={"username": "olga", "password": PASSWORD})).json()["token"]
+            token = (await http.post("/api/v1/auth/login", json={"username": "olga", "password": PASSWORD})).json()[
+                "token"
+            ]
             auth = {"Authorization": f"Bearer {token}"}
-            answer = await http.post("/api/v1/commands", json={"type": "move", "params": MOVE},
-                                     headers={**auth, "Idempotency-Key": "http-move"})
+            answer = await http.post(
+                "/api/v1/commands",
+                json={"type": "move", "params": MOVE},
+                headers={**auth, "Idempotency-Key": "http-move"},
+            )
             assert answer.status_code == 503, answer.text
             body = answer.json()
             assert body["code"] == "OUTBOX_FULL" and "acknowledges" in body["hint"]
-            stop = await http.post("/api/v1/commands", json={"type": "stop"}, headers={**auth, "Idempotency-Key": "http-stop"})
+            stop = await http.post(
+                "/api/v1/commands", json={"type": "stop"}, headers={**auth, "Idempotency-Key": "http-stop"}
+            )
             assert stop.status_code == 201, stop.text
 
         assert gw.db is not None and gw.client is not None

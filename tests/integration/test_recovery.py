@@ -15,7 +15,6 @@ import pytest
 from drivers.modbus.frames import read_request
 from drivers.modbus.schedule import PollPlan
 from drivers.sim.client import SimProcess
-
 from tests.conftest import wait_for
 
 CYCLES = 4  # in make test; `-m slow` runs 30
@@ -27,8 +26,10 @@ def keep_the_bus_busy(rt) -> None:  # type: ignore[no-untyped-def]
     """Extra reads of the power and dock modules back to back: the bus never has an idle gap."""
     now = time.monotonic()
     for i, (slave, start, count) in enumerate([(2, 0, 10), (4, 0x30, 6)]):
-        rt.master.schedule.add(PollPlan(key=f"load{i}", request=read_request(slave, start, count),
-                                        interval_s=0.005, phase_s=0.001 * i), now)
+        rt.master.schedule.add(
+            PollPlan(key=f"load{i}", request=read_request(slave, start, count), interval_s=0.005, phase_s=0.001 * i),
+            now,
+        )
 
 
 def last_reply(rt, role: str) -> float:  # type: ignore[no-untyped-def]
@@ -36,13 +37,17 @@ def last_reply(rt, role: str) -> float:  # type: ignore[no-untyped-def]
     return max((r.at for r in readings.values()), default=float("-inf"))
 
 
-async def test_every_module_polls_again_within_two_seconds_of_the_line_returning(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_every_module_polls_again_within_two_seconds_of_the_line_returning(
+    sim: SimProcess, agent_factory
+) -> None:  # type: ignore[no-untyped-def]
     await silence_and_return(sim, agent_factory, CYCLES, seed=5)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-async def test_every_module_polls_again_within_two_seconds_of_the_line_returning_long(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_every_module_polls_again_within_two_seconds_of_the_line_returning_long(
+    sim: SimProcess, agent_factory
+) -> None:  # type: ignore[no-untyped-def]
     await silence_and_return(sim, agent_factory, 30, seed=6)
 
 

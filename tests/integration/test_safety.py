@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from drivers.sim.client import SimProcess
-
 from tests.conftest import wait_for
 
 TRAVEL, SAFETY = 3, 5
@@ -27,15 +26,25 @@ async def terminal(rt, command_id: str, timeout: float = 5.0):  # type: ignore[n
 
 def outputs(sim: SimProcess) -> dict[str, int]:
     regs = sim.control.registers(TRAVEL)
-    return {"M1_ENABLE": regs[M1_ENABLE], "M1_SPEED": regs[M1_SPEED], "M1_ACTUAL": regs[M1_ACTUAL],
-            "M2_ENABLE": regs[M2_ENABLE], "M2_SPEED": regs[M2_SPEED], "M2_ACTUAL": regs[M2_ACTUAL]}
+    return {
+        "M1_ENABLE": regs[M1_ENABLE],
+        "M1_SPEED": regs[M1_SPEED],
+        "M1_ACTUAL": regs[M1_ACTUAL],
+        "M2_ENABLE": regs[M2_ENABLE],
+        "M2_SPEED": regs[M2_SPEED],
+        "M2_ACTUAL": regs[M2_ACTUAL],
+    }
 
 
 async def start_moving(rt, sim: SimProcess, key: str = "mv", duration_ms: int = 8000) -> str:  # type: ignore[no-untyped-def]
     sim.control.set(TRAVEL, M1_ACCEL, 100)  # ramp fast so the test does not wait on 5 %/s
-    res = await rt.controller.submit_command(source="api", idempotency_key=key, type="move",
-                                             params={"direction": "forward", "speed_pct": 40, "duration_ms": duration_ms},
-                                             user="tester")
+    res = await rt.controller.submit_command(
+        source="api",
+        idempotency_key=key,
+        type="move",
+        params={"direction": "forward", "speed_pct": 40, "duration_ms": duration_ms},
+        user="tester",
+    )
     assert await wait_for(lambda: sim.control.registers(TRAVEL)[M1_ACTUAL] > 5, 5.0), "the carriage never moved"
     assert rt.controller.sm.state.value == "MOVE"
     return res.record.id
@@ -71,7 +80,9 @@ async def test_safety_module_silent_stop_confirmed_within_budget(sim: SimProcess
     silenced = time.monotonic()
     sim.control.silence(SAFETY, True)
     assert await wait_for(lambda: rt.controller.supervisor.verdict.has("SAFETY_LINK_LOST"), 2.0)
-    assert await wait_for(lambda: (rt.controller.stop_path.last.confirmed and rt.controller.stop_path.last.requested_at > silenced), 2.0)
+    assert await wait_for(
+        lambda: rt.controller.stop_path.last.confirmed and rt.controller.stop_path.last.requested_at > silenced, 2.0
+    )
     last = rt.controller.stop_path.last
     took = last.confirmed_at - silenced
     # Budget: 250 ms since the last good reply plus the stop itself. The p99 against that target is
@@ -89,7 +100,9 @@ async def test_reset_refused_while_estop_held_then_accepted(sim: SimProcess, age
     sim.control.clear_writes()
     result = await rt.controller.reset(user="tech")
     assert "ESTOP_PRESSED" in result.remaining and result.state == "ESTOP"
-    assert not [w for w in sim.control.writes(SAFETY) if w["address"] == RESET_FLAG], "latch released while the E-stop was held"
+    assert not [w for w in sim.control.writes(SAFETY) if w["address"] == RESET_FLAG], (
+        "latch released while the E-stop was held"
+    )
     sim.control.estop(False)
     await asyncio.sleep(0.4)  # released for longer than 50 ms, and a fresh status read
     result = await rt.controller.reset(user="tech")
@@ -118,15 +131,23 @@ async def test_motion_refused_in_estop_and_after_line_loss_until_reset(sim: SimP
     back = time.monotonic()
 
     def resumed() -> bool:
-        return all(any(r.at > back for r in rt.pollers[role].snapshot.readings.values()) for role in ("safety", "travel", "power"))
+        return all(
+            any(r.at > back for r in rt.pollers[role].snapshot.readings.values())
+            for role in ("safety", "travel", "power")
+        )
 
     # Telemetry resumes by itself (within 2 s of the line returning)...
     assert await wait_for(resumed, 2.0), "polling did not resume within 2 s"
     await asyncio.sleep(0.3)  # and keeps coming
     # ...motion does not.
     assert rt.controller.sm.state.value == "FAULT"
-    res = await rt.controller.submit_command(source="api", idempotency_key="after-loss", type="move",
-                                             params={"direction": "forward", "speed_pct": 20, "duration_ms": 500}, user="t")
+    res = await rt.controller.submit_command(
+        source="api",
+        idempotency_key="after-loss",
+        type="move",
+        params={"direction": "forward", "speed_pct": 20, "duration_ms": 500},
+        user="t",
+    )
     record = await terminal(rt, res.record.id)
     assert record.state == "failed" and record.error_code.startswith("STATE_"), record
     assert outputs(sim)["M1_ENABLE"] == 0
@@ -152,8 +173,11 @@ async def test_never_the_old_0x0014_register(sim: SimProcess, agent_factory) -> 
     rt = await agent_factory(sim.link)
     await start_moving(rt, sim)
     await rt.controller.estop(source="api", user="op", reason="")
-    assert not [w for w in sim.control.writes(TRAVEL) if w["address"] <= 0x0014 < w["address"] + len(w["values"])
-                and w["address"] != 0x0011]
+    assert not [
+        w
+        for w in sim.control.writes(TRAVEL)
+        if w["address"] <= 0x0014 < w["address"] + len(w["values"]) and w["address"] != 0x0011
+    ]
 
 
 async def test_an_urgent_stop_never_waits_behind_a_routine_one(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -172,7 +196,6 @@ async def test_an_urgent_stop_never_waits_behind_a_routine_one(sim: SimProcess, 
     assert path.request("stop command", routine=True) is urgent
     again = path.request("E-stop by test")
     assert again is not urgent and (await again).confirmed
-
 
 
 async def test_slow_safety_reads_never_take_the_status_polls_ticks(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -224,11 +247,17 @@ async def test_obstacle_in_the_first_seconds_after_start_stops_the_move(sim: Sim
     placed = time.monotonic()
     sim.control.obstacle(1, 20)
     assert await wait_for(lambda: rt.controller.supervisor.verdict.has("OBSTACLE_EMERGENCY"), 2.0), (
-        rt.controller.supervisor.verdict.as_dict())
-    assert await wait_for(lambda: any(w["address"] == M1_ENABLE and w["values"][0] == 0
-                                      for w in sim.control.writes(TRAVEL, since=placed)), 2.0)
-    first_stop = min(w["t"] for w in sim.control.writes(TRAVEL, since=placed)
-                     if w["address"] == M1_ENABLE and w["values"][0] == 0)
+        rt.controller.supervisor.verdict.as_dict()
+    )
+    assert await wait_for(
+        lambda: any(
+            w["address"] == M1_ENABLE and w["values"][0] == 0 for w in sim.control.writes(TRAVEL, since=placed)
+        ),
+        2.0,
+    )
+    first_stop = min(
+        w["t"] for w in sim.control.writes(TRAVEL, since=placed) if w["address"] == M1_ENABLE and w["values"][0] == 0
+    )
     # one 100 ms tick to be read, one to spare on a loaded machine, plus the stop frame itself
     assert first_stop - placed < 0.5, f"first stop frame {1000 * (first_stop - placed):.0f} ms after the obstacle"
     assert await wait_for(lambda: outputs(sim)["M1_ENABLE"] == 0, 1.0)

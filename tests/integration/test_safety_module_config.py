@@ -19,15 +19,19 @@ SAFETY = 5
 ANALOG_1_ENABLE = 0x001A
 DI1_ACTIVE_LEVEL = 0x002A
 ZONE1 = 0x0044
-CONFIG_ADDRESSES = set(range(0x001A, 0x001E)) | set(range(0x0026, 0x002E)) \
-    | set(range(0x0044, 0x0048)) | {0x0049, 0x004A, 0x004B}
+CONFIG_ADDRESSES = (
+    set(range(0x001A, 0x001E)) | set(range(0x0026, 0x002E)) | set(range(0x0044, 0x0048)) | {0x0049, 0x004A, 0x004B}
+)
 FAST_VERIFY = "[safety_module]\nverify_interval_ms = 1000\n"
 NO_REAPPLY = "[safety_module]\nreapply_after_reboot = false\n"
 
 
 def config_writes(sim: SimProcess, since: float) -> list[dict]:  # type: ignore[type-arg]
-    return [w for w in sim.control.writes(SAFETY, since=since)
-            if set(range(w["address"], w["address"] + len(w["values"]))) & CONFIG_ADDRESSES]
+    return [
+        w
+        for w in sim.control.writes(SAFETY, since=since)
+        if set(range(w["address"], w["address"] + len(w["values"]))) & CONFIG_ADDRESSES
+    ]
 
 
 def latched(rt) -> frozenset[str]:  # type: ignore[no-untyped-def]
@@ -35,8 +39,13 @@ def latched(rt) -> frozenset[str]:  # type: ignore[no-untyped-def]
 
 
 async def move_refused(rt, key: str) -> None:  # type: ignore[no-untyped-def]
-    res = await rt.controller.submit_command(source="api", idempotency_key=key, type="move",
-                                             params={"direction": "forward", "speed_pct": 20, "duration_ms": 500}, user="t")
+    res = await rt.controller.submit_command(
+        source="api",
+        idempotency_key=key,
+        type="move",
+        params={"direction": "forward", "speed_pct": 20, "duration_ms": 500},
+        user="t",
+    )
     record = await terminal(rt, res.record.id)
     assert record.state == "failed", record
 
@@ -74,7 +83,8 @@ async def test_configuration_is_applied_at_bind_and_read_back(sim: SimProcess, a
 
 @pytest.mark.parametrize("boot_ms", [40, 150])
 async def test_reboot_is_detected_and_reapplied_motion_waits_for_a_reset(
-        sim: SimProcess, agent_factory, boot_ms: int) -> None:  # type: ignore[no-untyped-def]
+    sim: SimProcess, agent_factory, boot_ms: int
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     await start_moving(rt, sim)
     rebooted = time.monotonic()
@@ -98,18 +108,22 @@ async def test_reboot_is_detected_and_reapplied_motion_waits_for_a_reset(
 
 @pytest.mark.parametrize("boot_ms", [40, 150])
 async def test_reboot_without_reapply_keeps_motion_refused_until_the_configuration_is_applied(
-        sim: SimProcess, agent_factory, boot_ms: int) -> None:  # type: ignore[no-untyped-def]
+    sim: SimProcess, agent_factory, boot_ms: int
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link, extra=NO_REAPPLY)
     rebooted = time.monotonic()
     sim.control.reboot(SAFETY, boot_ms=boot_ms)
-    assert await wait_for(lambda: {"SAFETY_MODULE_REBOOTED", "SAFETY_CONFIG_MISMATCH"} <= latched(rt), 3.0), \
+    assert await wait_for(lambda: {"SAFETY_MODULE_REBOOTED", "SAFETY_CONFIG_MISMATCH"} <= latched(rt), 3.0), (
         rt.controller.supervisor.verdict
+    )
     assert await wait_for(lambda: rt.controller.sm.state.value == "FAULT", 1.0)
     await asyncio.sleep(1.5)  # a few more read-backs: none of them writes
     assert not config_writes(sim, rebooted)
     assert sim.control.read(SAFETY, ANALOG_1_ENABLE, 1) == [0]
     result = await rt.controller.reset(user="tech")
-    assert "SAFETY_CONFIG_MISMATCH" in result.remaining and "ANALOG_1_ENABLE" in result.remaining["SAFETY_CONFIG_MISMATCH"]
+    assert (
+        "SAFETY_CONFIG_MISMATCH" in result.remaining and "ANALOG_1_ENABLE" in result.remaining["SAFETY_CONFIG_MISMATCH"]
+    )
     assert result.state == "FAULT"
     await move_refused(rt, "unconfigured")
     # The technician's fix: restart the agent, which applies the configuration at bind.

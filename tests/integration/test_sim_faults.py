@@ -12,7 +12,15 @@ from pymodbus.exceptions import ModbusIOException
 from drivers.sim.client import AsyncSimControl, SimControlError, SimProcess
 from drivers.sim.crc import crc_ok
 from tests.integration.test_sim_support import (  # noqa: F401  (fixtures)
-    ModbusError, NoReply, RtuPort, make_sim, port, read_frame, sim, wait_for, write_frame,
+    ModbusError,
+    NoReply,
+    RtuPort,
+    make_sim,
+    port,
+    read_frame,
+    sim,
+    wait_for,
+    write_frame,
 )
 
 

@@ -11,7 +11,14 @@ from pymodbus.client import AsyncModbusSerialClient
 from drivers.sim.client import AsyncSimControl, SimProcess
 from drivers.sim.crc import with_crc
 from tests.integration.test_sim_support import (  # noqa: F401  (fixtures)
-    ModbusError, NoReply, RtuPort, make_sim, port, read_frame, sim, write_frame,
+    ModbusError,
+    NoReply,
+    RtuPort,
+    make_sim,
+    port,
+    read_frame,
+    sim,
+    write_frame,
 )
 
 IDENTITY = {2: 2, 3: 3, 4: 5, 5: 6}  # address -> MODULE_TYPE of the default carriage
@@ -57,7 +64,9 @@ async def test_pymodbus_writes_reach_registers_and_write_log(sim: SimProcess) ->
         assert (await client.read_holding_registers(0x0101, count=3, device_id=3)).registers == [4, 2, 2]
         writes = await ctl.writes(3, since=before)
         assert [(w["fc"], w["address"], w["values"], w["applied"]) for w in writes] == [
-            (6, 2, [42], True), (16, 0x0101, [4, 2, 2], True)]
+            (6, 2, [42], True),
+            (16, 0x0101, [4, 2, 2], True),
+        ]
         # Receive timestamps are on this process's monotonic clock (system-wide on Linux).
         assert all(before <= w["t"] <= after for w in writes)
         assert await ctl.writes(3, since=after) == []

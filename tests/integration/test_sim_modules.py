@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from drivers.sim.client import SimProcess
 from drivers.sim.crc import crc_ok
 from tests.integration.test_sim_support import (  # noqa: F401  (fixtures)
-    RtuPort, make_sim, port, read_frame, sim, wait_for,
+    RtuPort,
+    make_sim,
+    port,
+    read_frame,
+    sim,
+    wait_for,
 )
 
 SAFETY, TRAVEL, POWER, DOCK = 5, 3, 2, 4
@@ -90,9 +95,7 @@ def test_travel_ramp_and_enable_cut_over_the_bus(sim: SimProcess, port: RtuPort)
     assert port.read(TRAVEL, 0x0003)[0] == 0  # cut at once, no deceleration ramp
 
 
-def test_travel_keeps_going_when_the_master_is_silent_and_reset_reinitialises(
-    sim: SimProcess, port: RtuPort
-) -> None:
+def test_travel_keeps_going_when_the_master_is_silent_and_reset_reinitialises(sim: SimProcess, port: RtuPort) -> None:
     port.write_many(TRAVEL, 0x000A, [10_000, 10_000])  # accel, decel
     port.write(TRAVEL, 0x0002, 40)
     port.write(TRAVEL, 0x0004, 1)
@@ -120,8 +123,9 @@ def test_deadman_variant_trips_within_its_window(make_sim: Callable[..., SimProc
         assert sim.control.read(TRAVEL, 0x0001) == [1]
         port.write(TRAVEL, 0x00F0, 100)
         last_beat = time.monotonic()
-        tripped = wait_for(lambda: sim.control.read(TRAVEL, 0x0001) == [0] and time.monotonic(), timeout=1.0,
-                           interval=0.005)
+        tripped = wait_for(
+            lambda: sim.control.read(TRAVEL, 0x0001) == [0] and time.monotonic(), timeout=1.0, interval=0.005
+        )
         assert 0.29 <= tripped - last_beat <= 0.40  # window 300 ms, 10 ms firmware tick
         assert port.read(TRAVEL, 0x0003) == [0]
         assert port.read(TRAVEL, 0x0108)[0] & 0x0100

@@ -10,8 +10,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import serial
@@ -19,15 +19,24 @@ import serial
 from drivers.sim.client import SimControl, SimControlError, SimProcess
 from drivers.sim.main import build_parser
 from tests.integration.test_sim_support import (  # noqa: F401  (fixtures)
-    NoReply, RtuPort, make_sim, port, read_frame, sim, wait_for,
+    NoReply,
+    RtuPort,
+    make_sim,
+    port,
+    read_frame,
+    sim,
+    wait_for,
 )
 
 
 def test_ready_line_and_sigterm_cleanup(tmp_path: Path) -> None:
     link, ctl = tmp_path / "bus", tmp_path / "c.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "drivers.sim", "--link", str(link), "--control", str(ctl),
-                             "--slave", "3:travel-drvfw"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drivers.sim", "--link", str(link), "--control", str(ctl), "--slave", "3:travel-drvfw"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -62,8 +71,12 @@ def test_stale_symlink_and_socket_are_replaced(make_sim: Callable[..., SimProces
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "drivers.sim", "--link", str(tmp_path / "bus"), *args],
-                            capture_output=True, text=True, timeout=10)
+    result = subprocess.run(
+        [sys.executable, "-m", "drivers.sim", "--link", str(tmp_path / "bus"), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert result.returncode == 2 and message in result.stderr
     assert not os.path.lexists(tmp_path / "bus")
 
@@ -146,11 +159,21 @@ def raw_exchange(path: str, payload: bytes) -> list[dict]:
 
 def test_malformed_control_requests_get_errors(sim: SimProcess) -> None:
     path = sim.control_path
-    bad = [b"not json", b"[1, 2]", b'{"no_op": 1}', b'{"op": "fly"}', b'{"op": "silence", "addr": "3"}',
-           b'{"op": "delay", "addr": 2}', b'{"op": "set", "addr": 3, "address": 512, "value": 1}',
-           b'{"op": "obstacle", "sensor": 9, "value": 1}', b'{"op": "estop", "pressed": 1}',
-           b'{"op": "read", "addr": 2, "address": 44, "count": 2}', b"\xff\xfe",
-           b'{"op": "writes", "since": "yesterday"}', b'{"op": "estop", "pressed": true, "addr": 3}']
+    bad = [
+        b"not json",
+        b"[1, 2]",
+        b'{"no_op": 1}',
+        b'{"op": "fly"}',
+        b'{"op": "silence", "addr": "3"}',
+        b'{"op": "delay", "addr": 2}',
+        b'{"op": "set", "addr": 3, "address": 512, "value": 1}',
+        b'{"op": "obstacle", "sensor": 9, "value": 1}',
+        b'{"op": "estop", "pressed": 1}',
+        b'{"op": "read", "addr": 2, "address": 44, "count": 2}',
+        b"\xff\xfe",
+        b'{"op": "writes", "since": "yesterday"}',
+        b'{"op": "estop", "pressed": true, "addr": 3}',
+    ]
     responses = raw_exchange(path, b"\n".join(bad) + b"\n")
     assert len(responses) == len(bad)
     assert all(r["ok"] is False and r["error"] for r in responses), responses

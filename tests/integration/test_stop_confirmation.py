@@ -28,8 +28,13 @@ M1_MAX_ACCELERATION = 0x0A
 async def _moving(rt: Runtime, sim: SimProcess, key: str) -> None:
     assert rt.controller is not None
     sim.control.set(TRAVEL, M1_MAX_ACCELERATION, 100)  # up to speed in well under a second
-    await rt.controller.submit_command(source="cli", idempotency_key=key, type="move",
-                                       params={"direction": "forward", "speed_pct": 40, "duration_ms": 20000}, user="t")
+    await rt.controller.submit_command(
+        source="cli",
+        idempotency_key=key,
+        type="move",
+        params={"direction": "forward", "speed_pct": 40, "duration_ms": 20000},
+        user="t",
+    )
     assert await wait_for(lambda: sim.control.registers(TRAVEL)[M1_ACTUAL_SPEED] >= 30, 5.0)
 
 
@@ -47,7 +52,9 @@ async def test_a_frozen_actual_speed_does_not_confirm_a_stop(sim: SimProcess, ag
     assert sim.control.registers(TRAVEL)[M1_POSITION] != before
     assert await wait_for(lambda: rt.controller.supervisor.verdict.has("STOP_NOT_CONFIRMED"), 3.0)
     sim.control.faults_clear()
-    assert await wait_for(lambda: rt.controller.stop_path.last is not None and rt.controller.stop_path.last.confirmed, 5.0)
+    assert await wait_for(
+        lambda: rt.controller.stop_path.last is not None and rt.controller.stop_path.last.confirmed, 5.0
+    )
 
 
 async def test_outputs_switched_on_by_someone_else_are_stopped_and_latched(sim: SimProcess, agent_factory) -> None:  # type: ignore[no-untyped-def]
@@ -59,8 +66,12 @@ async def test_outputs_switched_on_by_someone_else_are_stopped_and_latched(sim: 
     assert await wait_for(lambda: rt.controller.supervisor.verdict.has("OUTPUTS_NOT_SAFE"), 4.0)
     assert rt.controller.supervisor.verdict.level.label == "emergency_stop"
     # On the wire: the agent wrote the zeros after the forced values, and the driver is off.
-    assert await wait_for(lambda: any(w["address"] == M1_ENABLE and not any(w["values"])
-                                      for w in sim.control.writes(TRAVEL, since=forced)), 1.0), "no stop frame reached the driver"
+    assert await wait_for(
+        lambda: any(
+            w["address"] == M1_ENABLE and not any(w["values"]) for w in sim.control.writes(TRAVEL, since=forced)
+        ),
+        1.0,
+    ), "no stop frame reached the driver"
     assert await wait_for(lambda: sim.control.registers(TRAVEL)[M1_ENABLE] == 0, 1.0)
     assert await wait_for(lambda: rt.controller.sm.state.value == "FAULT", 2.0)
     # Latched until a technician resets; the reset then goes through (the cause is gone).
@@ -79,8 +90,9 @@ async def test_motion_after_a_confirmed_stop_is_uncommanded_motion(sim: SimProce
     sim.control.freeze(TRAVEL, CURRENT, 0)
     result = await rt.controller.estop(source="api", user="tester", reason="lying driver")
     assert result.confirmed
-    assert await wait_for(lambda: rt.controller.supervisor.verdict.has("UNCOMMANDED_MOTION"), 5.0), \
+    assert await wait_for(lambda: rt.controller.supervisor.verdict.has("UNCOMMANDED_MOTION"), 5.0), (
         rt.controller.supervisor.verdict.as_dict()
+    )
     sim.control.faults_clear()
 
 
@@ -91,7 +103,9 @@ async def test_a_revoked_permit_never_reaches_the_wire(sim: SimProcess, agent_fa
     started = time.monotonic()
     # Occupy the bus with reads so the energising write has to queue, then stop before it goes out.
     reads = [asyncio.create_task(rt.controller.plant.read("travel", ["M1_POSITION_CURRENT"])) for _ in range(5)]
-    write = asyncio.create_task(master.execute(write_request(TRAVEL, M1_ENABLE, [1]), Priority.TELEMETRY, permit=permit))
+    write = asyncio.create_task(
+        master.execute(write_request(TRAVEL, M1_ENABLE, [1]), Priority.TELEMETRY, permit=permit)
+    )
     await asyncio.sleep(0)
     stop = rt.controller.stop_path.request("test stop")
     outcome = await stop

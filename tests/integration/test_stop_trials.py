@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from drivers.sim.client import SimProcess
@@ -141,9 +140,13 @@ class Trials:
         confirmed = self.confirmed_after(fired)
         if slow_driver:
             self.control.delay(TRAVEL, 0)
-        result = judge(f"{kind}{' speed-change' if speed_change else ''}{' aligned' if aligned else ''}"
-                       f"{' slow-driver' if slow_driver else ''}",
-                       delay, self.control, confirmed)
+        result = judge(
+            f"{kind}{' speed-change' if speed_change else ''}{' aligned' if aligned else ''}"
+            f"{' slow-driver' if slow_driver else ''}",
+            delay,
+            self.control,
+            confirmed,
+        )
         self.release(kind)
         self.recover()
         return result
@@ -187,10 +190,17 @@ async def _shutdown_trial(tmp_path: Path, sim: SimProcess, rng: random.Random, n
         assert await wait_for(lambda: rt.controller is not None and rt.controller.sm.state.value == "IDLE", 15.0)
         assert rt.controller is not None
         start = time.monotonic()
-        await rt.controller.submit_command(source="cli", idempotency_key=f"shutdown-{number}", type="move",
-                                           params={"direction": "forward", "speed_pct": 40, "duration_ms": 1500}, user="t")
+        await rt.controller.submit_command(
+            source="cli",
+            idempotency_key=f"shutdown-{number}",
+            type="move",
+            params={"direction": "forward", "speed_pct": 40, "duration_ms": 1500},
+            user="t",
+        )
         if rng.random() < 0.5:
-            await wait_for(lambda: any(w["address"] == 0x04 for w in sim.control.writes(TRAVEL, since=start)), 2.0, 0.0005)
+            await wait_for(
+                lambda: any(w["address"] == 0x04 for w in sim.control.writes(TRAVEL, since=start)), 2.0, 0.0005
+            )
             delay = rng.uniform(0, 10)
         else:
             delay = random_delay_ms(rng, 60)

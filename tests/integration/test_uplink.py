@@ -15,6 +15,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +25,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.store.database import Database
 from agent.store.outbox import Outbox, add
-from datetime import datetime, timedelta, timezone
-
+from agent.sync.envelope import Record as CentralRecord
 from agent.sync.envelope import decode_record, encode_command, make_command
-from agent.sync.identity import DeviceIdentity, PinnedKey, create, verify_record
+from agent.sync.identity import DeviceIdentity, PinnedKey, create, load_or_create, verify_record
 from agent.sync.mqtt_link import (
-    Incoming, MqttLink, MqttSettings, ack_topic, agent_link, cmd_topic, status_topic, up_topic,
+    Incoming,
+    MqttLink,
+    MqttSettings,
+    ack_topic,
+    agent_link,
+    cmd_topic,
+    status_topic,
+    up_topic,
 )  # fmt: skip
 from agent.sync.uplink import Uplink
-from agent.sync.envelope import Record as CentralRecord
-from agent.sync.identity import load_or_create
 from central.consumer import Consumer
 from central.device_keys import DeviceKeys
 from central.ledger import Committed
-from tests.upstream_peer import keys_text
 from tests.broker import Broker, Pki, mosquitto_binary, next_message, running, skip_reason
 from tests.conftest import agent_config, wait_for
+from tests.upstream_peer import keys_text
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason=skip_reason())
 
@@ -230,10 +235,14 @@ async def test_a_critical_record_behind_thousands_of_telemetry_records_goes_firs
     assert telemetry[:100] == list(range(1, 101))  # and each stream in order after it
 
 
-async def test_the_window_bounds_what_is_unacknowledged_and_acks_free_room(db: Database, broker: Broker, tmp_path: Path) -> None:
+async def test_the_window_bounds_what_is_unacknowledged_and_acks_free_room(
+    db: Database, broker: Broker, tmp_path: Path
+) -> None:
     """A listener in place of the consumer sees exactly `window` records; an ack of 4 lets 4 more go."""
     await write(db, [("command_result", {"n": i}) for i in range(50)])
-    listener = MqttLink(broker.settings(), client_id="listener", subscriptions=(up_topic(AGENT, "results"),), persistent_session=False)
+    listener = MqttLink(
+        broker.settings(), client_id="listener", subscriptions=(up_topic(AGENT, "results"),), persistent_session=False
+    )
     central = MqttLink(broker.settings(), client_id="central-acks", persistent_session=False)
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=10, ack_timeout_s=60.0)
     seen: list[int] = []
@@ -256,7 +265,9 @@ async def test_the_window_bounds_what_is_unacknowledged_and_acks_free_room(db: D
     assert len(await outbox_rows(db)) == 46  # the ack pruned 1..4
 
 
-async def test_without_acks_the_robot_sends_again_after_the_ack_timeout(db: Database, broker: Broker, tmp_path: Path) -> None:
+async def test_without_acks_the_robot_sends_again_after_the_ack_timeout(
+    db: Database, broker: Broker, tmp_path: Path
+) -> None:
     await write(db, [("audit", {"n": i}) for i in range(20)])
     expected = await outbox_rows(db)
     ledger = tmp_path / "central.db"
@@ -273,7 +284,9 @@ async def test_without_acks_the_robot_sends_again_after_the_ack_timeout(db: Data
     check_ledger(ledger, expected, robot.identity)
 
 
-async def test_a_broker_restart_mid_drain_ends_with_every_record_once(db: Database, broker: Broker, tmp_path: Path) -> None:
+async def test_a_broker_restart_mid_drain_ends_with_every_record_once(
+    db: Database, broker: Broker, tmp_path: Path
+) -> None:
     await write(db, mixed(1500))
     expected = await outbox_rows(db)
     ledger = tmp_path / "central.db"
@@ -301,7 +314,7 @@ def central_key_text() -> str:
 
 
 def signed_command(command_id: str, *, expired: bool = False, key: Ed25519PrivateKey = CENTRAL_KEY) -> bytes:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     not_after = now - timedelta(seconds=1) if expired else now + timedelta(seconds=60)
     command = make_command(
         command_id=command_id, type="register_write", params={"module": "travel", "address": 0x0100, "value": 1},
@@ -335,7 +348,10 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
         try:
             await write(core_db, mixed(20))
             expected = await outbox_rows(core_db)
-            async with consuming(make_consumer(broker.settings("central-1"), ledger, {"oht-test": device})), running(watcher):
+            async with (
+                consuming(make_consumer(broker.settings("central-1"), ledger, {"oht-test": device})),
+                running(watcher),
+            ):
                 gateway = Gateway(cfg)
                 await gateway.start()
                 try:
@@ -351,7 +367,9 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
                     assert await unacked(outbox) == 0
                     # Commands down, through the broker and the ACL: answered on `results`, never run.
                     await watcher.publish(cmd_topic("oht-test"), signed_command("c-expired", expired=True))
-                    await watcher.publish(cmd_topic("oht-test"), signed_command("c-forged", key=Ed25519PrivateKey.generate()))
+                    await watcher.publish(
+                        cmd_topic("oht-test"), signed_command("c-forged", key=Ed25519PrivateKey.generate())
+                    )
                     assert await wait_for(lambda: len(receipts(ledger, "oht-test")) == 2, 5.0)
                     assert receipts(ledger, "oht-test") == {
                         "c-expired": ("expired", "UPSTREAM_EXPIRED"),
@@ -401,10 +419,14 @@ async def test_the_gateway_serves_while_the_broker_is_down_and_delivers_once_it_
     assert {(r[0], r[1]): r[2] for r in ledger_rows(ledger, "oht-test")} == expected
 
 
-async def test_an_alarm_gets_a_slot_while_telemetry_fills_the_window(db: Database, broker: Broker, tmp_path: Path) -> None:
+async def test_an_alarm_gets_a_slot_while_telemetry_fills_the_window(
+    db: Database, broker: Broker, tmp_path: Path
+) -> None:
     """No ack ever comes: the window is full of telemetry, and an alarm written now still goes."""
     await write(db, [("telemetry", {"n": i}) for i in range(500)])
-    listener = MqttLink(broker.settings(), client_id="listener", subscriptions=(f"oht/v1/{AGENT}/up/+",), persistent_session=False)
+    listener = MqttLink(
+        broker.settings(), client_id="listener", subscriptions=(f"oht/v1/{AGENT}/up/+",), persistent_session=False
+    )
     robot = Robot(db, broker.settings(), tmp_path / "keys", window=16, ack_timeout_s=60.0)
     seen: list[tuple[str, int]] = []
 

@@ -65,7 +65,11 @@ async def test_an_outage_keeps_the_cap_and_every_record_that_matters(tmp_path: P
             await peer.outbox.enforce_limits()
         backlog = await peer.outbox.backlog()
         assert backlog["telemetry"].bytes <= quota, backlog["telemetry"]  # the disk cap held
-        for stream, n in (("results", others["command_result"]), ("audit", others["audit"]), ("events", others["transition"])):
+        for stream, n in (
+            ("results", others["command_result"]),
+            ("audit", others["audit"]),
+            ("events", others["transition"]),
+        ):
             assert backlog[stream].unacked == n, f"{stream} records were dropped during the outage"
         await peer.fill("alarm", [{"code": "OBSTACLE_NEAR", "raised": True}])  # the last thing before the return
         wrote = outbox_ids(peer.data_dir)

@@ -15,7 +15,6 @@ import pytest
 
 from drivers.sim.client import SimProcess
 from drivers.watchdog import HardwareWatchdog
-
 from tests.conftest import gateway_for, wait_for
 from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, SAFETY, TRAVEL, outputs, start_moving
 
@@ -89,7 +88,9 @@ async def frames_received(sim: SimProcess, address: int) -> int:
 
 
 @pytest.mark.timeout(30)  # before the fix the whole event loop froze in sendto, this test with it
-async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(sim: SimProcess, agent_factory, deaf_systemd) -> None:  # type: ignore[no-untyped-def]
+async def test_a_notify_socket_that_is_never_read_does_not_stop_the_loop(
+    sim: SimProcess, agent_factory, deaf_systemd
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     assert await wait_for(lambda: rt.link is not None, 5.0)
     notifier = rt.controller.notifier
@@ -142,7 +143,9 @@ async def test_ready_is_sent_again_when_systemd_queue_was_full(sim: SimProcess, 
     assert rt.controller.ready_notified
 
 
-async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(sim: SimProcess, agent_factory, systemd) -> None:  # type: ignore[no-untyped-def]
+async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(
+    sim: SimProcess, agent_factory, systemd
+) -> None:  # type: ignore[no-untyped-def]
     rt = await agent_factory(sim.link)
     assert await wait_for(lambda: systemd.times("READY=1"), 1.0)
     ready = systemd.times("READY=1")
@@ -240,7 +243,8 @@ def task_named(rt, name: str) -> asyncio.Task:  # type: ignore[no-untyped-def, t
 
 
 async def test_a_dead_executor_starves_both_watchdogs_latches_task_died_and_stops(
-        sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim: SimProcess, agent_factory, systemd, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     rt, device = await supervised_agent(sim, agent_factory, tmp_path)
     pings, keepalives = await fed(systemd, device)
     assert pings >= 3 and keepalives >= 10, "not fed while healthy: the test would prove nothing"
@@ -270,7 +274,9 @@ async def test_a_dead_executor_starves_both_watchdogs_latches_task_died_and_stop
     assert pings == 0 and keepalives == 0
 
 
-async def test_a_dead_runtime_task_starves_the_watchdogs(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_dead_runtime_task_starves_the_watchdogs(
+    sim: SimProcess, agent_factory, systemd, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     rt, device = await supervised_agent(sim, agent_factory, tmp_path)
     assert (await fed(systemd, device))[0] >= 3
     discovery = task_named(rt, "discovery")
@@ -282,7 +288,9 @@ async def test_a_dead_runtime_task_starves_the_watchdogs(sim: SimProcess, agent_
     assert not rt.controller.alive()
 
 
-async def test_an_api_server_that_returns_on_its_own_is_the_gateways_death_not_the_cores(sim: SimProcess, agent_factory, systemd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_api_server_that_returns_on_its_own_is_the_gateways_death_not_the_cores(
+    sim: SimProcess, agent_factory, systemd, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     rt, device = await supervised_agent(sim, agent_factory, tmp_path)
     async with gateway_for(rt) as gw:
         assert (await fed(systemd, device))[0] >= 3
@@ -301,8 +309,9 @@ async def test_an_api_server_that_returns_on_its_own_is_the_gateways_death_not_t
         assert not rt.controller.supervisor.verdict.has("TASK_DIED")
 
 
-async def test_a_tick_that_raises_feeds_nothing(sim: SimProcess, agent_factory, systemd, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_tick_that_raises_feeds_nothing(
+    sim: SimProcess, agent_factory, systemd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     rt, device = await supervised_agent(sim, agent_factory, tmp_path)
     assert (await fed(systemd, device))[0] >= 3
 
@@ -322,8 +331,15 @@ async def test_a_clean_shutdown_is_not_a_death(sim: SimProcess, agent_factory, s
     rt = await agent_factory(sim.link)
     assert await wait_for(lambda: rt.link is not None, 5.0)
     supervised = rt.controller.tasks.names()
-    assert {"control-loop", "transition-recorder", "executor", "bus-master", "store-writer", "discovery",
-            "health-log"} <= set(supervised)
+    assert {
+        "control-loop",
+        "transition-recorder",
+        "executor",
+        "bus-master",
+        "store-writer",
+        "discovery",
+        "health-log",
+    } <= set(supervised)
     await rt.shutdown()
     assert not rt.controller.tasks.deaths
     assert not rt.controller.supervisor.verdict.has("TASK_DIED")

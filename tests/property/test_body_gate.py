@@ -11,7 +11,11 @@ from hypothesis import strategies as st
 from agent.api.middleware import MAX_JSON_DEPTH, body_problem
 
 plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=15,
 )
@@ -33,7 +37,9 @@ def test_nesting_beyond_the_bound_is_refused(value: object, extra: int) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.text(min_size=1, max_size=6), plain, plain)
 def test_a_repeated_key_is_refused(key: str, first: object, second: object) -> None:
-    body = ('{' + json.dumps(key) + ':' + json.dumps(first) + ',' + json.dumps(key) + ':' + json.dumps(second) + '}').encode()
+    body = (
+        "{" + json.dumps(key) + ":" + json.dumps(first) + "," + json.dumps(key) + ":" + json.dumps(second) + "}"
+    ).encode()
     assert body_problem(body) is not None
 
 

@@ -105,5 +105,5 @@ def test_a_record_under_a_committed_seq_never_replaces_it_nor_is_acknowledged_al
         assert list(done.conflicts) == conflicts
         if batch and len(conflicts) == len(batch):
             assert done.acks == {}
-    rows = dict(ledger._conn.execute("SELECT seq, id FROM records"))  # noqa: SLF001 - the stored truth
+    rows = dict(ledger._conn.execute("SELECT seq, id FROM records"))
     assert rows == first

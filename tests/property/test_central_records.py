@@ -77,7 +77,11 @@ def topic(agent: str = AGENT, stream: str = "results") -> str:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -141,7 +145,9 @@ def test_what_is_not_one_strict_json_object_is_refused(keys: DeviceKeys, payload
     assert isinstance(outcome, Refusal) and outcome.code in {"UPSTREAM_MALFORMED", "UPSTREAM_TOO_LARGE"}
 
 
-@pytest.mark.parametrize("name", ["oht/v1/oht-001/up", "oht/v2/oht-001/up/results", "oht/v1/+/up/results", "x/v1/a/up/b"])
+@pytest.mark.parametrize(
+    "name", ["oht/v1/oht-001/up", "oht/v2/oht-001/up/results", "oht/v1/+/up/results", "x/v1/a/up/b"]
+)
 def test_only_up_topics_are_records(keys: DeviceKeys, name: str) -> None:
     outcome = check(name, encode_record(signed()), keys)
     assert isinstance(outcome, Refusal) and outcome.code == "UPSTREAM_MALFORMED" and outcome.agent is None
@@ -152,9 +158,7 @@ def test_only_up_topics_are_records(keys: DeviceKeys, name: str) -> None:
 def test_the_keys_file_takes_base64_and_pem(tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     path.write_text(
-        "# pinned 2026-03-01\n"
-        f'"{AGENT}" = "{DEVICE.public.base64()}"\n'
-        f"'oht.002' = '''\n{OTHER.public.pem()}'''\n"
+        f"# pinned 2026-03-01\n\"{AGENT}\" = \"{DEVICE.public.base64()}\"\n'oht.002' = '''\n{OTHER.public.pem()}'''\n"
     )
     keys = read_device_keys(path)
     assert keys[AGENT].raw == DEVICE.public.raw and keys["oht.002"].raw == OTHER.public.raw
@@ -192,4 +196,3 @@ def test_the_registry_follows_the_file_and_keeps_the_last_good_keys(tmp_path: Pa
     assert not keys.refresh()  # the broken file is reported once, not before every batch
     keys_file(path, {"oht-002": OTHER})
     assert keys.reload() and keys.get(AGENT) is None
-

@@ -19,8 +19,13 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
-messages = st.fixed_dictionaries({"t": st.sampled_from(["req", "rep", "view", "hello"]), "id": st.integers(0, 10**9),
-                                  "args": st.dictionaries(st.text(max_size=8), json_values, max_size=4)})
+messages = st.fixed_dictionaries(
+    {
+        "t": st.sampled_from(["req", "rep", "view", "hello"]),
+        "id": st.integers(0, 10**9),
+        "args": st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    }
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -32,7 +37,7 @@ def test_messages_survive_any_cut_of_the_stream(sent: list[dict[str, object]], c
     offset, i = 0, 0
     while offset < len(stream):
         size = cuts[i % len(cuts)]
-        got.extend(decoder.feed(stream[offset:offset + size]))
+        got.extend(decoder.feed(stream[offset : offset + size]))
         offset += size
         i += 1
     assert got == sent

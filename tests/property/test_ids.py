@@ -84,6 +84,7 @@ def test_order_survives_a_clock_that_stalls_or_steps_back(steps: list[int], burs
 def test_random_bits_come_from_the_random_source() -> None:
     """With the same clock and the same random bytes two generators agree; the randomness,
     not the clock, is what makes ids from different processes differ."""
+
     def clock() -> int:
         return 1_700_000_000_000 * 1_000_000
 

@@ -53,7 +53,9 @@ class Maker:
     disabled: bool = False
 
 
-def record(index: int, role: str, revoked: bool, *, user_id: str | None, key_id: str | None, created_by: str) -> ApiKeyRecord:
+def record(
+    index: int, role: str, revoked: bool, *, user_id: str | None, key_id: str | None, created_by: str
+) -> ApiKeyRecord:
     return ApiKeyRecord(
         seq=index, id=f"k{index}", prefix=f"{index:010d}", key_hash="0" * 64, name=f"key {index}", role=role,
         created_by=created_by, created_at="2026-01-01T00:00:00.000000Z", last_used_at=None,
@@ -74,7 +76,14 @@ def build(keys: list[tuple[str, bool]], maker: Maker, *, dangling: bool = False)
             rec = record(index, role, revoked, user_id="u1", key_id=None, created_by="ada")
             links.append(KeyLink(rec, maker.found, maker.role if maker.found else None, maker.disabled))
         else:
-            rec = record(index, role, revoked, user_id=None, key_id=None, created_by="cli:root" if maker.kind == "cli" else "gone")
+            rec = record(
+                index,
+                role,
+                revoked,
+                user_id=None,
+                key_id=None,
+                created_by="cli:root" if maker.kind == "cli" else "gone",
+            )
             links.append(KeyLink(rec, False, None, False))
     return links
 

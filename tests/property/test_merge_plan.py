@@ -62,7 +62,7 @@ def _reference_min_blocks(wanted, cap, max_gap, readable):
     addrs = sorted(wanted)
     n = len(addrs)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def best(i: int) -> int:
         if i == n:
             return 0
@@ -72,8 +72,9 @@ def _reference_min_blocks(wanted, cap, max_gap, readable):
                 break
             if j > i:
                 gap = addrs[j] - addrs[j - 1] - 1
-                if gap and (readable is None or gap > max_gap
-                            or not all(readable(a) for a in range(addrs[j - 1] + 1, addrs[j]))):
+                if gap and (
+                    readable is None or gap > max_gap or not all(readable(a) for a in range(addrs[j - 1] + 1, addrs[j]))
+                ):
                     break
             result = min(result, 1 + best(j + 1))
         return result
@@ -130,8 +131,7 @@ def _register_layouts(draw):
 def test_u32_words_stay_in_one_block(regs, cap, max_gap, data):
     occupied = {a for r in regs for a in r.addresses}
     readable_set = data.draw(st.sets(st.sampled_from(sorted(occupied)))) if occupied else set()
-    blocks = plan_register_reads(regs, max_registers=cap, max_gap=max_gap,
-                                 readable=readable_set.__contains__)
+    blocks = plan_register_reads(regs, max_registers=cap, max_gap=max_gap, readable=readable_set.__contains__)
     _check_basic(blocks, occupied, cap, readable_set.__contains__)
     for reg in regs:
         holding = [b for b in blocks if b[0] <= reg.address and reg.end < b[0] + b[1]]
@@ -152,9 +152,14 @@ def test_bridges_only_readable_gaps():
     assert plan_reads([4, 7], max_registers=3, max_gap=2, readable=readable) == [(4, 1), (7, 1)]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_registers": 0}, {"max_registers": 126}, {"max_registers": 10, "max_gap": -1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_registers": 0},
+        {"max_registers": 126},
+        {"max_registers": 10, "max_gap": -1},
+    ],
+)
 def test_rejects_bad_parameters(kwargs):
     with pytest.raises(ValueError):
         plan_reads([1, 2], **kwargs)

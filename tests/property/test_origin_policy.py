@@ -10,14 +10,20 @@ from hypothesis import strategies as st
 from agent.api.origins import OriginPolicy, parse_origin
 from agent.config import _ORIGIN_RE, ConfigError, validate_config
 
-hosts = st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z][a-z0-9-]{0,8}){0,2}", fullmatch=True) | st.ip_addresses(v=4).map(str)
+hosts = st.from_regex(r"[a-z][a-z0-9-]{0,12}(\.[a-z][a-z0-9-]{0,8}){0,2}", fullmatch=True) | st.ip_addresses(v=4).map(
+    str
+)
 ports = st.integers(1, 65535)
 schemes = st.sampled_from(["http", "https"])
 WS = {"http": "ws", "https": "wss"}
 
 
 def config_listing(*origins: str) -> dict[str, object]:
-    return {"agent": {"id": "a", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/null"}, "api": {"cors_origins": list(origins)}}
+    return {
+        "agent": {"id": "a", "data_dir": "/tmp/x"},
+        "bus": {"port": "/dev/null"},
+        "api": {"cors_origins": list(origins)},
+    }
 
 
 def netloc(host: str, port: int | None) -> str:
@@ -36,7 +42,9 @@ def test_the_page_the_agent_served_may_connect(scheme: str, host: str, port: int
 
 @settings(max_examples=100, deadline=None)
 @given(schemes, hosts, ports, schemes, hosts, ports)
-def test_any_other_origin_is_refused(scheme: str, host: str, port: int, own_scheme: str, own_host: str, own_port: int) -> None:
+def test_any_other_origin_is_refused(
+    scheme: str, host: str, port: int, own_scheme: str, own_host: str, own_port: int
+) -> None:
     assume((scheme, host, port) not in {(own_scheme, own_host, own_port), ("https", "console.example", 443)})
     policy = OriginPolicy(["https://console.example"])
     assert not policy.allows([f"{scheme}://{host}:{port}"], WS[own_scheme], f"{own_host}:{own_port}")
@@ -62,8 +70,22 @@ def test_no_origin_passes_and_two_never_do(scheme: str, host: str, port: int | N
 
 @pytest.mark.parametrize(
     "value",
-    ["null", "", "file://", "https://", "ftp://a.example", "https://a.example/", "https://a.example/x", "https://a.example?x",
-     "https://u@a.example", "https://a.example:99999", "https://a.example:x", "https://a example", "//a.example", "a.example"],
+    [
+        "null",
+        "",
+        "file://",
+        "https://",
+        "ftp://a.example",
+        "https://a.example/",
+        "https://a.example/x",
+        "https://a.example?x",
+        "https://u@a.example",
+        "https://a.example:99999",
+        "https://a.example:x",
+        "https://a example",
+        "//a.example",
+        "a.example",
+    ],
 )
 def test_what_is_not_an_origin(value: str) -> None:
     assert parse_origin(value) is None
@@ -78,7 +100,8 @@ def test_forms_of_one_origin_compare_equal() -> None:
 
 
 @pytest.mark.parametrize(
-    "listed", ["https://ops.example/", "https://ops.example/console", "https://user@ops.example", "https://ops.example:x"]
+    "listed",
+    ["https://ops.example/", "https://ops.example/console", "https://user@ops.example", "https://ops.example:x"],
 )
 def test_config_lists_bare_origins_only(listed: str) -> None:
     """CORS compares the Origin header with the list as text, and the stream compares origins: an

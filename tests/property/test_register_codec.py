@@ -121,9 +121,17 @@ def test_edge_values(reg_type, raw, words):
     assert decode(reg, words) == raw
 
 
-@pytest.mark.parametrize(("reg_type", "bad"), [
-    ("i16", 32768), ("i16", -32769), ("u16", -1), ("u16", 65536), ("u32", -1), ("u32", 2**32),
-])
+@pytest.mark.parametrize(
+    ("reg_type", "bad"),
+    [
+        ("i16", 32768),
+        ("i16", -32769),
+        ("u16", -1),
+        ("u16", 65536),
+        ("u32", -1),
+        ("u32", 2**32),
+    ],
+)
 def test_edge_values_just_outside_are_refused(reg_type, bad):
     with pytest.raises(RegisterWriteRefused):
         encode(Register("X", 0, type=reg_type, access="RW"), bad)
@@ -172,9 +180,16 @@ def test_non_numbers_refused(value):
         value_to_raw(Register("X", 0, access="RW"), value)
 
 
-@pytest.mark.parametrize(("reg_type", "words"), [
-    ("u16", []), ("u16", [1, 2]), ("u32", [1]), ("u16", [0x10000]), ("i16", [-1]),
-])
+@pytest.mark.parametrize(
+    ("reg_type", "words"),
+    [
+        ("u16", []),
+        ("u16", [1, 2]),
+        ("u32", [1]),
+        ("u16", [0x10000]),
+        ("i16", [-1]),
+    ],
+)
 def test_decode_rejects_bad_words(reg_type, words):
     with pytest.raises(ValueError):
         decode(Register("X", 0, type=reg_type), words)

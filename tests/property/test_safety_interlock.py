@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from agent.control.conditions import build_conditions
 from agent.control.state_machine import StateMachine, TransitionRefused
@@ -36,8 +36,13 @@ class Interlock(RuleBasedStateMachine):
         self.safety_at = self.clock.t
         self.power_at = self.clock.t
         self.trips: list[str] = []
-        self.sup = Supervisor(SafetyPolicy(), self.liveness, port_up=lambda: self.port,
-                              on_trip=lambda code, detail: self.trips.append(code), clock=self.clock)
+        self.sup = Supervisor(
+            SafetyPolicy(),
+            self.liveness,
+            port_up=lambda: self.port,
+            on_trip=lambda code, detail: self.trips.append(code),
+            clock=self.clock,
+        )
         self.sm = StateMachine(clock=self.clock)
         for event in (Event.BOOT_COMPLETE, Event.INIT_COMPLETE):
             self.sm.handle(event, self.cond())
@@ -55,8 +60,9 @@ class Interlock(RuleBasedStateMachine):
         return RoleLiveness(snap, 0.0, interval, 0.15)
 
     def cond(self, target_valid: bool = True):  # type: ignore[no-untyped-def]
-        return build_conditions(self.sup.verdict, comms_ok=self.port, sensors_ok=True, location_ok=True,
-                                target_valid=target_valid)
+        return build_conditions(
+            self.sup.verdict, comms_ok=self.port, sensors_ok=True, location_ok=True, target_valid=target_valid
+        )
 
     def step(self) -> None:
         """What the control loop does every cycle."""
@@ -105,8 +111,12 @@ class Interlock(RuleBasedStateMachine):
         self.step()
 
     # --------------------------------------------------------------- commands
-    @rule(event=st.sampled_from([Event.MOVE_COMMAND, Event.DOCK_COMMAND, Event.RESUME_COMMAND,
-                                 Event.PAUSE_COMMAND, Event.STOP_COMMAND]), valid=st.booleans())
+    @rule(
+        event=st.sampled_from(
+            [Event.MOVE_COMMAND, Event.DOCK_COMMAND, Event.RESUME_COMMAND, Event.PAUSE_COMMAND, Event.STOP_COMMAND]
+        ),
+        valid=st.booleans(),
+    )
     def command(self, event: Event, valid: bool) -> None:
         try:
             self.sm.handle(event, self.cond(valid))

@@ -15,7 +15,9 @@ phases = st.floats(0.0, 1.0)
 
 
 def plan(key: str, interval: float, phase: float = 0.0, slave: int = 3, period: float = 0.0) -> PollPlan:
-    return PollPlan(key=key, request=read_request(slave, 0, 4), interval_s=interval, phase_s=phase, service_period_s=period)
+    return PollPlan(
+        key=key, request=read_request(slave, 0, 4), interval_s=interval, phase_s=phase, service_period_s=period
+    )
 
 
 def on_grid(t: float, origin: float, interval: float, phase: float) -> bool:
@@ -56,7 +58,9 @@ def test_overruns_count_whole_missed_periods(interval: float, missed: int, fract
     st.lists(st.floats(0.01, 0.5), min_size=2, max_size=5),  # intervals of locked plans on one slave
     st.floats(10.0, 20.0),
 )
-def test_locked_plans_of_one_slave_take_distinct_ticks(period: float, tick: float, ivs: list[float], now: float) -> None:
+def test_locked_plans_of_one_slave_take_distinct_ticks(
+    period: float, tick: float, ivs: list[float], now: float
+) -> None:
     schedule = PollSchedule(start=0.0)
     plans = [plan(f"p{i}", iv, period=period) for i, iv in enumerate(ivs)]
     for p in plans:
@@ -90,7 +94,9 @@ def test_set_interval_applies_to_prefix_only(a: float, b: float, now: float) -> 
     st.lists(st.floats(0.0, 0.49), min_size=1, max_size=20),  # how late each reply was read, in periods
     st.integers(0, 50),  # first tick index
 )
-def test_tick_estimate_stays_on_the_slave_grid_under_loop_lag(period: float, tick: float, lags: list[float], k0: int) -> None:
+def test_tick_estimate_stays_on_the_slave_grid_under_loop_lag(
+    period: float, tick: float, lags: list[float], k0: int
+) -> None:
     """Replies are read late, never early: the estimate lies on or after a true tick, and no later
     than the largest lag among the recent sightings."""
     schedule = PollSchedule(start=0.0)
@@ -156,8 +162,14 @@ def test_background_reads_leave_a_tick_between_them(
     schedule.add(main, now)
     plans = []
     for i, (iv, phase) in enumerate(background):
-        p = PollPlan(key=f"b{i}", request=read_request(3, 0x40, 2), interval_s=iv, phase_s=phase,
-                     service_period_s=period, background=True)
+        p = PollPlan(
+            key=f"b{i}",
+            request=read_request(3, 0x40, 2),
+            interval_s=iv,
+            phase_s=phase,
+            service_period_s=period,
+            background=True,
+        )
         schedule.add(p, now)
         plans.append(p)
     schedule.observe_tick(3, tick, period, now=now)
@@ -185,8 +197,9 @@ def test_a_reply_read_late_marks_the_tick_that_served_it(
         at = tick + i * period
         schedule.observe_tick(3, at, period, now=at, sent_at=at - 0.004)
     served = tick + k * period
-    schedule.observe_tick(3, served + read_late * period, period, now=served + read_late * period,
-                          sent_at=served - ahead * period)
+    schedule.observe_tick(
+        3, served + read_late * period, period, now=served + read_late * period, sent_at=served - ahead * period
+    )
     assert schedule.served_tick(3) is not None
     assert abs(schedule.served_tick(3) - served) < 1e-6
     main = plan("main", 0.05, period=period)
@@ -206,7 +219,9 @@ from drivers.modbus.probes import ProbeCandidate, pick_probe  # noqa: E402
     probe_s=st.floats(min_value=0.001, max_value=0.16),
     backoff=st.floats(min_value=0.2, max_value=1.0),  # the bus master's shortest back-off is 0.2 s
 )
-def test_no_set_aside_slave_starves_on_a_busy_bus(waits: list[float], served: list[bool], probe_s: float, backoff: float) -> None:
+def test_no_set_aside_slave_starves_on_a_busy_bus(
+    waits: list[float], served: list[bool], probe_s: float, backoff: float
+) -> None:
     """Probes are picked on a bus that is never idle: each due slave is probed within one probe
     round of all set-aside slaves after it fell due, the tick-served one never after a plain one."""
     candidates = {a: ProbeCandidate(a, w, served[a]) for a, w in enumerate(waits)}
@@ -221,7 +236,9 @@ def test_no_set_aside_slave_starves_on_a_busy_bus(waits: list[float], served: li
         # a tick-served slave that fell due no later than the one picked goes first
         picked = candidates[address]
         others = [c for c in candidates.values() if c.next_probe_at <= now and c.address != address]
-        assert not (any(c.tick_served and c.next_probe_at <= picked.next_probe_at for c in others) and not picked.tick_served)
+        assert not (
+            any(c.tick_served and c.next_probe_at <= picked.next_probe_at for c in others) and not picked.tick_served
+        )
         probed_at[address].append(now)
         assert now - due <= len(candidates) * probe_s + 0.005 + 1e-9, (address, now, due)
         now += probe_s  # the probe failed: the slave is still silent

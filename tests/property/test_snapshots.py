@@ -21,7 +21,9 @@ readings = st.dictionaries(
     st.lists(st.sampled_from(NAMES), min_size=1, max_size=5, unique=True),
     st.lists(st.floats(0.0, 110.0), min_size=1, max_size=6),
 )
-def test_group_quality_is_the_worst_of_its_values(values: dict[str, Reading], group: list[str], times: list[float]) -> None:
+def test_group_quality_is_the_worst_of_its_values(
+    values: dict[str, Reading], group: list[str], times: list[float]
+) -> None:
     """Asked again and again (the answer is kept per snapshot), at any moment, it never differs
     from the value-by-value rule."""
     snap = empty_snapshot("safety", 5, "p").with_readings(values, online=True, error=None, now=0.0)

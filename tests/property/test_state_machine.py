@@ -79,7 +79,6 @@ def unmet(event: Event, conditions: Conditions) -> set[str]:
     return failed
 
 
-
 class FakeClock:
     def __init__(self) -> None:
         self.now = 500.0
@@ -297,10 +296,17 @@ def test_refresh_keeps_motion_alive_only_while_refreshed(state: State, refreshes
 
 
 GUARDED_ROWS = [
-    (S.IDLE, E.MOVE_COMMAND), (S.DOCK, E.MOVE_COMMAND), (S.PAUSED, E.RESUME_COMMAND),
-    (S.IDLE, E.DOCK_COMMAND), (S.MOVE, E.DOCK_COMMAND), (S.IDLE, E.CONFIG_COMMAND),
-    (S.FAULT, E.FAULT_CLEARED), (S.ESTOP, E.ESTOP_RESET), (S.FAULT, E.SAFE_RESET),
-    (S.ESTOP, E.SAFE_RESET), (S.SAFE, E.SAFE_RESET),
+    (S.IDLE, E.MOVE_COMMAND),
+    (S.DOCK, E.MOVE_COMMAND),
+    (S.PAUSED, E.RESUME_COMMAND),
+    (S.IDLE, E.DOCK_COMMAND),
+    (S.MOVE, E.DOCK_COMMAND),
+    (S.IDLE, E.CONFIG_COMMAND),
+    (S.FAULT, E.FAULT_CLEARED),
+    (S.ESTOP, E.ESTOP_RESET),
+    (S.FAULT, E.SAFE_RESET),
+    (S.ESTOP, E.SAFE_RESET),
+    (S.SAFE, E.SAFE_RESET),
 ]
 
 

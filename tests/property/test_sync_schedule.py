@@ -30,7 +30,9 @@ def run(scheduler: Scheduler, trace: list[frozenset[str]]) -> list[str | None]:
 
 @settings(max_examples=150, deadline=None)
 @given(readiness, guards)
-def test_a_class_with_a_backlog_is_never_passed_over_more_than_the_bound(trace: list[frozenset[str]], guard: int) -> None:
+def test_a_class_with_a_backlog_is_never_passed_over_more_than_the_bound(
+    trace: list[frozenset[str]], guard: int
+) -> None:
     scheduler = Scheduler(guard=guard)
     picks = run(scheduler, trace)
     for cls in {s.cls for s in STREAMS}:
@@ -47,7 +49,9 @@ def test_a_class_with_a_backlog_is_never_passed_over_more_than_the_bound(trace: 
 
 @settings(max_examples=150, deadline=None)
 @given(readiness, guards)
-def test_a_lower_class_goes_first_only_after_guard_batches_of_higher_ones(trace: list[frozenset[str]], guard: int) -> None:
+def test_a_lower_class_goes_first_only_after_guard_batches_of_higher_ones(
+    trace: list[frozenset[str]], guard: int
+) -> None:
     picks = run(Scheduler(guard=guard), trace)
     for i, (ready, pick) in enumerate(zip(trace, picks)):
         if not ready:
@@ -71,9 +75,7 @@ def test_a_lower_class_goes_first_only_after_guard_batches_of_higher_ones(trace:
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.sampled_from(NAMES), max_size=120), st.integers(min_value=1, max_value=7), guards)
-def test_batches_are_prefixes_so_each_stream_keeps_its_order(
-    arrivals: list[str], limit: int, guard: int
-) -> None:
+def test_batches_are_prefixes_so_each_stream_keeps_its_order(arrivals: list[str], limit: int, guard: int) -> None:
     queues: dict[str, list[int]] = {n: [] for n in NAMES}
     for seq_source, name in enumerate(arrivals):
         queues[name].append(seq_source)
@@ -108,7 +110,9 @@ samples = st.lists(
     st.tuples(
         st.sampled_from(["telemetry", "telemetry", "gap"]),
         st.one_of(
-            st.fixed_dictionaries({"source": st.sampled_from(["m1", "m2"]), "key": st.sampled_from(["a", "b"]), "v": st.integers()}),
+            st.fixed_dictionaries(
+                {"source": st.sampled_from(["m1", "m2"]), "key": st.sampled_from(["a", "b"]), "v": st.integers()}
+            ),
             st.fixed_dictionaries({"v": st.integers()}),
         ),
     ),

@@ -204,5 +204,10 @@ def test_the_same_values_spelled_otherwise_are_refused(record: envelope.Record, 
 
 def test_pinned_key_round_trips_through_its_text_forms() -> None:
     public = DEVICE.public
-    for text in (public.base64(), public.pem(), public.base64().rstrip("="), public.base64().replace("+", "-").replace("/", "_")):
+    for text in (
+        public.base64(),
+        public.pem(),
+        public.base64().rstrip("="),
+        public.base64().replace("+", "-").replace("/", "_"),
+    ):
         assert PinnedKey.from_text(text).raw == public.raw

@@ -19,9 +19,14 @@ RULES = CommandRules(agent="oht-001", max_age_s=300, clock_skew_s=30)
 
 # A few commands, each with its own issue time and lifetime (seconds from T0).
 _COMMANDS = [
-    envelope.make_command(command_id=f"c-{i}", type="move", params={"i": i}, sign=CENTRAL.sign,
-                          issued_at=format_ts(T0 + timedelta(seconds=issued)),
-                          not_after=format_ts(T0 + timedelta(seconds=issued + life)))  # fmt: skip
+    envelope.make_command(
+        command_id=f"c-{i}",
+        type="move",
+        params={"i": i},
+        sign=CENTRAL.sign,
+        issued_at=format_ts(T0 + timedelta(seconds=issued)),
+        not_after=format_ts(T0 + timedelta(seconds=issued + life)),
+    )  # fmt: skip
     for i, (issued, life) in enumerate([(0, 30), (5, 600), (100, 50), (-200, 1000), (400, 60)])
 ]
 

@@ -47,10 +47,16 @@ class CrashReport:
         return not (self.lost or self.executed_twice or self.foreign_writes or self.quick_check_failures)
 
     def summary(self) -> dict[str, object]:
-        return {"cycles": self.cycles, "acknowledged": len(self.acknowledged), "lost": len(self.lost),
-                "executed_twice": len(self.executed_twice), "foreign_writes": len(self.foreign_writes),
-                "quick_check_failures": len(self.quick_check_failures), "states": dict(self.states),
-                "seconds": round(self.seconds, 1)}
+        return {
+            "cycles": self.cycles,
+            "acknowledged": len(self.acknowledged),
+            "lost": len(self.lost),
+            "executed_twice": len(self.executed_twice),
+            "foreign_writes": len(self.foreign_writes),
+            "quick_check_failures": len(self.quick_check_failures),
+            "states": dict(self.states),
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def free_port() -> int:
@@ -65,8 +71,12 @@ def _env() -> dict[str, str]:
 
 def _agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, env=_env())
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
 
 
 def _wait_up(client: httpx.Client, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -93,7 +103,9 @@ def quick_check(db: Path) -> str:
         conn.close()
 
 
-def run_crash_loop(workdir: Path, cycles: int, seed: int = 1, kill_window: tuple[float, float] = (0.05, 2.5)) -> CrashReport:
+def run_crash_loop(
+    workdir: Path, cycles: int, seed: int = 1, kill_window: tuple[float, float] = (0.05, 2.5)
+) -> CrashReport:
     started = time.monotonic()
     rng = random.Random(seed)
     report = CrashReport()
@@ -101,19 +113,40 @@ def run_crash_loop(workdir: Path, cycles: int, seed: int = 1, kill_window: tuple
     port = free_port()
     data = workdir / "data"
     config = workdir / "agent.toml"
-    config.write_text(f'[agent]\nid = "oht-crash"\ndata_dir = "{data}"\n\n[bus]\nport = "{sim.link}"\nscan = [2, 3, 4, 5]\n\n'
-                      f'[api]\nhost = "127.0.0.1"\nport = {port}\n')
+    config.write_text(
+        f'[agent]\nid = "oht-crash"\ndata_dir = "{data}"\n\n[bus]\nport = "{sim.link}"\nscan = [2, 3, 4, 5]\n\n'
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
     log = workdir / "agent.log"
     try:
-        subprocess.run([sys.executable, "-m", "agent", "user", "add", "crash", "--role", "technician", "--password-stdin",
-                        "--config", str(config)], input=PASSWORD.encode(), check=True, env=_env(), capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "user",
+                "add",
+                "crash",
+                "--role",
+                "technician",
+                "--password-stdin",
+                "--config",
+                str(config),
+            ],
+            input=PASSWORD.encode(),
+            check=True,
+            env=_env(),
+            capture_output=True,
+        )
         next_value = 1
         pending: tuple[str, int] | None = None  # sent, answer not seen: resent with the same key
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as client:
             for _ in range(cycles):
                 proc = _agent(config, log)
                 _wait_up(client, proc)
-                token = client.post("/api/v1/auth/login", json={"username": "crash", "password": PASSWORD}).json()["token"]
+                token = client.post("/api/v1/auth/login", json={"username": "crash", "password": PASSWORD}).json()[
+                    "token"
+                ]
                 headers = {"Authorization": f"Bearer {token}"}
                 killer = threading.Timer(rng.uniform(*kill_window), lambda p=proc: p.send_signal(signal.SIGKILL))
                 killer.start()
@@ -124,9 +157,14 @@ def run_crash_loop(workdir: Path, cycles: int, seed: int = 1, kill_window: tuple
                             next_value += 1
                         key, value = pending
                         try:
-                            resp = client.post("/api/v1/commands", headers={**headers, "Idempotency-Key": key},
-                                               json={"type": "register_write",
-                                                     "params": {"role": "power", "register": "USE_V_THS", "value": value / 100}})
+                            resp = client.post(
+                                "/api/v1/commands",
+                                headers={**headers, "Idempotency-Key": key},
+                                json={
+                                    "type": "register_write",
+                                    "params": {"role": "power", "register": "USE_V_THS", "value": value / 100},
+                                },
+                            )
                         except httpx.HTTPError:
                             break  # killed mid-request: resend this key next cycle
                         if resp.status_code in (200, 201):
@@ -155,7 +193,9 @@ def run_crash_loop(workdir: Path, cycles: int, seed: int = 1, kill_window: tuple
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if not client.get("/api/v1/commands", params={"state": "queued", "limit": 10}, headers=headers).json():
-                    if not client.get("/api/v1/commands", params={"state": "running", "limit": 10}, headers=headers).json():
+                    if not client.get(
+                        "/api/v1/commands", params={"state": "running", "limit": 10}, headers=headers
+                    ).json():
                         break
                 time.sleep(0.2)
             proc.send_signal(signal.SIGTERM)

@@ -22,8 +22,13 @@ async def main(path: str) -> None:
     await rt.start()
     while rt.controller.sm.state.value != "IDLE":
         await asyncio.sleep(0.02)
-    await rt.controller.submit_command(source="cli", idempotency_key="kill-test", type="move",
-                                       params={"direction": "forward", "speed_pct": 30, "duration_ms": 30000}, user="test")
+    await rt.controller.submit_command(
+        source="cli",
+        idempotency_key="kill-test",
+        type="move",
+        params={"direction": "forward", "speed_pct": 30, "duration_ms": 30000},
+        user="test",
+    )
     while (rt.controller.plant.value("travel", "M1_ACTUAL_SPEED") or 0) <= 0:
         await asyncio.sleep(0.02)
     print("MOVING", flush=True)
@@ -34,8 +39,12 @@ def start(config: Path, log: Path, timeout: float = 30.0) -> subprocess.Popen[by
     """This script as a process against `config`; returns once it reports the carriage moving."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(config)],
-                            stdout=subprocess.PIPE, stderr=open(log, "wb"), env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), str(config)],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "wb"),
+        env=env,
+    )
     deadline = time.monotonic() + timeout
     line = b""
     while time.monotonic() < deadline and b"MOVING" not in line:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.store.commands import Commands  # noqa: E402
-from agent.store.database import Database  # noqa: E402
+from agent.store.commands import Commands
+from agent.store.database import Database
 
 
 def say(line: str) -> None:

@@ -64,7 +64,12 @@ def run_agent(tmp_path: Path) -> Iterator[Callable[[Path], tuple[subprocess.Pope
     def start(cfg: Path) -> tuple[subprocess.Popen[bytes], Path]:
         log = tmp_path / "agent.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=ENV)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=ENV,
+            )
         procs.append(proc)
         return proc, log
 
@@ -82,11 +87,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     assert time.monotonic() - started < 8
 
 
-def test_first_admin_from_the_cli_then_the_api(tmp_path: Path, sim_factory: Callable[..., SimProcess], run_agent) -> None:  # type: ignore[no-untyped-def]
+def test_first_admin_from_the_cli_then_the_api(
+    tmp_path: Path, sim_factory: Callable[..., SimProcess], run_agent
+) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory()
     port = free_port()
     cfg = write_config(tmp_path, sim.link, "127.0.0.1", port)
-    added = cli("user", "add", "chief", "--role", "admin", "--password-stdin", "--config", str(cfg), stdin=PASSWORD + "\n")
+    added = cli(
+        "user", "add", "chief", "--role", "admin", "--password-stdin", "--config", str(cfg), stdin=PASSWORD + "\n"
+    )
     assert added.returncode == 0, added.stderr
     proc, log = run_agent(cfg)
     wait_log(log, rf"API serving on http://127\.0\.0\.1:{port}", 20)
@@ -113,7 +122,9 @@ def test_first_admin_from_the_cli_then_the_api(tmp_path: Path, sim_factory: Call
     assert listed.returncode == 0 and "chief" in listed.stdout and "admin" in listed.stdout
 
 
-def test_off_loopback_the_api_speaks_tls_with_the_logged_certificate(tmp_path: Path, sim_factory: Callable[..., SimProcess], run_agent) -> None:  # type: ignore[no-untyped-def]
+def test_off_loopback_the_api_speaks_tls_with_the_logged_certificate(
+    tmp_path: Path, sim_factory: Callable[..., SimProcess], run_agent
+) -> None:  # type: ignore[no-untyped-def]
     sim = sim_factory()
     port = free_port()
     cfg = write_config(tmp_path, sim.link, "0.0.0.0", port)

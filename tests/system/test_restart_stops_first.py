@@ -48,13 +48,21 @@ def test_after_kill_9_the_new_agent_stops_the_driver_before_scanning(tmp_path: P
     assert sim.control.registers(TRAVEL)[M1_ENABLE] == 1, "the driver should still run after the kill (stock DRV-FW)"
     started = time.monotonic()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "second.log", "wb"), env=env)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "second.log", "wb"),
+        env=env,
+    )
     try:
         stop_at = None
         deadline = time.monotonic() + 20
         while stop_at is None and time.monotonic() < deadline:
-            stops = [w for w in sim.control.writes(TRAVEL, since=started) if w["address"] == M1_ENABLE and not any(w["values"])]
+            stops = [
+                w
+                for w in sim.control.writes(TRAVEL, since=started)
+                if w["address"] == M1_ENABLE and not any(w["values"])
+            ]
             stop_at = stops[0]["t"] if stops else None
             time.sleep(0.01)
         assert stop_at is not None, (tmp_path / "second.log").read_text()[-3000:]

@@ -28,7 +28,9 @@ def write_config(tmp: Path, link: str, **modules: int) -> Path:
 def start_agent(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def wait_log(log: Path, text: str, timeout: float) -> str:
@@ -97,8 +99,12 @@ def test_unknown_module_is_reported(tmp_path: Path, sim_factory) -> None:  # typ
     text = text.replace("default = 5\n", "default = 42\n", 1) if "MODULE_TYPE" not in text else text
     (profiles / "mystery.toml").write_text(_retype(text))
     (profiles / "dock-readonly.toml").unlink()
-    sim = SimProcess(tmp_path / "m.tty", tmp_path / "m.ctl", profiles=profiles,
-                     slaves=["2:power-v2", "3:travel-drvfw", "4:mystery", "5:safety-safefw"]).start()
+    sim = SimProcess(
+        tmp_path / "m.tty",
+        tmp_path / "m.ctl",
+        profiles=profiles,
+        slaves=["2:power-v2", "3:travel-drvfw", "4:mystery", "5:safety-safefw"],
+    ).start()
     try:
         cfg = write_config(tmp_path, sim.link)
         log = tmp_path / "agent.log"

@@ -57,9 +57,7 @@ def _run_cycle(data_dir: Path, rng: random.Random) -> int:
         for start in range(0, len(acknowledged), 500):
             chunk = acknowledged[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            present.update(
-                r[0] for r in conn.execute(f"SELECT id FROM commands WHERE id IN ({marks})", chunk)
-            )
+            present.update(r[0] for r in conn.execute(f"SELECT id FROM commands WHERE id IN ({marks})", chunk))
         # Only submits happen here: every command has exactly its one 'command' outbox row.
         (commands,) = conn.execute("SELECT count(*) FROM commands").fetchone()
         (announced,) = conn.execute("SELECT count(*) FROM outbox WHERE kind = 'command'").fetchone()

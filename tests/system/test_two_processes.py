@@ -98,13 +98,32 @@ def daemon(tmp_path: Path, sim: SimProcess) -> Iterator[Daemon]:
         f'[api]\nhost = "127.0.0.1"\nport = {port}\n\n[core]\nsocket = "{sock}"\n'
     )
     for user, role in (("op", "operator"), ("tech", "technician")):
-        made = subprocess.run([sys.executable, "-m", "agent", "user", "add", user, "--role", role, "--password-stdin",
-                               "--config", str(cfg)], input=PASSWORD, capture_output=True, text=True, env=ENV, timeout=60)
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "user",
+                "add",
+                user,
+                "--role",
+                role,
+                "--password-stdin",
+                "--config",
+                str(cfg),
+            ],
+            input=PASSWORD,
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=60,
+        )
         assert made.returncode == 0, made.stderr
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out,
-                                stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=ENV
+        )
     d = Daemon(proc, f"http://127.0.0.1:{port}", log, cfg, sock)
     try:
         d.wait_ready()
@@ -124,8 +143,11 @@ def enable_writes(sim: SimProcess, since: float) -> list[tuple[float, int]]:
 
 def submit_move(d: Daemon, token: str, key: str, duration_ms: int) -> dict[str, object]:
     with d.client(token) as c:
-        answer = c.post("/api/v1/commands", headers={"Idempotency-Key": key},
-                        json={"type": "move", "params": {"direction": "forward", "speed_pct": 30, "duration_ms": duration_ms}})
+        answer = c.post(
+            "/api/v1/commands",
+            headers={"Idempotency-Key": key},
+            json={"type": "move", "params": {"direction": "forward", "speed_pct": 30, "duration_ms": duration_ms}},
+        )
     assert answer.status_code == 201, answer.text
     return dict(answer.json())
 
@@ -182,7 +204,9 @@ def test_kill_9_of_the_gateway_during_a_move_changes_nothing_for_the_robot(daemo
 
 
 @pytest.mark.timeout(90)
-def test_kill_9_of_the_core_the_gateway_says_so_and_nothing_acknowledged_is_lost(daemon: Daemon, sim: SimProcess) -> None:
+def test_kill_9_of_the_core_the_gateway_says_so_and_nothing_acknowledged_is_lost(
+    daemon: Daemon, sim: SimProcess
+) -> None:
     token = daemon.login("op")
     running = submit_move(daemon, token, "core-kill-running", 20000)
     wait_moving(sim)
@@ -236,7 +260,9 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
     sent, busy, answered, received = 0, 0, 0, b""
     until = time.monotonic() + 3.0
     while time.monotonic() < until:
-        batch = b"".join(_frame({"t": "req", "id": sent + i, "op": "ping", "deadline_ms": 1000, "args": {}}) for i in range(200))
+        batch = b"".join(
+            _frame({"t": "req", "id": sent + i, "op": "ping", "deadline_ms": 1000, "args": {}}) for i in range(200)
+        )
         peer.sendall(batch)
         sent += 200
         try:
@@ -259,7 +285,7 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
         (length,) = struct.unpack_from(">I", received, offset)
         if offset + 4 + length > len(received):
             break
-        message = json.loads(received[offset + 4:offset + 4 + length])
+        message = json.loads(received[offset + 4 : offset + 4 + length])
         offset += 4 + length
         if message.get("t") == "rep":
             answered += 1
@@ -272,8 +298,10 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
     assert "LOOP_LAG" not in codes and "LOOP_STALL" not in codes, status["verdict"]
     faults = [(f["code"], f["level"], f.get("message", "")) for f in status["verdict"]["faults"]]
     if status["state"] != "IDLE":  # pytest.fail: the whole text, where an assertion's repr is cut short
-        pytest.fail(f"state {status['state']} after the flood; faults {faults}\n"
-                    f"daemon log (tail):\n{daemon.log.read_text(errors='replace')[-6000:]}")
+        pytest.fail(
+            f"state {status['state']} after the flood; faults {faults}\n"
+            f"daemon log (tail):\n{daemon.log.read_text(errors='replace')[-6000:]}"
+        )
     assert status["loop"]["ticks"] > before["ticks"]
 
 
@@ -307,25 +335,41 @@ def test_the_core_holds_no_network_socket_and_the_gateway_no_serial_port(daemon:
     assert not core_sockets & network, f"the core holds network sockets {sorted(core_sockets & network)}"
     assert core_sockets <= _inodes_in("unix", core), "the core holds a socket that is not a Unix socket"
     gateway_sockets = _socket_inodes(gateway)
-    assert gateway_sockets & set().union(*(_inodes_in(t, gateway) for t in ("tcp", "tcp6"))), "the gateway listens on no TCP socket"
+    assert gateway_sockets & set().union(*(_inodes_in(t, gateway) for t in ("tcp", "tcp6"))), (
+        "the gateway listens on no TCP socket"
+    )
     pty = os.path.realpath(sim.link)
     core_files = {os.path.realpath(f) for f in Path(f"/proc/{core}/fd").iterdir() if f.exists()}
     gateway_files = {os.path.realpath(f) for f in Path(f"/proc/{gateway}/fd").iterdir() if f.exists()}
     assert pty in core_files, "the core does not hold the serial port: the test would prove nothing"
     assert pty not in gateway_files
     # Nor could it: the gateway's code does not load the serial or bus modules at all.
-    probe = subprocess.run([sys.executable, "-c",
-                            "import sys, agent.gateway, agent.api.app, agent.link.client\n"
-                            "bad = [m for m in ('serial', 'drivers.modbus.port', 'drivers.modbus.master', 'agent.runtime',"
-                            " 'agent.control.controller') if m in sys.modules]\n"
-                            "print(bad); sys.exit(1 if bad else 0)"], capture_output=True, text=True, env=ENV, timeout=60)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, agent.gateway, agent.api.app, agent.link.client\n"
+            "bad = [m for m in ('serial', 'drivers.modbus.port', 'drivers.modbus.master', 'agent.runtime',"
+            " 'agent.control.controller') if m in sys.modules]\n"
+            "print(bad); sys.exit(1 if bad else 0)",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
     assert probe.returncode == 0, probe.stdout + probe.stderr
 
 
 def test_a_half_that_cannot_start_ends_the_launcher_with_its_code(tmp_path: Path) -> None:
     bad = tmp_path / "agent.toml"
     bad.write_text('[agent]\nid = "not an id"\n')
-    run = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(bad)], capture_output=True, text=True,
-                         env=ENV, timeout=30)
+    run = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+    )
     assert run.returncode == 1, run.stderr
     assert "CONFIG_INVALID" in run.stderr and "not started again" in run.stderr, run.stderr

@@ -77,7 +77,9 @@ class Site:
         await _ready(proc, b"READY central-")
 
     async def start_robot(self) -> None:
-        self.robot = _spawn(["-m", "tests.upstream_peer", str(self.data), "--port", str(self.broker.port), "--ack-timeout", "1"])
+        self.robot = _spawn(
+            ["-m", "tests.upstream_peer", str(self.data), "--port", str(self.broker.port), "--ack-timeout", "1"]
+        )
         await _ready(self.robot, b"READY")
 
     def stored(self) -> int:

@@ -25,4 +25,3 @@ def test_stop_and_pause_are_taken_and_resume_and_every_motion_type_refused() -> 
     assert admitted_when_full("stop") and admitted_when_full("pause")
     assert not admitted_when_full("resume")
     assert not any(admitted_when_full(t) for t in MOTION_TYPES)
-

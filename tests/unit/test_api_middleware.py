@@ -45,7 +45,9 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_unexpected_exception_is_a_generic_500(client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unexpected_exception_is_a_generic_500(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     r = await client.get("/boom")
     assert r.status_code == 500
     body = r.json()
@@ -77,7 +79,9 @@ async def test_security_headers_on_every_answer(client: httpx.AsyncClient) -> No
         assert h["x-frame-options"] == "DENY"
         assert h["referrer-policy"] == "no-referrer"
         assert h["cache-control"] == "no-store"
-        assert "default-src 'none'" in h["content-security-policy"] and "unsafe-inline" not in h["content-security-policy"]
+        assert (
+            "default-src 'none'" in h["content-security-policy"] and "unsafe-inline" not in h["content-security-policy"]
+        )
         assert "strict-transport-security" not in h  # plain HTTP: HSTS only over TLS
         assert len(h["x-request-id"]) == 36
 

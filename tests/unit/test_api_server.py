@@ -38,7 +38,16 @@ def tiny_app() -> FastAPI:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.3.4.5", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("robot.local", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.3.4.5", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("robot.local", False),
+    ],
 )
 def test_only_loopback_is_plain(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
@@ -131,7 +140,9 @@ async def test_answers_are_not_held_back_by_nagle(tmp_path: Path) -> None:
                 assert (await c.get("/ping")).status_code == 200
                 took.append(asyncio.get_running_loop().time() - began)
         took.sort()
-        assert took[len(took) // 2] < 0.02, f"median {took[len(took) // 2] * 1000:.1f} ms: an answer waited for a delayed ACK"
+        assert took[len(took) // 2] < 0.02, (
+            f"median {took[len(took) // 2] * 1000:.1f} ms: an answer waited for a delayed ACK"
+        )
     finally:
         await server.stop()
 
@@ -178,7 +189,7 @@ async def exchange(port: int, request: bytes, *, piece: int | None = None) -> by
                 await writer.drain()
             else:
                 for at in range(0, len(request), piece):
-                    writer.write(request[at:at + piece])
+                    writer.write(request[at : at + piece])
                     await writer.drain()
                     await asyncio.sleep(0.001)
         except ConnectionError:
@@ -220,7 +231,9 @@ async def test_the_server_says_which_parser_serves(tmp_path: Path, caplog: pytes
         await server.stop()
 
 
-async def test_without_httptools_it_falls_back_to_h11_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_httptools_it_falls_back_to_h11_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agent.api import server as server_module
 
     # As on a machine where httptools is not installed: its import fails.
@@ -247,7 +260,9 @@ async def test_without_httptools_it_falls_back_to_h11_and_says_so(tmp_path: Path
 @pytest.mark.parametrize("http", ["auto", "h11"])
 @pytest.mark.parametrize("shape", sorted(HEADS_64K))
 @pytest.mark.parametrize("piece", [None, 4096], ids=["one-write", "in-pieces"])
-async def test_a_request_head_of_64_kib_is_refused_never_served(tmp_path: Path, http: str, shape: str, piece: int | None) -> None:
+async def test_a_request_head_of_64_kib_is_refused_never_served(
+    tmp_path: Path, http: str, shape: str, piece: int | None
+) -> None:
     """16 KiB of request target and headers at most, under either parser ("auto" is httptools
     where installed). Refused is a 4xx answer or a closed connection; the app never sees it."""
     app, served = counting_app()

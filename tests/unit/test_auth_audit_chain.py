@@ -87,7 +87,11 @@ async def test_rows_chain_and_outbox_copy(tmp_path: Path) -> None:
 async def test_triggers_refuse_update_and_delete(filled: Path) -> None:
     db = await Database.open(filled)
     try:
-        for sql in ("UPDATE audit SET actor = 'mallory' WHERE seq = 2", "DELETE FROM audit WHERE seq = 6", "DELETE FROM audit_head"):
+        for sql in (
+            "UPDATE audit SET actor = 'mallory' WHERE seq = 2",
+            "DELETE FROM audit WHERE seq = 6",
+            "DELETE FROM audit_head",
+        ):
             with pytest.raises(StoreError, match="append-only|cannot be deleted"):
                 await db.write(lambda conn, sql=sql: conn.execute(sql))
         assert (await verify_chain(db)).ok
@@ -157,12 +161,17 @@ async def test_rehashed_edit_with_the_key_is_found_at_the_next_row(filled: Path)
     row = _rows(filled)[1]
     row["actor"] = "mallory"
     key = chain_key.load(filled)
-    _tamper(filled, f"UPDATE audit SET actor = 'mallory', row_hash = '{row_hash(str(row['prev_hash']), row, key)}' WHERE seq = 2")
+    _tamper(
+        filled,
+        f"UPDATE audit SET actor = 'mallory', row_hash = '{row_hash(str(row['prev_hash']), row, key)}' WHERE seq = 2",
+    )
     result = await _verify(filled)
     assert not result.ok and result.first_bad_seq == 3 and "row 2" in result.reason
 
 
-async def test_a_rewrite_of_the_whole_chain_without_the_key_is_found(filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_rewrite_of_the_whole_chain_without_the_key_is_found(
+    filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The attack a plain hash chain cannot see: every row re-hashed in order and the head moved
     along. Without the key (it lives beside the database, not in it) the first row fails."""
     from agent.store.audit import GENESIS_HASH, row_hash
@@ -171,7 +180,9 @@ async def test_a_rewrite_of_the_whole_chain_without_the_key_is_found(filled: Pat
     for row in _rows(filled):
         row["actor"] = "mallory"
         new_hash = row_hash(prev, row)  # SHA-256: all one can compute without the key
-        statements.append(f"UPDATE audit SET actor = 'mallory', prev_hash = '{prev}', row_hash = '{new_hash}' WHERE seq = {row['seq']}")
+        statements.append(
+            f"UPDATE audit SET actor = 'mallory', prev_hash = '{prev}', row_hash = '{new_hash}' WHERE seq = {row['seq']}"
+        )
         prev = new_hash
     statements.append(f"UPDATE audit_head SET last_hash = '{prev}' WHERE id = 1")
     _tamper(filled, *statements)
@@ -209,7 +220,9 @@ async def test_a_log_older_than_its_key_verifies_and_records_the_key(tmp_path: P
     assert actions == ["old.action"] * 3 + ["audit.key_created", "new.action"]
 
 
-async def test_cli_verify_works_while_the_database_is_open_elsewhere(filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_verify_works_while_the_database_is_open_elsewhere(
+    filled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Verification only reads, so it does not need the daemon to stop (no data-dir lock)."""
     from agent.store.lock import DataDirLock
 

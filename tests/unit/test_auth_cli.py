@@ -24,7 +24,9 @@ def cfg(tmp_path: Path) -> Path:
     return path
 
 
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str, stdin: str = "") -> tuple[int, str, str]:
+def run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str, stdin: str = ""
+) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
     code = cli.main(list(args))
     out = capsys.readouterr()
@@ -35,20 +37,66 @@ def test_user_lifecycle(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     c = str(cfg)
     code, out, _ = run(monkeypatch, capsys, "user", "list", "--config", c)
     assert code == 0 and "no users yet" in out
-    code, out, err = run(monkeypatch, capsys, "user", "add", "root-admin", "--role", "admin", "--password-stdin", "--config", c, stdin=PW + "\n")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "add",
+        "root-admin",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin=PW + "\n",
+    )
     assert code == 0, err
     assert "created user root-admin with role admin" in out
-    code, _, err = run(monkeypatch, capsys, "user", "add", "ROOT-ADMIN", "--role", "viewer", "--password-stdin", "--config", c, stdin=PW)
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "add",
+        "ROOT-ADMIN",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin=PW,
+    )
     assert code == 1 and "USER_EXISTS" in err
-    code, _, _ = run(monkeypatch, capsys, "user", "add", "tech", "--role", "technician", "--password-stdin", "--config", c, stdin=PW)
+    code, _, _ = run(
+        monkeypatch, capsys, "user", "add", "tech", "--role", "technician", "--password-stdin", "--config", c, stdin=PW
+    )
     assert code == 0
     code, out, _ = run(monkeypatch, capsys, "user", "list", "--config", c)
     assert code == 0 and "root-admin" in out and "technician" in out and "active" in out
     assert PW not in out and "scrypt" not in out
-    code, out, _ = run(monkeypatch, capsys, "user", "passwd", "tech", "--password-stdin", "--config", c, stdin="another long password\n")
+    code, out, _ = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "passwd",
+        "tech",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin="another long password\n",
+    )
     assert code == 0 and "password of tech set" in out
     # On the carriage an admin's own password is set without the current one (the API refuses that).
-    code, out, _ = run(monkeypatch, capsys, "user", "passwd", "root-admin", "--password-stdin", "--config", c, stdin="a new admin password\n")
+    code, out, _ = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "passwd",
+        "root-admin",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin="a new admin password\n",
+    )
     assert code == 0 and "password of root-admin set" in out
     code, out, _ = run(monkeypatch, capsys, "user", "disable", "tech", "--config", c)
     assert code == 0 and "disabled" in out
@@ -58,13 +106,29 @@ def test_user_lifecycle(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert code == 0 and "5 rows" in out  # two users added, two passwords set, one disabled
 
 
-def test_short_password_is_refused_clearly(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(monkeypatch, capsys, "user", "add", "bob", "--role", "viewer", "--password-stdin", "--config", str(cfg), stdin="tooshort\n")
+def test_short_password_is_refused_clearly(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        "--config",
+        str(cfg),
+        stdin="tooshort\n",
+    )
     assert code == 1
     assert "PASSWORD_REJECTED" in err and "at least 12 characters" in err and "hint:" in err
 
 
-def test_prompted_passwords_must_match(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prompted_passwords_must_match(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     answers = iter([PW, PW + "x"])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
     code, _, err = run(monkeypatch, capsys, "user", "add", "bob", "--role", "viewer", "--config", str(cfg))
@@ -74,15 +138,33 @@ def test_prompted_passwords_must_match(cfg: Path, monkeypatch: pytest.MonkeyPatc
     assert code == 0, err
 
 
-def test_user_commands_refuse_while_the_daemon_holds_the_data_dir(cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_commands_refuse_while_the_daemon_holds_the_data_dir(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with DataDirLock(tmp_path / "data"):
-        code, _, err = run(monkeypatch, capsys, "user", "add", "bob", "--role", "viewer", "--password-stdin", "--config", str(cfg), stdin=PW)
+        code, _, err = run(
+            monkeypatch,
+            capsys,
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "viewer",
+            "--password-stdin",
+            "--config",
+            str(cfg),
+            stdin=PW,
+        )
     assert code == 1 and "DATA_DIR_LOCKED" in err
 
 
-def test_unlock_works_beside_the_running_daemon(cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unlock_works_beside_the_running_daemon(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = str(cfg)
-    code, _, err = run(monkeypatch, capsys, "user", "add", "tech", "--role", "technician", "--password-stdin", "--config", c, stdin=PW)
+    code, _, err = run(
+        monkeypatch, capsys, "user", "add", "tech", "--role", "technician", "--password-stdin", "--config", c, stdin=PW
+    )
     assert code == 0, err
     with DataDirLock(tmp_path / "data"):  # the daemon holds the data directory
         code, out, err = run(monkeypatch, capsys, "user", "unlock", "tech", "--config", c)
@@ -94,13 +176,17 @@ def test_unlock_works_beside_the_running_daemon(cfg: Path, tmp_path: Path, monke
     assert code == 0 and "2 rows" in out  # the user added and the one unlock
 
 
-def test_unknown_role_is_refused_by_the_parser(cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_role_is_refused_by_the_parser(
+    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         run(monkeypatch, capsys, "user", "add", "bob", "--role", "root", "--config", str(cfg))
     assert info.value.code == 2
 
 
-def test_tls_fingerprint(cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tls_fingerprint(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.api.tls import ensure_certificate
 
     code, _, err = run(monkeypatch, capsys, "tls", "fingerprint", "--config", str(cfg))

@@ -98,7 +98,9 @@ async def test_an_address_spraying_accounts_gets_its_limit(svc: AuthService) -> 
     assert checks(svc) == LIMITS.ip_failures
 
 
-async def test_guessing_from_elsewhere_slows_the_owner_at_most_the_delay_cap(svc: AuthService, clock: FakeClock) -> None:
+async def test_guessing_from_elsewhere_slows_the_owner_at_most_the_delay_cap(
+    svc: AuthService, clock: FakeClock
+) -> None:
     # An attacker with many addresses guesses all the time, each guess as soon as it is allowed.
     for i in range(200):
         if await attempt(svc, WRONG, f"10.1.{i // 250}.{i % 250}") == "throttled":
@@ -120,7 +122,9 @@ async def test_the_owners_usual_address_is_not_slowed(svc: AuthService, clock: F
     assert await attempt(svc, PW, "192.168.7.7") == "ok"
 
 
-async def test_an_unlock_on_the_carriage_reaches_the_running_gateway(svc: AuthService, db: Database, clock: FakeClock) -> None:
+async def test_an_unlock_on_the_carriage_reaches_the_running_gateway(
+    svc: AuthService, db: Database, clock: FakeClock
+) -> None:
     for i in range(8):
         await attempt(svc, WRONG, "10.3.0.1")
         await attempt(svc, WRONG, f"10.3.1.{i}")

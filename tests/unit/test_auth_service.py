@@ -103,7 +103,9 @@ async def test_last_admin_cannot_be_disabled(svc: AuthService) -> None:
     await svc.disable_user(ROOT, "alice", ctx())
 
 
-async def test_throttle_per_account_even_with_the_right_password(svc: AuthService, db: Database, clock: FakeClock) -> None:
+async def test_throttle_per_account_even_with_the_right_password(
+    svc: AuthService, db: Database, clock: FakeClock
+) -> None:
     for _ in range(3):
         with pytest.raises(AuthFailed):
             await svc.login("olga", "wrong password here", ctx())
@@ -140,7 +142,9 @@ async def test_absolute_expiry_and_idle_timeout(svc: AuthService, clock: FakeClo
         await svc.authenticate(idle)
 
 
-async def test_sessions_survive_a_new_service_but_revocations_too(svc: AuthService, db: Database, clock: FakeClock) -> None:
+async def test_sessions_survive_a_new_service_but_revocations_too(
+    svc: AuthService, db: Database, clock: FakeClock
+) -> None:
     """A restart (new service, empty cache) sees the same sessions from the database."""
     token = (await svc.login("olga", PW, ctx())).token
     gone = (await svc.login("olga", PW, ctx())).token

@@ -42,7 +42,9 @@ def begin_and(t: LoginThrottle, name: str, ip: str, outcome: str) -> int:
 
 def test_per_address_and_account_then_per_address() -> None:
     clock = FakeClock(1000.0)
-    t = LoginThrottle(ThrottleLimits(account_failures=3, ip_failures=5, window_s=900, account_delay_max_s=30), clock=clock)
+    t = LoginThrottle(
+        ThrottleLimits(account_failures=3, ip_failures=5, window_s=900, account_delay_max_s=30), clock=clock
+    )
     for _ in range(3):
         assert begin_and(t, "Alice", "10.0.0.1", "failed") == 0
     # That address waits for the window for that account, whatever the name's case.
@@ -60,7 +62,9 @@ def test_per_address_and_account_then_per_address() -> None:
 
 def test_the_account_delay_doubles_up_to_its_cap_and_success_clears_it() -> None:
     clock = FakeClock(1000.0)
-    t = LoginThrottle(ThrottleLimits(account_failures=2, ip_failures=1000, window_s=900, account_delay_max_s=10), clock=clock)
+    t = LoginThrottle(
+        ThrottleLimits(account_failures=2, ip_failures=1000, window_s=900, account_delay_max_s=10), clock=clock
+    )
     waits = []
     for i in range(8):  # a new address each time: only the account-wide delay applies
         wait = begin_and(t, "alice", f"10.0.1.{i}", "failed")

@@ -45,7 +45,16 @@ def test_all_problems_are_listed_at_once_with_their_keys() -> None:
     with pytest.raises(ConfigError) as info:
         validate_config(data, "robot.toml")
     text = str(info.value)
-    for key in ("agent.id", "agent.colour", "bus.baudrate", "bus.scan", "polling.safety_ms", "modules", "upstream.url", "extra"):
+    for key in (
+        "agent.id",
+        "agent.colour",
+        "bus.baudrate",
+        "bus.scan",
+        "polling.safety_ms",
+        "modules",
+        "upstream.url",
+        "extra",
+    ):
         assert key in text, f"{key} not named in:\n{text}"
     assert len(info.value.problems) == 8
     assert "robot.toml" in info.value.hint
@@ -76,7 +85,9 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "agent.bogus" in err and "bus.baudrate" in err and "hint:" in err
 
 
-def test_config_env_variable_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_env_variable_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "env.toml"
     cfg.write_text('[agent]\nid = "from-env"\ndata_dir = "/tmp"\n[bus]\nport = "/dev/x"\n')
     monkeypatch.setenv("OHT_AGENT_CONFIG", str(cfg))
@@ -96,8 +107,17 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_api_section_reaches_the_api_settings() -> None:
     from agent.api.settings import ApiSettings
 
-    data = {**MINIMAL, "api": {"session_lifetime_s": 3600, "session_idle_s": 600, "login_account_failures": 3,
-                               "login_ip_failures": 9, "login_window_s": 300, "cors_origins": ["https://ops.example"]}}
+    data = {
+        **MINIMAL,
+        "api": {
+            "session_lifetime_s": 3600,
+            "session_idle_s": 600,
+            "login_account_failures": 3,
+            "login_ip_failures": 9,
+            "login_window_s": 300,
+            "cors_origins": ["https://ops.example"],
+        },
+    }
     settings = ApiSettings.from_config(validate_config(data))
     limits = settings.auth_limits
     assert (limits.session_lifetime_s, limits.session_idle_s) == (3600.0, 600.0)
@@ -126,18 +146,22 @@ def test_config_check_rejects_unsafe_safety_module_settings(tmp_path: Path, caps
     """`[safety_module]` is the module's expected configuration: values that would leave it blind
     or self-resetting are refused with the key named, and the check exits 1."""
     path = tmp_path / "agent.toml"
-    path.write_text('[agent]\nid = "a"\ndata_dir = "/tmp/x"\n[bus]\nport = "/dev/null"\n'
-                    "[safety_module]\nanalog_enable = [false, false, false, false]\n"
-                    "zone_thresholds = [50, 30, 60, 70]\nauto_reset = true\nsafety_mode = 7\n"
-                    "di_active_level = [1, 2, 1, 1]\nverify_interval_ms = 100\n")
+    path.write_text(
+        '[agent]\nid = "a"\ndata_dir = "/tmp/x"\n[bus]\nport = "/dev/null"\n'
+        "[safety_module]\nanalog_enable = [false, false, false, false]\n"
+        "zone_thresholds = [50, 30, 60, 70]\nauto_reset = true\nsafety_mode = 7\n"
+        "di_active_level = [1, 2, 1, 1]\nverify_interval_ms = 100\n"
+    )
     assert main(["config", "check", "--config", str(path)]) == 1
     err = capsys.readouterr().err
-    for key, words in (("safety_module.analog_enable", "at least one distance sensor"),
-                       ("safety_module.zone_thresholds", "zone 1 must be the nearest"),
-                       ("safety_module.auto_reset", "must be false"),
-                       ("safety_module.safety_mode", "less than or equal to 4"),
-                       ("safety_module.di_active_level", "less than or equal to 1"),
-                       ("safety_module.verify_interval_ms", "greater than or equal to 500")):
+    for key, words in (
+        ("safety_module.analog_enable", "at least one distance sensor"),
+        ("safety_module.zone_thresholds", "zone 1 must be the nearest"),
+        ("safety_module.auto_reset", "must be false"),
+        ("safety_module.safety_mode", "less than or equal to 4"),
+        ("safety_module.di_active_level", "less than or equal to 1"),
+        ("safety_module.verify_interval_ms", "greater than or equal to 500"),
+    ):
         line = next((ln for ln in err.splitlines() if key in ln), None)
         assert line is not None and words in line, (key, err)
 

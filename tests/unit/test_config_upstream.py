@@ -13,7 +13,11 @@ from agent.sync.identity import DeviceIdentity, PinnedKey
 
 MINIMAL = {"agent": {"id": "oht-001", "data_dir": "/tmp/x"}, "bus": {"port": "/dev/ttyOHT485"}}
 CENTRAL = DeviceIdentity(Ed25519PrivateKey.generate()).public
-TLS = {"ca_file": "/etc/oht-agent/site-ca.pem", "cert_file": "/etc/oht-agent/robot.crt", "key_file": "/etc/oht-agent/robot.key"}
+TLS = {
+    "ca_file": "/etc/oht-agent/site-ca.pem",
+    "cert_file": "/etc/oht-agent/robot.crt",
+    "key_file": "/etc/oht-agent/robot.key",
+}
 ON = {"broker": "mqtts://broker.site.example", **TLS, "central_public_key": CENTRAL.base64()}
 
 

@@ -12,9 +12,26 @@ from agent.store.commands import CommandRecord
 
 
 def record(type_: str, params: dict[str, Any]) -> CommandRecord:
-    return CommandRecord(seq=1, id="c1", source="api", idempotency_key="k", user="t", type=type_, params=params,
-                         priority=5, not_after=None, state="queued", created_at="", updated_at="", started_at=None,
-                         finished_at=None, attempts=0, result=None, error_code=None, error_message=None)
+    return CommandRecord(
+        seq=1,
+        id="c1",
+        source="api",
+        idempotency_key="k",
+        user="t",
+        type=type_,
+        params=params,
+        priority=5,
+        not_after=None,
+        state="queued",
+        created_at="",
+        updated_at="",
+        started_at=None,
+        finished_at=None,
+        attempts=0,
+        result=None,
+        error_code=None,
+        error_message=None,
+    )
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-HANGS_TWICE = '''
+HANGS_TWICE = """
 import time
 import pytest
 
@@ -21,9 +21,9 @@ def wedged_teardown():
 
 def test_blocks_in_call_and_in_teardown(wedged_teardown):
     time.sleep(600)
-'''
+"""
 
-BLOCKS_ONCE = '''
+BLOCKS_ONCE = """
 import time
 
 def test_blocks_once():
@@ -31,7 +31,7 @@ def test_blocks_once():
 
 def test_after_it():
     assert True
-'''
+"""
 
 
 def run_pytest(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -39,9 +39,26 @@ def run_pytest(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess
     env = {**os.environ, "PYTHONPATH": str(REPO), "HANG_GUARD_GRACE_S": "2"}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.hang_guard", "-p", "no:cacheprovider",
-         "-o", "timeout=1", "-o", "timeout_method=signal", str(tmp_path / "test_probe.py")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "tests.hang_guard",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "timeout=1",
+            "-o",
+            "timeout_method=signal",
+            str(tmp_path / "test_probe.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return proc, time.monotonic() - started
 

@@ -42,7 +42,9 @@ def stalled() -> Iterator[StalledStream]:
 
 
 @pytest.mark.timeout(15)  # before the queue, the first log call waited on the stream for ever
-def test_a_log_call_returns_at_once_while_the_stream_is_stalled(stalled: StalledStream, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_log_call_returns_at_once_while_the_stream_is_stalled(
+    stalled: StalledStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stderr", stalled)  # here, not in the fixture: pytest swaps stderr per phase
     logs.setup_logging("info")  # on sys.stderr, here the stalled stream
     log = logging.getLogger("oht.test")

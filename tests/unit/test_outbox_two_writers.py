@@ -62,8 +62,11 @@ async def test_two_processes_number_every_stream_gap_free(tmp_path: Path) -> Non
                 assert mine == sorted(mine), f"{stream}: {who}'s records out of their order"
         assert backlog["results"].last_seq == (written + 2) // 3
         assert sum(b.last_seq for b in backlog.values()) == ROWS + written + (written + 2) // 3
-        order = await db.read(lambda c: c.execute_fetchall(
-            "SELECT json_extract(payload, '$.by') FROM outbox WHERE kind <> 'command' ORDER BY seq"))
+        order = await db.read(
+            lambda c: c.execute_fetchall(
+                "SELECT json_extract(payload, '$.by') FROM outbox WHERE kind <> 'command' ORDER BY seq"
+            )
+        )
         writers = [r[0] for r in order]
         assert sum(a != b for a, b in zip(writers, writers[1:])) >= 1, "the two processes never interleaved"
     finally:

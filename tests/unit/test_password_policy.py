@@ -93,18 +93,43 @@ def test_good_passwords_pass(password: str) -> None:
 
 
 def test_the_command_line_refuses_with_the_rule_and_the_hint(
-    cfg: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]  # noqa: F811 - fixture
+    cfg: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`user add` and `user passwd` go through the policy before they touch the database."""
     c = str(cfg)
-    code, _, err = run(monkeypatch, capsys, "user", "add", "bob", "--role", "admin", "--password-stdin", "--config", c,
-                       stdin="Password!2024\n")
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin="Password!2024\n",
+    )
     assert code == 1 and "PASSWORD_REJECTED" in err and DECORATED in err and "hint: Choose a passphrase" in err
-    code, _, err = run(monkeypatch, capsys, "user", "add", "bob", "--role", "admin", "--password-stdin", "--config", c,
-                       stdin="maple tractor violin sleet\n")
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--config",
+        c,
+        stdin="maple tractor violin sleet\n",
+    )
     assert code == 0, err
-    code, _, err = run(monkeypatch, capsys, "user", "passwd", "bob", "--password-stdin", "--config", c,
-                       stdin="qwertyuiopasd\n")
+    code, _, err = run(
+        monkeypatch, capsys, "user", "passwd", "bob", "--password-stdin", "--config", c, stdin="qwertyuiopasd\n"
+    )
     assert code == 1 and RUNS in err
 
 
@@ -117,8 +142,16 @@ def test_the_list_is_package_data_and_read_once() -> None:
     listed = common_passwords()
     assert common_passwords() is listed  # cached: the file is read once
     assert 300 <= len(listed) and all(entry == entry.casefold().strip() and entry for entry in listed)
-    assert {"password1234", "qwertyuiop12", "123456789012", "administrator", "letmeinletmein", "oht50", "overhead",
-            "welcome"} <= listed
+    assert {
+        "password1234",
+        "qwertyuiop12",
+        "123456789012",
+        "administrator",
+        "letmeinletmein",
+        "oht50",
+        "overhead",
+        "welcome",
+    } <= listed
     assert resources.files("agent.auth").joinpath("common_passwords.txt").is_file()
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "common_passwords.txt" in declared["agent.auth"]

@@ -53,7 +53,9 @@ def test_the_units_group_umask_shares_with_the_group_and_nobody_else(tmp_path: P
 
 @pytest.mark.parametrize("name", ["agent.db", "audit.key"])
 def test_files_left_readable_by_an_earlier_release_are_tightened(tmp_path: Path, name: str) -> None:
-    assert _run_cli(tmp_path, 0o022, "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PW).returncode == 0
+    assert (
+        _run_cli(tmp_path, 0o022, "user", "add", "ada", "--role", "admin", "--password-stdin", stdin=PW).returncode == 0
+    )
     os.chmod(tmp_path / "data" / name, 0o644)
     done = _run_cli(tmp_path, 0o022, "user", "list")
     assert done.returncode == 0, done.stderr

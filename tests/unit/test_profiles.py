@@ -37,6 +37,7 @@ def profiles():
 
 # ---------------------------------------------------------------- shipped profiles
 
+
 def test_all_shipped_profiles_load(profiles):
     assert set(profiles) == SHIPPED
     for name, profile in profiles.items():
@@ -140,6 +141,7 @@ def test_read_only_profile_refuses_every_write(profiles):
 
 # ---------------------------------------------------------------- extends
 
+
 def test_extends_inherits_and_overrides(profiles):
     base, dm = profiles["travel-drvfw"], profiles["travel-drvfw-deadman"]
     assert dm.extends == "travel-drvfw" and base.extends is None
@@ -184,17 +186,31 @@ max = 100
 IDENTITY = "".join(
     f'\n[[register]]\nname = "{n}"\naddress = {a}\ntype = "u16"\naccess = "{acc}"\n'
     f'poll = "{"none" if n == "RESET_ERROR_CMD" else "identity"}"\n'
-    + {"DEVICE_ID": "default = 3\n", "MODULE_TYPE": "default = {module_type}\n",
-       "FIRMWARE_VERSION": "default = 0x0100\n", "CONFIG_STOP_BITS": "default = 1\n"}.get(n, "")
+    + {
+        "DEVICE_ID": "default = 3\n",
+        "MODULE_TYPE": "default = {module_type}\n",
+        "FIRMWARE_VERSION": "default = 0x0100\n",
+        "CONFIG_STOP_BITS": "default = 1\n",
+    }.get(n, "")
     for n, a, acc in IDENTITY_REGISTERS
 )
 
 
-def write_profile(directory: Path, name: str = "test-prof", *, module_type: int = 3,
-                  profile_extra: str = "", registers: str = "", identity: bool = True) -> Path:
-    text = GOOD.format(name=name, module_type=module_type, profile_extra=profile_extra,
-                       registers=registers + (IDENTITY.replace("{module_type}", str(module_type))
-                                              if identity else ""))
+def write_profile(
+    directory: Path,
+    name: str = "test-prof",
+    *,
+    module_type: int = 3,
+    profile_extra: str = "",
+    registers: str = "",
+    identity: bool = True,
+) -> Path:
+    text = GOOD.format(
+        name=name,
+        module_type=module_type,
+        profile_extra=profile_extra,
+        registers=registers + (IDENTITY.replace("{module_type}", str(module_type)) if identity else ""),
+    )
     path = directory / f"{name}.toml"
     path.write_text(textwrap.dedent(text))
     return path
@@ -215,9 +231,13 @@ def _problems(path: Path) -> list[str]:
 
 
 def test_unknown_keys_rejected(tmp_path):
-    problems = _problems(write_profile(tmp_path, profile_extra='colour = "red"',
-                                       registers='\n[[register]]\nname = "X"\naddress = 9\n'
-                                                 'type = "u16"\naccess = "R"\nscal = 0.1\n'))
+    problems = _problems(
+        write_profile(
+            tmp_path,
+            profile_extra='colour = "red"',
+            registers='\n[[register]]\nname = "X"\naddress = 9\ntype = "u16"\naccess = "R"\nscal = 0.1\n',
+        )
+    )
     assert any("profile.colour" in p and "unknown key" in p for p in problems)
     assert any("register[" in p and ".scal" in p and "unknown key" in p for p in problems)
 
@@ -260,11 +280,11 @@ access = "R"
     path = write_profile(tmp_path, profile_extra="bogus = 1", registers=bad)
     problems = _problems(path)
     text = "\n".join(problems)
-    assert "profile.bogus" in text                                     # unknown key
-    assert "duplicate name" in text and "SPEED" in text                # duplicate name
-    assert "0x0011 is already occupied by WIDE" in text                # u32 occupies two
-    assert "LIMITED" in text and ".default" in text                    # default out of range
-    assert "BADTYPE" in text and ".type" in text                       # bad type
+    assert "profile.bogus" in text  # unknown key
+    assert "duplicate name" in text and "SPEED" in text  # duplicate name
+    assert "0x0011 is already occupied by WIDE" in text  # u32 occupies two
+    assert "LIMITED" in text and ".default" in text  # default out of range
+    assert "BADTYPE" in text and ".type" in text  # bad type
     assert len(problems) >= 5
     with pytest.raises(ProfileError) as info:
         load_profile(path)
@@ -272,30 +292,44 @@ access = "R"
         assert p in info.value.message
 
 
-@pytest.mark.parametrize(("snippet", "needle"), [
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "i16"\naccess = "RW"\ndefault = 40000\n',
-     "outside the i16 range"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nmin = 5\nmax = 1\n',
-     "greater than max"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nunit = "furlong"\n',
-     "not a known unit"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "X"\n', "not one of R, RW, W"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "W"\npoll = "fast"\n',
-     "write-only register cannot be polled"),
-    ('\n[[register]]\nname = "A"\naddress = 0xFFFF\ntype = "u32"\naccess = "R"\n', "outside"),
-    ('\n[[register]]\nname = "a"\naddress = 0x0030\ntype = "u16"\naccess = "R"\n', "UPPER_SNAKE_CASE"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "R"\nscale = 0\n',
-     "positive number"),
-    ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nscale = 0.1\nmax = 7000\n',
-     "cannot be represented"),
-])
+@pytest.mark.parametrize(
+    ("snippet", "needle"),
+    [
+        (
+            '\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "i16"\naccess = "RW"\ndefault = 40000\n',
+            "outside the i16 range",
+        ),
+        (
+            '\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nmin = 5\nmax = 1\n',
+            "greater than max",
+        ),
+        (
+            '\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nunit = "furlong"\n',
+            "not a known unit",
+        ),
+        ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "X"\n', "not one of R, RW, W"),
+        (
+            '\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "W"\npoll = "fast"\n',
+            "write-only register cannot be polled",
+        ),
+        ('\n[[register]]\nname = "A"\naddress = 0xFFFF\ntype = "u32"\naccess = "R"\n', "outside"),
+        ('\n[[register]]\nname = "a"\naddress = 0x0030\ntype = "u16"\naccess = "R"\n', "UPPER_SNAKE_CASE"),
+        ('\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "R"\nscale = 0\n', "positive number"),
+        (
+            '\n[[register]]\nname = "A"\naddress = 0x0030\ntype = "u16"\naccess = "RW"\nscale = 0.1\nmax = 7000\n',
+            "cannot be represented",
+        ),
+    ],
+)
 def test_register_defects(tmp_path, snippet, needle):
     assert any(needle in p for p in _problems(write_profile(tmp_path, registers=snippet)))
 
 
 def test_scaled_default_exactly_at_max_is_accepted(tmp_path):
-    reg = ('\n[[register]]\nname = "SOC"\naddress = 0x0030\ntype = "u16"\naccess = "R"\n'
-           'scale = 0.1\nmin = 0\nmax = 100\ndefault = 1000\n')
+    reg = (
+        '\n[[register]]\nname = "SOC"\naddress = 0x0030\ntype = "u16"\naccess = "R"\n'
+        "scale = 0.1\nmin = 0\nmax = 100\ndefault = 1000\n"
+    )
     assert load_profile(write_profile(tmp_path, registers=reg)).register("SOC").default == 1000
 
 
@@ -310,11 +344,14 @@ def test_identity_defaults_must_match_profile(tmp_path):
     assert any("FIRMWARE_VERSION" in p and "outside firmware_min" in p for p in _problems(path))
 
 
-@pytest.mark.parametrize(("extra", "needle"), [
-    ("deadman = true\ndeadman_window_ms = 300", "needs a HEARTBEAT"),
-    ("deadman = true", "must be > 0"),
-    ('role = "crane"', None),  # duplicate key: TOML syntax error
-])
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("deadman = true\ndeadman_window_ms = 300", "needs a HEARTBEAT"),
+        ("deadman = true", "must be > 0"),
+        ('role = "crane"', None),  # duplicate key: TOML syntax error
+    ],
+)
 def test_profile_defects(tmp_path, extra, needle):
     problems = _problems(write_profile(tmp_path, profile_extra=extra))
     if needle:
@@ -353,10 +390,12 @@ def test_load_profiles_empty_directory(tmp_path):
 
 # ---------------------------------------------------------------- extends (synthetic)
 
+
 def test_extends_replaces_and_appends(tmp_path):
     write_profile(tmp_path, name="base")
     child = tmp_path / "child.toml"
-    child.write_text(textwrap.dedent("""
+    child.write_text(
+        textwrap.dedent("""
         [profile]
         name = "child"
         extends = "base"
@@ -384,7 +423,8 @@ def test_extends_replaces_and_appends(tmp_path):
         address = 0x0040
         type = "u32"
         access = "R"
-    """))
+    """)
+    )
     profiles = load_profiles(tmp_path)
     c = profiles["child"]
     assert c.register("SPEED").max == 50 and profiles["base"].register("SPEED").max == 100
@@ -394,8 +434,9 @@ def test_extends_replaces_and_appends(tmp_path):
 
 def test_extends_one_level_only(tmp_path):
     write_profile(tmp_path, name="base")
-    (tmp_path / "mid.toml").write_text('[profile]\nname = "mid"\nextends = "base"\n'
-                                       'firmware_min = 0x0200\nfirmware_max = 0x02FF\n')
+    (tmp_path / "mid.toml").write_text(
+        '[profile]\nname = "mid"\nextends = "base"\nfirmware_min = 0x0200\nfirmware_max = 0x02FF\n'
+    )
     (tmp_path / "leaf.toml").write_text('[profile]\nname = "leaf"\nextends = "mid"\n')
     assert any("one level only" in p for p in _problems(tmp_path / "leaf.toml"))
 
@@ -407,7 +448,8 @@ def test_extends_missing_parent(tmp_path):
 
 def test_extends_merged_result_is_validated(tmp_path):
     write_profile(tmp_path, name="base")
-    (tmp_path / "clash.toml").write_text(textwrap.dedent("""
+    (tmp_path / "clash.toml").write_text(
+        textwrap.dedent("""
         [profile]
         name = "clash"
         extends = "base"
@@ -416,7 +458,8 @@ def test_extends_merged_result_is_validated(tmp_path):
         address = 0x0000
         type = "u16"
         access = "R"
-    """))
+    """)
+    )
     problems = _problems(tmp_path / "clash.toml")
     assert any("already occupied" in p for p in problems)
 
@@ -432,6 +475,7 @@ def test_shipped_directory_copy_with_a_broken_child(tmp_path):
 
 
 # ---------------------------------------------------------------- identity and selection
+
 
 def _identity(module_type: int, firmware: int, device_id: int = 3) -> Identity:
     return Identity.from_words([device_id, 5, 0, 1, module_type, firmware, 0x0100, 0, 0, 0])
@@ -449,14 +493,17 @@ def test_identity_decoding():
         Identity.from_words([0x10000] * 10)
 
 
-@pytest.mark.parametrize(("module_type", "firmware", "expected"), [
-    (6, 0x0100, "safety-safefw"),
-    (6, 0x01FF, "safety-safefw"),
-    (3, 0x0105, "travel-drvfw"),
-    (3, 0x0201, "travel-drvfw-deadman"),
-    (2, 0x0100, "power-v2"),
-    (5, 0x0150, "dock-readonly"),
-])
+@pytest.mark.parametrize(
+    ("module_type", "firmware", "expected"),
+    [
+        (6, 0x0100, "safety-safefw"),
+        (6, 0x01FF, "safety-safefw"),
+        (3, 0x0105, "travel-drvfw"),
+        (3, 0x0201, "travel-drvfw-deadman"),
+        (2, 0x0100, "power-v2"),
+        (5, 0x0150, "dock-readonly"),
+    ],
+)
 def test_select_profile_picks_right(profiles, module_type, firmware, expected):
     assert select_profile(_identity(module_type, firmware), profiles).name == expected
     assert select_profile(_identity(module_type, firmware), list(profiles.values())).name == expected

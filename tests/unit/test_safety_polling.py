@@ -21,8 +21,14 @@ TICK = SAFETY.service_period_ms / 1000
 
 def safety_poller(tmp_path: Path) -> tuple[BusMaster, ModulePoller]:
     master = BusMaster(str(tmp_path / "no-such-port"))
-    poller = ModulePoller(master, SnapshotBoard(), Binding("safety", 5, SAFETY), interval_s=0.05, slow_interval_s=30.0,
-                          config_interval_s=5.0)
+    poller = ModulePoller(
+        master,
+        SnapshotBoard(),
+        Binding("safety", 5, SAFETY),
+        interval_s=0.05,
+        slow_interval_s=30.0,
+        config_interval_s=5.0,
+    )
     poller.install()
     return master, poller
 
@@ -32,8 +38,13 @@ def test_status_distances_and_enables_are_one_short_read() -> None:
     assert len(blocks) == 1, blocks
     start, count = blocks[0]
     covered = set(range(start, start + count))
-    for name in ("SAFETY_SYSTEM_STATUS", "EMERGENCY_STOP_STATUS", "RESET_FLAG", *(f"ANALOG_INPUT_{i}" for i in range(1, 5)),
-                 *(f"ANALOG_{i}_ENABLE" for i in range(1, 5))):
+    for name in (
+        "SAFETY_SYSTEM_STATUS",
+        "EMERGENCY_STOP_STATUS",
+        "RESET_FLAG",
+        *(f"ANALOG_INPUT_{i}" for i in range(1, 5)),
+        *(f"ANALOG_{i}_ENABLE" for i in range(1, 5)),
+    ):
         assert SAFETY.register(name).address in covered, name
         assert name in SAFETY.poll_names("fast"), name
     # A stop to the driver waits for the reply on the wire: the every-tick read stays short.

@@ -20,7 +20,9 @@ def unread_socket(path: Path) -> socket.socket:
 
 
 @pytest.mark.timeout(10)  # a blocking send would wait here for ever
-def test_a_full_notify_socket_drops_and_counts_without_blocking(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_notify_socket_drops_and_counts_without_blocking(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     receiver = unread_socket(tmp_path / "notify.sock")
     clock = [100.0]
     notifier = SdNotifier(str(tmp_path / "notify.sock"), log_every_s=10.0, clock=lambda: clock[0])

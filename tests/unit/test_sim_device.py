@@ -22,8 +22,9 @@ def slave(name: str, unit: int) -> SimSlave:
     return SimSlave(unit, load_profile(DEFAULT_PROFILES, name), NoPeers(), random.Random(1), 0, 0.0)
 
 
-def run(s: SimSlave, fc: int, address: int = 0, count: int = 1, values: tuple[int, ...] = (),
-        malformed: bool = False) -> Outcome:
+def run(
+    s: SimSlave, fc: int, address: int = 0, count: int = 1, values: tuple[int, ...] = (), malformed: bool = False
+) -> Outcome:
     return s.execute(rtu.Request(s.unit, fc, address, count, values, malformed), 0.0)
 
 

@@ -28,16 +28,22 @@ def test_sim_sources_import_only_stdlib_and_themselves() -> None:
     for path in files:
         for name in imported_modules(path):
             top = name.split(".")[0]
-            ok = name == "drivers.sim" or name.startswith("drivers.sim.") or (
-                top in sys.stdlib_module_names and top != "drivers")
+            ok = (
+                name == "drivers.sim"
+                or name.startswith("drivers.sim.")
+                or (top in sys.stdlib_module_names and top != "drivers")
+            )
             assert ok, f"{path.name} imports {name}"
 
 
 def test_running_the_sim_loads_nothing_else_from_the_project() -> None:
-    code = ("import sys, drivers.sim.main, drivers.sim.server, drivers.sim.client;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('agent', 'drivers', 'serial', 'pymodbus')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=SIM_DIR.parents[1]).stdout
+    code = (
+        "import sys, drivers.sim.main, drivers.sim.server, drivers.sim.client;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('agent', 'drivers', 'serial', 'pymodbus')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SIM_DIR.parents[1]
+    ).stdout
     loaded = ast.literal_eval(out)
     assert [m for m in loaded if m != "drivers" and not m.startswith("drivers.sim")] == []

@@ -74,8 +74,12 @@ def test_missing_profile_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_real_profiles_load_with_identity_block() -> None:
-    expected = {"safety-safefw": (6, "safety", 100), "travel-drvfw": (3, "travel", 10),
-                "power-v2": (2, "power", 0), "dock-readonly": (5, "dock", 0)}
+    expected = {
+        "safety-safefw": (6, "safety", 100),
+        "travel-drvfw": (3, "travel", 10),
+        "power-v2": (2, "power", 0),
+        "dock-readonly": (5, "dock", 0),
+    }
     for name, (module_type, role, period) in expected.items():
         profile = load_profile(DEFAULT_PROFILES, name)
         assert (profile.module_type, profile.role, profile.service_period_ms) == (module_type, role, period)

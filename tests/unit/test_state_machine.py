@@ -58,10 +58,14 @@ SAFE_RESET = frozenset({"estop", "fault", "safety", "comms", "sensors"})
 
 # (from, event, to, set of conditions the guard checks)
 ROWS: list[tuple[State, Event, State, frozenset[str]]] = [
-    *[(s, E.ESTOP_TRIGGERED, S.ESTOP, frozenset()) for s in
-      (S.BOOT, S.INIT, S.IDLE, S.MOVE, S.DOCK, S.FAULT, S.PAUSED, S.CONFIG, S.SAFE, S.ESTOP)],
-    *[(s, E.FAULT_DETECTED, S.FAULT, frozenset()) for s in
-      (S.BOOT, S.INIT, S.IDLE, S.MOVE, S.DOCK, S.PAUSED, S.ESTOP, S.SAFE, S.CONFIG)],
+    *[
+        (s, E.ESTOP_TRIGGERED, S.ESTOP, frozenset())
+        for s in (S.BOOT, S.INIT, S.IDLE, S.MOVE, S.DOCK, S.FAULT, S.PAUSED, S.CONFIG, S.SAFE, S.ESTOP)
+    ],
+    *[
+        (s, E.FAULT_DETECTED, S.FAULT, frozenset())
+        for s in (S.BOOT, S.INIT, S.IDLE, S.MOVE, S.DOCK, S.PAUSED, S.ESTOP, S.SAFE, S.CONFIG)
+    ],
     (S.BOOT, E.BOOT_COMPLETE, S.INIT, frozenset()),
     (S.BOOT, E.TIMEOUT, S.FAULT, frozenset()),
     (S.INIT, E.INIT_COMPLETE, S.IDLE, frozenset()),
@@ -90,7 +94,6 @@ ROWS: list[tuple[State, Event, State, frozenset[str]]] = [
     (S.SAFE, E.SAFE_RESET, S.IDLE, SAFE_RESET),
 ]
 ROW_KEYS = {(src, ev) for src, ev, _dst, _g in ROWS}
-
 
 
 class FakeClock:
@@ -200,7 +203,10 @@ def test_guard_failure_names_every_failed_condition_in_order() -> None:
     refusal = sm.can(E.ESTOP_RESET, conditions)
     assert refusal is not None
     assert refusal.failed == (
-        "estop_active", "latched fault BUS_DOWN", "latched fault SAFETY_LINK_LOST", "not safety_ok"
+        "estop_active",
+        "latched fault BUS_DOWN",
+        "latched fault SAFETY_LINK_LOST",
+        "not safety_ok",
     )
     assert refusal.message == (
         "ESTOP_RESET refused in state ESTOP: "
@@ -224,7 +230,9 @@ def test_refused_event_raises_a_coded_error_with_hint() -> None:
         sm.handle(E.MOVE_COMMAND, broken("battery"))
     error = info.value
     assert error.as_dict() == {
-        "code": "STATE_GUARD_FAILED", "message": error.refusal.message, "hint": error.refusal.hint
+        "code": "STATE_GUARD_FAILED",
+        "message": error.refusal.message,
+        "hint": error.refusal.hint,
     }
     assert "charge" in error.hint
 
@@ -367,8 +375,14 @@ def test_observe_does_not_stop_on_soft_conditions(name: str) -> None:
 
 # -- timeouts ------------------------------------------------------------------------------------
 
-TIMED = {S.BOOT: (10.0, S.FAULT), S.INIT: (5.0, S.FAULT), S.MOVE: (30.0, S.IDLE),
-         S.PAUSED: (60.0, S.IDLE), S.DOCK: (15.0, S.IDLE), S.CONFIG: (10.0, S.IDLE)}
+TIMED = {
+    S.BOOT: (10.0, S.FAULT),
+    S.INIT: (5.0, S.FAULT),
+    S.MOVE: (30.0, S.IDLE),
+    S.PAUSED: (60.0, S.IDLE),
+    S.DOCK: (15.0, S.IDLE),
+    S.CONFIG: (10.0, S.IDLE),
+}
 
 
 @pytest.mark.parametrize("state", list(TIMED))
@@ -408,8 +422,10 @@ def test_timeouts_are_configurable_and_merged_with_defaults() -> None:
     assert sm.observe(CLEAR) == []
 
 
-@pytest.mark.parametrize("bad", [{S.IDLE: 5.0}, {S.MOVE: 0}, {S.MOVE: -1.0}, {S.MOVE: math.nan},
-                                 {S.MOVE: "30"}, {S.MOVE: True}, {"NOPE": 1.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [{S.IDLE: 5.0}, {S.MOVE: 0}, {S.MOVE: -1.0}, {S.MOVE: math.nan}, {S.MOVE: "30"}, {S.MOVE: True}, {"NOPE": 1.0}],
+)
 def test_invalid_timeouts_are_refused(bad: dict) -> None:
     with pytest.raises(StateMachineError) as info:
         StateMachine(FakeClock(), bad)
@@ -502,8 +518,13 @@ def test_history_is_bounded_and_a_copy() -> None:
 def test_transition_is_plain_data() -> None:
     clock = FakeClock(7.0)
     t = StateMachine(clock).handle(E.BOOT_COMPLETE, CLEAR)
-    assert t.as_dict() == {"from_state": "BOOT", "to_state": "INIT", "event": "BOOT_COMPLETE",
-                           "reason": "BOOT_COMPLETE", "at": 7.0}
+    assert t.as_dict() == {
+        "from_state": "BOOT",
+        "to_state": "INIT",
+        "event": "BOOT_COMPLETE",
+        "reason": "BOOT_COMPLETE",
+        "at": 7.0,
+    }
     with pytest.raises(AttributeError):
         t.to_state = S.MOVE  # type: ignore[misc]
 

@@ -48,9 +48,7 @@ def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with DataDirLock(tmp_path) as lock:
         assert lock.held
-        other = subprocess.run(
-            [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, env=env
-        )
+        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, env=env)
         assert other.returncode == 3 and other.stdout.strip() == "DATA_DIR_LOCKED"
     assert not lock.held
     free = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], env=env)
@@ -72,8 +70,13 @@ async def test_check_reports_integrity_version_and_counts_while_running(tmp_path
     assert info["schema_version"] == LATEST_VERSION == info["known_schema_version"]
     assert info["counts"]["commands"] == 5 and info["commands_by_state"] == {"queued": 5}
     assert info["outbox_unacked"] == 5
-    assert info["outbox"]["results"] == {"class": "critical", "last_seq": 5, "acked_seq": 0, "unacked": 5,
-                                         "bytes": info["outbox"]["results"]["bytes"]}
+    assert info["outbox"]["results"] == {
+        "class": "critical",
+        "last_seq": 5,
+        "acked_seq": 0,
+        "unacked": 5,
+        "bytes": info["outbox"]["results"]["bytes"],
+    }
     assert info["outbox"]["results"]["bytes"] > 5 * 128
     assert set(info["outbox"]) == {"results", "alarms", "events", "audit", "telemetry"}
 

@@ -27,7 +27,7 @@ from agent.store.errors import (
     CommandStateError,
     StoreError,
 )
-from agent.store.transitions import record_transition, recent_transitions
+from agent.store.transitions import recent_transitions, record_transition
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
@@ -47,18 +47,14 @@ def commands(db: Database) -> Commands:
 async def outbox_rows(db: Database) -> list[tuple[str, dict[str, Any]]]:
     import json
 
-    rows = await db.read(
-        lambda conn: conn.execute_fetchall("SELECT kind, payload FROM outbox ORDER BY seq")
-    )
+    rows = await db.read(lambda conn: conn.execute_fetchall("SELECT kind, payload FROM outbox ORDER BY seq"))
     return [(r[0], json.loads(r[1])) for r in rows]
 
 
 # ------------------------------------------------------------------------- submit
 
 
-async def test_same_key_gives_the_same_record_without_a_second_command(
-    db: Database, commands: Commands
-) -> None:
+async def test_same_key_gives_the_same_record_without_a_second_command(db: Database, commands: Commands) -> None:
     first, created = await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
     again, created_again = await commands.submit("api", "key-1", "move", {"to": 3}, user="ann")
     assert created is True and created_again is False  # HTTP 201, then 200
@@ -162,7 +158,13 @@ async def test_next_runnable_is_most_urgent_then_first_come(commands: Commands) 
     second5, _ = await commands.submit("api", "b5", "move", {}, priority=5, user="ann")
     urgent, _ = await commands.submit("api", "urgent", "move", {}, priority=10, user="ann")
     expired, _ = await commands.submit(
-        "api", "late", "move", {}, priority=10, not_after=NOW - timedelta(seconds=1), user="ann",
+        "api",
+        "late",
+        "move",
+        {},
+        priority=10,
+        not_after=NOW - timedelta(seconds=1),
+        user="ann",
     )
     order = []
     while (record := await commands.next_runnable(NOW)) is not None:
@@ -173,9 +175,7 @@ async def test_next_runnable_is_most_urgent_then_first_come(commands: Commands) 
     assert (await commands.get(expired.id)).state == "queued"  # not run, waiting for expiry
 
 
-async def test_expire_due_expires_only_queued_commands_past_their_deadline(
-    db: Database, commands: Commands
-) -> None:
+async def test_expire_due_expires_only_queued_commands_past_their_deadline(db: Database, commands: Commands) -> None:
     due, _ = await commands.submit("api", "due", "move", {}, not_after=NOW, user="ann")
     later, _ = await commands.submit("api", "later", "move", {}, not_after=NOW + timedelta(hours=1), user="ann")
     running, _ = await commands.submit("api", "run", "move", {}, not_after=NOW + timedelta(seconds=1), user="ann")
@@ -266,9 +266,7 @@ async def _interrupt(conn: aiosqlite.Connection) -> None:
 
 
 @pytest.mark.parametrize("state", STATES)
-async def test_every_change_outside_the_lifecycle_is_refused(
-    db: Database, commands: Commands, state: str
-) -> None:
+async def test_every_change_outside_the_lifecycle_is_refused(db: Database, commands: Commands, state: str) -> None:
     command_id = await _drive_to(commands, db, state, f"k-{state}")
     assert (await commands.get(command_id)).state == state
     attempts = {
@@ -321,9 +319,7 @@ async def test_running_commands_are_interrupted_at_start_and_never_requeued(tmp_
 # ------------------------------------------------------------------------- composition and reads
 
 
-async def test_transition_recorded_in_the_same_transaction_as_its_cause(
-    db: Database, commands: Commands
-) -> None:
+async def test_transition_recorded_in_the_same_transaction_as_its_cause(db: Database, commands: Commands) -> None:
     record, _ = await commands.submit("api", "k", "move", {}, user="ann")
 
     async def start(conn: aiosqlite.Connection) -> None:
@@ -332,9 +328,7 @@ async def test_transition_recorded_in_the_same_transaction_as_its_cause(
 
     await db.write(start)
     transitions = await recent_transitions(db)
-    assert [(t.from_state, t.to_state, t.command_id) for t in transitions] == [
-        ("IDLE", "MOVING", record.id)
-    ]
+    assert [(t.from_state, t.to_state, t.command_id) for t in transitions] == [("IDLE", "MOVING", record.id)]
 
     async def finish_then_fail(conn: aiosqlite.Connection) -> None:
         await finish_in(conn, record.id, "succeeded")

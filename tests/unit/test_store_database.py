@@ -52,9 +52,7 @@ def insert_event(marker: str) -> Any:
 
 async def markers(db: Database) -> set[str]:
     rows = await db.read(
-        lambda conn: conn.execute_fetchall(
-            "SELECT json_extract(payload, '$.marker') FROM outbox WHERE kind = 'event'"
-        )
+        lambda conn: conn.execute_fetchall("SELECT json_extract(payload, '$.marker') FROM outbox WHERE kind = 'event'")
     )
     return {r[0] for r in rows}
 
@@ -190,9 +188,7 @@ async def test_fifty_concurrent_submitters_are_all_committed_in_shared_batches(
     assert len(set(acknowledged)) == 1000
     rows = await db.read(lambda conn: conn.execute_fetchall("SELECT id FROM commands"))
     assert {r[0] for r in rows} == set(acknowledged)
-    unsent = await db.read(
-        lambda conn: conn.execute_fetchall("SELECT count(*) FROM outbox WHERE kind = 'command'")
-    )
+    unsent = await db.read(lambda conn: conn.execute_fetchall("SELECT count(*) FROM outbox WHERE kind = 'command'"))
     assert next(iter(unsent))[0] == 1000  # one outbox row per command, in the same commits
     stats = db.stats()
     assert stats["largest_batch"] > 1 and stats["batches"] < 1000
@@ -240,9 +236,7 @@ async def test_refusal_among_pipelined_units_keeps_the_others(db: Database) -> N
     assert isinstance(results[17], CommandKeyConflict)
     assert all(r[1] for i, r in enumerate(results) if i != 17)  # type: ignore[index]
     counts = await db.read(
-        lambda conn: conn.execute_fetchall(
-            "SELECT (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox)"
-        )
+        lambda conn: conn.execute_fetchall("SELECT (SELECT count(*) FROM commands), (SELECT count(*) FROM outbox)")
     )
     assert tuple(next(iter(counts))) == (30, 30)  # 29 new + "dup"; one outbox row each
 
@@ -276,7 +270,8 @@ async def test_statements_run_in_the_order_they_are_sent(db: Database) -> None:
     outbox, commands = "INSERT INTO OUTBOX", "INSERT INTO COMMANDS"
     assert batch == (
         ["BEGIN IMMEDIATE", "SAVEPOINT UNIT", outbox, "RELEASE UNIT"]  # a plain unit
-        + ["SAVEPOINT R1"] + [commands] * 5  # the pipelined run, sent in one go
+        + ["SAVEPOINT R1"]
+        + [commands] * 5  # the pipelined run, sent in one go
         + ["SAVEPOINT UNIT", outbox, "RELEASE UNIT", "COMMIT"]
     )
 
@@ -432,8 +427,7 @@ class _Insert(Pipelined[int]):
     def statements(self) -> list[tuple[str, tuple[Any, ...]]]:
         return [
             (
-                "INSERT INTO outbox (id, kind, created_at, payload) VALUES (?, 'event', 'now', ?)"
-                " RETURNING seq",
+                "INSERT INTO outbox (id, kind, created_at, payload) VALUES (?, 'event', 'now', ?) RETURNING seq",
                 (new_id(), f'{{"marker": "{self.marker}"}}'),
             )
         ]

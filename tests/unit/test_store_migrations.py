@@ -63,9 +63,7 @@ def test_versions_are_contiguous_and_latest_is_last() -> None:
 
 
 @pytest.mark.parametrize("start", range(LATEST_VERSION))
-async def test_upgrade_from_every_past_version_equals_fresh_install(
-    tmp_path: Path, start: int
-) -> None:
+async def test_upgrade_from_every_past_version_equals_fresh_install(tmp_path: Path, start: int) -> None:
     fresh = await Database.open(tmp_path / "fresh")
     await fresh.close()
     old = tmp_path / "old" / DB_NAME
@@ -213,8 +211,11 @@ async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: 
         await conn.create_function("oht_new_id", 0, new_id)
         await conn.execute("PRAGMA foreign_keys = ON")
         await migrate(conn, target=4)
-        for seq, source, user, key, state in ((3, "api", "ann", "k1", "succeeded"), (7, "api", "bob", "k2", "queued"),
-                                              (9, "upstream", None, "k1", "cancelled")):
+        for seq, source, user, key, state in (
+            (3, "api", "ann", "k1", "succeeded"),
+            (7, "api", "bob", "k2", "queued"),
+            (9, "upstream", None, "k1", "cancelled"),
+        ):
             await conn.execute(
                 "INSERT INTO commands (seq, id, source, idempotency_key, user, type, params, state, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, 'move', '{\"to\": 1}', ?, '2026-01-01T00:00:00.000000Z',"
@@ -231,7 +232,11 @@ async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: 
     def dump() -> dict[str, list[tuple[object, ...]]]:
         c = sqlite3.connect(path)
         try:
-            tables = {"commands": "*", "state_transitions": "*", "outbox": "seq, id, kind, created_at, payload"}  # v7 changes the rest
+            tables = {
+                "commands": "*",
+                "state_transitions": "*",
+                "outbox": "seq, id, kind, created_at, payload",
+            }  # v7 changes the rest
             return {t: c.execute(f"SELECT {cols} FROM {t} ORDER BY seq").fetchall() for t, cols in tables.items()}
         finally:
             c.close()
@@ -250,7 +255,9 @@ async def test_v6_scopes_idempotency_keys_by_user_and_keeps_every_row(tmp_path: 
         upstream, created = await commands.submit("upstream", "k1", "move", {"to": 1})
         assert (upstream.id, created) == ("c9", False)
         await commands.cancel("c7")
-        kinds = [r[0] for r in await db.read(lambda conn: conn.execute_fetchall("SELECT kind FROM outbox ORDER BY seq"))]
+        kinds = [
+            r[0] for r in await db.read(lambda conn: conn.execute_fetchall("SELECT kind FROM outbox ORDER BY seq"))
+        ]
         assert kinds == ["command"] * 4 + ["command_result"]  # both triggers are back
         assert list(await db.read(lambda conn: conn.execute_fetchall("PRAGMA foreign_key_check"))) == []
     finally:
@@ -280,7 +287,9 @@ async def test_v7_numbers_each_stream_gap_free_in_write_order(tmp_path: Path) ->
             )  # fmt: skip
     db = await Database.open(tmp_path)
     try:
-        rows = await db.read(lambda c: c.execute_fetchall("SELECT id, kind, stream, stream_seq FROM outbox ORDER BY seq"))
+        rows = await db.read(
+            lambda c: c.execute_fetchall("SELECT id, kind, stream, stream_seq FROM outbox ORDER BY seq")
+        )
         numbered = {r[0]: (r[2], r[3]) for r in rows}
         expected: dict[str, tuple[str, int]] = {}
         per_stream: dict[str, int] = {}
@@ -294,7 +303,8 @@ async def test_v7_numbers_each_stream_gap_free_in_write_order(tmp_path: Path) ->
         box = Outbox(db)
         backlog = await box.backlog()
         assert {s: (b.last_seq, b.acked_seq, b.unacked) for s, b in backlog.items() if b.last_seq} == {
-            s: (n, 0, n) for s, n in per_stream.items()}
+            s: (n, 0, n) for s, n in per_stream.items()
+        }
         await box.add("telemetry", {"after": "upgrade"})
         assert [r.seq for r in await box.batch("telemetry")] == list(range(1, per_stream["telemetry"] + 2))
         recount = await db.read(lambda c: c.execute_fetchall(

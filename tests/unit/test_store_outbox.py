@@ -24,7 +24,9 @@ from agent.store.streams import ClassLimits, Limits, StreamClass
 DAY = 86400.0
 
 
-def limits(critical: int = 10**9, normal: int = 10**9, bulk: int = 10**9, bulk_ttl: float = DAY, ttl: float = DAY) -> Limits:
+def limits(
+    critical: int = 10**9, normal: int = 10**9, bulk: int = 10**9, bulk_ttl: float = DAY, ttl: float = DAY
+) -> Limits:
     return Limits({
         StreamClass.CRITICAL: ClassLimits(critical, ttl),
         StreamClass.NORMAL: ClassLimits(normal, ttl),
@@ -59,7 +61,9 @@ async def test_each_kind_lands_in_its_stream_numbered_from_one(db: Database) -> 
     await Commands(db).cancel(record.id)  # 'command_result'
     for kind in ("alarm", "transition", "event", "audit", "telemetry", "telemetry"):
         await box.add(kind, {"kind": kind})
-    got = {s: [(r.seq, r.kind) for r in await box.batch(s)] for s in ("results", "alarms", "events", "audit", "telemetry")}
+    got = {
+        s: [(r.seq, r.kind) for r in await box.batch(s)] for s in ("results", "alarms", "events", "audit", "telemetry")
+    }
     assert got == {
         "results": [(1, "command"), (2, "command_result")],
         "alarms": [(1, "alarm")],
@@ -99,7 +103,13 @@ async def test_a_record_rolled_back_with_its_cause_takes_no_number(db: Database)
 
 async def test_bad_kind_payload_or_stream_is_refused(db: Database) -> None:
     box = Outbox(db)
-    for kind, payload in (("Bad Kind", {}), ("nonsense", {}), ("gap", {}), ("event", {"x": object()}), ("event", float("inf"))):
+    for kind, payload in (
+        ("Bad Kind", {}),
+        ("nonsense", {}),
+        ("gap", {}),
+        ("event", {"x": object()}),
+        ("event", float("inf")),
+    ):
         with pytest.raises(StoreError) as err:
             await box.add(kind, payload)
         assert err.value.code == "OUTBOX_INVALID"
@@ -175,7 +185,11 @@ async def test_telemetry_over_quota_goes_oldest_first_for_one_gap_record(db: Dat
     assert (gap.stream, gap.seq, gap.from_seq, gap.reason) == ("telemetry", 101, 1, "over_quota")
     assert [r.seq for r in kept] == [*range(gap.to_seq + 1, 101), 101]
     assert kept[-1].kind == "gap" and kept[-1].payload == {
-        "from_seq": 1, "to_seq": gap.to_seq, "dropped": gap.to_seq, "reason": "over_quota"}
+        "from_seq": 1,
+        "to_seq": gap.to_seq,
+        "dropped": gap.to_seq,
+        "reason": "over_quota",
+    }
     assert (await box.backlog())["telemetry"].bytes <= 10_000 * 0.9  # down to the low watermark
     assert await seqs(box, "results") == [1, 2, 3, 4, 5]
     assert (await box.enforce_limits()).gaps == ()  # under the quota: nothing more goes
@@ -213,8 +227,16 @@ async def test_supersede_replaces_runs_by_coalesced_gap_records(db: Database) ->
     await add_many(db, "telemetry", [{"source": "m1", "key": "speed", "v": n} for n in range(6)])
     await box.ack("telemetry", 1)
     gaps = await box.supersede("telemetry", [1, 2, 3, 5, 99])  # 1 is acked, 99 never existed
-    assert [(g.from_seq, g.to_seq, g.dropped, g.reason) for g in gaps] == [(2, 3, 2, "coalesced"), (5, 5, 1, "coalesced")]
-    assert [(r.seq, r.kind) for r in await box.batch("telemetry")] == [(4, "telemetry"), (6, "telemetry"), (7, "gap"), (8, "gap")]
+    assert [(g.from_seq, g.to_seq, g.dropped, g.reason) for g in gaps] == [
+        (2, 3, 2, "coalesced"),
+        (5, 5, 1, "coalesced"),
+    ]
+    assert [(r.seq, r.kind) for r in await box.batch("telemetry")] == [
+        (4, "telemetry"),
+        (6, "telemetry"),
+        (7, "gap"),
+        (8, "gap"),
+    ]
     await box.add("audit", {})
     with pytest.raises(StoreError) as err:
         await box.supersede("audit", [1])

@@ -32,8 +32,13 @@ class Bench:
         self.values.update({name: 1 for name in ENABLES})
         self.values["DI1_STATUS"] = 0
         self.trips: list[str] = []
-        self.sup = Supervisor(SafetyPolicy(), self.liveness, port_up=lambda: True,
-                              on_trip=lambda code, detail: self.trips.append(code), clock=lambda: self.now)
+        self.sup = Supervisor(
+            SafetyPolicy(),
+            self.liveness,
+            port_up=lambda: True,
+            on_trip=lambda code, detail: self.trips.append(code),
+            clock=lambda: self.now,
+        )
 
     def answer(self, names: tuple[str, ...] | list[str]) -> None:
         for name in names:

@@ -29,12 +29,17 @@ MAX_EXPOSURE = 2.5
 
 ANALYZE = shutil.which("systemd-analyze")
 SYSUSERS = shutil.which("systemd-sysusers")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (.ci/run installs systemd)")
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze is not installed (.ci/run installs systemd)"
+)
 # The host's system units, so that sysinit.target, network-online.target ... resolve inside the root.
 HOST_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 # systemd-analyze in a predictable form: no pager, no colours, English messages.
 ANALYZE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SYSTEMD_")} | {
-    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "LC_ALL": "C.UTF-8"}
+    "SYSTEMD_PAGER": "",
+    "SYSTEMD_COLORS": "0",
+    "LC_ALL": "C.UTF-8",
+}
 
 
 # ---------------------------------------------------------------------------------- unit parser
@@ -222,11 +227,15 @@ def test_core_has_no_network_and_exactly_its_devices() -> None:
     assert values(unit, "Service", "IPAddressAllow") == []
     assert one(unit, "Service", "PrivateNetwork") == "yes"
     assert one(unit, "Service", "DevicePolicy") == "closed"
-    assert sorted(values(unit, "Service", "DeviceAllow")) == sorted([
-        "char-ttyS rw", "char-ttyUSB rw", "char-ttyAMA rw",  # what /dev/ttyOHT485 may point to
-        "/dev/watchdog rw",
-        "char-gpiochip rw",  # the E-stop input
-    ])
+    assert sorted(values(unit, "Service", "DeviceAllow")) == sorted(
+        [
+            "char-ttyS rw",
+            "char-ttyUSB rw",
+            "char-ttyAMA rw",  # what /dev/ttyOHT485 may point to
+            "/dev/watchdog rw",
+            "char-gpiochip rw",  # the E-stop input
+        ]
+    )
     assert one(unit, "Service", "PrivateDevices") == "no"  # a private /dev would hide the real devices
 
 
@@ -311,8 +320,14 @@ def test_sysusers_creates_them(tmp_path: Path) -> None:
     etc.mkdir()
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (etc / "group").write_text("root:x:0:\ndialout:x:20:\n")
-    result = subprocess.run([SYSUSERS, f"--root={tmp_path}", "-"], input=(SYSTEMD_DIR / "oht-agent.sysusers").read_text(),
-                            capture_output=True, text=True, timeout=30, env=ANALYZE_ENV)
+    result = subprocess.run(
+        [SYSUSERS, f"--root={tmp_path}", "-"],
+        input=(SYSTEMD_DIR / "oht-agent.sysusers").read_text(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ANALYZE_ENV,
+    )
     assert result.returncode == 0, result.stderr
     passwd = {l.split(":")[0]: l.split(":") for l in (etc / "passwd").read_text().splitlines()}
     group = {l.split(":")[0]: l.split(":") for l in (etc / "group").read_text().splitlines()}

@@ -114,14 +114,22 @@ def test_every_channel_of_the_contract_with_its_qos_and_retain_flag(spec: dict[s
     channels = {c["address"]: name for name, c in spec["channels"].items()}
     assert set(channels) == set(CONTRACT_CHANNELS)
     for address, (action, retained) in CONTRACT_CHANNELS.items():
-        ops = [op for op in spec["operations"].values() if _deref(spec, op["channel"]) is spec["channels"][channels[address]]]
+        ops = [
+            op
+            for op in spec["operations"].values()
+            if _deref(spec, op["channel"]) is spec["channels"][channels[address]]
+        ]
         assert len(ops) == 1, address
         assert ops[0]["action"] == action
         assert ops[0]["bindings"]["mqtt"]["qos"] == 1 and ops[0]["bindings"]["mqtt"]["retain"] is retained
     records = spec["channels"][channels["oht/v1/{agentId}/up/{stream}"]]
     assert records["parameters"]["stream"]["enum"] == CONTRACT_STREAMS
     will = spec["servers"]["site"]["bindings"]["mqtt"]["lastWill"]
-    assert (will["topic"], will["retain"], will["qos"]) == ("oht/v1/{agentId}/status", True, 1) and "CONNECTIONBROKEN" in will["message"]
+    assert (will["topic"], will["retain"], will["qos"]) == (
+        "oht/v1/{agentId}/status",
+        True,
+        1,
+    ) and "CONNECTIONBROKEN" in will["message"]
     assert "$share/central/oht/v1/+/up/+" in records["description"]
 
 
@@ -193,14 +201,18 @@ def test_the_schemas_accept_what_the_codec_makes(spec: dict[str, Any]) -> None:
         ("status", {"state": "AWAY"}, "not one of"),
     ],
 )
-def test_the_schemas_refuse_what_the_codec_refuses(spec: dict[str, Any], message: str, change: dict[str, Any], words: str) -> None:
+def test_the_schemas_refuse_what_the_codec_refuses(
+    spec: dict[str, Any], message: str, change: dict[str, Any], words: str
+) -> None:
     value = dict(_made_by_the_codec()[message][0])
     value.update(change)
     value = {k: v for k, v in value.items() if v is not None}
     found = errors(spec, _payload_schema(spec, message), value)
     assert any(words in e for e in found), found
     if message in ("record", "command", "ack"):
-        decode = {"record": envelope.decode_record, "command": envelope.decode_command, "ack": envelope.decode_ack}[message]
+        decode = {"record": envelope.decode_record, "command": envelope.decode_command, "ack": envelope.decode_ack}[
+            message
+        ]
         with pytest.raises(envelope.MessageMalformed):
             decode(envelope.canonical(value))
 
@@ -244,7 +256,7 @@ def test_the_byte_level_verifier_in_the_docs_works(spec: dict[str, Any]) -> None
     text = (DOCS / "upstream.md").read_text(encoding="utf-8")
     (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
     namespace: dict[str, Any] = {"base64": base64}
-    exec(code, namespace)  # noqa: S102 - our own documentation
+    exec(code, namespace)
     keys = _example_keys(spec)
     for example in spec["components"]["messages"]["record"]["examples"]:
         signed, sig = namespace["signed_bytes"](envelope.canonical(example["payload"]))

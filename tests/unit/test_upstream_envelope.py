@@ -126,7 +126,9 @@ def test_the_largest_outbox_payload_fits_in_a_record() -> None:
     raw = envelope.encode_record(_record(body=body))
     assert len(raw) > 1024 * 1024
     verify_record(envelope.decode_record(raw), DEVICE.public)
-    assert _code(envelope.decode_record, raw + b" " * (envelope.MAX_RECORD_BYTES - len(raw) + 1)) == "UPSTREAM_TOO_LARGE"
+    assert (
+        _code(envelope.decode_record, raw + b" " * (envelope.MAX_RECORD_BYTES - len(raw) + 1)) == "UPSTREAM_TOO_LARGE"
+    )
 
 
 def test_a_body_json_cannot_carry_is_refused_before_signing() -> None:
@@ -140,7 +142,10 @@ def test_a_body_json_cannot_carry_is_refused_before_signing() -> None:
     [
         ({"from_seq": 5, "to_seq": 9, "dropped": 5}, "missing reason"),
         ({"from_seq": 9, "to_seq": 5, "dropped": 1, "reason": "quota"}, "from_seq <= to_seq < seq"),
-        ({"from_seq": 5, "to_seq": 50, "dropped": 1, "reason": "quota"}, "from_seq <= to_seq < seq"),  # not before seq 42
+        (
+            {"from_seq": 5, "to_seq": 50, "dropped": 1, "reason": "quota"},
+            "from_seq <= to_seq < seq",
+        ),  # not before seq 42
         ({"from_seq": 5, "to_seq": 9, "dropped": 6, "reason": "quota"}, "exceeds the range"),
         ({"from_seq": 5, "to_seq": 9, "dropped": 5, "reason": ""}, "reason"),
         ([5, 9], "object"),
@@ -176,7 +181,10 @@ def test_bad_acks_are_refused(raw: bytes, code: str) -> None:
 
 def test_an_ack_may_be_spelled_freely() -> None:
     """Acks are unsigned: any JSON spelling of a valid ack is read."""
-    assert envelope.decode_ack(b'{ "acks" : { "audit" : 17, "results" : 42 }, "v" : 1 }').acks == {"results": 42, "audit": 17}
+    assert envelope.decode_ack(b'{ "acks" : { "audit" : 17, "results" : 42 }, "v" : 1 }').acks == {
+        "results": 42,
+        "audit": 17,
+    }
 
 
 def test_command_times_are_parsed_and_kept_as_sent() -> None:
@@ -187,4 +195,6 @@ def test_command_times_are_parsed_and_kept_as_sent() -> None:
     with pytest.raises(UpstreamError):
         envelope.make_command(command_id="c 1", type="move", params={}, not_after=AT, issued_at=AT, sign=DEVICE.sign)
     with pytest.raises(UpstreamError):
-        envelope.make_command(command_id="c-1", type="move", params={}, not_after="tomorrow", issued_at=AT, sign=DEVICE.sign)
+        envelope.make_command(
+            command_id="c-1", type="move", params={}, not_after="tomorrow", issued_at=AT, sign=DEVICE.sign
+        )

@@ -120,6 +120,8 @@ def test_a_gap_record_accounts_for_its_range() -> None:
         (10, 25, 5, 10, True),
     ],
 )
-def test_acks_only_go_forward_and_never_past_what_was_sent(current: int, acked: int, sent: int, expected: int, noted: bool) -> None:
+def test_acks_only_go_forward_and_never_past_what_was_sent(
+    current: int, acked: int, sent: int, expected: int, noted: bool
+) -> None:
     decision = replay.accept_ack(current, acked, sent)
     assert decision.acked == expected and (decision.note is not None) == noted

@@ -30,7 +30,9 @@ async def create_key(body: ApiKeyCreate, request: Request, principal: Principal 
     """Create a key for one client; `key` is in this answer only. The key belongs to the caller:
     it acts with at most the caller's role and is revoked when the caller is disabled."""
     audit_target(request, body.name)
-    record, full = await api_context(request).auth.create_api_key(principal, body.name, body.role, call_context(request))
+    record, full = await api_context(request).auth.create_api_key(
+        principal, body.name, body.role, call_context(request)
+    )
     return ApiKeyCreated(**record.public(), key=full)
 
 

@@ -33,7 +33,9 @@ async def logout(request: Request, principal: Principal = Depends(require(Permis
     return {"logged_out": True}
 
 
-@router.post("/password", name="auth.password_change", response_model=SessionsRevoked, responses=errors(*AUTH_ERRORS, 409, 429))
+@router.post(
+    "/password", name="auth.password_change", response_model=SessionsRevoked, responses=errors(*AUTH_ERRORS, 409, 429)
+)
 async def change_password(
     body: PasswordChange, request: Request, principal: Principal = Depends(require(Permission.SELF))
 ) -> SessionsRevoked:

@@ -22,7 +22,9 @@ def _out(record: CommandRecord) -> CommandOut:
     return CommandOut(**record.to_dict())
 
 
-@router.post("", name="command.submit", response_model=CommandOut, status_code=201, responses=errors(*AUTH_ERRORS, 409, 503))
+@router.post(
+    "", name="command.submit", response_model=CommandOut, status_code=201, responses=errors(*AUTH_ERRORS, 409, 503)
+)
 async def submit(
     body: CommandRequest,
     request: Request,
@@ -74,12 +76,15 @@ async def get_command(
     return _out(await api_context(request).core.get_command(command_id))
 
 
-@router.post("/{command_id}/cancel", name="command.cancel", response_model=CommandOut, responses=errors(*AUTH_ERRORS, 404, 409))
+@router.post(
+    "/{command_id}/cancel", name="command.cancel", response_model=CommandOut, responses=errors(*AUTH_ERRORS, 404, 409)
+)
 async def cancel(
     request: Request, command_id: CommandId, principal: Principal = Depends(require(Permission.COMMAND))
 ) -> CommandOut:
     audit_target(request, command_id)
-    record = await api_context(request).core.cancel_command(command_id, user=principal.actor,
-                                                            audit=core_audit(request, principal))
+    record = await api_context(request).core.cancel_command(
+        command_id, user=principal.actor, audit=core_audit(request, principal)
+    )
     mark_audited(request)
     return _out(record)

@@ -46,7 +46,9 @@ def early_estop_hook(app: Any) -> Callable[[dict[str, Any]], None]:
     return hook
 
 
-@router.post(ESTOP_PATH.removeprefix("/api/v1"), name="robot.estop", response_model=EstopOut, responses=errors(*AUTH_ERRORS, 503))
+@router.post(
+    ESTOP_PATH.removeprefix("/api/v1"), name="robot.estop", response_model=EstopOut, responses=errors(*AUTH_ERRORS, 503)
+)
 async def estop(
     request: Request,
     body: EstopRequest | None = Body(default=None),
@@ -54,8 +56,9 @@ async def estop(
 ) -> Any:
     """200 only once the stop is confirmed on the bus; otherwise 503 with the fault."""
     reason = body.reason if body is not None else ""
-    result = await api_context(request).core.estop(source="api", user=principal.actor, reason=reason,
-                                                   audit=core_audit(request, principal))
+    result = await api_context(request).core.estop(
+        source="api", user=principal.actor, reason=reason, audit=core_audit(request, principal)
+    )
     mark_audited(request)
     if result.confirmed:
         return EstopOut(confirmed=True, confirm_ms=result.confirm_ms)

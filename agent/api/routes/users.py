@@ -28,7 +28,9 @@ async def list_users(request: Request, _: Principal = ADMIN) -> list[UserOut]:
 @router.post("", name="user.create", response_model=UserOut, status_code=201, responses=errors(*AUTH_ERRORS, 409))
 async def create_user(body: UserCreate, request: Request, principal: Principal = ADMIN) -> UserOut:
     audit_target(request, body.name)
-    user = await api_context(request).auth.create_user(principal, body.name, body.role, body.password, call_context(request))
+    user = await api_context(request).auth.create_user(
+        principal, body.name, body.role, body.password, call_context(request)
+    )
     return UserOut(**user.public())
 
 
@@ -41,8 +43,12 @@ async def disable_user(request: Request, name: UserName, principal: Principal = 
     return UserOut(**user.public())
 
 
-@router.post("/{name}/password", name="user.password_set", response_model=SessionsRevoked, responses=errors(*AUTH_ERRORS, 404))
-async def set_password(body: PasswordSet, request: Request, name: UserName, principal: Principal = ADMIN) -> SessionsRevoked:
+@router.post(
+    "/{name}/password", name="user.password_set", response_model=SessionsRevoked, responses=errors(*AUTH_ERRORS, 404)
+)
+async def set_password(
+    body: PasswordSet, request: Request, name: UserName, principal: Principal = ADMIN
+) -> SessionsRevoked:
     """Set another user's password (e.g. forgotten); their sessions end. Not one's own: that is
     POST /api/v1/auth/password, with the current password."""
     audit_target(request, name)
