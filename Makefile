@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow bench demo clean
+.PHONY: test test-slow check bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml
 ## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+## make check: lint, format and strict types (ruff and mypy); fails on the first finding
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 ## make test-slow: only the long loops
 test-slow: $(STAMP)
