@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "sim",
         help="run the firmware simulator on a new pty",
-        description="Start the OHT-50 slave-module simulator on a new pseudo-terminal (a test peer speaking real Modbus RTU).",
+        description=(
+            "Start the OHT-50 slave-module simulator on a new pseudo-terminal (a test peer speaking real Modbus RTU)."
+        ),
         add_help=False,
     )
     sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="simulator options (see `oht-agent sim --help`)")

@@ -8,11 +8,12 @@ configuration. Everything not required has a safe default.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -84,7 +85,7 @@ class ModulesSection(_Section):
     travel: SlaveAddress = 3
     dock: SlaveAddress = 4
     safety: SlaveAddress = 5
-    mandatory: list[Role] = Field(default_factory=lambda: ["power", "safety", "travel", "dock"])
+    mandatory: list[Role] = Field(default_factory=lambda: list(get_args(Role)))
 
     @model_validator(mode="after")
     def _distinct(self) -> ModulesSection:
@@ -141,7 +142,7 @@ class SafetyModuleSection(_Section):
     @field_validator("zone_thresholds")
     @classmethod
     def _zones_rise(cls, v: list[int]) -> list[int]:
-        if any(a >= b for a, b in zip(v, v[1:])):
+        if any(a >= b for a, b in itertools.pairwise(v)):
             raise ValueError("zone 1 must be the nearest: each threshold must be larger than the one before")
         return v
 

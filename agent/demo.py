@@ -88,7 +88,8 @@ def run_demo(directory: str | None) -> int:
             )
             print("try, in another terminal:")
             print(
-                f"  .venv/bin/python -c \"from drivers.sim.client import SimControl; print(SimControl('{control}').estop(True))\""
+                '  .venv/bin/python -c "from drivers.sim.client import SimControl;'
+                f" print(SimControl('{control}').estop(True))\""
             )
             print("Ctrl-C stops everything.\n", flush=True)
             launch(["--config", str(config_path)])

@@ -98,9 +98,15 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 class _Writer(logging.handlers.QueueListener):
     """The thread that writes queued lines; it reports lost lines once it has caught up."""
 
+    def __init__(
+        self, q: queue.Queue[logging.LogRecord | None], *handlers: logging.Handler, respect_handler_level: bool
+    ) -> None:
+        super().__init__(q, *handlers, respect_handler_level=respect_handler_level)
+        self._records = q  # typed: the base class only knows a "queue-like" object
+
     def handle(self, record: logging.LogRecord) -> None:
         super().handle(record)
-        if _dropped.unreported and self.queue.empty():
+        if _dropped.unreported and self._records.empty():
             self._report_dropped()
 
     def _report_dropped(self) -> None:
@@ -123,7 +129,7 @@ class _Writer(logging.handlers.QueueListener):
         if thread is None:
             return
         try:
-            self.queue.put(self._sentinel, timeout=timeout)
+            self._records.put(None, timeout=timeout)  # None is the listener's end marker
         except queue.Full:
             pass  # the writer is stuck: the thread is a daemon, leave it
         thread.join(timeout)

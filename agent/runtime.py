@@ -334,7 +334,7 @@ class Runtime:
                 self.last_report = report
                 self._log_report(report)
                 # The travel driver first: its outputs go to the safe state before anything else.
-                for role, binding in sorted(report.bindings.items(), key=lambda rb: rb[0] != "travel"):
+                for _role, binding in sorted(report.bindings.items(), key=lambda rb: rb[0] != "travel"):
                     self._bind(binding)
                 if first:
                     freeze_startup_heap()

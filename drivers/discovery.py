@@ -92,7 +92,7 @@ def _identity_request(address: int):  # type: ignore[no-untyped-def]
 
 def _differs_beyond_status(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     # SYSTEM_STATUS (index 7) and SYSTEM_ERROR (index 8) may legitimately change between reads.
-    return any(x != y for i, (x, y) in enumerate(zip(a, b)) if i not in (7, 8))
+    return any(x != y for i, (x, y) in enumerate(zip(a, b, strict=True)) if i not in (7, 8))
 
 
 async def discover(

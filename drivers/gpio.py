@@ -13,15 +13,22 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from drivers.errors import CodedError
+
+if TYPE_CHECKING:  # gpiod is optional (the `gpio` extra); imported only where the lines are opened
+    import gpiod
 
 log = logging.getLogger("oht.gpio")
 
 
 class GpioUnavailable(CodedError):
     code = "GPIO_UNAVAILABLE"
-    hint = "check the gpiochip path and line offsets, that the service user may open it, and that the `gpiod` package is installed"
+    hint = (
+        "check the gpiochip path and line offsets, that the service user may open it,"
+        " and that the `gpiod` package is installed"
+    )
 
 
 class GpioInputs:
@@ -39,7 +46,7 @@ class GpioInputs:
         self.active_low = active_low
         self.debounce_ms = debounce_ms
         self.on_change = on_change
-        self._request = None
+        self._request: gpiod.LineRequest | None = None
 
     def open(self) -> tuple[bool, ...]:
         """Request the lines and return their current values."""

@@ -17,7 +17,7 @@ from types import MappingProxyType
 Value = int | float
 
 
-class Quality(str, enum.Enum):
+class Quality(enum.StrEnum):
     FRESH = "fresh"
     STALE = "stale"
     MISSING = "missing"

@@ -19,7 +19,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import aiosqlite
@@ -70,7 +70,7 @@ class AuthLimits:
     session_lifetime_s: float = 8 * 3600.0
     session_idle_s: float = 30 * 60.0
     ticket_ttl_s: float = 10.0
-    throttle: ThrottleLimits = ThrottleLimits()
+    throttle: ThrottleLimits = field(default_factory=ThrottleLimits)
 
 
 @dataclass(frozen=True)

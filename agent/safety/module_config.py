@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ MISMATCH = "SAFETY_CONFIG_MISMATCH"
 REBOOTED = "SAFETY_MODULE_REBOOTED"
 
 
-class ConfigState(str, enum.Enum):
+class ConfigState(enum.StrEnum):
     UNVERIFIED = "unverified"  # not yet read back since bind or since the last write
     VERIFIED = "verified"
     MISMATCH = "mismatch"
@@ -92,7 +93,7 @@ class LockedWriter:
         profile = self.binding.profile
         planned = sorted(plan_write(profile, n, v) for n, v in values.items())
         address, words = planned[0][0], [w for _, ws in planned for w in ws]
-        if any(a + len(ws) != b for (a, ws), (b, _) in zip(planned, planned[1:])):
+        if any(a + len(ws) != b for (a, ws), (b, _) in itertools.pairwise(planned)):
             raise ValueError("a frame must hold adjacent registers only")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()

@@ -307,10 +307,10 @@ class Supervisor:
                 causes[code] = (
                     f"no {what} from the {role} module for {age * 1000:.0f} ms (budget {budget * 1000:.0f} ms)"
                 )
-        live = self._liveness("power")
-        if live is not None:
-            warn = max(p.power_link_warning_ms / 1000.0, 2 * live.interval_s + live.turnaround_s)
-            age = self._age(live, now)
+        power = self._liveness("power")
+        if power is not None:
+            warn = max(p.power_link_warning_ms / 1000.0, 2 * power.interval_s + power.turnaround_s)
+            age = self._age(power, now)
             if age > warn + p.power_stop_countdown_ms / 1000.0:
                 causes["POWER_LINK_LOST"] = f"no valid reply from the power module for {age:.1f} s"
             elif age > warn:
@@ -445,7 +445,7 @@ class Supervisor:
 
     def module_latch_set(self, now: float | None = None) -> bool:
         values = self._fresh_values("safety", ["RESET_FLAG"], self._clock() if now is None else now)
-        return bool(values) and values.get("RESET_FLAG") == 1
+        return values is not None and values.get("RESET_FLAG") == 1
 
     def clear_latches(self, now: float | None = None) -> tuple[list[str], dict[str, str]]:
         """Clear every latch whose cause is gone; returns (cleared codes, remaining code -> reason)."""

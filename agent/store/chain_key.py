@@ -67,7 +67,10 @@ def load(data_dir: Path) -> ChainKey | None:
     except (ValueError, KeyError, TypeError):
         raise StoreUnavailable(
             f"{path} is damaged", code="STORE_AUDIT_KEY_INVALID",
-            hint="Restore audit.key from the backup taken with the database; without it the audit log cannot be verified.",
+            hint=(
+                "Restore audit.key from the backup taken with the database;"
+                " without it the audit log cannot be verified."
+            ),
         ) from None  # fmt: skip
     return ChainKey(secret, from_seq)
 

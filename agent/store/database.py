@@ -250,7 +250,10 @@ class Database:
             if key is None:
                 raise StoreUnavailable(
                     f"{self.data_dir / chain_key.KEY_FILE} does not exist yet", code="STORE_AUDIT_KEY_MISSING",
-                    hint="The core makes the audit key when it starts; start oht-agent-core first, or restore audit.key.",
+                    hint=(
+                        "The core makes the audit key when it starts;"
+                        " start oht-agent-core first, or restore audit.key."
+                    ),
                 )  # fmt: skip
             return key, False
         rows = list(await conn.execute_fetchall("SELECT last_seq FROM audit_head WHERE id = 1"))

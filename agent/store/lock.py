@@ -51,7 +51,7 @@ class DataDirLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DataDirBusy(f"data directory {self.data_dir} is in use by another process")
+            raise DataDirBusy(f"data directory {self.data_dir} is in use by another process") from None
         except OSError as exc:
             os.close(fd)
             raise StoreError(

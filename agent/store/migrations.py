@@ -348,7 +348,8 @@ _V6_IDEMPOTENCY_PER_USER = Migration(
         "CREATE UNIQUE INDEX commands_idempotency ON commands (source, ifnull(user, ''), idempotency_key)",
         *(s for s in _V1_COMMANDS.statements if s.startswith("CREATE INDEX commands_")),
         *(s for s in _V2_TRANSITIONS_OUTBOX.statements if "CREATE TRIGGER commands_outbox_" in s),
-        f"INSERT INTO state_transitions ({_TRANSITIONS_COLUMNS}) SELECT {_TRANSITIONS_COLUMNS} FROM temp.v6_transitions",
+        f"INSERT INTO state_transitions ({_TRANSITIONS_COLUMNS})"
+        f" SELECT {_TRANSITIONS_COLUMNS} FROM temp.v6_transitions",
         "DROP TABLE temp.v6_transitions",
     ),
 )

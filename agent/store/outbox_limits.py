@@ -179,6 +179,7 @@ async def _cut(conn: aiosqlite.Connection, stream: str, need: int, expire_before
             " WHERE stream = ? AND stream_seq > ? ORDER BY stream_seq LIMIT ?",
             (stream, after, _CHUNK),
         )
+        rows = list(rows)  # counted below
         for seq, kind, created_at, size in rows:
             after = int(seq)
             if kind == KIND_GAP:

@@ -21,7 +21,7 @@ import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import aiosqlite
 
@@ -35,7 +35,9 @@ def enqueue(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) ->
     """Put `sql` in `conn`'s job queue before returning; the future resolves to its rows."""
     coro = conn.execute_fetchall(sql, params)
     try:
-        future = coro.send(None)  # runs until the job is queued and the call waits for it
+        # runs until the job is queued and the call waits for it; aiosqlite's annotations say
+        # its coroutines yield nothing, but they yield the job's future
+        future: object = cast(Any, coro).send(None)
     except StopIteration as done:  # pragma: no cover - aiosqlite never completes synchronously
         raise RuntimeError("aiosqlite answered without queueing a job") from done
     finally:

@@ -319,7 +319,7 @@ class GroupWriter:
         job.started = True  # from here on a caller's timeout means "outcome unknown"
         try:
             async with asyncio.timeout(self._unit_timeout):
-                value = await job.unit(conn)  # type: ignore[operator]
+                value = await job.unit(conn)
         except BaseException as exc:
             if not _is_unit_failure(exc):
                 raise
@@ -471,7 +471,7 @@ class GroupWriter:
         """Hand each caller its value or its own error; report the batch's health."""
         refused = [o.error for o in outcomes if isinstance(o.error, StoreUnavailable)]
         if refused:
-            self._on_outcome(refused[-1])  # type: ignore[arg-type]
+            self._on_outcome(refused[-1])
         elif any(o.error is None for o in outcomes):
             self._on_outcome(None)
         for outcome in outcomes:

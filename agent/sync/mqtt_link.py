@@ -24,9 +24,9 @@ one thread of its own (`mqtt-<client id>`) and hands everything across:
   are messages in flight both ways, our own unacknowledged publishes included), so the inbox takes
   up to `receive_maximum + max_queued + max_inflight`; past that (a broker that ignores flow
   control altogether) a message is logged (UPSTREAM_INBOX_FULL), counted
-  (`stats().inbox_overflows`) and left unacknowledged, never dropped silently: the broker still holds it and sends it again on the next
-  connection of a persistent session, and the agent sends again whatever the central consumer did
-  not acknowledge.
+  (`stats().inbox_overflows`) and left unacknowledged, never dropped silently: the broker still
+  holds it and sends it again on the next connection of a persistent session, and the agent sends
+  again whatever the central consumer did not acknowledge.
   `dispatch(handler)` is the usual reader: an exception in the handler is logged and counted and
   the next message is handled as usual.
 
@@ -420,7 +420,7 @@ class MqttLink:
         client.on_message = guarded("on_message", self._on_message, count_error)
         client.on_subscribe = guarded("on_subscribe", self._on_subscribe, count_error)
         client.on_socket_register_write = guarded("on_socket_register_write", _written_by_link_thread)
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves __init__ bare
         props.ReceiveMaximum = s.receive_maximum
         if self.persistent_session:
             props.SessionExpiryInterval = s.session_expiry_s
@@ -614,7 +614,7 @@ class MqttLink:
 
     # -- paho callbacks (the link's thread)
     def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
         self._connack = reason
         if reason.is_failure:
@@ -639,7 +639,12 @@ class MqttLink:
         self._to_loop(self._connected.set)
 
     def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode, props: Properties
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
     ) -> None:
         self._to_loop(self._lost)
         if not self._stopping.is_set():
@@ -706,7 +711,7 @@ class MqttLink:
             wait=tenacity.wait_random_exponential(multiplier=s.backoff_initial_s, max=s.backoff_max_s),
             retry=tenacity.retry_if_exception_type(MqttLinkError),
             stop=give_up,
-            sleep=self._stopping.wait,
+            sleep=self._pause,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -730,19 +735,27 @@ class MqttLink:
             self._drop_socket()
             raise ConnectFailed(f"{s.host}:{s.port}: {exc}") from exc
         deadline = time.monotonic() + s.connect_timeout_s
-        while self._connack is None:
+        while True:  # the CONNACK arrives through on_connect, inside loop()
             rc = self._client.loop(0.05)
-            if self._connack is not None:
+            connack = self._received_connack()
+            if connack is not None:
                 break
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or time.monotonic() > deadline or self._stopping.is_set():
                 self._counters.add("connect_failures")
                 self._drop_socket()
                 why = mqtt.error_string(rc) if rc != MQTTErrorCode.MQTT_ERR_SUCCESS else "no CONNACK in time"
                 raise ConnectFailed(f"{s.host}:{s.port}: {why}")
-        if self._connack.is_failure:
+        if connack.is_failure:
             self._counters.add("connect_failures")
             self._drop_socket()
-            raise ConnectRefused(f"{s.host}:{s.port} answered {self._connack} (0x{self._connack.value:02x})")
+            raise ConnectRefused(f"{s.host}:{s.port} answered {connack} (0x{connack.value:02x})")
+
+    def _received_connack(self) -> ReasonCode | None:
+        return self._connack
+
+    def _pause(self, seconds: float) -> None:
+        """tenacity's sleep between attempts: a stop cuts it short."""
+        self._stopping.wait(seconds)
 
     def _serve(self) -> None:
         """Run paho's loop until the connection ends (or a stop gives up waiting for the DISCONNECT)."""

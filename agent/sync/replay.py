@@ -165,6 +165,7 @@ def judge_record(
         verify_record(record, device_key)
     except SignatureInvalid as exc:
         return RecordDecision(RecordOutcome.REFUSED, exc.code, exc.message)
+    error: UpstreamError
     if record.agent != topic_agent:
         error = WrongAgent(f"record of {record.agent} published under {topic_agent}'s topic")
         return RecordDecision(RecordOutcome.REFUSED, error.code, error.message)

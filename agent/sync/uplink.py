@@ -417,7 +417,7 @@ class Uplink:
                     AckTimeout(
                         f"no ack for stream {s.name} in {self.ack_timeout_s:g} s with {count} in flight;"
                         f" sending again from seq {first}"
-                    )  # fmt: skip
+                    )
                 )
 
     async def _refill(self, s: _Stream) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.modbus.crc import crc_ok
 from drivers.modbus.errors import (
     BusCrcError,
     BusError,
@@ -39,7 +40,6 @@ from drivers.modbus.frames import (
     Request,
     Verdict,
     check_reply,
-    crc_ok,
     frame_length,
     read_request,
     reply_signature,
@@ -578,7 +578,8 @@ class BusMaster:
                         link.stats.preempted += 1
                         self._add_ghost(link, request.signature())
                         raise BusPreempted(
-                            f"read from slave {request.slave} abandoned for a stop after {1000 * (now - sent_at):.1f} ms"
+                            f"read from slave {request.slave} abandoned for a stop"
+                            f" after {1000 * (now - sent_at):.1f} ms"
                         )
                     wait_until = min(deadline, preempt_at)
                 await port.wait_data(wait_until)

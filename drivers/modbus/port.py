@@ -181,7 +181,7 @@ class SerialPort:
         loop = self._loop or asyncio.get_running_loop()
         room: asyncio.Future[None] = loop.create_future()
         self._room = room
-        loop.add_writer(fd, lambda: room.done() or room.set_result(None))
+        loop.add_writer(fd, _settle, room)
         try:
             await asyncio.wait_for(room, max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
@@ -224,3 +224,9 @@ async def pause_until(deadline: float) -> None:
         await asyncio.sleep(remaining - 0.0012)
     while time.monotonic() < deadline:
         pass
+
+
+def _settle(room: asyncio.Future[None]) -> None:
+    """Mark the output as writable again; the writer callback may fire after the wait ended."""
+    if not room.done():
+        room.set_result(None)

@@ -89,10 +89,12 @@ def value_to_raw(register: Register, value: object) -> int:
     """
     if isinstance(value, bool):
         value = int(value)
-    if not isinstance(value, Real):
-        raise _refuse(register, f"value {value!r} is not a number", "send a number")
+    # float before Real: mypy does not see float as a numbers.Real, so the finite check must
+    # come while the type is still plain.
     if isinstance(value, float) and not math.isfinite(value):
         raise _refuse(register, f"value {value!r} is not finite", "send a finite number")
+    if not isinstance(value, (int, float, Real)):
+        raise _refuse(register, f"value {value!r} is not a number", "send a number")
     try:
         wanted = _dec(value) if isinstance(value, (int, float)) else Decimal(str(value))
         raw_dec = (wanted / _dec(register.scale)).to_integral_value(rounding=ROUND_HALF_EVEN)

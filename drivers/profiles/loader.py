@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from drivers.profiles.errors import Problem, ProfileError
 from drivers.profiles.model import (
@@ -27,8 +27,10 @@ from drivers.profiles.model import (
     ROLES,
     TYPE_RANGES,
     UNITS,
+    Access,
     Profile,
     Register,
+    RegisterType,
 )
 
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -93,7 +95,7 @@ class _Collector:
         self.problems.append(Problem(self.source, key, message))
 
 
-def _is_int(v: object) -> bool:
+def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -314,11 +316,13 @@ def _parse_register(index: int, table: Any, out: _Collector) -> Register | None:
 
     if len(out.problems) != before:
         return None
+    # Every problem above returned early, and `_check_keys` reported any missing required key,
+    # so name, type and access are present and valid here.
     return Register(
-        name=name,
+        name=cast(str, name),
         address=table["address"],
-        type=reg_type,
-        access=access,
+        type=cast(RegisterType, reg_type),
+        access=cast(Access, access),
         scale=float(scale),
         unit=unit,
         min=bounds["min"],

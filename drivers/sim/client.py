@@ -142,7 +142,7 @@ class _Ops:
 def _decode(line: bytes) -> dict[str, Any]:
     if not line.endswith(b"\n"):
         raise SimControlError("simulator closed the control connection without answering")
-    resp = json.loads(line)
+    resp: dict[str, Any] = json.loads(line)
     if not resp.get("ok"):
         raise SimControlError(resp.get("error", "request failed"))
     return resp

@@ -266,12 +266,14 @@ class Simulator:
             self._log_write(slave, req, received, None, applied=False, exception=None)
             self._kick(slave, now)
             return
+        exception: int | None
         if faults.exception_code and faults.roll(faults.exception_rate):
             stats.faults_injected += 1
             reply = rtu.exception_reply(req.unit, req.function, faults.exception_code)
             applied, exception = False, faults.exception_code
         else:
-            reply, applied, exception = slave.execute(req, now)
+            outcome = slave.execute(req, now)
+            reply, applied, exception = outcome.reply, outcome.applied, outcome.exception
         self._log_write(slave, req, received, now, applied=applied, exception=exception)
         if faults.silent:  # silent but executing: a dead TX line
             stats.faults_injected += 1
@@ -405,8 +407,11 @@ class Simulator:
                 timeout = min(timeout, self.rx_last + self.idle_gap() - now)
             for key, mask in self.selector.select(max(timeout, 0.0)):
                 key.data(mask)
-                if not self.running:
+                if self._stopped():  # a handler may have asked to stop
                     break
+
+    def _stopped(self) -> bool:
+        return not self.running
 
     def stop(self) -> None:
         """Remove the symlink and the socket; close everything."""
