@@ -8,12 +8,13 @@ do not compete with the core's start-up stop. A child that dies is started again
 after `RESTART_GATEWAY_S`, the core after `RESTART_CORE_S` (its start stops the driver first);
 one that fails within `FIRST_START_S` of its first start (a bad configuration) ends the launcher
 with its exit code instead.
-The gateway runs at nice `GATEWAY_NICE`. SIGTERM or Ctrl-C stops the gateway, then the core
-(which stops and confirms motion), each with a bounded wait. Both children die with this
-process (PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves no half of the agent
-running. The children are forked from this
-launcher, not started as new interpreters, so a restarted core reaches its start-up stop
-sooner; they are named `oht-core` and `oht-gateway` (what ps and top show).
+The gateway runs at nice `GATEWAY_NICE`; the core asks for SCHED_FIFO `CORE_FIFO_PRIORITY`, as
+its unit gives it, and stays at the ordinary policy where that is not allowed. SIGTERM or Ctrl-C
+stops the gateway, then the core (which stops and confirms motion), each with a bounded wait.
+Both children die with this process (PR_SET_PDEATHSIG), so a launcher killed with SIGKILL leaves
+no half of the agent running. The children are forked from this launcher, not started as new
+interpreters, so a restarted core reaches its start-up stop sooner; they are named `oht-core`
+and `oht-gateway` (what ps and top show).
 
 Only the standard library is imported here: the core's start-up stop must not wait for it.
 """
@@ -44,6 +45,9 @@ FIRST_START_S = 3.0  # a child that fails this soon after the launcher's first s
 # The gateway yields the CPU to the core, as the units arrange with the core's real-time
 # priority: a burst of password hashing must not slow a stop (no privilege is needed to be nicer).
 GATEWAY_NICE = 10
+# The core asks for the policy its unit gives it (systemd/oht-agent-core.service); where it may not
+# (an ordinary user), it stays at the ordinary policy and says so.
+CORE_FIFO_PRIORITY = 10
 _PR_SET_NAME = 15
 _PR_SET_PDEATHSIG = 1
 
@@ -56,6 +60,13 @@ def _prctl(option: int, arg: int | bytes) -> None:
 def _say(text: str) -> None:
     print(f"oht-agent run: {text}", file=sys.stderr, flush=True)
 
+
+
+def _take_core_priority() -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(CORE_FIFO_PRIORITY))
+    except OSError as exc:
+        print(f"launcher: the core stays at the ordinary priority (SCHED_FIFO refused: {exc})", file=sys.stderr)
 
 class _Child:
     """One half, forked from this launcher (no new interpreter to start: the core's start-up stop
@@ -88,6 +99,8 @@ class _Child:
             _prctl(_PR_SET_NAME, f"oht-{self.role}".encode())  # what ps and top show: oht-core, oht-gateway
             if self.role == "gateway":
                 os.nice(GATEWAY_NICE)
+            else:
+                _take_core_priority()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             for sock in self.inherited:

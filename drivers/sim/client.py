@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+# A started simulator asks for SCHED_FIFO 20: above the core's 10 (systemd/oht-agent-core.service),
+# as the modules' own microcontrollers never wait for the carriage's computer.
+SIM_REALTIME_PRIORITY = 20
 
 
 class SimControlError(RuntimeError):
@@ -250,6 +253,7 @@ class SimProcess:
         log_path: str | os.PathLike[str] | None = None,
         ready_timeout: float = 10.0,
         new_session: bool = False,
+        realtime: int = SIM_REALTIME_PRIORITY,
     ) -> None:
         self.link = os.fspath(link)
         self.control_path = os.fspath(control) if control is not None else self.link + ".ctl"
@@ -268,6 +272,8 @@ class SimProcess:
             args += ["--service-period", f"{unit}:{ms}"]
         if seed is not None:
             args += ["--seed", str(seed)]
+        if realtime:
+            args += ["--realtime", str(realtime)]
         self.args = args + list(extra_args)
         self.control = SimControl(self.control_path)
         self.proc: subprocess.Popen[bytes] | None = None

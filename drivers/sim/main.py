@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,8 +73,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="override a slave's Modbus service period (default from its profile)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for tick phases and fault rates")
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=0,
+        metavar="PRIO",
+        help="run at SCHED_FIFO priority PRIO (1..99) when the system allows it (0 = ordinary, the default):"
+        " the modules have their own microcontrollers, so a busy test machine must not make them look dead",
+    )
     parser.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
     return parser
+
+
+def _take_realtime(priority: int) -> None:
+    """SCHED_FIFO at `priority` if allowed; otherwise say so once and go on at the ordinary policy."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, ValueError) as exc:
+        logging.getLogger("sim").warning("staying at the ordinary priority: SCHED_FIFO %d refused (%s)", priority, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="sim %(levelname)s %(name)s: %(message)s",
     )
+    if args.realtime:
+        _take_realtime(args.realtime)
     specs = args.slave or [_slave_spec(s) for s in DEFAULT_SLAVES]
     units = [u for u, _ in specs]
     if len(set(units)) != len(units):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from drivers.sim.client import SimControl, SimControlError, SimProcess
+from agent.launcher import CORE_FIFO_PRIORITY
+from drivers.sim.client import SIM_REALTIME_PRIORITY, SimControl, SimControlError, SimProcess
 from drivers.sim.main import build_parser
 from tests.integration.test_sim_support import (  # noqa: F401  (fixtures)
     NoReply,
@@ -50,6 +51,22 @@ def test_ready_line_and_sigterm_cleanup(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_started_simulator_outranks_the_core_where_realtime_is_allowed(sim: SimProcess) -> None:
+    """The modules never wait for the carriage's computer, so neither does their stand-in."""
+    assert sim.pid is not None
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"],
+        capture_output=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        assert os.sched_getscheduler(sim.pid) == os.SCHED_OTHER
+        assert "staying at the ordinary priority" in sim.log_tail()
+        return
+    assert os.sched_getscheduler(sim.pid) == os.SCHED_FIFO
+    assert os.sched_getparam(sim.pid).sched_priority == SIM_REALTIME_PRIORITY > CORE_FIFO_PRIORITY
 
 
 def test_stale_symlink_and_socket_are_replaced(make_sim: Callable[..., SimProcess], tmp_path: Path) -> None:

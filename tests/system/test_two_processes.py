@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.launcher import CORE_FIFO_PRIORITY, GATEWAY_NICE
 from drivers.sim.client import SimProcess, terminate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,52 +244,20 @@ def test_kill_9_of_the_core_the_gateway_says_so_and_nothing_acknowledged_is_lost
     assert sim.control.registers(TRAVEL)[M1_ENABLE] == 0, "a move from before the crash started by itself"
 
 
-def _frame(message: dict[str, object]) -> bytes:
-    body = json.dumps(message).encode()
-    return struct.pack(">I", len(body)) + body
-
-
 @pytest.mark.timeout(90)
 def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(daemon: Daemon, sim: SimProcess) -> None:
     with daemon.client(daemon.login("op")) as c:
         before = c.get("/api/v1/status").json()["loop"]
-    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    peer.connect(str(daemon.socket))
-    peer.sendall(_frame({"t": "hello", "v": 1, "role": "gateway", "pid": os.getpid(), "agent_id": "x"}))
-    peer.settimeout(0.5)
-    sent, busy, answered, received = 0, 0, 0, b""
-    until = time.monotonic() + 3.0
-    while time.monotonic() < until:
-        batch = b"".join(
-            _frame({"t": "req", "id": sent + i, "op": "ping", "deadline_ms": 1000, "args": {}}) for i in range(200)
-        )
-        peer.sendall(batch)
-        sent += 200
-        try:
-            received += peer.recv(1 << 20)
-        except TimeoutError:
-            pass
-    peer.settimeout(0.5)
-    drain_until = time.monotonic() + 2.0  # the replies still on their way (views keep coming: bounded by time)
-    try:
-        while time.monotonic() < drain_until:
-            chunk = peer.recv(1 << 20)
-            if not chunk:
-                break
-            received += chunk
-    except TimeoutError:
-        pass
-    peer.close()
-    offset = 0
-    while offset + 4 <= len(received):
-        (length,) = struct.unpack_from(">I", received, offset)
-        if offset + 4 + length > len(received):
-            break
-        message = json.loads(received[offset + 4 : offset + 4 + length])
-        offset += 4 + length
-        if message.get("t") == "rep":
-            answered += 1
-            busy += (message.get("error") or {}).get("code") == "CORE_BUSY"
+    flood = subprocess.run(
+        [sys.executable, "-m", "tests.system.core_flood", str(daemon.socket), "3.0"],
+        env=ENV,
+        cwd=REPO,
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    counts = json.loads(flood.stdout.decode().strip().splitlines()[-1])
+    sent, answered, busy = counts["sent"], counts["answered"], counts["busy"]
     assert sent >= 1000 and busy > 0, (sent, answered, busy)
     assert answered - busy <= 100 + 500 * 3.5, "more requests were admitted than the rate allows"
     with daemon.client(daemon.login("op")) as c:
@@ -303,6 +271,15 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
             f"daemon log (tail):\n{daemon.log.read_text(errors='replace')[-6000:]}"
         )
     assert status["loop"]["ticks"] > before["ticks"]
+
+
+def _may_take_realtime() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -329,6 +306,11 @@ def _inodes_in(table: str, pid: int) -> set[str]:
 def test_the_core_holds_no_network_socket_and_the_gateway_no_serial_port(daemon: Daemon, sim: SimProcess) -> None:
     pids = daemon.pids()
     core, gateway = pids["core"], pids["gateway"]
+    # ... and each half runs at the priority its unit gives it: the core preempts the gateway.
+    assert os.getpriority(os.PRIO_PROCESS, gateway) == GATEWAY_NICE
+    if _may_take_realtime():
+        assert os.sched_getscheduler(core) == os.SCHED_FIFO
+        assert os.sched_getparam(core).sched_priority == CORE_FIFO_PRIORITY
     core_sockets = _socket_inodes(core)
     network = set().union(*(_inodes_in(t, core) for t in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite")))
     assert core_sockets, "the core holds no socket at all: the test would prove nothing"
