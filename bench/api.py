@@ -265,7 +265,8 @@ async def raw_client_main(spec: dict[str, Any]) -> dict[str, Any]:
             return f"GET {spec['path']} HTTP/1.1\r\n{common}\r\n".encode()
         counter += 1
         return (f"POST {spec['path']} HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
-                f"Idempotency-Key: {prefix}-{counter}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+                f"Idempotency-Key: {prefix}-{counter}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
 
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -565,7 +566,7 @@ class AgentProcess:
             f"{count:6d} x  {first}" + (f"  (last at {last})" if count > 1 else "")
             for count, first, last in kinds.values()
         ]
-        return out if len(out) <= limit else out[:limit] + [f"    ({len(out) - limit} more kinds)"]
+        return out if len(out) <= limit else [*out[:limit], f"    ({len(out) - limit} more kinds)"]
 
     def stop(self) -> None:
         from drivers.sim.client import terminate
@@ -606,8 +607,8 @@ async def measure(work: Path, link: str, duration: float, concurrency: int, clie
             faults = [f.get("code") for f in status["verdict"].get("faults", [])]
             ok = sum(count for code, count in figures["statuses"].items() if code.startswith("2"))
             ok_rps = round(figures["rps"] * ok / figures["requests"], 1) if figures["requests"] else 0.0
-            phases[name] = {**figures, "ok_rps": ok_rps, "core_lag_p99_ms": lag["lag_p99_ms"], "core_lag_max_ms": lag["lag_max_ms"],
-                            "faults": faults}  # fmt: skip
+            phases[name] = {**figures, "ok_rps": ok_rps, "core_lag_p99_ms": lag["lag_p99_ms"],
+                            "core_lag_max_ms": lag["lag_max_ms"], "faults": faults}  # fmt: skip
 
         bare_settings: dict[str, dict[str, str]] = {}
         for http, loop in SETTINGS:
@@ -697,8 +698,8 @@ def main() -> int:
         "gateway_http": result["gateway"]["http"],
         "gateway_loop": result["gateway"]["loop"],
         **{f"{name}_{key}": value for name, figures in phases.items() for key, value in figures.items()
-           if key in ("rps", "ok_rps", "p50_ms", "p99_ms", "requests", "errors", "statuses", "core_lag_p99_ms", "core_lag_max_ms",
-                       "faults", "client")},
+           if key in ("rps", "ok_rps", "p50_ms", "p99_ms", "requests", "errors", "statuses", "core_lag_p99_ms",
+                       "core_lag_max_ms", "faults", "client")},
         "bare_best": result["bare_best"],
         "bare_best_rps": best_rps,
         "status_p99_ms": status_p99,
@@ -706,16 +707,19 @@ def main() -> int:
         "ratio_vs_bare": ratio,
         "paced_rate": PACED_RATE,
         "targets": {
-            "status_p99_ms": {"max": 25.0, "value": status_p99, "concurrency": args.concurrency, "met": status_p99 <= 25.0},
+            "status_p99_ms": {"max": 25.0, "value": status_p99, "concurrency": args.concurrency,
+                              "met": status_p99 <= 25.0},
             "ratio_vs_bare": {"min": 0.5, "value": ratio, "met": ratio is not None and ratio >= 0.5},
         },
         "state_after": result["state_after"],
         "faults_after": result["faults_after"],
     }  # fmt: skip
     for name, figures in phases.items():
-        print(f"{name:26s} {figures['client']:5s} {figures['rps']:8.1f} req/s  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
+        print(f"{name:26s} {figures['client']:5s} {figures['rps']:8.1f} req/s"
+              f"  p50 {figures['p50_ms']:7.2f} ms  p99 {figures['p99_ms']:7.2f} ms"
               f"  core lag p99 {figures['core_lag_p99_ms']} ms max {figures['core_lag_max_ms']} ms"
-              f"  statuses {figures['statuses']}  errors {figures['errors']}  faults {figures['faults']}", file=sys.stderr)  # fmt: skip
+              f"  statuses {figures['statuses']}  errors {figures['errors']}  faults {figures['faults']}",
+              file=sys.stderr)  # fmt: skip
     print(f"gateway: {result['gateway']}; baseline: {result['bare_best']}", file=sys.stderr)
     print(json.dumps(summary))
     return 0

@@ -197,7 +197,7 @@ async def bench_stop(sim: SimProcess, master: BusMaster, samples: int = 300) -> 
     stop_wire = timing.wire_s(len(stop.encode()))
     # The simulator stamps a frame when it arrives; on a pty that is the moment the master put it on
     # the line, so this is the stop's wait for the bus. On a real line it arrives one frame time later.
-    waits = [w["t"] - s for w, s in zip(writes, submitted)]
+    waits = [w["t"] - s for w, s in zip(writes, submitted, strict=True)]
     transaction = busy_s / max(polls + samples - 1, 1) if polls else timing.transaction_s(8, 25)
     return {
         "transaction_ms": round(transaction * 1000, 3),
@@ -227,19 +227,24 @@ async def main() -> dict[str, object]:
 if __name__ == "__main__":
     out = asyncio.run(main())
     print(
-        f"pymodbus raw    {out['pymodbus_nogap_tps']:>8} tx/s  p50 {out['pymodbus_nogap_p50_ms']} ms  (no inter-frame gap)"
+        f"pymodbus raw    {out['pymodbus_nogap_tps']:>8} tx/s  p50 {out['pymodbus_nogap_p50_ms']} ms"
+        "  (no inter-frame gap)"
     )
     print(
-        f"pymodbus + t3.5 {out['pymodbus_tps']:>8} tx/s  p50 {out['pymodbus_p50_ms']} ms  p99 {out['pymodbus_p99_ms']} ms"
+        f"pymodbus + t3.5 {out['pymodbus_tps']:>8} tx/s  p50 {out['pymodbus_p50_ms']} ms"
+        f"  p99 {out['pymodbus_p99_ms']} ms"
     )
     print(
-        f"agent master    {out['agent_tps']:>8} tx/s  p50 {out['agent_p50_ms']} ms  p99 {out['agent_p99_ms']} ms  ratio {out['ratio_vs_pymodbus']}"
+        f"agent master    {out['agent_tps']:>8} tx/s  p50 {out['agent_p50_ms']} ms  p99 {out['agent_p99_ms']} ms"
+        f"  ratio {out['ratio_vs_pymodbus']}"
     )
     print(
-        f"wire @115200    {out['wire_tps']:>8} tx/s  of {out['wire_limit_tps']} possible  ratio {out['wire_ratio_115200']}"
+        f"wire @115200    {out['wire_tps']:>8} tx/s  of {out['wire_limit_tps']} possible"
+        f"  ratio {out['wire_ratio_115200']}"
     )
     print(
-        f"stop wait       p50 {out['stop_wait_p50_ms']} ms  p99 {out['stop_wait_p99_ms']} ms  (transaction {out['transaction_ms']} ms,"
+        f"stop wait       p50 {out['stop_wait_p50_ms']} ms  p99 {out['stop_wait_p99_ms']} ms"
+        f"  (transaction {out['transaction_ms']} ms,"
         f" arrival p99 {out['stop_arrival_p99_ms']} ms)"
     )
     print(json.dumps(out))

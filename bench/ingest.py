@@ -74,7 +74,7 @@ async def open_raw(path: Path) -> aiosqlite.Connection:
 async def raw_round(conn: aiosqlite.Connection, rows: int) -> float:
     params = json.dumps(PARAMS, sort_keys=True, separators=(",", ":"))
     start = time.perf_counter()
-    for i in range(rows):
+    for _ in range(rows):
         at = now_ts()
         await conn.execute(INSERT, (new_id(), key(), params, at, at))
         await conn.commit()
@@ -83,7 +83,7 @@ async def raw_round(conn: aiosqlite.Connection, rows: int) -> float:
 
 async def single_round(commands: Commands, rows: int) -> float:
     start = time.perf_counter()
-    for i in range(rows):
+    for _ in range(rows):
         await commands.submit("api", key(), "move", PARAMS, user="bench")
     return rows / (time.perf_counter() - start)
 
@@ -92,7 +92,7 @@ async def concurrent_round(commands: Commands, rows: int, submitters: int) -> fl
     per_task = rows // submitters
 
     async def submitter(n: int) -> None:
-        for i in range(per_task):
+        for _ in range(per_task):
             await commands.submit("api", key(), "move", PARAMS, user="bench")
 
     start = time.perf_counter()
@@ -130,8 +130,8 @@ async def run(rows: int, rounds: int, submitters: int) -> dict[str, object]:
     speedup = concurrent / single
     # Rounds are short and alternate, so neighbours share the machine's mood; the medians of
     # the per-round ratios are reported too, as a check on the ratio of medians.
-    paired_ratio = statistics.median(s / r for s, r in zip(samples["single"], samples["raw"]))
-    paired_speedup = statistics.median(c / s for c, s in zip(samples["concurrent"], samples["single"]))
+    paired_ratio = statistics.median(s / r for s, r in zip(samples["single"], samples["raw"], strict=True))
+    paired_speedup = statistics.median(c / s for c, s in zip(samples["concurrent"], samples["single"], strict=True))
     return {
         "bench": "ingest",
         "raw_rows_per_s": round(raw_rate, 1),

@@ -417,9 +417,9 @@ class Load:
             self.proc.stdin.close()
         try:
             await asyncio.to_thread(self.proc.wait, 30)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             terminate(self.proc, 5)
-            raise BenchError(f"the {self.kind} load did not stop within 30 s")
+            raise BenchError(f"the {self.kind} load did not stop within 30 s") from exc
         lines = self.out_path.read_text(errors="replace").strip().splitlines()
         if self.proc.returncode != 0 or not lines:
             raise BenchError(
@@ -980,7 +980,8 @@ def main() -> int:
             file=sys.stderr,
         )
     print(
-        f"api E-stop (status flood) -> stop frame p50 {summary['api_estop_wire_p50_ms']} ms  p99 {summary['api_estop_wire_p99_ms']} ms;"
+        f"api E-stop (status flood) -> stop frame p50 {summary['api_estop_wire_p50_ms']} ms"
+        f"  p99 {summary['api_estop_wire_p99_ms']} ms;"
         f" core loop lag p99 {summary['core_loop_lag_p99_ms']} ms; faults after {summary['faults_after']}",
         file=sys.stderr,
     )

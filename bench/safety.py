@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -163,7 +164,7 @@ async def main() -> dict[str, object]:
                 confirm.append(result.confirm_ms / 1000)
                 await back_to_idle(rt, sim)
             press = []
-            for i in range(PRESS_SAMPLES):
+            for _ in range(PRESS_SAMPLES):
                 forced = time.monotonic()
                 sim.control.set(TRAVEL, 0x0001, 1)
                 sim.control.set(TRAVEL, 0x0002, 40)
@@ -173,10 +174,15 @@ async def main() -> dict[str, object]:
                     continue
                 t0 = time.monotonic()
                 sim.control.estop(True)
-                stop_seen = lambda: [
-                    w for w in sim.control.writes(TRAVEL, since=t0) if w["address"] == 0x0001 and w["values"][0] == 0
-                ]
-                if not await wait(lambda: bool(stop_seen()), 3.0):
+
+                def stop_seen(t0: float = t0) -> list[dict[str, Any]]:
+                    return [
+                        w
+                        for w in sim.control.writes(TRAVEL, since=t0)
+                        if w["address"] == 0x0001 and w["values"][0] == 0
+                    ]
+
+                if not await wait(lambda seen=stop_seen: bool(seen()), 3.0):
                     raise RuntimeError("no stop frame after the module's E-stop was pressed")
                 press.append(stop_seen()[0]["t"] - t0)
                 sim.control.estop(False)
@@ -184,13 +190,13 @@ async def main() -> dict[str, object]:
                 await back_to_idle(rt, sim)
             busy = (starts[-1] - starts[0]) / max(len(starts) - 1, 1)
             commloss = []
-            for i in range(COMMLOSS_SAMPLES):
+            for _ in range(COMMLOSS_SAMPLES):
                 await asyncio.sleep(rng.uniform(0.05, 0.15))
                 before = rt.controller.stop_path.last
                 t0 = time.monotonic()
                 sim.control.silence(SAFETY, True)
                 ok = await wait(
-                    lambda: (
+                    lambda before=before, t0=t0: (
                         rt.controller.stop_path.last is not before
                         and rt.controller.stop_path.last.confirmed
                         and rt.controller.stop_path.last.requested_at > t0
@@ -247,11 +253,13 @@ if __name__ == "__main__":
         f"E-stop -> confirmed         p50 {result['estop_confirm_p50_ms']} ms  p99 {result['estop_confirm_p99_ms']} ms"
     )
     print(
-        f"safety silent -> confirmed  p50 {result['commloss_confirm_p50_ms']} ms  p99 {result['commloss_confirm_p99_ms']} ms"
+        f"safety silent -> confirmed  p50 {result['commloss_confirm_p50_ms']} ms"
+        f"  p99 {result['commloss_confirm_p99_ms']} ms"
     )
     print(f"module E-stop -> stop frame p50 {result['press_wire_p50_ms']} ms  p99 {result['press_wire_p99_ms']} ms")
     print(
-        f"new agent process -> start-up stop confirmed: worst {result['restart_stop_ms']} ms, p50 {result['restart_stop_p50_ms']} ms"
+        f"new agent process -> start-up stop confirmed: worst {result['restart_stop_ms']} ms,"
+        f" p50 {result['restart_stop_p50_ms']} ms"
     )
     print(
         f"(in-flight transaction time under load: {result['transaction_ms']} ms; safety polls a tick late: "

@@ -7,8 +7,9 @@ reference central consumer (`python -m central.consumer`, one process, verifying
 against the pinned device keys, committing to SQLite, acknowledging cumulatively):
 
 (a) raw: a bare paho-mqtt 2 client, MQTT 5, QoS 1, the same in-flight limit as the agent's link,
-    at most 1000 messages waiting for their PUBACK, publishes N record envelopes (signed beforehand, of the same size as the agent's) and waits
-    for the consumer's ack of the last: the rate of broker + consumer with nothing in front;
+    at most 1000 messages waiting for their PUBACK, publishes N record envelopes (signed beforehand, of
+    the same size as the agent's) and waits for the consumer's ack of the last: the rate of broker +
+    consumer with nothing in front;
 (b) drain: a robot process (tests/upstream_peer.py: the agent's outbox, key, MQTT link and sender,
     agent/sync/uplink.py) starts with N records in its outbox and runs until the consumer has
     acknowledged all of them and they are pruned; its RSS is sampled meanwhile;
@@ -113,7 +114,8 @@ def raw_rate(broker: Broker, agent: str, device: DeviceIdentity, n: int) -> floa
     bodies = payloads("command_result", n)
     at = now_ts()
     messages = [
-        encode_record(device.sign_record(agent=agent, stream="results", seq=i + 1, id=new_id(), kind="command_result", at=at, body=b))
+        encode_record(device.sign_record(agent=agent, stream="results", seq=i + 1, id=new_id(),
+                                         kind="command_result", at=at, body=b))
         for i, b in enumerate(bodies)
     ]  # fmt: skip
     done = threading.Event()
@@ -254,7 +256,8 @@ def main() -> int:
                 raw = raw_rate(broker, "raw-001", raw_device, n)
                 print(f"(a) raw publisher      {raw:9.0f} records/s", flush=True)
                 agent = drain(broker, root / "robot", "oht-001", n, args.window)
-                print(f"(b) agent drain        {agent['records_per_s']:9.0f} records/s  ratio {agent['records_per_s'] / raw:.2f}"
+                print(f"(b) agent drain        {agent['records_per_s']:9.0f} records/s"
+                      f"  ratio {agent['records_per_s'] / raw:.2f}"
                       f"  RSS {agent['rss_max_mb']:.1f} MB", flush=True)  # fmt: skip
                 alarm_s = asyncio.run(alarm_after_reconnect(broker, root / "outage", keys, "oht-002", n, ledger))
                 print(f"(c) alarm after reconnect {alarm_s:.3f} s (behind {n} telemetry records)", flush=True)

@@ -76,7 +76,8 @@ class TrialResult:
         late = [(round((t - (self.confirmed_at or 0)) * 1000, 1), n, v) for t, n, v in self.late_frames]
         return (
             f"{self.kind} after {self.delay_ms:.0f} ms: confirmed={self.confirmed_at is not None} "
-            f"energising after confirmation (ms, register, value)={late} on {int(OFF_AFTER_S * 1000)} ms later={self.on_after}"
+            f"energising after confirmation (ms, register, value)={late}"
+            f" on {int(OFF_AFTER_S * 1000)} ms later={self.on_after}"
         )
 
 

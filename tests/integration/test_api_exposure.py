@@ -165,8 +165,8 @@ def test_websocket_from_a_foreign_origin_is_refused_before_the_ticket_is_used(
     agent, _ = served
     own = agent.url  # http://127.0.0.1:<port>, what a page served by the agent sends
     ticket = _ticket(agent)
-    for foreign in ("https://evil.example", "null", own.replace("http://", "https://"), own.replace("127.0.0.1", "localhost"),
-                    own + "1", CONSOLE + ":8443"):  # fmt: skip
+    for foreign in ("https://evil.example", "null", own.replace("http://", "https://"),
+                    own.replace("127.0.0.1", "localhost"), own + "1", CONSOLE + ":8443"):  # fmt: skip
         with pytest.raises(websockets.exceptions.InvalidStatus) as info:
             _open(agent, ticket, foreign)
         assert info.value.response.status_code == 403, foreign
@@ -185,7 +185,7 @@ def test_websocket_from_a_foreign_origin_is_refused_before_the_ticket_is_used(
 
 def test_the_second_port_serves_the_same_app_over_h11(served: tuple[Agent, int]) -> None:
     """The second port really is the agent's app (so the label test covers the h11 fallback)."""
-    agent, h11_port = served
+    _, h11_port = served
     with httpx.Client(base_url=f"http://127.0.0.1:{h11_port}") as c:
         assert c.get("/healthz").json()["agent_id"] == "oht-test"
     assert raw_request(h11_port, "BREW", "/healthz") == 405

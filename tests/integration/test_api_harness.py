@@ -156,7 +156,7 @@ class Agent:
                     idle_timeout_s=idle_s,
                     source_ip="127.0.0.1",
                     now=now,
-                )  # fmt: skip
+                )
             )
 
         self.run(make())

@@ -233,6 +233,6 @@ async def legacy_key(served: Served, name: str, *, made_by: str) -> tuple[keys_s
             role="admin",
             created_by=parent.label,
             created_by_key_id=parent.id,
-        )  # fmt: skip
+        )
     )
     return record, full

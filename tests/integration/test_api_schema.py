@@ -99,7 +99,6 @@ def test_no_5xx_and_every_answer_matches_the_schema(api_schema: Any, fuzzed: tup
 
 
 def test_schema_documents_every_api_route(api_schema: Any, fuzzed: tuple[Agent, dict[str, str]]) -> None:
-    agent, _ = fuzzed
     raw = api_schema.raw_schema
     assert "/api/v1/commands" in raw["paths"] and "/api/v1/auth/login" in raw["paths"]
     login = raw["paths"]["/api/v1/auth/login"]["post"]

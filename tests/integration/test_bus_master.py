@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -133,7 +134,7 @@ async def test_late_replies_and_crc_errors_never_give_wrong_values(sim: SimProce
         except (BusTimeout, BusError):
             failed += 1
             if not master.is_online(slave):
-                assert await wait_for(lambda: master.is_online(slave), 5.0)
+                assert await wait_for(lambda slave=slave: master.is_online(slave), 5.0)
             continue
         answered += 1
         wrong += sum(1 for i, v in enumerate(regs) if v != truth[(slave, start + i)])
@@ -224,7 +225,7 @@ async def test_safety_polls_are_phase_locked_to_the_service_tick(sim: SimProcess
     rtts = sorted(list(master.links[SAFETY].stats.rtt_window)[5:])
     median = rtts[len(rtts) // 2]
     assert median < 0.015, f"median safety transaction {median * 1000:.1f} ms: not aligned to the tick"
-    gaps = [b - a for a, b in zip(results[5:], results[6:])]
+    gaps = [b - a for a, b in pairwise(results[5:])]
     assert max(gaps) < 0.25 and sum(gaps) / len(gaps) < 0.12
     # Hardly any poll was answered a tick late, and the counter says how many were.
     link = master.links[SAFETY].stats
@@ -298,7 +299,8 @@ async def test_a_flood_of_routine_stops_leaves_the_safety_polls_their_ticks(sim:
     failures: list[Exception] = []
     plan = PollPlan(
         key="safety:fast", request=read_request(SAFETY, 0, 6), interval_s=0.05, priority=Priority.SAFETY,
-        service_period_s=0.1, on_result=lambda regs, at: replies.append(at), on_error=lambda exc, at: failures.append(exc),
+        service_period_s=0.1, on_result=lambda regs, at: replies.append(at),
+        on_error=lambda exc, at: failures.append(exc),
     )  # fmt: skip
     master.schedule.add(plan, time.monotonic())
     await asyncio.sleep(0.5)
@@ -316,7 +318,7 @@ async def test_a_flood_of_routine_stops_leaves_the_safety_polls_their_ticks(sim:
     stops = await asyncio.gather(*(routine_stops() for _ in range(3)))
     assert sum(stops) > 100  # the bus really was kept busy with stops
     window = replies[start:]
-    gaps = [b - a for a, b in zip(window, window[1:])]
+    gaps = [b - a for a, b in pairwise(window)]
     assert len(window) >= 20 and not failures
     assert master.links[SAFETY].stats.preempted == 0
     assert max(gaps) < 0.21, f"largest gap between safety replies {max(gaps) * 1000:.0f} ms"
@@ -338,6 +340,6 @@ async def test_no_exception_escapes_the_bus_task_under_every_fault(sim: SimProce
     sim.control.faults_clear()
     assert await wait_for(lambda: master.port_up, 3.0)
     for s in (POWER, TRAVEL, DOCK):
-        await wait_for(lambda: master.is_online(s), 5.0)
+        await wait_for(lambda s=s: master.is_online(s), 5.0)
     assert len(await master.read(TRAVEL, 0x0100, 10)) == 10
     assert master.task is not None and not master.task.done()

@@ -64,7 +64,9 @@ async def silence_and_return(sim: SimProcess, agent_factory, cycles: int, seed: 
         await asyncio.sleep(SILENT_S)
         returned = time.monotonic()
         sim.control.silence(None, False)
-        back = await wait_for(lambda: all(last_reply(rt, r) > returned for r in roles), CONTRACT_S + 1.0, 0.005)
+        back = await wait_for(
+            lambda returned=returned: all(last_reply(rt, r) > returned for r in roles), CONTRACT_S + 1.0, 0.005
+        )
         late = {r: round(last_reply(rt, r) - returned, 3) for r in roles}
         assert back, f"cycle {cycle}: not every module answered again: {late}"
         for role in roles:

@@ -55,7 +55,7 @@ async def test_startup_drives_outputs_safe_first(sim: SimProcess, agent_factory)
     sim.control.set(TRAVEL, M1_SPEED, 30)
     rt = await agent_factory(sim.link)
     assert outputs(sim) == dict.fromkeys(outputs(sim), 0)
-    first = [w for w in sim.control.writes(TRAVEL)][0]
+    first = sim.control.writes(TRAVEL)[0]
     assert (first["address"], first["values"]) == (M1_ENABLE, [0, 0])  # the first thing written is the stop
     assert rt.controller.safe_outputs_confirmed
 
@@ -232,7 +232,7 @@ async def test_startup_objects_are_left_out_of_full_collections(sim: SimProcess,
 
     gc.unfreeze()  # whatever an earlier agent in this process froze
     assert gc.get_freeze_count() == 0
-    rt = await agent_factory(sim.link)
+    await agent_factory(sim.link)
     assert await wait_for(lambda: gc.get_freeze_count() > 10_000, 5.0), gc.get_freeze_count()
 
 

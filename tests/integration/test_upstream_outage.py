@@ -7,8 +7,8 @@ the real `central.consumer.Consumer`; the broker a real mosquitto, down while th
 written. The robot reaches it through a gate (tests/gate.py), its network: when the broker returns,
 the consumer subscribes first and then the gate opens, as at a site where the centre is up when
 the robot's link comes back. (A robot that reconnects before any consumer has subscribed publishes
-to nobody; it sends again after its ack timeout, which is a different measurement.) The full size (100,000 records) runs with the slow tests; the normal run keeps a
-smaller one with the same shape.
+to nobody; it sends again after its ack timeout, which is a different measurement.) The full size
+(100,000 records) runs with the slow tests; the normal run keeps a smaller one with the same shape.
 """
 
 from __future__ import annotations

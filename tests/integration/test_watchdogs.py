@@ -150,7 +150,7 @@ async def test_ready_only_after_outputs_safe_and_pings_only_while_healthy(
     assert await wait_for(lambda: systemd.times("READY=1"), 1.0)
     ready = systemd.times("READY=1")
     assert len(ready) == 1
-    first_stop = [w for w in sim.control.writes(TRAVEL) if w["address"] == M1_ENABLE][0]
+    first_stop = next(w for w in sim.control.writes(TRAVEL) if w["address"] == M1_ENABLE)
     assert first_stop["t"] < ready[0], "READY=1 was sent before the travel outputs were made safe"
     await asyncio.sleep(0.6)
     assert len(systemd.times("WATCHDOG=1")) >= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ addresses_st = st.one_of(
 
 def _check_basic(blocks, wanted, cap, readable):
     # sorted and disjoint, within the cap and the address space
-    for (s1, c1), (s2, _c2) in zip(blocks, blocks[1:]):
+    for (s1, c1), (s2, _c2) in pairwise(blocks):
         assert s1 + c1 <= s2
     for start, count in blocks:
         assert 1 <= count <= cap
@@ -104,7 +105,7 @@ def test_bridging_plan_is_valid_and_optimal(wanted, readable_set, cap, max_gap):
     # bridged gaps never exceed max_gap
     for start, count in blocks:
         inside = sorted(a for a in wanted if start <= a < start + count)
-        for a, b in zip(inside, inside[1:]):
+        for a, b in pairwise(inside):
             assert b - a - 1 <= max_gap
     assert len(blocks) == _reference_min_blocks(frozenset(wanted), cap, max_gap, readable)
     assert len(blocks) <= _reference_runs(wanted, cap)

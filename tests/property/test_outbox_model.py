@@ -66,7 +66,8 @@ class Model:
 async def check(db: Database, model: Model) -> None:
     async def read(conn: Any) -> tuple[list[Any], list[Any]]:
         rows = await conn.execute_fetchall(
-            "SELECT stream, stream_seq, id, kind, payload, length(CAST(payload AS BLOB)) FROM outbox ORDER BY stream, stream_seq"
+            "SELECT stream, stream_seq, id, kind, payload, length(CAST(payload AS BLOB))"
+            " FROM outbox ORDER BY stream, stream_seq"
         )
         counters = await conn.execute_fetchall("SELECT stream, last_seq, acked_seq, rows, bytes FROM outbox_streams")
         return list(rows), list(counters)

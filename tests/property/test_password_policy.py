@@ -81,7 +81,7 @@ def test_any_repetition_of_a_short_unit_is_refused(unit: str, copies: int, cut: 
     after=st.text(alphabet="0123456789", max_size=12),
 )
 def test_a_listed_password_with_digits_added_is_refused(entry: str, upper: list[bool], before: str, after: str) -> None:
-    word = "".join(c.upper() if up else c for c, up in zip(entry, upper))  # compared lowercase
+    word = "".join(c.upper() if up else c for c, up in zip(entry, upper, strict=False))  # compared lowercase
     password = before + word + after
     if len(password) < MIN_LENGTH:
         password += "1" * (MIN_LENGTH - len(password))  # long enough that the list rules decide
@@ -99,5 +99,5 @@ def test_a_listed_password_with_digits_added_is_refused(entry: str, upper: list[
 def test_a_passphrase_of_four_unrelated_words_is_accepted(
     words: list[str], separator: str, capitals: list[bool], user_name: str | None
 ) -> None:
-    password = separator.join(w.capitalize() if cap else w for w, cap in zip(words, capitals))
+    password = separator.join(w.capitalize() if cap else w for w, cap in zip(words, capitals, strict=True))
     check_policy(password, user_name=user_name)

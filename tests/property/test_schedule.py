@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -174,7 +175,7 @@ def test_background_reads_leave_a_tick_between_them(
         plans.append(p)
     schedule.observe_tick(3, tick, period, now=now)
     ticks = sorted(round((p.next_due + p.lead_s - tick) / period) for p in plans)
-    assert all(b - a >= 2 for a, b in zip(ticks, ticks[1:])), ticks
+    assert all(b - a >= 2 for a, b in pairwise(ticks)), ticks
     main_tick = round((main.next_due + main.lead_s - tick) / period)
     assert main_tick not in ticks
 

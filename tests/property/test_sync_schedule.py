@@ -37,7 +37,7 @@ def test_a_class_with_a_backlog_is_never_passed_over_more_than_the_bound(
     picks = run(scheduler, trace)
     for cls in {s.cls for s in STREAMS}:
         passed = 0
-        for ready, pick in zip(trace, picks):
+        for ready, pick in zip(trace, picks, strict=True):
             if not any(STREAM_BY_NAME[n].cls is cls for n in ready):
                 passed = 0
             elif pick is not None and STREAM_BY_NAME[pick].cls is cls:
@@ -53,7 +53,7 @@ def test_a_lower_class_goes_first_only_after_guard_batches_of_higher_ones(
     trace: list[frozenset[str]], guard: int
 ) -> None:
     picks = run(Scheduler(guard=guard), trace)
-    for i, (ready, pick) in enumerate(zip(trace, picks)):
+    for i, (ready, pick) in enumerate(zip(trace, picks, strict=True)):
         if not ready:
             assert pick is None
             continue

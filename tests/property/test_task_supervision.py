@@ -26,12 +26,14 @@ async def _scenario(endings: list[str], stop_after: int) -> tuple[TaskSupervisor
     reported: list[str] = []
     supervisor = TaskSupervisor(on_death=lambda name, why: reported.append(name))
     gates = [asyncio.Event() for _ in endings]
-    tasks = [asyncio.create_task(_body(e, g), name=f"t{i}") for i, (e, g) in enumerate(zip(endings, gates))]
+    tasks = [
+        asyncio.create_task(_body(e, g), name=f"t{i}") for i, (e, g) in enumerate(zip(endings, gates, strict=True))
+    ]
     for task in tasks:
         supervisor.watch(task)
     healthy_seen: list[bool] = []
     expected_dead: set[str] = set()
-    for i, (ending, gate, task) in enumerate(zip(endings, gates, tasks)):
+    for i, (ending, gate, task) in enumerate(zip(endings, gates, tasks, strict=True)):
         if i == stop_after:
             supervisor.stopping()
         if ending == "cancelled":
@@ -55,7 +57,7 @@ def test_deaths_before_shutdown_are_reported_once_and_stay(endings: list[str], s
     supervisor, reported, healthy_seen, expected_dead = asyncio.run(_scenario(endings, stop_after))
     assert set(supervisor.deaths) == expected_dead
     assert sorted(reported) == sorted(expected_dead), "each death reported exactly once"
-    first_death = next((i for i, (e, _) in enumerate(zip(endings, range(stop_after))) if e != "runs"), None)
+    first_death = next((i for i, e in enumerate(endings[:stop_after]) if e != "runs"), None)
     for i, healthy in enumerate(healthy_seen):
         if first_death is not None and i >= first_death:
             assert not healthy, "healthy again after a death"

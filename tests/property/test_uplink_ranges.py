@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,4 +24,4 @@ def test_missing_ranges_are_exactly_the_seqs_not_read(after: int, kept: set[int]
     last = records[-1].seq if records else after
     assert missing == set(range(after + 1, last + 1)) - kept  # every hole, nothing else
     assert all(low <= high for low, high in ranges)
-    assert all(a[1] + 1 < b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # sorted, disjoint, apart
+    assert all(a[1] + 1 < b[0] for a, b in pairwise(ranges))  # sorted, disjoint, apart

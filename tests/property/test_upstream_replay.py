@@ -26,7 +26,7 @@ _COMMANDS = [
         sign=CENTRAL.sign,
         issued_at=format_ts(T0 + timedelta(seconds=issued)),
         not_after=format_ts(T0 + timedelta(seconds=issued + life)),
-    )  # fmt: skip
+    )
     for i, (issued, life) in enumerate([(0, 30), (5, 600), (100, 50), (-200, 1000), (400, 60)])
 ]
 

@@ -87,7 +87,7 @@ async def test_non_loopback_serves_tls_with_the_device_certificate(tmp_path: Pat
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=context)
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
         await writer.wait_closed()

@@ -39,7 +39,7 @@ def client(ciphers: str | None = None, *, tls12_only: bool = False) -> ssl.SSLCo
 
 async def handshake(port: int, context: ssl.SSLContext) -> tuple[str, str]:
     """(protocol version, cipher) of a completed handshake; raises if it fails."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context), 5)
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context), 5)
     try:
         tls = writer.get_extra_info("ssl_object")
         return str(tls.version()), str(tls.cipher()[0])

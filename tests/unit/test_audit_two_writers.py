@@ -26,7 +26,8 @@ CHILD = textwrap.dedent("""
         sys.stdin.readline()  # both processes start appending at the same moment
         try:
             for i in range(rows):
-                await db.write(lambda conn, i=i: append_in(conn, AuditEntry(actor="child", auth_method="local", action=f"child.{i}")))
+                entry = AuditEntry(actor="child", auth_method="local", action=f"child.{i}")
+                await db.write(lambda conn, entry=entry: append_in(conn, entry))
         finally:
             await db.close()
 

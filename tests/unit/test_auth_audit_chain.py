@@ -92,7 +92,7 @@ async def test_triggers_refuse_update_and_delete(filled: Path) -> None:
             "DELETE FROM audit WHERE seq = 6",
             "DELETE FROM audit_head",
         ):
-            with pytest.raises(StoreError, match="append-only|cannot be deleted"):
+            with pytest.raises(StoreError, match=r"append-only|cannot be deleted"):
                 await db.write(lambda conn, sql=sql: conn.execute(sql))
         assert (await verify_chain(db)).ok
     finally:
@@ -181,7 +181,8 @@ async def test_a_rewrite_of_the_whole_chain_without_the_key_is_found(
         row["actor"] = "mallory"
         new_hash = row_hash(prev, row)  # SHA-256: all one can compute without the key
         statements.append(
-            f"UPDATE audit SET actor = 'mallory', prev_hash = '{prev}', row_hash = '{new_hash}' WHERE seq = {row['seq']}"
+            f"UPDATE audit SET actor = 'mallory', prev_hash = '{prev}', row_hash = '{new_hash}'"
+            f" WHERE seq = {row['seq']}"
         )
         prev = new_hash
     statements.append(f"UPDATE audit_head SET last_hash = '{prev}' WHERE id = 1")

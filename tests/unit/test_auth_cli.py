@@ -200,7 +200,8 @@ def test_the_installed_command_adds_the_first_admin(cfg: Path) -> None:
     """The real entry point in a separate process, password on stdin (as an install script would)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     add = subprocess.run(
-        [sys.executable, "-m", "agent", "user", "add", "admin", "--role", "admin", "--password-stdin", "--config", str(cfg)],
+        [sys.executable, "-m", "agent", "user", "add", "admin", "--role", "admin", "--password-stdin",
+         "--config", str(cfg)],
         input=PW + "\n", capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert add.returncode == 0, add.stderr

@@ -50,8 +50,10 @@ def test_weaker_stored_parameters_need_an_upgrade() -> None:
         "",
         "bcrypt$2b$12$abc",
         "scrypt$n=1024$r=8$p=1$AAAA",
-        "scrypt$n=1000$r=8$p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # n not a power of 2
-        "scrypt$n=2097152$r=8$p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # memory bomb
+        # n not a power of 2
+        "scrypt$n=1000$r=8$p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        # memory bomb
+        "scrypt$n=2097152$r=8$p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "scrypt$r=8$n=1024$p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,6 @@ async def test_two_processes_number_every_stream_gap_free(tmp_path: Path) -> Non
             )
         )
         writers = [r[0] for r in order]
-        assert sum(a != b for a, b in zip(writers, writers[1:])) >= 1, "the two processes never interleaved"
+        assert sum(a != b for a, b in pairwise(writers)) >= 1, "the two processes never interleaved"
     finally:
         await db.close()

@@ -95,7 +95,7 @@ def test_the_fast_read_gets_every_tick_and_is_fresh_for_two_ticks_plus_a_transac
 
 def test_configuration_and_identity_are_read_at_bind(tmp_path: Path) -> None:
     before = time.monotonic()
-    master, poller = safety_poller(tmp_path)
+    master, _ = safety_poller(tmp_path)
     rare = [p for p in master.schedule if not p.key.startswith("safety:fast:")]
     assert rare
     for plan in rare:

@@ -80,7 +80,7 @@ def values(unit: Unit, section: str, key: str) -> list[str]:
     out: list[str] = []
     for k, v in unit.get(section, []):
         if k == key:
-            out = [] if v == "" else out + [v]
+            out = [] if v == "" else [*out, v]
     return out
 
 
@@ -136,8 +136,8 @@ def verify_problems(root: Path, name: str) -> list[str]:
     our units or about an unknown section or key (verify only warns about those, exit status 0)."""
     assert ANALYZE is not None
     result = run([ANALYZE, "verify", "--no-pager", f"--root={root}", name])
-    lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
-    problems = [l for l in lines if "oht-agent" in l or "unknown" in l.lower()]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    problems = [line for line in lines if "oht-agent" in line or "unknown" in line.lower()]
     if result.returncode != 0:
         problems.append(f"exit status {result.returncode}")
     return problems
@@ -291,14 +291,14 @@ def sysusers_lines() -> list[list[str]]:
     import shlex
 
     text = (SYSTEMD_DIR / "oht-agent.sysusers").read_text()
-    return [shlex.split(l) for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    return [shlex.split(line) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 @pytest.mark.timeout(10)
 def test_sysusers_declares_the_accounts_the_units_run_as() -> None:
     lines = sysusers_lines()
-    users = {l[1]: l for l in lines if l[0] == "u"}
-    members = {(l[1], l[2]) for l in lines if l[0] == "m"}
+    users = {row[1]: row for row in lines if row[0] == "u"}
+    members = {(row[1], row[2]) for row in lines if row[0] == "m"}
     assert ["g", "oht-agent", "-"] in lines
     for name in SERVICES:
         unit = load(name)
@@ -329,8 +329,8 @@ def test_sysusers_creates_them(tmp_path: Path) -> None:
         env=ANALYZE_ENV,
     )
     assert result.returncode == 0, result.stderr
-    passwd = {l.split(":")[0]: l.split(":") for l in (etc / "passwd").read_text().splitlines()}
-    group = {l.split(":")[0]: l.split(":") for l in (etc / "group").read_text().splitlines()}
+    passwd = {line.split(":")[0]: line.split(":") for line in (etc / "passwd").read_text().splitlines()}
+    group = {line.split(":")[0]: line.split(":") for line in (etc / "group").read_text().splitlines()}
     agent_gid = group["oht-agent"][2]
     for user in ("oht-core", "oht-gateway"):
         _, _, uid, gid, _, home, shell = passwd[user]

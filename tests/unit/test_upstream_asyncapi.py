@@ -148,8 +148,8 @@ def test_the_schemas_use_the_codecs_own_patterns_and_limits(spec: dict[str, Any]
     pairs = [
         (schemas["agentId"]["pattern"], envelope.AGENT_RE), (record["stream"]["pattern"], envelope.STREAM_RE),
         (record["kind"]["pattern"], envelope.KIND_RE), (record["id"]["pattern"], envelope.UUID_RE),
-        (command["command_id"]["pattern"], envelope.COMMAND_ID_RE), (command["type"]["pattern"], envelope.COMMAND_TYPE_RE),
-        (schemas["timestamp"]["pattern"], envelope._TIME_RE),
+        (command["command_id"]["pattern"], envelope.COMMAND_ID_RE),
+        (command["type"]["pattern"], envelope.COMMAND_TYPE_RE), (schemas["timestamp"]["pattern"], envelope._TIME_RE),
     ]  # fmt: skip
     for pattern, regex in pairs:
         assert pattern == f"^{regex.pattern}$"
@@ -162,9 +162,10 @@ def test_the_schemas_use_the_codecs_own_patterns_and_limits(spec: dict[str, Any]
 def _made_by_the_codec() -> dict[str, list[Any]]:
     row = dict(agent="oht-001", id="01900000-0000-7000-8000-0000000000aa", at="2025-01-31T12:00:00.000000Z")
     records = [DEVICE.sign_record(stream=stream, seq=seq, kind=kind, body=body, **row)
-               for stream, seq, kind, body in [("results", 1, "command", {"state": "queued"}), ("alarms", 2, "alarm", None),
-                                               ("telemetry", 9, "telemetry", [1.5, "x"]),
-                                               ("telemetry", 12, "gap", envelope.Gap(3, 11, 9, "bulk quota").as_body())]]  # fmt: skip
+               for stream, seq, kind, body in [
+                   ("results", 1, "command", {"state": "queued"}), ("alarms", 2, "alarm", None),
+                   ("telemetry", 9, "telemetry", [1.5, "x"]),
+                   ("telemetry", 12, "gap", envelope.Gap(3, 11, 9, "bulk quota").as_body())]]  # fmt: skip
     commands = [envelope.make_command(command_id="c-1", type="stop", params={}, not_after="2025-01-31T12:01:00Z",
                                       issued_at="2025-01-31T12:00:00Z", agent=agent, sign=DEVICE.sign)
                 for agent in (None, "oht-001")]  # fmt: skip
@@ -230,8 +231,8 @@ def test_the_examples_are_test_vectors(spec: dict[str, Any]) -> None:
     text = (DOCS / "upstream.md").read_text(encoding="utf-8")
     assert keys["device"].base64() in text and keys["central"].base64() in text
     messages = spec["components"]["messages"]
-    for name, decode in (("record", envelope.decode_record), ("command", envelope.decode_command), ("ack", envelope.decode_ack),
-                         ("status", None)):  # fmt: skip
+    for name, decode in (("record", envelope.decode_record), ("command", envelope.decode_command),
+                         ("ack", envelope.decode_ack), ("status", None)):  # fmt: skip
         assert messages[name]["examples"]
         for example in messages[name]["examples"]:
             payload = example["payload"]

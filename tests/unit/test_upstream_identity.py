@@ -76,8 +76,10 @@ def test_a_key_others_can_read_is_closed_to_them(tmp_path: Path, caplog: pytest.
     ("content", "code"),
     [
         (b"not a key", "UPSTREAM_DEVICE_KEY_INVALID"),
-        (ec.generate_private_key(ec.SECP256R1()).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                                 serialization.NoEncryption()), "UPSTREAM_DEVICE_KEY_INVALID"),
+        (ec.generate_private_key(ec.SECP256R1()).private_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PrivateFormat.PKCS8,
+                                                                 serialization.NoEncryption()),
+         "UPSTREAM_DEVICE_KEY_INVALID"),
     ],
 )  # fmt: skip
 def test_a_damaged_key_is_refused_not_replaced(tmp_path: Path, content: bytes, code: str) -> None:
