@@ -61,12 +61,12 @@ def _say(text: str) -> None:
     print(f"oht-agent run: {text}", file=sys.stderr, flush=True)
 
 
-
 def _take_core_priority() -> None:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(CORE_FIFO_PRIORITY))
     except OSError as exc:
         print(f"launcher: the core stays at the ordinary priority (SCHED_FIFO refused: {exc})", file=sys.stderr)
+
 
 class _Child:
     """One half, forked from this launcher (no new interpreter to start: the core's start-up stop
