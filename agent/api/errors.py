@@ -30,7 +30,7 @@ __all__ = [
     "status_for",
 ]
 
-log = logging.getLogger("agent.api")
+log = logging.getLogger("oht.api")
 
 API_ERROR_STATUS: Mapping[str, int] = {
     "AUTH_REQUIRED": 401,

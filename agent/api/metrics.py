@@ -34,7 +34,7 @@ __all__ = [
     "status_label",
 ]
 
-log = logging.getLogger("agent.api")
+log = logging.getLogger("oht.api")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")

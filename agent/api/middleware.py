@@ -37,7 +37,7 @@ from agent.store.audit import AuditEntry, append_in, params_digest
 
 __all__ = ["STATE_CHANGING", "ApiMiddleware"]
 
-log = logging.getLogger("agent.api")
+log = logging.getLogger("oht.api")
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CSP = (

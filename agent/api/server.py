@@ -41,7 +41,7 @@ from drivers.errors import CodedError
 
 __all__ = ["MAX_HEAD_BYTES", "ApiServer", "ApiServerError", "http_implementation"]
 
-log = logging.getLogger("agent.api")
+log = logging.getLogger("oht.api")
 
 # The largest request head served: request target plus headers. The same bound under either parser.
 MAX_HEAD_BYTES = 16 * 1024

@@ -28,7 +28,7 @@ from agent.control.facade import AgentCore
 
 __all__ = ["StreamHub"]
 
-log = logging.getLogger("agent.api.stream")
+log = logging.getLogger("oht.api.stream")
 
 CLOSE_SLOW = 1013  # "try again later": the client did not keep up
 CLOSE_POLICY = 1008

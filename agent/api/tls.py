@@ -38,7 +38,7 @@ __all__ = [
     "server_context",
 ]
 
-log = logging.getLogger("agent.api.tls")
+log = logging.getLogger("oht.api.tls")
 
 CERT_NAME = "device.crt"
 KEY_NAME = "device.key"

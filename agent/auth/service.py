@@ -56,7 +56,7 @@ from agent.store.users import User
 
 __all__ = ["AuthLimits", "AuthService", "LoginResult"]
 
-log = logging.getLogger("agent.auth")
+log = logging.getLogger("oht.auth")
 
 _TOUCH_EVERY_S = 60.0
 _CACHE_MAX = 10_000

@@ -48,7 +48,7 @@ from agent.store.writer import GroupWriter, Unit
 
 __all__ = ["DB_NAME", "Database", "StartupReport", "Unit"]
 
-log = logging.getLogger("agent.store")
+log = logging.getLogger("oht.store")
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ __all__ = [
     "write_atomic",
 ]
 
-log = logging.getLogger("agent.store")
+log = logging.getLogger("oht.store")
 
 DATABASE_MODE = 0o660  # the database and its -wal and -shm: the core and the gateway write them
 KEY_MODE = 0o640  # the audit key: the core writes it once, the gateway reads it

@@ -59,7 +59,7 @@ from agent.store.pipeline import Pipelined, enqueue, settle
 
 __all__ = ["GroupWriter", "Unit"]
 
-log = logging.getLogger("agent.store")
+log = logging.getLogger("oht.store")
 
 T = TypeVar("T")
 Unit = Callable[[aiosqlite.Connection], Awaitable[T]]

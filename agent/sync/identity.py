@@ -50,7 +50,7 @@ __all__ = [
     "verify_record",
 ]
 
-log = logging.getLogger("agent.sync.identity")
+log = logging.getLogger("oht.sync.identity")
 
 DEVICE_KEY_FILE = "device.key"
 _OTHERS = 0o007

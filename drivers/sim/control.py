@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("drivers.sim.control")
+log = logging.getLogger("sim.control")
 
 #: A request line longer than this closes the connection (nothing legitimate is that long).
 MAX_LINE = 1 << 20

@@ -36,7 +36,7 @@ from drivers.sim.device import Queued, SimSlave
 from drivers.sim.firmware import TICK_S, Firmware
 from drivers.sim.registers import Profile
 
-log = logging.getLogger("drivers.sim")
+log = logging.getLogger("sim")
 
 #: Partial frames are dropped after this much line silence when wire emulation is off. Below the
 #: 1.75 ms t3.5 a master uses at 115200 baud, so garbage never swallows the next request.

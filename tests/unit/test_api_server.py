@@ -222,7 +222,7 @@ def test_httptools_is_chosen_when_installed() -> None:
 async def test_the_server_says_which_parser_serves(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("httptools")
     server = ApiServer(tiny_app(), "127.0.0.1", 0, tmp_path)
-    with caplog.at_level("INFO", logger="agent.api"):
+    with caplog.at_level("INFO", logger="oht.api"):
         await server.start()
     try:
         assert server.http_name == "httptools"

@@ -17,7 +17,7 @@ from agent.auth.principal import Principal
 from agent.store.audit import AuditEntry
 
 router = APIRouter(prefix="/api/v1/stream", tags=["stream"])
-log = logging.getLogger("agent.api.stream")
+log = logging.getLogger("oht.api.stream")
 
 
 @router.post("/ticket", name="stream.ticket", response_model=TicketOut, responses=errors(*AUTH_ERRORS))
