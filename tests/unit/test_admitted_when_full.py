@@ -1,9 +1,9 @@
 """Which commands a full outbox still takes: only those that stop, never one that can start motion.
 
-The rule is a flag of each command type's catalogue entry (catalogue.ADMITTED_WHEN_FULL); what it must satisfy is read from the tables the
-state machine and the executor run on, so a new command type or a changed transition that makes
-an admitted type start motion fails here. The domain is finite, so every type and state is
-checked rather than sampled."""
+The rule is a flag of each type's catalogue entry (catalogue.ADMITTED_WHEN_FULL); what it must
+satisfy is read from the tables the state machine and the executor run on, so a new command
+type or a changed transition that makes an admitted type start motion fails here. The domain is
+finite, so every type and state is checked rather than sampled."""
 
 from __future__ import annotations
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from agent.api.permissions import COMMAND_TYPE_PERMISSION, ROLE_PERMISSIONS, Permission, allowed, command_permission
 from agent.auth.roles import ROLES
 
 
 def test_roles_are_cumulative() -> None:
-    for lower, higher in zip(ROLES, ROLES[1:], strict=False):
+    for lower, higher in pairwise(ROLES):
         assert ROLE_PERMISSIONS[lower] < ROLE_PERMISSIONS[higher], (lower, higher)
 
 
