@@ -11,14 +11,20 @@ permission of the role below it plus its own:
 
 E-stop is a viewer permission on purpose: whoever can see the robot must be able to stop it
 (the old backend let only admins do that).
+
+The permission names are `agent.auth.permissions.Permission` (re-exported here), so that the
+command catalogue in the core can name the permission of each command type without importing
+the HTTP layer; which permission a command type needs is read from that catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
+from types import MappingProxyType
 
+from agent.auth.permissions import Permission
 from agent.auth.roles import ROLES
+from agent.control.catalogue import CATALOGUE, command_permission
 
 __all__ = [
     "COMMAND_TYPE_PERMISSION",
@@ -27,20 +33,6 @@ __all__ = [
     "allowed",
     "command_permission",
 ]
-
-
-class Permission(StrEnum):
-    PUBLIC = "public"  # no credentials: health, readiness, login, the status page
-    SELF = "self"  # own session: logout, own password, stream tickets
-    READ = "read"  # status, modules, commands, metrics, stream
-    ESTOP = "estop"
-    COMMAND = "command"  # submit and cancel ordinary commands
-    FAULT_RESET = "fault_reset"
-    MAINTENANCE = "maintenance"  # module_reset, register_write
-    USERS = "users"
-    API_KEYS = "api_keys"
-    AUDIT = "audit"
-    CONFIGURE = "configure"
 
 
 _GRANTS: Mapping[str, frozenset[Permission]] = {
@@ -62,16 +54,11 @@ def _cumulative() -> dict[str, frozenset[Permission]]:
 
 ROLE_PERMISSIONS: Mapping[str, frozenset[Permission]] = _cumulative()
 
-# Command types that need more than Permission.COMMAND.
-COMMAND_TYPE_PERMISSION: Mapping[str, Permission] = {
-    "module_reset": Permission.MAINTENANCE,
-    "register_write": Permission.MAINTENANCE,
-}
+# Command types that need more than Permission.COMMAND (read from the catalogue).
+COMMAND_TYPE_PERMISSION: Mapping[str, Permission] = MappingProxyType(
+    {kind.value: spec.permission for kind, spec in CATALOGUE.items() if spec.permission is not Permission.COMMAND}
+)
 
 
 def allowed(role: str, permission: Permission) -> bool:
     return permission in ROLE_PERMISSIONS.get(role, frozenset())
-
-
-def command_permission(command_type: str) -> Permission:
-    return COMMAND_TYPE_PERMISSION.get(command_type, Permission.COMMAND)

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from agent.control.catalogue import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.conditions import build_conditions
 from agent.control.executor import Executor, Outcome
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.motion import MotionLimits
 from agent.control.output_monitor import OutputMonitor
-from agent.control.params import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
@@ -170,6 +170,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.executor.cancel_out_of_band()
         outcome: StopOutcome | None = None
         if bound:
             try:
@@ -625,7 +626,7 @@ class Controller:
         )
         if created:
             if type in OUT_OF_BAND:
-                asyncio.get_running_loop().create_task(self.run_out_of_band(record))
+                self.executor.start_out_of_band(record)
             else:
                 self.executor.wake()
         await self._audit(audit, target=record.id)
@@ -635,7 +636,7 @@ class Controller:
         """Refuse a new command (OUTBOX_FULL, nothing written) while a class of the outbox that
         is never dropped is over its quota: every command adds results that could not be kept.
 
-        Commands that only stop are always taken (params.ADMITTED_WHEN_FULL), and so is a repeat
+        Commands that only stop are always taken (catalogue.ADMITTED_WHEN_FULL), and so is a repeat
         of a command already stored: it adds nothing, and its client gets the first answer."""
         if admitted_when_full(type_):
             return
@@ -661,40 +662,6 @@ class Controller:
         if not_after is None:
             return now + dt.timedelta(seconds=self.motion.command_ttl_s)
         return min(not_after, cap)
-
-    async def run_out_of_band(self, record: CommandRecord) -> None:
-        """stop / pause / resume act at once on whatever runs."""
-        try:
-            record = await self.commands.mark_running(record.id)
-        except CodedError:
-            return
-        started = time.monotonic()
-        try:
-            if record.type == "stop":
-                sig = self.executor.signals
-                if self.executor.current is not None and sig.abort_reason is None:
-                    sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
-                stopped = await self.stop_outputs(f"stop command {record.id}")
-                outcome = Outcome(
-                    "succeeded" if stopped["confirmed"] else "failed",
-                    stopped,
-                    None if stopped["confirmed"] else "STOP_NOT_CONFIRMED",
-                )
-            elif record.type == "pause":
-                await self.transition(
-                    Event.PAUSE_COMMAND, target_valid=True, reason=f"pause {record.id}", command_id=record.id
-                )
-                stopped = await self.stop_outputs(f"pause {record.id}")
-                outcome = Outcome("succeeded", stopped)
-            else:
-                await self.transition(
-                    Event.RESUME_COMMAND, target_valid=True, reason=f"resume {record.id}", command_id=record.id
-                )
-                outcome = Outcome("succeeded", {"state": self.sm.state.value})
-        except CodedError as exc:
-            outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
-        outcome.result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
-        await self.finish_command(record, outcome)
 
     async def get_command(self, command_id: str) -> CommandRecord:
         return await self.commands.get(command_id)

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.control import params as P
+from agent.control.catalogue import OUT_OF_BAND, command_allowed, spec_for
+from agent.control.handlers import TRACK_MAX_CM, TRACK_MIN_CM, Outcome
 from agent.control.motion import ProgressWatch
-from agent.control.state_machine import TransitionRefused, command_allowed
+from agent.control.state_machine import TransitionRefused
 from agent.control.states import Event, State
 from agent.safety.faults import Level
 from agent.store.commands import CommandExpired, CommandRecord
@@ -33,20 +34,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("oht.executor")
 
-TRACK_MIN_CM, TRACK_MAX_CM = 0, 300
+__all__ = ["CommandFailed", "Executor", "ExecutorPort", "MotionSignals", "Outcome"]
+
 LOOP_S = 0.02
 
 
 class CommandFailed(CodedError):
     code = "COMMAND_FAILED"
-
-
-@dataclass
-class Outcome:
-    state: str  # succeeded | failed | cancelled
-    result: dict[str, Any] = field(default_factory=dict)
-    error_code: str | None = None
-    error_message: str | None = None
 
 
 @dataclass
@@ -83,8 +77,6 @@ class ExecutorPort(Protocol):
 
     async def finish_command(self, record: CommandRecord, outcome: Outcome) -> None: ...
 
-    async def run_out_of_band(self, record: CommandRecord) -> None: ...
-
 
 class Executor:
     def __init__(self, controller: ExecutorPort) -> None:
@@ -94,6 +86,10 @@ class Executor:
         self._wake = asyncio.Event()
         self.refreshed_at: float | None = None  # last time the running motion command refreshed its window
         self._oob_seen: dict[str, float] = {}
+        # Out-of-band runs in flight. The loop keeps only a weak reference to a task, so one that
+        # nothing else holds could be collected mid-flight (a stop that never finishes); each is
+        # held here until it ends, and its done-callback logs what it raised.
+        self._oob_tasks: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -117,7 +113,7 @@ class Executor:
                 log.error("executor cannot read commands: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            if record is not None and record.type in P.OUT_OF_BAND:
+            if record is not None and record.type in OUT_OF_BAND:
                 # stop/pause/resume are run by the controller the moment they are stored; only if
                 # that did not happen within a second does the executor run one itself.
                 # Only the one at the head of the queue is waited for: any other id seen before was run
@@ -129,7 +125,7 @@ class Executor:
                     await asyncio.sleep(0.005)
                     continue
                 self._oob_seen.pop(record.id, None)
-                await self.c.run_out_of_band(record)
+                await self.run_out_of_band(record)
                 continue
             if record is None:
                 self._wake.clear()
@@ -174,71 +170,63 @@ class Executor:
         refusal = command_allowed(self.c.sm.state, record.type)
         if refusal is not None:
             return Outcome("failed", error_code=refusal.code, error_message=refusal.message)
-        handler = getattr(self, f"_do_{record.type}", None)
-        if handler is None:
-            return Outcome("failed", error_code="COMMAND_INVALID", error_message=f"no handler for {record.type}")
-        return await handler(P.parse(record.type, record.params), record)
+        spec = spec_for(record.type)
+        assert spec is not None  # command_allowed refuses an unknown type
+        return await spec.handler(self, spec.params.model_validate(record.params), record)
 
-    # ------------------------------------------------------------------ motion
-    async def _do_move(self, p: P.MoveParams, record: CommandRecord) -> Outcome:
-        position = await self._position("M1_POSITION_CURRENT")
-        sign = 1 if p.direction == "forward" else -1
-        bound_ok = p.distance_cm is None or TRACK_MIN_CM <= position + sign * p.distance_cm <= TRACK_MAX_CM
-        await self.c.transition(
-            Event.MOVE_COMMAND, target_valid=bound_ok, reason=f"move {record.id}", command_id=record.id
-        )
-        return await self._drive(
-            "M1", p.direction, p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=p.duration_ms
-        )
+    # ------------------------------------------------------------------ out of band
+    def start_out_of_band(self, record: CommandRecord) -> asyncio.Task[None]:
+        """Run a stop, pause or resume now, beside whatever runs; the task is held until it ends."""
+        task = asyncio.get_running_loop().create_task(self.run_out_of_band(record), name=f"{record.type}-{record.id}")
+        self._oob_tasks.add(task)
+        task.add_done_callback(self._out_of_band_ended)
+        return task
 
-    async def _do_hoist(self, p: P.HoistParams, record: CommandRecord) -> Outcome:
-        position = await self._position("M2_POSITION_CURRENT")
-        if position == p.position_cm:
-            return Outcome("succeeded", {"position_cm": position, "moved_cm": 0})
-        direction = "forward" if p.position_cm > position else "reverse"
-        await self.c.transition(
-            Event.MOVE_COMMAND, target_valid=True, reason=f"hoist {record.id}", command_id=record.id
-        )
-        return await self._drive(
-            "M2",
-            direction,
-            p.speed_pct,
-            record,
-            start=position,
-            distance=abs(p.position_cm - position),
-            duration_ms=None,
-        )
+    def _out_of_band_ended(self, task: asyncio.Task[None]) -> None:
+        self._oob_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("out-of-band command task %s raised", task.get_name(), exc_info=exc)
 
-    async def _do_dock(self, p: P.DockParams, record: CommandRecord) -> Outcome:
-        await self.c.transition(Event.DOCK_COMMAND, target_valid=True, reason=f"dock {record.id}", command_id=record.id)
-        return await self._drive(
-            "M1",
-            "forward",
-            p.speed_pct,
-            record,
-            start=await self._position("M1_POSITION_CURRENT"),
-            distance=None,
-            duration_ms=p.timeout_ms,
-            until_docked=True,
-        )
+    @property
+    def out_of_band_tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The out-of-band runs still in flight."""
+        return frozenset(self._oob_tasks)
 
-    async def _do_undock(self, p: P.UndockParams, record: CommandRecord) -> Outcome:
-        position = await self._position("M1_POSITION_CURRENT")
-        await self.c.transition(
-            Event.MOVE_COMMAND,
-            target_valid=position - p.distance_cm >= TRACK_MIN_CM,
-            reason=f"undock {record.id}",
-            command_id=record.id,
-        )
-        return await self._drive(
-            "M1", "reverse", p.speed_pct, record, start=position, distance=p.distance_cm, duration_ms=None
-        )
+    async def cancel_out_of_band(self) -> None:
+        """At shutdown: end the runs in flight (the shutdown's own final stop follows)."""
+        tasks = list(self._oob_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _position(self, name: str) -> int:
+    async def run_out_of_band(self, record: CommandRecord) -> None:
+        """stop / pause / resume act at once on whatever runs; the result is stored like any other."""
+        try:
+            record = await self.c.commands.mark_running(record.id)
+        except CodedError:
+            return
+        started = time.monotonic()
+        spec = spec_for(record.type)
+        try:
+            if spec is None:
+                outcome = Outcome("failed", error_code="COMMAND_INVALID", error_message=f"unknown type {record.type}")
+            else:
+                outcome = await spec.handler(self, spec.params.model_validate(record.params), record)
+        except CodedError as exc:
+            outcome = Outcome("failed", error_code=exc.code, error_message=exc.message)
+        outcome.result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+        await self.c.finish_command(record, outcome)
+
+    # ------------------------------------------------------------------ motion, for the handlers
+    async def position(self, name: str) -> int:
+        """One travel-driver position register, read now (cm)."""
         values = await self.c.plant.read("travel", [name])
         return int(values[name])
 
-    async def _drive(
+    async def drive(
         self,
         channel: str,
         direction: str,
@@ -367,48 +355,3 @@ class Executor:
         permit = plant.permit(f"{channel} {direction} {speed} %")
         await plant.write("travel", f"{channel}_DIRECTION", 1 if direction == "forward" else 2, permit=permit)
         await plant.write_many("travel", {f"{channel}_ENABLE": 1, f"{channel}_COMMAND_SPEED": speed}, permit=permit)
-
-    # ------------------------------------------------------------------ other commands
-    async def _do_charge_start(self, p: P.ChargeStartParams, record: CommandRecord) -> Outcome:
-        plant = self.c.plant
-        await plant.write("power", "I_SET", p.current_a)
-        await plant.write("power", "V_SET", p.voltage_v)
-        await plant.write("power", "CHARGE_REQUEST", 1)
-        readback = await plant.read("power", ["I_SET", "V_SET", "CHARGE_REQUEST", "CHARGE_STATE"])
-        ok = readback["CHARGE_REQUEST"] == 1
-        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
-
-    async def _do_charge_stop(self, p: P.NoParams, record: CommandRecord) -> Outcome:
-        await self.c.plant.write("power", "CHARGE_REQUEST", 0)
-        readback = await self.c.plant.read("power", ["CHARGE_REQUEST", "CHARGE_STATE"])
-        ok = readback["CHARGE_REQUEST"] == 0
-        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
-
-    async def _do_module_reset(self, p: P.ModuleResetParams, record: CommandRecord) -> Outcome:
-        plant = self.c.plant
-        await plant.write(p.role, "RESET_ERROR_CMD", 1)
-        await asyncio.sleep(0.05)
-        readback = await plant.read(
-            p.role, ["DEVICE_ID", "MODULE_TYPE", "FIRMWARE_VERSION", "SYSTEM_STATUS", "SYSTEM_ERROR"]
-        )
-        if p.role == "travel":
-            await self.c.stop_outputs("after module reset")  # the driver re-initialises: confirm it is still off
-        return Outcome("succeeded", {"role": p.role, "readback": readback})
-
-    async def _do_register_write(self, p: P.RegisterWriteParams, record: CommandRecord) -> Outcome:
-        poller = self.c.plant.poller(p.role)
-        reg = poller.binding.profile.register(p.register_name)
-        if reg.safety:
-            return Outcome(
-                "failed",
-                error_code="REGISTER_SAFETY_CRITICAL",
-                error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)",
-            )
-        await self.c.plant.write(p.role, reg.name, p.value)
-        readback = await self.c.plant.read(p.role, [reg.name]) if reg.readable else {}
-        ok = not reg.readable or abs(float(readback[reg.name]) - float(p.value)) <= abs(reg.scale) / 2
-        return Outcome(
-            "succeeded" if ok else "failed",
-            {"register": reg.name, "written": p.value, "readback": readback},
-            None if ok else "READBACK_MISMATCH",
-        )

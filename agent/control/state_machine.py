@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from agent.control.states import (
-    COMMANDS_ALLOWED,
     DEFAULT_TIMEOUTS,
     GUARD_REQUIREMENTS,
     INITIAL_STATE,
@@ -32,7 +31,6 @@ from agent.control.states import (
     REQUIREMENT_ORDER,
     TIMEOUT_TARGETS,
     TRANSITIONS,
-    CommandType,
     Event,
     Guard,
     Requirement,
@@ -48,7 +46,6 @@ __all__ = [
     "StateMachineError",
     "Transition",
     "TransitionRefused",
-    "command_allowed",
     "guard_failures",
 ]
 
@@ -432,38 +429,3 @@ class StateMachine:
             self._entered_at = now
         self._history.append(transition)
         return transition
-
-
-def command_allowed(state: State | str, command_type: str) -> Refusal | None:
-    """None when the executor may start `command_type` in `state`, else why not.
-
-    This only answers "in which state"; the conditions are judged by `StateMachine.can` for the
-    command's event (see `states.COMMAND_EVENTS`).
-    """
-    try:
-        state = State(state)
-    except ValueError:
-        raise StateMachineError(
-            f"unknown state {state!r}", code="STATE_UNKNOWN", hint="states: " + ", ".join(State)
-        ) from None
-    try:
-        kind = CommandType(command_type)
-    except ValueError:
-        return Refusal(
-            code="STATE_COMMAND_UNKNOWN",
-            message=f"unknown command type {command_type!r}",
-            hint="command types: " + ", ".join(c.value for c in CommandType),
-            state=state,
-            command=str(command_type),
-        )
-    allowed = COMMANDS_ALLOWED[state]
-    if kind in allowed:
-        return None
-    listed = ", ".join(c.value for c in CommandType if c in allowed)
-    return Refusal(
-        code="STATE_COMMAND_NOT_ALLOWED",
-        message=f"command {kind.value} is not allowed in state {state.value}",
-        hint=f"in {state.value} the robot accepts the commands: {listed}",
-        state=state,
-        command=kind.value,
-    )

@@ -1,9 +1,10 @@
-"""States, events, guards and command permissions of the robot, as plain data.
+"""States, events and guards of the robot, as plain data.
 
 Everything the state machine decides is written down here as tables, so that the tests, the API
 and the technician's documentation can read the same source: which event leads from which state
-to which state, which conditions each guard demands, how long a state may last, and which command
-types the executor may start in which state. `state_machine.py` only interprets these tables.
+to which state, which conditions each guard demands and how long a state may last.
+`state_machine.py` only interprets these tables. Which command types may start in which state,
+and which event each raises, is part of each type's entry in `agent.control.catalogue`.
 
 The transition table follows the OHT-50 master (reference §4.1) with two repairs and without its
 shortcuts:
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 
 class State(StrEnum):
@@ -213,48 +215,16 @@ MOTION_STATES: frozenset[State] = frozenset({State.MOVE, State.DOCK})
 MOTION_STATE_GUARDS: Mapping[State, Guard] = MappingProxyType({State.MOVE: Guard.MOTION, State.DOCK: Guard.DOCK})
 
 
-class CommandType(StrEnum):
-    """Command types the executor knows (same strings as the command API)."""
+if TYPE_CHECKING:
+    from agent.control.catalogue import CommandType as CommandType
+else:
 
-    MOVE = "move"
-    STOP = "stop"
-    PAUSE = "pause"
-    RESUME = "resume"
-    HOIST = "hoist"
-    DOCK = "dock"
-    UNDOCK = "undock"
-    CHARGE_START = "charge_start"
-    CHARGE_STOP = "charge_stop"
-    MODULE_RESET = "module_reset"
-    REGISTER_WRITE = "register_write"
+    def __getattr__(name: str) -> object:
+        """`from agent.control.states import CommandType` keeps working: the enum is defined with
+        its specs in `agent.control.catalogue`, which imports this module, so it is fetched on
+        first use instead of imported here (an import at the top would be circular)."""
+        if name == "CommandType":
+            from agent.control.catalogue import CommandType
 
-
-# Commands that the executor turns into a state-machine event. A stop where the table has no
-# STOP_COMMAND transition (nothing is moving) is a no-op that the executor still confirms.
-COMMAND_EVENTS: Mapping[CommandType, Event] = MappingProxyType(
-    {
-        CommandType.MOVE: Event.MOVE_COMMAND,
-        CommandType.DOCK: Event.DOCK_COMMAND,
-        CommandType.STOP: Event.STOP_COMMAND,
-        CommandType.PAUSE: Event.PAUSE_COMMAND,
-        CommandType.RESUME: Event.RESUME_COMMAND,
-    }
-)
-
-
-def _build_commands_allowed() -> dict[State, frozenset[str]]:
-    C = CommandType
-    maintenance = {C.MODULE_RESET, C.REGISTER_WRITE}
-    allowed: dict[State, set[CommandType]] = {state: {C.STOP} for state in State}
-    allowed[State.IDLE] |= {C.MOVE, C.HOIST, C.DOCK, C.UNDOCK, C.CHARGE_START, C.CHARGE_STOP}
-    allowed[State.MOVE] |= {C.DOCK, C.PAUSE}
-    # No pause in DOCK: the table has no DOCK -> PAUSED (RESUME would turn a dock into a move).
-    allowed[State.DOCK] |= {C.MOVE}
-    allowed[State.PAUSED] |= {C.RESUME}
-    for state in (State.IDLE, State.CONFIG, State.FAULT, State.SAFE):
-        allowed[state] |= maintenance
-    return {state: frozenset(types) for state, types in allowed.items()}
-
-
-COMMANDS_ALLOWED: Mapping[State, frozenset[str]] = MappingProxyType(_build_commands_allowed())
-"""Command types the executor may start in each state (conditions are checked separately)."""
+            return CommandType
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

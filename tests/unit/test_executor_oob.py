@@ -34,8 +34,9 @@ async def test_out_of_band_commands_run_by_the_controller_leave_nothing_behind()
     async def run_out_of_band(record: Any) -> None:
         ran.append(record.id)
 
-    controller = SimpleNamespace(commands=store, sm=SimpleNamespace(state=State.IDLE), run_out_of_band=run_out_of_band)
+    controller = SimpleNamespace(commands=store, sm=SimpleNamespace(state=State.IDLE))
     executor = Executor(controller)  # type: ignore[arg-type]
+    executor.run_out_of_band = run_out_of_band  # type: ignore[method-assign]  # the fallback, recorded
     task = asyncio.create_task(executor.run())
     largest = 0
     while store.heads:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from agent.control.catalogue import CATALOGUE, command_allowed
 from agent.control.state_machine import (
     Conditions,
     Refusal,
@@ -19,9 +20,8 @@ from agent.control.state_machine import (
     StateMachineError,
     Transition,
     TransitionRefused,
-    command_allowed,
 )
-from agent.control.states import COMMAND_EVENTS, COMMANDS_ALLOWED, TRANSITIONS, CommandType, Event, State
+from agent.control.states import TRANSITIONS, CommandType, Event, State
 
 S, E = State, Event
 
@@ -548,8 +548,14 @@ EXPECTED_COMMANDS: dict[State, set[str]] = {
 }
 
 
+# What the catalogue allows, state by state (the catalogue holds it per command type).
+COMMANDS_ALLOWED: dict[State, set[str]] = {
+    state: {spec.name.value for spec in CATALOGUE.values() if state in spec.allowed_in} for state in State
+}
+
+
 def test_commands_allowed_table() -> None:
-    assert {state: set(types) for state, types in COMMANDS_ALLOWED.items()} == EXPECTED_COMMANDS
+    assert COMMANDS_ALLOWED == EXPECTED_COMMANDS
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -566,13 +572,18 @@ def test_command_allowed(state: State, kind: str) -> None:
 
 
 def test_commands_agree_with_the_transition_table() -> None:
-    """A command that maps to an event is allowed exactly where the table accepts that event
-    (stop excepted: it is allowed everywhere and is a no-op where nothing moves)."""
-    for kind, event in COMMAND_EVENTS.items():
-        if kind is CommandType.STOP:
+    """A command that raises an event is allowed only where the table accepts that event, and the
+    commands raising one event together cover every state that accepts it (stop raises none: it
+    is allowed everywhere and is a no-op where nothing moves)."""
+    covered: dict[Event, set[State]] = {}
+    for spec in CATALOGUE.values():
+        if spec.event is None:
             continue
-        for state in State:
-            assert (kind in COMMANDS_ALLOWED[state]) == ((state, event) in ROW_KEYS), (kind, state)
+        for state in spec.allowed_in:
+            assert (state, spec.event) in ROW_KEYS, (spec.name, state)
+        covered.setdefault(spec.event, set()).update(spec.allowed_in)
+    for event, states in covered.items():
+        assert states == {src for src, ev in ROW_KEYS if ev is event}, event
 
 
 def test_no_motion_or_maintenance_command_while_stopped_by_safety() -> None:
