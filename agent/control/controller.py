@@ -39,6 +39,7 @@ from agent.safety.stop import StopOutcome, StopPath
 from agent.safety.supervisor import RoleLiveness, Supervisor, Verdict
 from agent.store import outbox
 from agent.store.audit import AuditEntry, append_in
+from agent.store.clock import format_wall, now_ts
 from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
 from agent.store.errors import CommandNotFound, CommandStateError, OutboxFull
@@ -60,11 +61,6 @@ MOTION_WINDOW_S = 0.5  # a running motion command that does not refresh within t
 
 
 NotFound = ModuleNotFound  # the name the API's tests and routes know
-
-
-def utc_iso(ts: float | None = None) -> str:
-    when = dt.datetime.now(dt.UTC) if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Which events are alarms: a fault raised or cleared goes to the critical `alarms` stream, any
@@ -486,7 +482,7 @@ class Controller:
     ) -> None:
         async def unit(conn: Any) -> None:
             for event in events:
-                await outbox.add(conn, outbox_kind(event), {**event, "at": utc_iso()})
+                await outbox.add(conn, outbox_kind(event), {**event, "at": now_ts()})
             for t in transitions:
                 await record_transition(conn, t.from_state.value, t.to_state.value, t.event.value, t.reason, command_id)
 
@@ -588,7 +584,7 @@ class Controller:
         return status_document(self)
 
     def state_since_iso(self) -> str:
-        return utc_iso(self._state_since_wall)
+        return format_wall(self._state_since_wall)
 
     def modules(self) -> list[ModuleView]:
         return [self.module(role) for role in sorted(self.hw.pollers)]

@@ -8,7 +8,6 @@ latched; a latch clears only through `clear_latches` after `reset_blockers` foun
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from agent.safety.estop_input import EstopInputState
 from agent.safety.faults import CATALOGUE, Level
 from agent.safety.policy import SafetyPolicy
+from agent.store.clock import now_ts
 from drivers.snapshots import ModuleSnapshot, Quality
 
 log = logging.getLogger("oht.safety")
@@ -107,10 +107,6 @@ class RoleLiveness:
 LivenessSource = Callable[[str], RoleLiveness | None]
 
 
-def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class Supervisor:
     def __init__(
         self,
@@ -177,7 +173,7 @@ class Supervisor:
         for code, detail in causes.items():
             spec = CATALOGUE[code]
             if code not in self._present:
-                self._present[code] = (now, _utc_now(), detail)
+                self._present[code] = (now, now_ts(), detail)
                 if spec.level >= Level.PROTECTIVE_STOP and code not in self._latched:
                     tripped.append((code, detail))
                 log_fn = log.error if spec.level >= Level.PROTECTIVE_STOP else log.warning

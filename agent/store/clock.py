@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-__all__ = ["format_ts", "now_ts", "parse_ts", "utc_now"]
+__all__ = ["format_ts", "format_wall", "now_ts", "parse_ts", "utc_now"]
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -24,6 +24,11 @@ def format_ts(value: datetime) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware (UTC)")
     return value.astimezone(UTC).strftime(_FORMAT)
+
+
+def format_wall(seconds: float) -> str:
+    """A `time.time()` value as stored."""
+    return format_ts(datetime.fromtimestamp(seconds, UTC))
 
 
 def parse_ts(text: str) -> datetime:
