@@ -19,7 +19,7 @@ from agent.store.errors import (
 )
 from agent.store.lock import DataDirLock
 from agent.store.outbox import AckResult, Outbox, OutboxRecord, StreamBacklog
-from agent.store.transitions import Transition, record_transition
+from agent.store.transitions import TransitionRecord, record_transition
 
 __all__ = [
     "DB_NAME",
@@ -42,6 +42,6 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StreamBacklog",
-    "Transition",
+    "TransitionRecord",
     "record_transition",
 ]

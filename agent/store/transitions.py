@@ -20,13 +20,13 @@ from agent.store.errors import StoreError
 if TYPE_CHECKING:
     from agent.store.database import Database
 
-__all__ = ["Transition", "recent_transitions", "record_transition"]
+__all__ = ["TransitionRecord", "recent_transitions", "record_transition"]
 
 _MAX_TEXT = 500
 
 
 @dataclass(frozen=True)
-class Transition:
+class TransitionRecord:
     seq: int
     id: str
     at: str
@@ -59,7 +59,7 @@ async def record_transition(
     event: str,
     reason: str | None,
     command_id: str | None = None,
-) -> Transition:
+) -> TransitionRecord:
     """Insert a transition (and its outbox row) inside the caller's unit of work.
 
     `command_id`, when given, must name an existing command (foreign key).
@@ -78,21 +78,21 @@ async def record_transition(
         (row_id, at, *values.values()),
     )
     seq = int(next(iter(rows))[0])
-    transition = Transition(seq=seq, id=row_id, at=at, **values)  # type: ignore[arg-type]
+    transition = TransitionRecord(seq=seq, id=row_id, at=at, **values)  # type: ignore[arg-type]
     await outbox.add(conn, outbox.KIND_TRANSITION, transition.to_dict())
     return transition
 
 
-async def recent_transitions(db: Database, limit: int = 100) -> list[Transition]:
+async def recent_transitions(db: Database, limit: int = 100) -> list[TransitionRecord]:
     """The newest transitions first (for the status page and diagnostics)."""
     limit = max(1, min(int(limit), 1000))
 
-    async def fn(conn: aiosqlite.Connection) -> list[Transition]:
+    async def fn(conn: aiosqlite.Connection) -> list[TransitionRecord]:
         rows = await conn.execute_fetchall(
             "SELECT seq, id, at, from_state, to_state, event, reason, command_id"
             " FROM state_transitions ORDER BY seq DESC LIMIT ?",
             (limit,),
         )
-        return [Transition(**dict(r)) for r in rows]
+        return [TransitionRecord(**dict(r)) for r in rows]
 
     return await db.read(fn)

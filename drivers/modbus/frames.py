@@ -133,7 +133,7 @@ def frame_length(buf: bytes | bytearray) -> int | None:
     return 0
 
 
-class Verdict(enum.Enum):
+class ReplyVerdict(enum.Enum):
     OK = "ok"
     EXCEPTION = "exception"
     CRC_ERROR = "crc_error"
@@ -143,7 +143,7 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    verdict: Verdict
+    verdict: ReplyVerdict
     registers: tuple[int, ...] = ()
     exception_code: int = 0
     slave: int = 0
@@ -165,23 +165,23 @@ def reply_signature(frame: bytes) -> tuple[int, ...]:
 def check_reply(request: Request, frame: bytes) -> Checked:
     """Classify `frame` (one whole frame, CRC included) as the reply to `request` or not."""
     if not crc_ok(frame):
-        return Checked(Verdict.CRC_ERROR)
+        return Checked(ReplyVerdict.CRC_ERROR)
     slave, fc = frame[0], frame[1]
     if slave != request.slave:
-        return Checked(Verdict.OTHER_SLAVE, slave=slave, signature=_safe_signature(frame))
+        return Checked(ReplyVerdict.OTHER_SLAVE, slave=slave, signature=_safe_signature(frame))
     if fc == (request.function | 0x80) and len(frame) == 5:
-        return Checked(Verdict.EXCEPTION, exception_code=frame[2], slave=slave)
+        return Checked(ReplyVerdict.EXCEPTION, exception_code=frame[2], slave=slave)
     if fc != request.function or len(frame) != request.reply_length:
-        return Checked(Verdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
+        return Checked(ReplyVerdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
     if request.function in READ_FUNCTIONS:
         if frame[2] != 2 * request.count:
-            return Checked(Verdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
+            return Checked(ReplyVerdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
         regs = struct.unpack_from(f">{request.count}H", frame, 3)
-        return Checked(Verdict.OK, registers=regs, slave=slave)
+        return Checked(ReplyVerdict.OK, registers=regs, slave=slave)
     if frame[:6] != request.encode()[:6]:
         # FC06 echoes address and value; FC16 echoes address and quantity.
-        return Checked(Verdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
-    return Checked(Verdict.OK, registers=request.values, slave=slave)
+        return Checked(ReplyVerdict.MISMATCH, slave=slave, signature=_safe_signature(frame))
+    return Checked(ReplyVerdict.OK, registers=request.values, slave=slave)
 
 
 def _safe_signature(frame: bytes) -> tuple[int, ...]:

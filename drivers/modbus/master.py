@@ -37,8 +37,8 @@ from drivers.modbus.errors import (
 )
 from drivers.modbus.frames import (
     READ_HOLDING,
+    ReplyVerdict,
     Request,
-    Verdict,
     check_reply,
     frame_length,
     read_request,
@@ -630,25 +630,25 @@ class BusMaster:
             del buf[:n]
             checked = check_reply(request, frame)
             verdict = checked.verdict
-            if verdict is Verdict.OK:
+            if verdict is ReplyVerdict.OK:
                 link.stats.ok += 1
                 link.stats.last_ok_at = time.monotonic()
                 link.ghosts.clear()  # in-order slave: anything older has come or never will
                 self._note_reply(link, n)
                 return checked.registers
-            if verdict is Verdict.EXCEPTION:
+            if verdict is ReplyVerdict.EXCEPTION:
                 link.stats.exceptions += 1
                 link.ghosts.clear()
                 self._note_reply(link, n)
                 raise ModbusExceptionReply(request.slave, request.function, checked.exception_code)
-            if verdict is Verdict.CRC_ERROR:
+            if verdict is ReplyVerdict.CRC_ERROR:
                 link.stats.crc_errors += 1
                 self.stats.garbage_bytes += len(buf)
                 buf.clear()
                 # The damaged frame may have been a late reply and the real one may still come.
                 self._add_ghost(link, request.signature())
                 raise BusCrcError(f"reply from slave {request.slave} failed its CRC check")
-            owner = link if verdict is Verdict.MISMATCH else self._links.get(checked.slave)
+            owner = link if verdict is ReplyVerdict.MISMATCH else self._links.get(checked.slave)
             self._drop_unsolicited(owner, checked.signature)
         return None
 

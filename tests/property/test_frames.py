@@ -13,8 +13,8 @@ from drivers.modbus.frames import (
     READ_INPUT,
     WRITE_MULTIPLE,
     WRITE_SINGLE,
+    ReplyVerdict,
     Request,
-    Verdict,
     check_reply,
     frame_length,
 )
@@ -82,7 +82,7 @@ def test_well_formed_reply_accepted(req: Request, data: list[int]) -> None:
     reply = good_reply(req, data)
     assert frame_length(reply) == len(reply)
     checked = check_reply(req, reply)
-    assert checked.verdict is Verdict.OK
+    assert checked.verdict is ReplyVerdict.OK
     if req.is_write:
         assert checked.registers == req.values
 
@@ -93,7 +93,7 @@ def test_any_mutation_without_crc_fix_is_rejected(req: Request, data: list[int],
     i = draw.draw(st.integers(0, len(reply) - 1))
     delta = draw.draw(st.integers(1, 255))
     reply[i] ^= delta
-    assert check_reply(req, bytes(reply)).verdict is not Verdict.OK
+    assert check_reply(req, bytes(reply)).verdict is not ReplyVerdict.OK
 
 
 @given(requests(), st.lists(words, max_size=8), st.data())
@@ -106,11 +106,11 @@ def test_header_mutation_with_valid_crc_is_rejected(req: Request, data: list[int
     assume(new != body[i])
     body[i] = new
     checked = check_reply(req, append_crc(bytes(body)))
-    assert checked.verdict is not Verdict.OK, checked
+    assert checked.verdict is not ReplyVerdict.OK, checked
 
 
 @given(requests(), st.lists(words, max_size=8), st.integers(1, 4))
 def test_truncated_or_extended_replies_rejected(req: Request, data: list[int], cut: int) -> None:
     reply = good_reply(req, data)
-    assert check_reply(req, reply[:-cut]).verdict is not Verdict.OK
-    assert check_reply(req, reply + b"\x00" * cut).verdict is not Verdict.OK
+    assert check_reply(req, reply[:-cut]).verdict is not ReplyVerdict.OK
+    assert check_reply(req, reply + b"\x00" * cut).verdict is not ReplyVerdict.OK
