@@ -7,11 +7,17 @@ importing the HTTP layer.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from agent.auth.errors import RoleInvalid
 
-__all__ = ["ROLES", "check_role", "rank"]
+__all__ = ["ROLES", "RoleName", "check_role", "rank"]
 
-ROLES: tuple[str, ...] = ("viewer", "operator", "technician", "admin")
+# The one declaration of the role names: the API's schema (a closed enum), the CLI and the store
+# read it from here. The users and api_keys tables repeat the list in a CHECK written by a past
+# migration; a test compares that list with this one.
+RoleName = Literal["viewer", "operator", "technician", "admin"]
+ROLES: tuple[str, ...] = get_args(RoleName)
 _RANK = {role: index for index, role in enumerate(ROLES)}
 
 

@@ -38,7 +38,6 @@ from drivers.sim.client import SimProcess
 
 T = TypeVar("T")
 PASSWORD = "copper kettle on a windy pier"
-ROLES = ("viewer", "operator", "technician", "admin")
 
 
 def free_port() -> int:

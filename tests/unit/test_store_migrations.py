@@ -10,6 +10,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from agent.auth.roles import ROLES
 from agent.ids import new_id
 from agent.store.clock import parse_ts
 from agent.store.commands import CommandRecord
@@ -346,3 +347,17 @@ async def test_the_stream_declaration_and_the_database_agree(tmp_path: Path, sta
         await db.close()
     assert {k: s for k, s in mapping} == dict(streams.KIND_STREAM)
     assert {r[0] for r in names} == set(streams.STREAM_BY_NAME)
+
+
+async def test_the_role_checks_in_the_schema_name_exactly_the_declared_roles(tmp_path: Path) -> None:
+    """A past migration wrote the role list into the users and api_keys tables' CHECKs; a new role
+    in `agent.auth.roles` without a migration would be refused by the database itself."""
+    path = tmp_path / "roles.db"
+    async with aiosqlite.connect(path) as conn:
+        await migrate(conn)
+        rows = await conn.execute_fetchall("SELECT name, sql FROM sqlite_master WHERE name IN ('users', 'api_keys')")
+    checks = {name: re.search(r"role IN \(([^)]*)\)", sql) for name, sql in rows}
+    assert set(checks) == {"users", "api_keys"}
+    for name, match in checks.items():
+        assert match is not None, name
+        assert tuple(re.findall(r"'([a-z]+)'", match.group(1))) == ROLES, name
