@@ -26,8 +26,9 @@ from starlette.routing import WebSocketRoute
 from agent.api.deps import route_permission
 from agent.api.permissions import Permission, allowed
 from agent.auth.principal import CallContext, cli_principal
+from agent.auth.roles import ROLES
 from drivers.sim.client import SimProcess
-from tests.integration.test_api_harness import PASSWORD, ROLES, Agent, agent_and_sim  # noqa: F401 - fixture
+from tests.integration.test_api_harness import PASSWORD, Agent, agent_and_sim  # noqa: F401 - fixture
 
 _counter = itertools.count(1)
 
