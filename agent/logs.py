@@ -6,6 +6,11 @@ StreamHandler would stop the whole event loop (bus, safety, API) inside `write`.
 only puts the record on a bounded queue; one thread writes the lines out. When the queue is full
 the line is dropped and counted (`dropped_lines()`), never waited for, and once the queue has
 drained the writer logs how many were lost.
+
+In JSON each line carries, beside time, level, logger and message, the fields that tie it to
+what a technician looks up: `code` (the fault or error code: from `extra={"code": ...}`, or from
+a `CodedError` the line reports), and `request_id` / `command_id` while a request or a command is
+being handled (`log_context`, a context variable: it follows the asyncio task that set it).
 """
 
 from __future__ import annotations
@@ -19,7 +24,47 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import IO
+
+from drivers.errors import CodedError
+
+# Fields every line logged inside `log_context(...)` carries (request_id, command_id).
+_CONTEXT: ContextVar[Mapping[str, str]] = ContextVar("oht_log_context", default=MappingProxyType({}))
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Tag every line logged in this block (and in tasks it starts) with `fields`."""
+    token = _CONTEXT.set({**_CONTEXT.get(), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def _line_fields(record: logging.LogRecord) -> dict[str, str]:
+    """The structured fields of one record: the caller's context, then `extra={"fields": {...}}`,
+    then the code. Taken when the record is queued (in the caller's context) and again when it is
+    written (where the context is the writer's own, empty one: the queued fields are kept)."""
+    out = dict(_CONTEXT.get())
+    given = getattr(record, "fields", None)
+    if isinstance(given, dict):
+        out.update(given)
+    code = getattr(record, "code", None)
+    if code is None:
+        reported = [a for a in (record.args if isinstance(record.args, tuple) else ()) if isinstance(a, CodedError)]
+        if record.exc_info and isinstance(record.exc_info[1], CodedError):
+            reported.append(record.exc_info[1])
+        if reported:
+            code = reported[0].code
+    if code is not None and "code" not in out:
+        out["code"] = str(code)
+    return out
+
 
 QUEUE_LINES = 4096  # lines waiting for the writer thread; about a minute of a very chatty agent
 STOP_TIMEOUT_S = 2.0  # how long exit waits for the last lines to be written
@@ -33,9 +78,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            out.update(fields)
+        out.update(_line_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:  # formatted on the caller's side before the record was queued
@@ -80,7 +123,9 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         # The message is merged with its arguments here, while they still mean what they meant;
         # the traceback is kept apart as text so the writer's formatter can still place it.
+        fields = _line_fields(record)
         record = copy.copy(record)
+        record.fields = fields
         record.msg = record.getMessage()
         record.args = None
         if record.exc_info:

@@ -18,6 +18,7 @@ from agent.control.handlers import TRACK_MAX_CM, TRACK_MIN_CM, Outcome
 from agent.control.motion import ProgressWatch
 from agent.control.state_machine import TransitionRefused
 from agent.control.states import Event, State
+from agent.logs import log_context
 from agent.safety.faults import Level
 from agent.store.commands import CommandExpired, CommandRecord
 from agent.store.errors import StoreError
@@ -140,6 +141,10 @@ class Executor:
             await self.execute(record)
 
     async def execute(self, record: CommandRecord) -> None:
+        with log_context(command_id=record.id):
+            await self._execute(record)
+
+    async def _execute(self, record: CommandRecord) -> None:
         try:
             record = await self.c.commands.mark_running(record.id)
         except CommandExpired:
@@ -204,6 +209,10 @@ class Executor:
 
     async def run_out_of_band(self, record: CommandRecord) -> None:
         """stop / pause / resume act at once on whatever runs; the result is stored like any other."""
+        with log_context(command_id=record.id):
+            await self._run_out_of_band(record)
+
+    async def _run_out_of_band(self, record: CommandRecord) -> None:
         try:
             record = await self.c.commands.mark_running(record.id)
         except CodedError:

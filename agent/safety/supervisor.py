@@ -177,7 +177,7 @@ class Supervisor:
                 if spec.level >= Level.PROTECTIVE_STOP and code not in self._latched:
                     tripped.append((code, detail))
                 log_fn = log.error if spec.level >= Level.PROTECTIVE_STOP else log.warning
-                log_fn("fault %s: %s", code, detail)
+                log_fn("fault %s: %s", code, detail, extra={"code": code})
             else:
                 since, since_utc, _ = self._present[code]
                 self._present[code] = (since, since_utc, detail)

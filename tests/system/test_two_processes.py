@@ -93,7 +93,7 @@ def daemon(tmp_path: Path, sim: SimProcess) -> Iterator[Daemon]:
     sock = Path(f"/tmp/oht-{os.getpid()}-{port}.sock")
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
-        f'[agent]\nid = "oht-two"\ndata_dir = "{tmp_path / "data"}"\n\n'
+        f'[agent]\nid = "oht-two"\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n\n'
         f'[bus]\nport = "{sim.link}"\nscan = [2, 3, 4, 5]\nrediscover_s = 0.5\n\n'
         f'[api]\nhost = "127.0.0.1"\nport = {port}\n\n[core]\nsocket = "{sock}"\n'
     )

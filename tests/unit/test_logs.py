@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from agent import logs
+from agent.store.errors import StoreUnavailable
 
 
 class StalledStream(io.StringIO):
@@ -100,3 +102,51 @@ def test_json_lines_keep_fields_and_the_traceback_through_the_queue(monkeypatch:
     assert line["msg"] == "it failed at the end"
     assert line["command"] == "c-1" and line["level"] == "error" and line["logger"] == "oht.test"
     assert "ValueError: boom" in line["exc"]
+
+
+def _json_lines(emit: Callable[[logging.Logger], None]) -> list[dict[str, object]]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    stream = io.StringIO()
+    try:
+        logs.setup_logging("info", "json", stream=stream)
+        emit(logging.getLogger("oht.test"))
+        logs.stop_logging()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_the_code_of_a_fault_or_of_the_coded_error_they_report() -> None:
+    def emit(log: logging.Logger) -> None:
+        log.error("fault %s: %s", "SAFETY_LINK_LOST", "no reply", extra={"code": "SAFETY_LINK_LOST"})
+        log.warning("refused: %s", StoreUnavailable("disk full"))
+        try:
+            raise StoreUnavailable("gone")
+        except StoreUnavailable:
+            log.exception("store write failed")
+        log.info("plain line")
+
+    fault, refused, failed, plain = _json_lines(emit)
+    assert fault["code"] == "SAFETY_LINK_LOST" and fault["msg"] == "fault SAFETY_LINK_LOST: no reply"
+    assert refused["code"] == StoreUnavailable.code and failed["code"] == StoreUnavailable.code
+    assert "code" not in plain
+
+
+def test_json_lines_carry_the_request_and_command_ids_of_the_context_they_were_logged_in() -> None:
+    async def handle() -> None:
+        with logs.log_context(request_id="r-1"):
+            logging.getLogger("oht.test").info("in the request")
+            with logs.log_context(command_id="c-9"):
+                # a task started here keeps the ids: the context is copied into it
+                await asyncio.create_task(_log_in_task())
+        logging.getLogger("oht.test").info("after")
+
+    async def _log_in_task() -> None:
+        logging.getLogger("oht.test").info("in the command")
+
+    request, command, after = _json_lines(lambda _log: asyncio.run(handle()))
+    assert request["request_id"] == "r-1" and "command_id" not in request
+    assert command["request_id"] == "r-1" and command["command_id"] == "c-9"
+    assert "request_id" not in after and "command_id" not in after
