@@ -5,8 +5,8 @@ and the technician's documentation can read the same source: which event leads f
 to which state, which conditions each guard demands, how long a state may last, and which command
 types the executor may start in which state. `state_machine.py` only interprets these tables.
 
-The transition table follows the OHT-50 master (reference §4.1) with two repairs and without its
-shortcuts:
+The transition table follows the OHT-50 master's (docs/firmware.md#the-old-masters-state-machine)
+with two repairs and without its shortcuts:
 
 - SAFE and CONFIG also go to ESTOP on ESTOP_TRIGGERED, and to FAULT on FAULT_DETECTED (the master
   silently dropped those events, so an E-stop in SAFE or a fault during configuration was lost);
