@@ -1,6 +1,6 @@
 """The local HTTP API: `create_app(core, db, settings)` and `ApiServer` to serve it.
 
-See DESIGN.md (Contract, HTTP) for the routes; `permissions.py` for who may call what.
+The routes: docs/architecture.md#the-gateway (table in the README); `permissions.py` for who may call what.
 """
 
 from agent.api.app import create_app

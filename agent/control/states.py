@@ -6,8 +6,8 @@ to which state, which conditions each guard demands and how long a state may las
 `state_machine.py` only interprets these tables. Which command types may start in which state,
 and which event each raises, is part of each type's entry in `agent.control.catalogue`.
 
-The transition table follows the OHT-50 master (reference §4.1) with two repairs and without its
-shortcuts:
+The transition table follows the OHT-50 master's (docs/firmware.md#the-old-masters-state-machine)
+with two repairs and without its shortcuts:
 
 - SAFE and CONFIG also go to ESTOP on ESTOP_TRIGGERED, and to FAULT on FAULT_DETECTED (the master
   silently dropped those events, so an E-stop in SAFE or a fault during configuration was lost);

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class SafetyPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    # Link-loss budgets (reference 3.4, tightened where the firmware allows).
+    # Link-loss budgets (docs/firmware.md#link-loss-budgets: tightened where the firmware allows).
     safety_link_budget_ms: Annotated[int, Field(ge=100, le=250)] = 250
     power_link_warning_ms: Annotated[int, Field(ge=500, le=10000)] = 1000
     power_stop_countdown_ms: Annotated[int, Field(ge=0, le=60000)] = 5000

@@ -1,7 +1,7 @@
 """Enqueue statements on an aiosqlite connection without waiting for each answer.
 
 Why: every awaited aiosqlite call is a round trip to the connection's worker thread (60-120 us
-on this machine, see toolchain-notes). A group commit that awaited BEGIN, SAVEPOINT and RELEASE
+measured on a 2-core development machine). A group commit that awaited BEGIN, SAVEPOINT and RELEASE
 for each unit of work, and a unit that awaited each of its statements, would spend more time on
 thread hops than on the disk. aiosqlite runs the jobs of one connection in one worker thread
 from a FIFO queue, so jobs enqueued in order run in order; `enqueue` puts a statement in that

@@ -69,7 +69,7 @@ _REGISTER_OPTIONAL: dict[str, Any] = {
     "description": "",
 }
 
-# (name, address, access); the identity block every profile must carry (reference 1.6 A)
+# (name, address, access); the identity block every profile must carry (docs/firmware.md#identity-block)
 IDENTITY_REGISTERS: tuple[tuple[str, int, str], ...] = (
     ("DEVICE_ID", 0x0100, "R"),
     ("CONFIG_BAUDRATE", 0x0101, "RW"),

@@ -1,6 +1,6 @@
 """Per-module firmware behaviour: what a slave does to its registers between and after frames.
 
-Each class models one firmware from the reference (oht-bus.md 2.1-2.4), including the quirks an
+Each class models one firmware of docs/firmware.md#register-maps, including the quirks an
 agent has to cope with: the safety latch on RESET_FLAG, the travel driver that keeps running when
 the master goes silent, RESET_ERROR_CMD re-initialising every register of the driver. Registers
 are addressed by the names in the profile, so a profile lacking a register simply disables the
@@ -92,7 +92,10 @@ class Firmware:
 
 
 class SafetyFirmware(Firmware):
-    """SAFE-FW: zones, DIs, the E-stop loop input and the RESET_FLAG latch (reference 2.2b)."""
+    """SAFE-FW: zones, DIs, the E-stop loop input and the RESET_FLAG latch.
+
+    The map and the slave's decisions: docs/firmware.md#safety-module-safe-fw.
+    """
 
     role = "safety"
 

@@ -1,8 +1,9 @@
 """Unit tests of the robot state machine: the table row by row, each guard, the repairs of the old
 master's gaps and shortcuts, fail-safe observation, timeouts and the command permission table.
 
-The expected table below is written out by hand from reference §4.1 (plus the documented fixes),
-not derived from `states.TRANSITIONS`, so a wrong row in the implementation fails here.
+The expected table below is written out by hand from the old master's table
+(docs/firmware.md#the-old-masters-state-machine) plus the documented fixes, not derived from
+`states.TRANSITIONS`, so a wrong row in the implementation fails here.
 """
 
 from __future__ import annotations
