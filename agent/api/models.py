@@ -1,5 +1,8 @@
 """Request and response bodies of the API (the OpenAPI schema is generated from these).
 
+The store's records (commands, audit rows) are answered as they are: their dataclasses are the
+response models, so each record's fields are declared once, in the store.
+
 Requests forbid unknown fields: a typo in a field name is an error, not a silently ignored
 setting.
 """
@@ -10,13 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from agent.store.audit import AuditRecord
+
 __all__ = [
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyOut",
     "AuditPage",
-    "AuditRow",
-    "CommandOut",
     "CommandRequest",
     "ErrorOut",
     "EstopOut",
@@ -119,27 +122,6 @@ class CommandRequest(_In):
     not_after: AwareDatetime | None = None
 
 
-class CommandOut(BaseModel):
-    seq: int
-    id: str
-    source: str
-    idempotency_key: str
-    user: str | None
-    type: str
-    params: dict[str, Any]
-    priority: int
-    not_after: str | None
-    state: str
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
-    attempts: int
-    result: Any = None
-    error_code: str | None
-    error_message: str | None
-
-
 class EstopRequest(_In):
     reason: Annotated[str, Field(max_length=200)] = ""
 
@@ -155,25 +137,8 @@ class ResetOut(BaseModel):
     state: str
 
 
-class AuditRow(BaseModel):
-    seq: int
-    id: str
-    at: str
-    actor: str
-    auth_method: str
-    source_ip: str | None
-    action: str
-    target: str | None
-    params_digest: str | None
-    result: str
-    code: str | None
-    request_id: str | None
-    prev_hash: str
-    row_hash: str
-
-
 class AuditPage(BaseModel):
-    items: list[AuditRow]
+    items: list[AuditRecord]
     next_after_seq: int
 
 
