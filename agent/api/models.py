@@ -13,7 +13,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from agent.auth.password_policy import MAX_LENGTH, MIN_LENGTH
+from agent.control.states import CommandType
+from agent.store.api_keys import KEY_NAME_PATTERN
 from agent.store.audit import AuditRecord
+from agent.store.users import USER_NAME_PATTERN
 
 __all__ = [
     "ApiKeyCreate",
@@ -36,7 +40,18 @@ __all__ = [
 
 RoleName = Literal["viewer", "operator", "technician", "admin"]
 # Bounded sizes keep every request cheap to validate; the policy itself is checked by the service.
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
+Password = Annotated[str, Field(min_length=1, max_length=MAX_LENGTH)]
+# A password being set: the schema states the policy's length limits. The service applies them
+# (with the rest of the policy) and answers PASSWORD_REJECTED with its hint, so they are stated
+# here without a second check that would answer with another code.
+NewPassword = Annotated[str, Field(min_length=1, max_length=MAX_LENGTH, json_schema_extra={"minLength": MIN_LENGTH})]
+# Likewise user and key names, as the store checks them (USER_NAME_INVALID, API_KEY_INVALID),
+# and command types, as the command validator checks them (COMMAND_INVALID).
+UserName = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": USER_NAME_PATTERN})]
+KeyName = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": KEY_NAME_PATTERN})]
+CommandTypeName = Annotated[
+    str, Field(min_length=1, max_length=64, json_schema_extra={"enum": [t.value for t in CommandType]})
+]
 
 
 class _In(BaseModel):
@@ -62,11 +77,11 @@ class WhoAmI(BaseModel):
 
 class PasswordChange(_In):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class PasswordSet(_In):
-    password: Password
+    password: NewPassword
 
 
 class SessionsRevoked(BaseModel):
@@ -75,9 +90,9 @@ class SessionsRevoked(BaseModel):
 
 
 class UserCreate(_In):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: UserName
     role: RoleName
-    password: Password
+    password: NewPassword
 
 
 class UserOut(BaseModel):
@@ -94,7 +109,7 @@ class UserOut(BaseModel):
 
 
 class ApiKeyCreate(_In):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: KeyName
     role: RoleName
 
 
@@ -116,7 +131,7 @@ class ApiKeyCreated(ApiKeyOut):
 
 
 class CommandRequest(_In):
-    type: Annotated[str, Field(min_length=1, max_length=64)]
+    type: CommandTypeName
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=1, le=10)] = 5
     not_after: AwareDatetime | None = None
