@@ -6,15 +6,13 @@ mode: tests build exactly this app over a real database and the real controller.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.middleware.cors import CORSMiddleware
 
 from agent.api.context import ApiContext
 from agent.api.errors import install_handlers
-from agent.api.metrics import ApiMetrics, flatten_status
+from agent.api.metrics import ApiMetrics, Figures
 from agent.api.middleware import ApiMiddleware
 from agent.api.origins import OriginPolicy
 from agent.api.routes import ROUTERS
@@ -23,6 +21,7 @@ from agent.api.streaming import StreamHub
 from agent.auth.service import AuthService
 from agent.auth.throttle import AuditGate
 from agent.control.facade import AgentCore
+from agent.control.status_view import StatusDocument
 from agent.store.audit import Audit
 from agent.store.database import Database
 from drivers.errors import CodedError
@@ -36,22 +35,16 @@ key (`Authorization: Bearer oak_...`). Errors are `{code, message, hint?, reques
 """
 
 
-def _metric_sources(core: AgentCore, db: Database) -> dict[str, Any]:
-    """The status document's figures, while the core is reachable; the gateway's own always."""
+def _figures(core: AgentCore, db: Database) -> Figures:
+    """The core's status while it is reachable, and the gateway's own figures always."""
     try:
-        values = flatten_status(core.status())
-        values["oht_core_connected"] = 1.0
+        status: StatusDocument | None = core.status()
     except CodedError as exc:
         if exc.code != "CORE_UNAVAILABLE":
             raise
-        values = {"oht_core_connected": 0.0}
+        status = None
     ready, _reasons = core.ready()
-    values["oht_ready"] = 1.0 if ready else 0.0
-    values["oht_alive"] = 1.0 if core.alive() else 0.0
-    for key, value in db.stats().items():
-        values[f"oht_store_{key}"] = float(value)
-    values["oht_store_healthy"] = 1.0 if db.healthy else 0.0
-    return values
+    return Figures(status=status, ready=ready, alive=core.alive(), store_stats=db.stats(), store_healthy=db.healthy)
 
 
 def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
@@ -68,7 +61,7 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
         redirect_slashes=False,
     )
     auth = AuthService(db, settings.auth_limits, audit_gate=AuditGate(settings.audit_anonymous_per_minute))
-    metrics = ApiMetrics(lambda: _metric_sources(core, db))
+    metrics = ApiMetrics(lambda: _figures(core, db))
     streams = StreamHub(
         core,
         auth,
@@ -84,7 +77,7 @@ def create_app(core: AgentCore, db: Database, settings: ApiSettings) -> FastAPI:
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    metrics.know_routes(context.path for context in iter_route_contexts(app.routes))
+    metrics.know_routes(context.path for context in iter_route_contexts(app.routes) if context.path is not None)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

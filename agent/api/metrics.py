@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API and of whatever the core's status exposes as numbers.
+"""Prometheus metrics of the API and of the agent's figures, each declared by name in `METRICS`.
 
 One registry per app (not the process-global one), so two apps in one process (tests, the
 benchmark) never share counters.
@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.control.status_view import ModuleSummary, StatusDocument
+
 __all__ = [
     "CONTENT_TYPE",
     "KNOWN_METHODS",
+    "METRICS",
     "OTHER",
     "UNMATCHED",
     "ApiMetrics",
-    "flatten_status",
+    "Figures",
+    "MetricSpec",
     "method_label",
     "status_label",
 ]
@@ -37,9 +41,6 @@ __all__ = [
 log = logging.getLogger("oht.api")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
-_MAX_DEPTH = 4
-_MAX_SERIES = 500
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER = "other"  # any method or status outside the fixed sets
@@ -56,52 +57,162 @@ def status_label(status: object) -> str:
     return str(status) if isinstance(status, int) and 100 <= status <= 599 else OTHER
 
 
-def _name(parts: list[str]) -> str:
-    return _NAME_RE.sub("_", "_".join(parts)).strip("_").lower()
+@dataclass(frozen=True)
+class Figures:
+    """What one scrape reads: the core's status document (None while the core is away) and the
+    gateway's own figures."""
+
+    status: StatusDocument | None
+    ready: bool
+    alive: bool
+    store_stats: Mapping[str, int]
+    store_healthy: bool
 
 
-def flatten_status(status: Any, prefix: str = "oht_status") -> dict[str, float]:
-    """Numeric leaves of a status document as metric names: bools as 0/1, lists as counts."""
-    out: dict[str, float] = {}
-
-    def walk(value: Any, path: list[str], depth: int) -> None:
-        if len(out) >= _MAX_SERIES or depth > _MAX_DEPTH:
-            return
-        if isinstance(value, bool):
-            out.setdefault(_name(path), 1.0 if value else 0.0)
-        elif isinstance(value, int | float):
-            if math.isfinite(value):
-                out.setdefault(_name(path), float(value))
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, [*path, str(key)], depth + 1)
-        elif isinstance(value, list | tuple):
-            out.setdefault(_name([*path, "count"]), float(len(value)))
-
-    walk(status, [prefix], 0)
-    return out
+Samples = Iterable[tuple[tuple[str, ...], float]]
 
 
-class _CoreCollector(Collector):
-    """Reads the core's status, readiness and the store's counters at scrape time."""
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of the agent's figures: its name, type, help, label names, and what it reads."""
 
-    def __init__(self, sources: Callable[[], dict[str, Any]]) -> None:
-        self._sources = sources
+    name: str
+    kind: Literal["gauge"]
+    help: str
+    labels: tuple[str, ...]
+    samples: Callable[[Figures], Samples]
+
+
+def _number(value: float | bool | None) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _one(value: float | bool | None) -> Samples:
+    number = _number(value)
+    return () if number is None else (((), number),)
+
+
+def _gateway(name: str, help: str, read: Callable[[Figures], float | bool | None]) -> MetricSpec:
+    return MetricSpec(name, "gauge", help, (), lambda f: _one(read(f)))
+
+
+def _status(name: str, help: str, read: Callable[[StatusDocument], float | bool | None]) -> MetricSpec:
+    """A figure of the core's status document; absent while the core is away."""
+    return MetricSpec(name, "gauge", help, (), lambda f: () if f.status is None else _one(read(f.status)))
+
+
+def _module(name: str, help: str, read: Callable[[ModuleSummary], float | bool | None]) -> MetricSpec:
+    """A figure of each bound module's summary, labelled by its role."""
+
+    def samples(f: Figures) -> Samples:
+        if f.status is None:
+            return ()
+        out = []
+        for role, module in sorted(f.status["modules"].items()):
+            number = _number(read(module))
+            if number is not None:
+                out.append(((role,), number))
+        return out
+
+    return MetricSpec(name, "gauge", help, ("role",), samples)
+
+
+def _store(key: str, help: str) -> MetricSpec:
+    return _gateway(f"oht_store_{key}", help, lambda f: f.store_stats.get(key))
+
+
+# The agent's figures in /metrics: each name is declared here, with what it reads. A renamed
+# status key is a type error here, never a silently renamed metric.
+METRICS: tuple[MetricSpec, ...] = (
+    _gateway("oht_core_connected", "1 while the gateway holds a view of the core", lambda f: f.status is not None),
+    _gateway("oht_ready", "1 when the agent is ready (core, bus, mandatory modules, database)", lambda f: f.ready),
+    _gateway("oht_alive", "1 while the gateway's own tasks run", lambda f: f.alive),
+    _gateway("oht_store_healthy", "1 while the store takes writes", lambda f: f.store_healthy),
+    _store("batches", "Committed write batches since start"),
+    _store("units", "Committed units of work since start"),
+    _store("largest_batch", "Most units of work committed in one batch"),
+    _store("aborted_batches", "Write batches rolled back since start"),
+    _store("queued", "Units of work waiting for the writer"),
+    _status("oht_status_ready", "1 when the core reports itself ready", lambda s: s["ready"]),
+    _status("oht_status_ready_reasons_count", "Reasons the core is not ready", lambda s: len(s["ready_reasons"])),
+    _status("oht_status_uptime_s", "Seconds since the core started", lambda s: s["uptime_s"]),
+    _status(
+        "oht_status_verdict_speed_factor",
+        "Speed factor allowed (0-1)",
+        lambda s: s["verdict"]["speed_factor"],
+    ),
+    _status(
+        "oht_status_verdict_estop_input", "1 while E-stop input is on", lambda s: s["verdict"]["estop_input"]
+    ),
+    _status("oht_status_verdict_faults_count", "Active safety faults", lambda s: len(s["verdict"]["faults"])),
+    _status("oht_status_bus_port_up", "1 while the serial port is open", lambda s: s["bus"]["port_up"]),
+    _status("oht_status_bus_queue_depth", "Bus requests waiting", lambda s: s["bus"]["queue_depth"]),
+    _status("oht_status_bus_reconnects", "Serial port reconnects", lambda s: s["bus"]["reconnects"]),
+    _status("oht_status_bus_port_losses", "Serial port losses", lambda s: s["bus"]["port_losses"]),
+    _status(
+        "oht_status_bus_garbage_bytes", "Bytes that were no frame", lambda s: s["bus"]["garbage_bytes"]
+    ),
+    _status("oht_status_bus_poll_overruns", "Polls that could not run on time", lambda s: s["bus"]["poll_overruns"]),
+    _status(
+        "oht_status_bus_queue_rejected", "Requests refused: queue full", lambda s: s["bus"]["queue_rejected"]
+    ),
+    _status("oht_status_store_ok", "1 while the core's store takes writes", lambda s: s["store"]["ok"]),
+    _status("oht_status_logs_dropped_lines", "Log lines dropped since start", lambda s: s["logs"]["dropped_lines"]),
+    _status("oht_status_loop_period_ms", "Control loop period", lambda s: s["loop"]["period_ms"]),
+    _status(
+        "oht_status_loop_lag_p99_ms", "Loop lateness, recent p99", lambda s: s["loop"]["lag_p99_ms"]
+    ),
+    _status(
+        "oht_status_loop_lag_max_ms", "Loop lateness, recent worst", lambda s: s["loop"]["lag_max_ms"]
+    ),
+    _status("oht_status_loop_ticks", "Control loop ticks since start", lambda s: s["loop"]["ticks"]),
+    _status(
+        "oht_status_last_stop_confirm_ms",
+        "Time the last stop took to be confirmed on the bus",
+        lambda s: None if s["last_stop"] is None else s["last_stop"]["confirm_ms"],
+    ),
+    _module("oht_status_module_online", "1 while the module answers", lambda m: m["online"]),
+    _module("oht_status_module_fresh", "1 while the module's values are fresh", lambda m: m["quality"] == "fresh"),
+    _module("oht_status_module_rtt_p50_ms", "Round-trip time, median", lambda m: m.get("rtt_p50_ms")),
+    _module("oht_status_module_rtt_p99_ms", "Round-trip time, p99", lambda m: m.get("rtt_p99_ms")),
+    _module("oht_status_module_timeouts", "Requests without an answer", lambda m: m.get("timeouts")),
+    _module("oht_status_module_crc_errors", "Answers with a bad CRC", lambda m: m.get("crc_errors")),
+    _module("oht_status_module_success_rate", "Answered attempts / attempts", lambda m: m.get("success_rate")),
+    _module("oht_status_module_late_dropped", "Late replies recognised and dropped", lambda m: m.get("late_dropped")),
+    _module("oht_status_module_mismatched", "Frames that matched no request", lambda m: m.get("mismatched")),
+    _module("oht_status_module_fences", "Fence reads sent to flush late replies", lambda m: m.get("fences")),
+    _module("oht_status_module_set_aside", "Times the module was set aside", lambda m: m.get("set_aside")),
+    _module(
+        "oht_status_module_missed_ticks", "Polls that missed their tick", lambda m: m.get("missed_ticks")
+    ),
+)
+
+
+class _FiguresCollector(Collector):
+    """Reads the agent's figures at scrape time and exposes the `METRICS` table."""
+
+    def __init__(self, figures: Callable[[], Figures]) -> None:
+        self._figures = figures
 
     def collect(self) -> Iterator[Metric]:
         try:
-            values = self._sources()
+            figures: Figures | None = self._figures()
         except Exception:
             log.exception("collecting status metrics failed")
-            values = {}
-        for name, value in sorted(values.items()):
-            family = GaugeMetricFamily(name, f"{name} (from the agent's status)")
-            family.add_metric([], value)
+            figures = None
+        for spec in METRICS:
+            family = GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+            if figures is not None:
+                for labels, value in spec.samples(figures):
+                    family.add_metric(list(labels), value)
             yield family
 
 
 class ApiMetrics:
-    def __init__(self, sources: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, figures: Callable[[], Figures]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "oht_api_requests", "HTTP requests by method, route template and status",
@@ -119,7 +230,7 @@ class ApiMetrics:
         self.stream_dropped = Counter(
             "oht_api_stream_closed_slow", "Stream clients closed for not keeping up", registry=self.registry
         )
-        self.registry.register(_CoreCollector(sources))
+        self.registry.register(_FiguresCollector(figures))
         self._routes: frozenset[str] = frozenset()
 
     def know_routes(self, templates: Iterable[str]) -> None:

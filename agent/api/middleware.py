@@ -26,7 +26,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fastapi.routing import iter_route_contexts
 from starlette.datastructures import MutableHeaders
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.api.errors import error_body
@@ -35,7 +37,7 @@ from agent.auth.principal import CallContext, Principal
 from agent.ids import new_id
 from agent.store.audit import AuditEntry, append_in, params_digest
 
-__all__ = ["STATE_CHANGING", "ApiMiddleware"]
+__all__ = ["STATE_CHANGING", "ApiMiddleware", "allowed_methods"]
 
 log = logging.getLogger("oht.api")
 
@@ -101,6 +103,8 @@ class ApiMiddleware:
             if message["type"] == "http.response.start":
                 response["status"] = message["status"]
                 headers = MutableHeaders(scope=message)
+                if message["status"] == 405:
+                    headers["allow"] = ", ".join(allowed_methods(scope))
                 headers["x-request-id"] = request_id
                 for name, value in _HEADERS:
                     headers.setdefault(name, value)
@@ -297,6 +301,21 @@ def body_problem(body: bytes) -> str | None:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
     return None
+
+
+def allowed_methods(scope: Scope) -> list[str]:
+    """Every method some route of the app serves at this request's path, for a 405's `Allow`.
+
+    The router answers 405 from the first route whose path matched, so its own `Allow` names only
+    that route's methods: a path served by two routes (GET lists, POST creates) would be
+    advertised with one of them."""
+    app = scope.get("app")
+    path = scope.get("path", "")
+    methods: set[str] = set()
+    for context in iter_route_contexts(getattr(app, "routes", [])):
+        if context.path is not None and context.methods and compile_path(context.path)[0].match(path):
+            methods.update(context.methods)
+    return sorted(methods)
 
 
 def _bearer(scope: Scope) -> str | None:

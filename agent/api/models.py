@@ -1,5 +1,8 @@
 """Request and response bodies of the API (the OpenAPI schema is generated from these).
 
+The store's records (commands, audit rows) are answered as they are: their dataclasses are the
+response models, so each record's fields are declared once, in the store.
+
 Requests forbid unknown fields: a typo in a field name is an error, not a silently ignored
 setting.
 """
@@ -10,13 +13,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from agent.auth.password_policy import MAX_LENGTH, MIN_LENGTH
+from agent.control.states import CommandType
+from agent.store.api_keys import KEY_NAME_PATTERN
+from agent.store.audit import AuditRecord
+from agent.store.users import USER_NAME_PATTERN
+
 __all__ = [
     "ApiKeyCreate",
     "ApiKeyCreated",
     "ApiKeyOut",
     "AuditPage",
-    "AuditRow",
-    "CommandOut",
     "CommandRequest",
     "ErrorOut",
     "EstopOut",
@@ -33,7 +40,18 @@ __all__ = [
 
 RoleName = Literal["viewer", "operator", "technician", "admin"]
 # Bounded sizes keep every request cheap to validate; the policy itself is checked by the service.
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
+Password = Annotated[str, Field(min_length=1, max_length=MAX_LENGTH)]
+# A password being set: the schema states the policy's length limits. The service applies them
+# (with the rest of the policy) and answers PASSWORD_REJECTED with its hint, so they are stated
+# here without a second check that would answer with another code.
+NewPassword = Annotated[str, Field(min_length=1, max_length=MAX_LENGTH, json_schema_extra={"minLength": MIN_LENGTH})]
+# Likewise user and key names, as the store checks them (USER_NAME_INVALID, API_KEY_INVALID),
+# and command types, as the command validator checks them (COMMAND_INVALID).
+UserName = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": USER_NAME_PATTERN})]
+KeyName = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": KEY_NAME_PATTERN})]
+CommandTypeName = Annotated[
+    str, Field(min_length=1, max_length=64, json_schema_extra={"enum": [t.value for t in CommandType]})
+]
 
 
 class _In(BaseModel):
@@ -59,11 +77,11 @@ class WhoAmI(BaseModel):
 
 class PasswordChange(_In):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class PasswordSet(_In):
-    password: Password
+    password: NewPassword
 
 
 class SessionsRevoked(BaseModel):
@@ -72,9 +90,9 @@ class SessionsRevoked(BaseModel):
 
 
 class UserCreate(_In):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: UserName
     role: RoleName
-    password: Password
+    password: NewPassword
 
 
 class UserOut(BaseModel):
@@ -91,7 +109,7 @@ class UserOut(BaseModel):
 
 
 class ApiKeyCreate(_In):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: KeyName
     role: RoleName
 
 
@@ -113,31 +131,10 @@ class ApiKeyCreated(ApiKeyOut):
 
 
 class CommandRequest(_In):
-    type: Annotated[str, Field(min_length=1, max_length=64)]
+    type: CommandTypeName
     params: dict[str, Any] = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=1, le=10)] = 5
     not_after: AwareDatetime | None = None
-
-
-class CommandOut(BaseModel):
-    seq: int
-    id: str
-    source: str
-    idempotency_key: str
-    user: str | None
-    type: str
-    params: dict[str, Any]
-    priority: int
-    not_after: str | None
-    state: str
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
-    attempts: int
-    result: Any = None
-    error_code: str | None
-    error_message: str | None
 
 
 class EstopRequest(_In):
@@ -155,25 +152,8 @@ class ResetOut(BaseModel):
     state: str
 
 
-class AuditRow(BaseModel):
-    seq: int
-    id: str
-    at: str
-    actor: str
-    auth_method: str
-    source_ip: str | None
-    action: str
-    target: str | None
-    params_digest: str | None
-    result: str
-    code: str | None
-    request_id: str | None
-    prev_hash: str
-    row_hash: str
-
-
 class AuditPage(BaseModel):
-    items: list[AuditRow]
+    items: list[AuditRecord]
     next_after_seq: int
 
 

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def _bounded_httptools() -> type[asyncio.Protocol]:
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Called with the request's scope the moment its head is parsed, before the application's
         # task is even scheduled (ApiServer sets it: the E-stop's early path). Must not block.
-        early_hook: Callable[[dict[str, Any]], None] | None = None
+        early_hook: Callable[[Mapping[str, Any]], None] | None = None
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -204,7 +204,7 @@ class ApiServer:
         *,
         max_connections: int = 256,
         http: str = "auto",
-        early_hook: Callable[[dict[str, Any]], None] | None = None,
+        early_hook: Callable[[Mapping[str, Any]], None] | None = None,
         start_timeout_s: float = 10.0,
         stop_timeout_s: float = 5.0,
         tls_min_version: str = "1.2",

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -25,6 +26,7 @@ from agent.api.origins import OriginPolicy
 from agent.auth.principal import Principal
 from agent.auth.service import AuthService
 from agent.control.facade import AgentCore
+from agent.control.status_view import StatusDocument
 
 __all__ = ["StreamHub"]
 
@@ -41,10 +43,10 @@ def _dumps(payload: dict[str, Any]) -> str:
 
 class _Client:
     def __init__(self) -> None:
-        self.pending: dict[str, Any] | None = None
+        self.pending: StatusDocument | None = None
         self.wake = asyncio.Event()
 
-    def offer(self, status: dict[str, Any]) -> None:
+    def offer(self, status: StatusDocument) -> None:
         self.pending = status
         self.wake.set()
 
@@ -80,7 +82,7 @@ class StreamHub:
 
     # ------------------------------------------------------------------ core listener
 
-    def _on_status(self, status: dict[str, Any]) -> None:
+    def _on_status(self, status: StatusDocument) -> None:
         """Called by the core on every status change; never blocks, never raises."""
         loop = self._loop
         if loop is None:
@@ -91,7 +93,7 @@ class StreamHub:
             with contextlib.suppress(RuntimeError):  # loop closed: nobody to tell
                 loop.call_soon_threadsafe(self._fan_out, status)
 
-    def _fan_out(self, status: dict[str, Any]) -> None:
+    def _fan_out(self, status: StatusDocument) -> None:
         for client in self._clients:
             client.offer(status)
 
@@ -155,14 +157,15 @@ class StreamHub:
         return True
 
     async def _pump(self, websocket: WebSocket, client: _Client) -> None:
-        last = self._core.status()
+        last: Mapping[str, object] = self._core.status()
         seq = 0
         while True:
             await client.wake.wait()
             client.wake.clear()
-            status, client.pending = client.pending, None
-            if status is None:
+            pending, client.pending = client.pending, None
+            if pending is None:
                 continue
+            status: Mapping[str, object] = pending
             changes = {k: v for k, v in status.items() if k not in last or last[k] != v}
             changes.update({k: None for k in last if k not in status})
             last = status

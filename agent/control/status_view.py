@@ -1,16 +1,22 @@
-"""The status document and the module views: built here and nowhere else.
+"""The status document and the module views: declared and built here and nowhere else.
 
 The same document answers `GET /api/v1/status` (through the core protocol's `view` message),
-feeds the stream, the metrics and the periodic health line in the log. Its shape is typed here
-(`StatusDocument`, `ModuleSummary`, `ModuleView`) and versioned by `agent.link.protocol.VIEW_VERSION`:
-a renamed key is a new version.
+feeds the stream, the metrics and the periodic health line in the log. Its shape is declared here
+once, as typed dictionaries: they are what travels over the core socket as JSON (so the link,
+the stream's per-key changes and the page keep reading plain objects), mypy checks every key a
+reader names, and pydantic derives the OpenAPI schema of the routes from the same declaration.
+Every document refuses keys it does not declare (`extra="forbid"`), so the schema says exactly
+what is sent. A renamed key is a new `agent.link.protocol.VIEW_VERSION`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from agent.logs import dropped_lines
 from drivers.errors import CodedError
@@ -22,15 +28,29 @@ if TYPE_CHECKING:
     from drivers.polling import ModulePoller
 
 __all__ = [
+    "BusSummary",
+    "CurrentCommand",
+    "FaultSummary",
     "LagWindow",
+    "LastStop",
+    "LogSummary",
+    "LoopSummary",
     "ModuleNotFound",
     "ModuleSummary",
+    "ModuleValue",
     "ModuleView",
     "StatusDocument",
+    "StoreHealth",
+    "VerdictSummary",
     "module_summary",
     "module_view",
     "status_document",
 ]
+
+_STRICT = ConfigDict(extra="forbid")
+
+RegisterValue = int | float
+Quality = Literal["fresh", "stale"]
 
 
 class ModuleNotFound(CodedError):
@@ -48,15 +68,28 @@ IDENTITY_REGISTERS = (
 )
 
 
-class ModuleSummary(TypedDict, total=False):
+@with_config(_STRICT)
+class ModuleSummary(TypedDict):
+    """One bound module's poll quality and link health (the link figures appear once it was addressed)."""
+
     address: int
     profile: str
-    quality: str  # "fresh" | "stale"
+    quality: Quality
     online: bool
     last_error: str | None
-    # plus the bus master's link summary: transactions, timeouts, crc_errors, rtt_p50_ms, ...
+    rtt_p50_ms: NotRequired[float]
+    rtt_p99_ms: NotRequired[float]
+    timeouts: NotRequired[int]
+    crc_errors: NotRequired[int]
+    success_rate: NotRequired[float | None]
+    late_dropped: NotRequired[int]
+    mismatched: NotRequired[int]
+    fences: NotRequired[int]
+    set_aside: NotRequired[int]
+    missed_ticks: NotRequired[int]
 
 
+@with_config(_STRICT)
 class LoopSummary(TypedDict):
     period_ms: float
     lag_p99_ms: float
@@ -64,37 +97,105 @@ class LoopSummary(TypedDict):
     ticks: int
 
 
+@with_config(_STRICT)
+class FaultSummary(TypedDict):
+    code: str
+    level: str
+    latched: bool
+    cause_present: bool
+    since: str
+    detail: str
+    hint: str
+
+
+@with_config(_STRICT)
+class VerdictSummary(TypedDict):
+    level: str
+    speed_factor: float
+    estop_input: bool
+    faults: list[FaultSummary]
+
+
+@with_config(_STRICT)
+class BusSummary(TypedDict):
+    port: str
+    port_up: bool
+    queue_depth: int
+    reconnects: int
+    port_losses: int
+    garbage_bytes: int
+    poll_overruns: int
+    queue_rejected: int
+
+
+@with_config(_STRICT)
+class StoreHealth(TypedDict):
+    """`ok`, or why the store takes no writes (a store error's code, message, hint and since when)."""
+
+    ok: bool
+    code: NotRequired[str]
+    message: NotRequired[str]
+    hint: NotRequired[str]
+    since: NotRequired[str | None]
+
+
+@with_config(_STRICT)
+class CurrentCommand(TypedDict):
+    id: str
+    type: str
+
+
+@with_config(_STRICT)
+class LastStop(TypedDict):
+    reason: str
+    confirmed: bool
+    confirm_ms: float | None
+    error: str | None
+
+
+@with_config(_STRICT)
+class LogSummary(TypedDict):
+    dropped_lines: int
+
+
+@with_config(_STRICT)
 class StatusDocument(TypedDict):
+    """State, safety verdict, readiness, bus, modules, current command, last stop, store, log and loop health."""
+
     agent_id: str
     state: str
     state_since: str
-    verdict: dict[str, Any]
+    verdict: VerdictSummary
     ready: bool
     ready_reasons: list[str]
-    bus: dict[str, Any]
+    bus: BusSummary
     modules: dict[str, ModuleSummary]
-    command: dict[str, str] | None
-    last_stop: dict[str, Any] | None
-    store: dict[str, Any]
-    logs: dict[str, int]
+    command: CurrentCommand | None
+    last_stop: LastStop | None
+    store: StoreHealth
+    logs: LogSummary
     loop: LoopSummary
     uptime_s: float
 
 
+@with_config(_STRICT)
 class ModuleValue(TypedDict):
-    value: Any
+    value: RegisterValue
     unit: str | None
     age_ms: float
     quality: str
 
 
+@with_config(_STRICT)
 class ModuleView(TypedDict):
+    """A bound module: identity registers, profile and every decoded value with its age."""
+
     role: str
     address: int
     profile: str
     description: str
     read_only: bool
-    identity: dict[str, Any]
+    identity: dict[str, RegisterValue]
     online: bool
     values: dict[str, ModuleValue]
 
@@ -121,17 +222,84 @@ class LagWindow:
         }
 
 
+_LINK_FIGURES = (
+    "rtt_p50_ms",
+    "rtt_p99_ms",
+    "timeouts",
+    "crc_errors",
+    "success_rate",
+    "late_dropped",
+    "mismatched",
+    "fences",
+    "set_aside",
+    "missed_ticks",
+)
+_BUS_FIGURES = ("reconnects", "port_losses", "garbage_bytes", "poll_overruns", "queue_rejected")
+
+
 def module_summary(hw: Hardware, poller: ModulePoller, *, fresh: bool) -> ModuleSummary:
     address = poller.binding.address
-    summary: dict[str, Any] = {
+    summary: ModuleSummary = {
         "address": address,
         "profile": poller.binding.profile.name,
         "quality": "fresh" if fresh else "stale",
         "online": hw.master.is_online(address),
         "last_error": poller.snapshot.last_error,
-        **hw.master.link_summary(address),
     }
-    return summary  # type: ignore[return-value]
+    link = hw.master.link_summary(address)
+    for name in _LINK_FIGURES:
+        if name in link:
+            summary[name] = link[name]  # type: ignore[literal-required]
+    return summary
+
+
+def bus_summary(hw: Hardware) -> BusSummary:
+    bus = hw.master.bus_summary()
+    summary: BusSummary = {
+        "port": str(bus["port"]),
+        "port_up": bool(bus["port_up"]),
+        "queue_depth": int(bus["queue_depth"]),
+        "reconnects": 0,
+        "port_losses": 0,
+        "garbage_bytes": 0,
+        "poll_overruns": 0,
+        "queue_rejected": 0,
+    }
+    for name in _BUS_FIGURES:
+        summary[name] = int(bus.get(name, 0))  # type: ignore[literal-required]
+    return summary
+
+
+def verdict_summary(c: Controller) -> VerdictSummary:
+    verdict = c.supervisor.verdict
+    return {
+        "level": verdict.level.label,
+        "speed_factor": verdict.speed_factor,
+        "estop_input": verdict.estop_input,
+        "faults": [
+            {
+                "code": f.code,
+                "level": f.level.label,
+                "latched": f.latched,
+                "cause_present": f.cause_present,
+                "since": f.since_utc,
+                "detail": f.detail,
+                "hint": f.hint,
+            }
+            for f in verdict.faults
+        ],
+    }
+
+
+def store_health(c: Controller) -> StoreHealth:
+    health = c.db.health()
+    out: StoreHealth = {"ok": bool(health.get("ok", False))}
+    for name in ("code", "message", "hint"):
+        if name in health:
+            out[name] = str(health[name])
+    if "since" in health:
+        out["since"] = None if health["since"] is None else str(health["since"])
+    return out
 
 
 def status_document(c: Controller) -> StatusDocument:
@@ -144,16 +312,16 @@ def status_document(c: Controller) -> StatusDocument:
         "agent_id": c.agent_id,
         "state": c.sm.state.value,
         "state_since": c.state_since_iso(),
-        "verdict": c.supervisor.verdict.as_dict(),
+        "verdict": verdict_summary(c),
         "ready": ready,
         "ready_reasons": reasons,
-        "bus": c.hw.master.bus_summary(),
+        "bus": bus_summary(c.hw),
         "modules": modules,
         "command": None if current is None else {"id": current.id, "type": current.type},
         "last_stop": None
         if last is None
         else {"reason": last.reason, "confirmed": last.confirmed, "confirm_ms": last.confirm_ms, "error": last.error},
-        "store": c.db.health(),
+        "store": store_health(c),
         "logs": {"dropped_lines": dropped_lines()},
         "loop": c.loop_lag.summary(),
         "uptime_s": round(now - c.started_at, 1),
@@ -164,7 +332,11 @@ def module_view(hw: Hardware, name: str, poller: ModulePoller) -> ModuleView:
     now = time.monotonic()
     profile = poller.binding.profile
     snap = poller.snapshot
-    identity = {n: snap.value(n) for n in IDENTITY_REGISTERS if snap.value(n) is not None}
+    identity: dict[str, RegisterValue] = {}
+    for register in IDENTITY_REGISTERS:
+        value = snap.value(register)
+        if value is not None:
+            identity[register] = value
     values: dict[str, ModuleValue] = {}
     for reg in profile.registers:
         reading = snap.readings.get(reg.name)

@@ -33,10 +33,10 @@ log = logging.getLogger("oht.gateway.link")
 
 
 def _status_key(status: StatusDocument) -> tuple[Any, ...]:
-    verdict = status.get("verdict") or {}
-    faults = tuple(f.get("code") for f in verdict.get("faults", []))
-    command = status.get("command") or {}
-    return (status.get("state"), verdict.get("level"), faults, command.get("id"), status.get("ready"))
+    verdict = status["verdict"]
+    faults = tuple(f["code"] for f in verdict["faults"])
+    command = status["command"]
+    return (status["state"], verdict["level"], faults, None if command is None else command["id"], status["ready"])
 
 
 class CoreClient:

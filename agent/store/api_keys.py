@@ -42,6 +42,11 @@ __all__ = [
 ]
 
 _MAX_NAME = 64
+# What the API schema states of a key name: no control character (a lone surrogate is no JSON
+# Schema string at all, and no pattern can name it). The check below (printable characters)
+# refuses a few more (format characters, separators other than the space, unassigned code
+# points), which a pattern that both JSON Schema and Python read cannot name.
+KEY_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 # How far `chain_in` follows "made by key": new keys are never made by keys, so any chain is old
 # and short; a longer one (or a loop written by hand) ends unresolved, and the key is refused.
 CHAIN_MAX = 16

@@ -40,7 +40,8 @@ __all__ = [
     "set_password_in",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{1,63}$")
+USER_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{1,63}$"  # also the API schema's pattern
+_NAME_RE = re.compile(USER_NAME_PATTERN.replace("$", r"\Z"))
 
 
 @dataclass(frozen=True)

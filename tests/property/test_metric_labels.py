@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.api.metrics import KNOWN_METHODS, OTHER, UNMATCHED, ApiMetrics, method_label, status_label
+from agent.api.metrics import KNOWN_METHODS, OTHER, UNMATCHED, ApiMetrics, Figures, method_label, status_label
 
 TEMPLATES = ("/api/v1/status", "/api/v1/modules/{name}", "/metrics")
 
@@ -28,7 +28,7 @@ def test_a_status_label_is_three_digits_or_other(status: object) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=60) | st.sampled_from(TEMPLATES) | st.none())
 def test_a_route_label_is_a_template_of_the_app_or_unmatched(path: str | None) -> None:
-    metrics = ApiMetrics(dict)
+    metrics = ApiMetrics(lambda: Figures(status=None, ready=False, alive=True, store_stats={}, store_healthy=True))
     metrics.know_routes(TEMPLATES)
     label = metrics.route_label(path)
     assert label == (path if path in TEMPLATES else UNMATCHED)

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from agent.api.errors import install_handlers
-from agent.api.metrics import ApiMetrics
+from agent.api.metrics import ApiMetrics, Figures
 from agent.api.middleware import ApiMiddleware
 from agent.api.settings import ApiSettings
 
@@ -31,7 +31,7 @@ def build(tmp_path: Path) -> FastAPI:
 
     api = SimpleNamespace(
         settings=ApiSettings(agent_id="t", data_dir=tmp_path, max_body_bytes=1024),
-        metrics=ApiMetrics(lambda: {}),
+        metrics=ApiMetrics(lambda: Figures(status=None, ready=False, alive=True, store_stats={}, store_healthy=True)),
     )
     app.add_middleware(ApiMiddleware, api=api)
     app.state.metrics = api.metrics

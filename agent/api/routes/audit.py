@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from agent.api.context import api_context
 from agent.api.deps import require
-from agent.api.models import AUTH_ERRORS, AuditPage, AuditRow, AuditVerifyOut, errors
+from agent.api.models import AUTH_ERRORS, AuditPage, AuditVerifyOut, errors
 from agent.api.permissions import Permission
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -23,8 +23,7 @@ async def list_audit(
 ) -> AuditPage:
     """Rows with seq > after_seq, oldest first; page with `next_after_seq`."""
     rows = await api_context(request).audit.list(after_seq, limit)
-    items = [AuditRow(**r.to_dict()) for r in rows]
-    return AuditPage(items=items, next_after_seq=items[-1].seq if items else after_seq)
+    return AuditPage(items=rows, next_after_seq=rows[-1].seq if rows else after_seq)
 
 
 @router.get("/verify", response_model=AuditVerifyOut, dependencies=AUDIT, responses=errors(*AUTH_ERRORS))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from agent.api.context import api_context
 from agent.api.deps import audit_target, core_audit, mark_audited, require
-from agent.api.models import AUTH_ERRORS, CommandOut, CommandRequest, errors
+from agent.api.models import AUTH_ERRORS, CommandRequest, errors
 from agent.api.permissions import Permission, allowed, command_permission
 from agent.auth.errors import PermissionDenied
 from agent.auth.principal import Principal
@@ -18,12 +18,8 @@ router = APIRouter(prefix="/api/v1/commands", tags=["commands"])
 CommandId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-def _out(record: CommandRecord) -> CommandOut:
-    return CommandOut(**record.to_dict())
-
-
 @router.post(
-    "", name="command.submit", response_model=CommandOut, status_code=201, responses=errors(*AUTH_ERRORS, 409, 503)
+    "", name="command.submit", response_model=CommandRecord, status_code=201, responses=errors(*AUTH_ERRORS, 409, 503)
 )
 async def submit(
     body: CommandRequest,
@@ -31,7 +27,7 @@ async def submit(
     response: Response,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
     principal: Principal = Depends(require(Permission.COMMAND)),
-) -> CommandOut:
+) -> CommandRecord:
     """Queue a command: 201 when new, 200 with the first record when the key was seen before.
 
     `module_reset` and `register_write` need a technician.
@@ -54,37 +50,40 @@ async def submit(
     audit_target(request, result.record.id)
     if not result.created:
         response.status_code = 200
-    return _out(result.record)
+    return result.record
 
 
-@router.get("", response_model=list[CommandOut], responses=errors(*AUTH_ERRORS))
+@router.get("", response_model=list[CommandRecord], responses=errors(*AUTH_ERRORS))
 async def list_commands(
     request: Request,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     _: Principal = Depends(require(Permission.READ)),
-) -> list[CommandOut]:
+) -> list[CommandRecord]:
     """Newest first."""
     records = await api_context(request).core.list_commands(state, limit)
-    return [_out(r) for r in records]
+    return records
 
 
-@router.get("/{command_id}", response_model=CommandOut, responses=errors(*AUTH_ERRORS, 404))
+@router.get("/{command_id}", response_model=CommandRecord, responses=errors(*AUTH_ERRORS, 404))
 async def get_command(
     request: Request, command_id: CommandId, _: Principal = Depends(require(Permission.READ))
-) -> CommandOut:
-    return _out(await api_context(request).core.get_command(command_id))
+) -> CommandRecord:
+    return await api_context(request).core.get_command(command_id)
 
 
 @router.post(
-    "/{command_id}/cancel", name="command.cancel", response_model=CommandOut, responses=errors(*AUTH_ERRORS, 404, 409)
+    "/{command_id}/cancel",
+    name="command.cancel",
+    response_model=CommandRecord,
+    responses=errors(*AUTH_ERRORS, 404, 409),
 )
 async def cancel(
     request: Request, command_id: CommandId, principal: Principal = Depends(require(Permission.COMMAND))
-) -> CommandOut:
+) -> CommandRecord:
     audit_target(request, command_id)
     record = await api_context(request).core.cancel_command(
         command_id, user=principal.actor, audit=core_audit(request, principal)
     )
     mark_audited(request)
-    return _out(record)
+    return record

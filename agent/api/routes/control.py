@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v1", tags=["control"])
 ESTOP_PATH = "/api/v1/estop"
 
 
-def early_estop_hook(app: Any) -> Callable[[dict[str, Any]], None]:
+def early_estop_hook(app: Any) -> Callable[[Mapping[str, Any]], None]:
     """Called by the HTTP server the moment a request's head is parsed (see `ApiServer`).
 
     Under a flood the gateway's loop has many requests queued before a new one's handler runs;
@@ -30,7 +30,7 @@ def early_estop_hook(app: Any) -> Callable[[dict[str, Any]], None]:
     or an unknown credential, takes only the usual path, which decides.
     """
 
-    def hook(scope: dict[str, Any]) -> None:
+    def hook(scope: Mapping[str, Any]) -> None:
         if scope.get("method") != "POST" or scope.get("path") != ESTOP_PATH:
             return
         api = app.state.api
@@ -64,12 +64,13 @@ async def estop(
         return EstopOut(confirmed=True, confirm_ms=result.confirm_ms)
     fault = dict(result.fault or {})
     return error_response(
-        request, 503,
+        request,
+        503,
         str(fault.get("code") or "ESTOP_NOT_CONFIRMED"),
         str(fault.get("message") or "the stop could not be confirmed on the bus"),
         str(fault.get("hint") or "") or "Use the hardware E-stop; the agent keeps retrying the stop writes.",
         fault=fault,
-    )  # fmt: skip
+    )
 
 
 @router.post("/reset", name="fault.reset", response_model=ResetOut, responses=errors(*AUTH_ERRORS, 409))
@@ -80,8 +81,13 @@ async def reset(request: Request, principal: Principal = Depends(require(Permiss
     if result.complete:
         return ResetOut(cleared=list(result.cleared), remaining={}, state=result.state)
     return error_response(
-        request, 409, "RESET_INCOMPLETE",
-        f"{len(result.remaining)} fault(s) could not be cleared: " + "; ".join(f"{k}: {v}" for k, v in result.remaining.items()),
+        request,
+        409,
+        "RESET_INCOMPLETE",
+        f"{len(result.remaining)} fault(s) could not be cleared: "
+        + "; ".join(f"{k}: {v}" for k, v in result.remaining.items()),
         "Remove the cause of each remaining fault (see `remaining`), then reset again.",
-        cleared=list(result.cleared), remaining=dict(result.remaining), state=result.state,
-    )  # fmt: skip
+        cleared=list(result.cleared),
+        remaining=dict(result.remaining),
+        state=result.state,
+    )

@@ -20,8 +20,13 @@ router = APIRouter(tags=["health"])
 async def healthz(request: Request) -> Any:
     api = api_context(request)
     if not api.core.alive():
-        return error_response(request, 503, "NOT_ALIVE", api.core.not_alive_because() or "the control loop is not running",
-                              "The agent will be restarted by its watchdog; check the log for the task named here.")  # fmt: skip
+        return error_response(
+            request,
+            503,
+            "NOT_ALIVE",
+            api.core.not_alive_because() or "the control loop is not running",
+            "The agent will be restarted by its watchdog; check the log for the task named here.",
+        )
     return {"alive": True, "agent_id": api.settings.agent_id, "version": api.settings.version}
 
 
@@ -36,6 +41,10 @@ async def readyz(request: Request) -> Any:
     if ok and not reasons:
         return JSONResponse({"ready": True, "reasons": []})
     return error_response(
-        request, 503, "NOT_READY", "; ".join(reasons) or "not ready",
-        "See `reasons`: the bus, the mandatory modules and the database must all be up.", reasons=reasons,
-    )  # fmt: skip
+        request,
+        503,
+        "NOT_READY",
+        "; ".join(reasons) or "not ready",
+        "See `reasons`: the bus, the mandatory modules and the database must all be up.",
+        reasons=reasons,
+    )
