@@ -144,30 +144,20 @@ METRICS: tuple[MetricSpec, ...] = (
         "Speed factor allowed (0-1)",
         lambda s: s["verdict"]["speed_factor"],
     ),
-    _status(
-        "oht_status_verdict_estop_input", "1 while E-stop input is on", lambda s: s["verdict"]["estop_input"]
-    ),
+    _status("oht_status_verdict_estop_input", "1 while E-stop input is on", lambda s: s["verdict"]["estop_input"]),
     _status("oht_status_verdict_faults_count", "Active safety faults", lambda s: len(s["verdict"]["faults"])),
     _status("oht_status_bus_port_up", "1 while the serial port is open", lambda s: s["bus"]["port_up"]),
     _status("oht_status_bus_queue_depth", "Bus requests waiting", lambda s: s["bus"]["queue_depth"]),
     _status("oht_status_bus_reconnects", "Serial port reconnects", lambda s: s["bus"]["reconnects"]),
     _status("oht_status_bus_port_losses", "Serial port losses", lambda s: s["bus"]["port_losses"]),
-    _status(
-        "oht_status_bus_garbage_bytes", "Bytes that were no frame", lambda s: s["bus"]["garbage_bytes"]
-    ),
+    _status("oht_status_bus_garbage_bytes", "Bytes that were no frame", lambda s: s["bus"]["garbage_bytes"]),
     _status("oht_status_bus_poll_overruns", "Polls that could not run on time", lambda s: s["bus"]["poll_overruns"]),
-    _status(
-        "oht_status_bus_queue_rejected", "Requests refused: queue full", lambda s: s["bus"]["queue_rejected"]
-    ),
+    _status("oht_status_bus_queue_rejected", "Requests refused: queue full", lambda s: s["bus"]["queue_rejected"]),
     _status("oht_status_store_ok", "1 while the core's store takes writes", lambda s: s["store"]["ok"]),
     _status("oht_status_logs_dropped_lines", "Log lines dropped since start", lambda s: s["logs"]["dropped_lines"]),
     _status("oht_status_loop_period_ms", "Control loop period", lambda s: s["loop"]["period_ms"]),
-    _status(
-        "oht_status_loop_lag_p99_ms", "Loop lateness, recent p99", lambda s: s["loop"]["lag_p99_ms"]
-    ),
-    _status(
-        "oht_status_loop_lag_max_ms", "Loop lateness, recent worst", lambda s: s["loop"]["lag_max_ms"]
-    ),
+    _status("oht_status_loop_lag_p99_ms", "Loop lateness, recent p99", lambda s: s["loop"]["lag_p99_ms"]),
+    _status("oht_status_loop_lag_max_ms", "Loop lateness, recent worst", lambda s: s["loop"]["lag_max_ms"]),
     _status("oht_status_loop_ticks", "Control loop ticks since start", lambda s: s["loop"]["ticks"]),
     _status(
         "oht_status_last_stop_confirm_ms",
@@ -185,9 +175,7 @@ METRICS: tuple[MetricSpec, ...] = (
     _module("oht_status_module_mismatched", "Frames that matched no request", lambda m: m.get("mismatched")),
     _module("oht_status_module_fences", "Fence reads sent to flush late replies", lambda m: m.get("fences")),
     _module("oht_status_module_set_aside", "Times the module was set aside", lambda m: m.get("set_aside")),
-    _module(
-        "oht_status_module_missed_ticks", "Polls that missed their tick", lambda m: m.get("missed_ticks")
-    ),
+    _module("oht_status_module_missed_ticks", "Polls that missed their tick", lambda m: m.get("missed_ticks")),
 )
 
 

@@ -86,7 +86,7 @@ class Conditions:
     def __post_init__(self) -> None:
         # Accept any iterable of codes for convenience but store it frozen; refuse a bare string,
         # which would otherwise be read as one fault per letter.
-        faults = self.latched_faults
+        faults: object = self.latched_faults  # typed as a frozenset; callers may pass anything
         if isinstance(faults, str) or not isinstance(faults, Iterable):
             raise StateMachineError(
                 f"latched_faults must be a set of fault codes, got {type(faults).__name__}",

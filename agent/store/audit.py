@@ -231,11 +231,10 @@ async def verify_connection(conn: aiosqlite.Connection, key: ChainKey | None = N
                     False, count, expected_seq, f"row {expected_seq} is missing (next row is {rec.seq})", keyed_from
                 )
             if rec.prev_hash != prev:
+                broken = f"row {rec.seq} does not follow row {rec.seq - 1}"
                 return VerifyResult(
-                    False, count, rec.seq,
-                    f"row {rec.seq} does not follow row {rec.seq - 1}: a row before it was edited, replaced or reordered",
-                    keyed_from,
-                )  # fmt: skip
+                    False, count, rec.seq, f"{broken}: a row before it was edited, replaced or reordered", keyed_from
+                )
             if row_hash(prev, rec.to_dict(), key) != rec.row_hash:
                 return VerifyResult(False, count, rec.seq, f"row {rec.seq} was edited after it was written", keyed_from)
             prev, count, expected_seq = rec.row_hash, count + 1, rec.seq + 1
@@ -245,11 +244,14 @@ async def verify_connection(conn: aiosqlite.Connection, key: ChainKey | None = N
         return VerifyResult(False, count, None, "the audit head row is missing", keyed_from)
     head_seq, head_hash, head_count = int(head_rows[0][0]), str(head_rows[0][1]), int(head_rows[0][2])
     if head_seq != expected_seq - 1 or head_count != count or head_hash != prev:
+        head = f"its head records {head_count} rows up to row {head_seq}"
         return VerifyResult(
-            False, count, expected_seq,
-            f"the log ends at row {expected_seq - 1} but its head records {head_count} rows up to row {head_seq}: rows were cut off the end",
+            False,
+            count,
+            expected_seq,
+            f"the log ends at row {expected_seq - 1} but {head}: rows were cut off the end",
             keyed_from,
-        )  # fmt: skip
+        )
     return VerifyResult(True, count, keyed_from=keyed_from)
 
 

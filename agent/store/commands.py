@@ -116,16 +116,12 @@ class CommandRecord:
     @classmethod
     def from_row(cls, row: Any) -> CommandRecord:
         """From a `SELECT *` / `RETURNING *` row (columns in table order, as the fields)."""
-        values = tuple(row)
+        values: list[Any] = list(row)
         if len(values) != _N_FIELDS:
             raise StoreError(f"commands row has {len(values)} columns, expected {_N_FIELDS}")
-        return cls(
-            *values[:6],
-            jsoncodec.loads(values[6]),
-            *values[7:15],
-            jsoncodec.loads(values[15]),
-            *values[16:],
-        )
+        values[6] = jsoncodec.loads(values[6])  # params
+        values[15] = jsoncodec.loads(values[15])  # result
+        return cls(*values)
 
     @property
     def terminal(self) -> bool:
@@ -569,7 +565,8 @@ class Commands:
             raise CommandInvalid(f"state must be one of {', '.join(STATES)}, got {state!r}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise CommandInvalid("limit must be an integer from 1 to 1000")
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[str | int] = []
         if state is not None:
             clauses.append("state = ?")
             args.append(state)

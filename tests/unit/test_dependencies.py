@@ -31,6 +31,7 @@ USED_AS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "paho-mqtt": ("paho",),
     "pydantic": ("pydantic",),
     "prometheus-client": ("prometheus_client",),
+    "typing-extensions": ("typing_extensions",),
     "gpiod": ("gpiod",),
 }
 
