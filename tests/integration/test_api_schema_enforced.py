@@ -16,7 +16,7 @@ import pytest
 from agent.auth.errors import ApiKeyInvalid, UserNameInvalid
 from agent.auth.password_policy import MIN_LENGTH
 from agent.auth.principal import CallContext, cli_principal
-from agent.control.params import PARAMS
+from agent.control.catalogue import CATALOGUE
 from agent.control.states import CommandType
 from agent.store.api_keys import check_key_name
 from agent.store.users import check_name
@@ -44,7 +44,7 @@ def _props(schema: dict[str, Any], model: str) -> dict[str, Any]:
 def test_command_types_are_an_enum_of_the_types_the_server_runs(admin: tuple[httpx.Client, dict[str, Any]]) -> None:
     client, schema = admin
     enum = _props(schema, "CommandRequest")["type"]["enum"]
-    assert set(enum) == {t.value for t in CommandType} == set(PARAMS)
+    assert set(enum) == {t.value for t in CommandType} == set(CATALOGUE)
     r = client.post("/api/v1/commands", json={"type": "0"}, headers={"Idempotency-Key": "t0"})
     assert r.status_code == 422 and r.json()["code"] == "COMMAND_INVALID"
 
