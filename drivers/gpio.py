@@ -14,14 +14,18 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 log = logging.getLogger("oht.gpio")
 
 
 class GpioUnavailable(CodedError):
     code = "GPIO_UNAVAILABLE"
-    hint = "check the gpiochip path and line offsets, that the service user may open it, and that the `gpiod` package is installed"
+    kind = ErrorKind.UNAVAILABLE
+    hint = (
+        "check the gpiochip path and line offsets, that the service user may open it,"
+        " and that the `gpiod` package is installed"
+    )
 
 
 class GpioInputs:

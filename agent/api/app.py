@@ -25,7 +25,7 @@ from agent.auth.throttle import AuditGate
 from agent.control.facade import AgentCore
 from agent.store.audit import Audit
 from agent.store.database import Database
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = ["create_app"]
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.control.conditions import build_conditions
+from agent.control.errors import ModuleNotFound
 from agent.control.executor import Executor, Outcome
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.motion import MotionLimits
@@ -27,7 +28,6 @@ from agent.control.state_machine import Conditions, StateMachine, Transition, Tr
 from agent.control.states import Event, State
 from agent.control.status_view import (
     LagWindow,
-    ModuleNotFound,
     ModuleView,
     StatusDocument,
     module_view,
@@ -41,17 +41,17 @@ from agent.store import outbox
 from agent.store.audit import AuditEntry, append_in
 from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
-from agent.store.errors import CommandNotFound, CommandStateError, OutboxFull
+from agent.store.errors import CommandNotCancellable, CommandNotFound, OutboxFull, StoreUnavailable
 from agent.store.outbox import Outbox
 from agent.store.streams import DEFAULT_LIMITS, Limits
 from agent.store.transitions import record_transition
 from agent.supervision import TaskSupervisor
-from drivers.errors import CodedError
 from drivers.modbus.errors import BusError
 from drivers.modbus.interlock import Permit
 from drivers.modbus.schedule import Priority
 from drivers.snapshots import Quality
 from drivers.watchdog import HardwareWatchdog, SdNotifier
+from oht_errors import CodedError
 
 log = logging.getLogger("oht.control")
 
@@ -614,9 +614,8 @@ class Controller:
         not_after = self._deadline_for(type, not_after)
         if not self.db.healthy:
             health = self.db.health()
-            raise CodedError(
+            raise StoreUnavailable(
                 f"the database cannot be written: {health.get('message', '')}",
-                code="STORE_UNAVAILABLE",
                 hint="free disk space or fix the file system, then reset the fault",
             )
         await self._admit(source, idempotency_key, type, user)
@@ -719,7 +718,7 @@ class Controller:
                 record = await self.commands.get(command_id)
                 if record.terminal:
                     return record
-            raise CommandStateError(f"command {command_id} did not stop within 3 s", code="COMMAND_NOT_CANCELLABLE")
+            raise CommandNotCancellable(f"command {command_id} did not stop within 3 s")
         return await self.commands.cancel(command_id)
 
     def begin_estop(self, *, source: str, user: str | None, reason: str = "") -> asyncio.Task[StopOutcome] | None:

@@ -20,8 +20,8 @@ from agent.control.states import Event, State
 from agent.safety.faults import Level
 from agent.store.commands import CommandExpired, CommandRecord
 from agent.store.errors import StoreError
-from drivers.errors import CodedError
 from drivers.modbus.interlock import PermitRevoked
+from oht_errors import CodedError, ErrorKind
 
 if TYPE_CHECKING:
     from agent.control.motion import MotionLimits
@@ -39,6 +39,8 @@ LOOP_S = 0.02
 
 class CommandFailed(CodedError):
     code = "COMMAND_FAILED"
+    kind = ErrorKind.CONFLICT
+    hint = "The command could not be carried out: the message says why; fetch the command for its result."
 
 
 @dataclass
