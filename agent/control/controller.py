@@ -24,6 +24,7 @@ from agent.control.motion import MotionLimits
 from agent.control.output_monitor import OutputMonitor
 from agent.control.params import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.plant import Hardware, ModuleNotBound, Plant
+from agent.control.results import STOP_NOT_CONFIRMED, ResultCode, left_state
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
 from agent.control.status_view import (
@@ -163,7 +164,10 @@ class Controller:
         self.notifier.stopping()
         if self._link_timer is not None:
             self._link_timer.cancel()
-        self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
+        self.executor.signals.abort_reason, self.executor.signals.abort_code = (
+            "agent shutting down",
+            ResultCode.SHUTDOWN,
+        )
         bound = self.stop_path.bound and self.hw.master.port_up
         if bound:
             self.stop_path.request("shutdown")
@@ -346,7 +350,7 @@ class Controller:
             if t.to_state not in (State.MOVE, State.DOCK, State.PAUSED) and self.executor.current is not None:
                 sig = self.executor.signals
                 if sig.abort_reason is None:
-                    sig.abort_reason, sig.abort_code = f"state {t.to_state}", f"STATE_{t.to_state}"
+                    sig.abort_reason, sig.abort_code = f"state {t.to_state}", left_state(t.to_state)
         self._state_since_wall = time.time()
         self._queue_record(fired, [])
 
@@ -371,7 +375,7 @@ class Controller:
         if refreshed is not None and now - refreshed > MOTION_WINDOW_S:
             log.error("motion command did not refresh for %.0f ms: stopping", (now - refreshed) * 1000)
             sig = self.executor.signals
-            sig.abort_reason, sig.abort_code = "motion window expired", "MOTION_WINDOW_EXPIRED"
+            sig.abort_reason, sig.abort_code = "motion window expired", ResultCode.MOTION_WINDOW_EXPIRED
             self.stop_path.request("motion window expired")
             self.executor.refreshed_at = None
 
@@ -539,7 +543,9 @@ class Controller:
         """At start: motion commands still queued from before are expired (MOTION_WITHDRAWN), never run."""
         try:
             withdrawn = await self.commands.withdraw_queued(
-                MOTION_TYPES, "MOTION_WITHDRAWN", "queued before the agent restarted: motion never resumes by itself"
+                MOTION_TYPES,
+                ResultCode.MOTION_WITHDRAWN,
+                "queued before the agent restarted: motion never resumes by itself",
             )
         except CodedError as exc:
             log.error("could not withdraw the motion commands queued before the restart: %s", exc)
@@ -672,12 +678,12 @@ class Controller:
             if record.type == "stop":
                 sig = self.executor.signals
                 if self.executor.current is not None and sig.abort_reason is None:
-                    sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
+                    sig.abort_reason, sig.abort_code = f"stop command {record.id}", ResultCode.STOPPED
                 stopped = await self.stop_outputs(f"stop command {record.id}")
                 outcome = Outcome(
                     "succeeded" if stopped["confirmed"] else "failed",
                     stopped,
-                    None if stopped["confirmed"] else "STOP_NOT_CONFIRMED",
+                    None if stopped["confirmed"] else STOP_NOT_CONFIRMED,
                 )
             elif record.type == "pause":
                 await self.transition(
@@ -712,7 +718,7 @@ class Controller:
         current = self.executor.current
         if current is not None and current.id == command_id:
             sig = self.executor.signals
-            sig.abort_reason, sig.abort_code = f"cancelled by {user or 'unknown'}", "CANCELLED"
+            sig.abort_reason, sig.abort_code = f"cancelled by {user or 'unknown'}", ResultCode.CANCELLED
             for _ in range(300):
                 await asyncio.sleep(0.01)
                 record = await self.commands.get(command_id)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.control import params as P
 from agent.control.motion import ProgressWatch
+from agent.control.results import STOP_NOT_CONFIRMED, TRAVEL_STALLED, ResultCode
 from agent.control.state_machine import TransitionRefused, command_allowed
 from agent.control.states import Event, State
 from agent.safety.faults import Level
@@ -290,12 +291,16 @@ class Executor:
                 ):
                     reason, code, state = (
                         f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})",
-                        "MOTION_WITHDRAWN",
+                        ResultCode.MOTION_WITHDRAWN,
                         "failed",
                     )
                     break
                 if now >= hard_deadline:
-                    reason, code, state = f"time bound of {bound_s:.1f} s exceeded", "MOTION_TIME_EXCEEDED", "failed"
+                    reason, code, state = (
+                        f"time bound of {bound_s:.1f} s exceeded",
+                        ResultCode.MOTION_TIME_EXCEEDED,
+                        "failed",
+                    )
                     break
                 if c.sm.state is State.PAUSED:
                     if applied_factor != 0.0:
@@ -306,7 +311,7 @@ class Executor:
                     continue
                 # Every pass, not only when the speed changes: stale sensors or a lost link withdraw motion.
                 if not c.motion_allowed():
-                    reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
+                    reason, code, state = "motion not allowed", ResultCode.MOTION_WITHDRAWN, "failed"
                     break
                 factor = c.supervisor.verdict.speed_factor
                 if factor != applied_factor:
@@ -322,7 +327,11 @@ class Executor:
                 if position is not None:
                     moved = abs(int(position) - start)
                     if channel == "M1" and not TRACK_MIN_CM <= position <= TRACK_MAX_CM:
-                        reason, code, state = f"position {position} cm is outside the track", "TRACK_LIMIT", "failed"
+                        reason, code, state = (
+                            f"position {position} cm is outside the track",
+                            ResultCode.TRACK_LIMIT,
+                            "failed",
+                        )
                         break
                 if progress.observe(now, position):
                     c.sm.refresh(limit=hard_deadline)
@@ -332,7 +341,7 @@ class Executor:
                             f"no progress for {limits.stall_window_s(speed_pct * applied_factor):.1f} s "
                             f"with speed commanded"
                         ),
-                        "TRAVEL_STALLED",
+                        TRAVEL_STALLED,
                         "failed",
                     )
                     c.supervisor.record_event("TRAVEL_STALLED", f"{record.type} {record.id}: {reason}")
@@ -343,7 +352,7 @@ class Executor:
                     break
                 if duration_ms is not None and (now - began) * 1000 >= duration_ms:
                     if until_docked:
-                        reason, code, state = "dock not reached in time", "DOCK_TIMEOUT", "failed"
+                        reason, code, state = "dock not reached in time", ResultCode.DOCK_TIMEOUT, "failed"
                     break
                 await asyncio.sleep(LOOP_S)
         finally:
@@ -360,7 +369,7 @@ class Executor:
             "time_bound_s": round(bound_s, 1),
         }
         if not outcome["confirmed"] and state == "succeeded":
-            state, code = "failed", "STOP_NOT_CONFIRMED"
+            state, code = "failed", STOP_NOT_CONFIRMED
         return Outcome(state, result, code, None if state == "succeeded" else reason)
 
     async def _energise(self, channel: str, direction: str, speed: int) -> None:
@@ -378,13 +387,17 @@ class Executor:
         await plant.write("power", "CHARGE_REQUEST", 1)
         readback = await plant.read("power", ["I_SET", "V_SET", "CHARGE_REQUEST", "CHARGE_STATE"])
         ok = readback["CHARGE_REQUEST"] == 1
-        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+        return Outcome(
+            "succeeded" if ok else "failed", {"readback": readback}, None if ok else ResultCode.READBACK_MISMATCH
+        )
 
     async def _do_charge_stop(self, p: P.NoParams, record: CommandRecord) -> Outcome:
         await self.c.plant.write("power", "CHARGE_REQUEST", 0)
         readback = await self.c.plant.read("power", ["CHARGE_REQUEST", "CHARGE_STATE"])
         ok = readback["CHARGE_REQUEST"] == 0
-        return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+        return Outcome(
+            "succeeded" if ok else "failed", {"readback": readback}, None if ok else ResultCode.READBACK_MISMATCH
+        )
 
     async def _do_module_reset(self, p: P.ModuleResetParams, record: CommandRecord) -> Outcome:
         plant = self.c.plant
@@ -403,7 +416,7 @@ class Executor:
         if reg.safety:
             return Outcome(
                 "failed",
-                error_code="REGISTER_SAFETY_CRITICAL",
+                error_code=ResultCode.REGISTER_SAFETY_CRITICAL,
                 error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)",
             )
         await self.c.plant.write(p.role, reg.name, p.value)
@@ -412,5 +425,5 @@ class Executor:
         return Outcome(
             "succeeded" if ok else "failed",
             {"register": reg.name, "written": p.value, "readback": readback},
-            None if ok else "READBACK_MISMATCH",
+            None if ok else ResultCode.READBACK_MISMATCH,
         )
