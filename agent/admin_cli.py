@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.config import Config, load_config, resolve_path
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = ["add_parsers", "dispatch"]
 

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_config_check(path_arg: str | None) -> int:
     from agent.config import load_config, resolve_path
-    from drivers.errors import CodedError
+    from oht_errors import CodedError
 
     path = resolve_path(path_arg)
     try:
@@ -123,7 +123,7 @@ def _load(path_arg: str | None):  # type: ignore[no-untyped-def]
 
 
 def cmd_core(path_arg: str | None) -> int:
-    from drivers.errors import CodedError
+    from oht_errors import CodedError
 
     cfg = _load(path_arg)
     if cfg is None:
@@ -142,7 +142,7 @@ def cmd_core(path_arg: str | None) -> int:
 
 
 def cmd_gateway(path_arg: str | None) -> int:
-    from drivers.errors import CodedError
+    from oht_errors import CodedError
 
     cfg = _load(path_arg)
     if cfg is None:

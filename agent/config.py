@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.control.motion import MotionLimits
 from agent.safety.policy import SafetyPolicy
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 if TYPE_CHECKING:
     from agent.store.streams import Limits
@@ -35,6 +35,8 @@ SlaveAddress = Annotated[int, Field(ge=1, le=247)]
 
 class ConfigError(CodedError):
     code = "CONFIG_INVALID"
+    kind = ErrorKind.INVALID
+    hint = "Fix the keys listed in the message, then run `oht-agent config check --config PATH`."
 
     def __init__(self, path: Path | str, problems: list[str]) -> None:
         self.path = str(path)

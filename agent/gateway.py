@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from agent.config import Config
 from agent.supervision import TaskSupervisor, freeze_startup_heap, stop_on_signals
-from drivers.errors import CodedError
 from drivers.watchdog import SdNotifier
+from oht_errors import CodedError
 
 if TYPE_CHECKING:
     from agent.api.server import ApiServer

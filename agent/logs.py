@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import IO
 
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 # Fields every line logged inside `log_context(...)` carries (request_id, command_id).
 _CONTEXT: ContextVar[Mapping[str, str]] = ContextVar("oht_log_context", default=MappingProxyType({}))

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 
 def add_parsers(sub: argparse._SubParsersAction, add_config: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = ["add_parsers", "dispatch"]
 

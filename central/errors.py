@@ -8,13 +8,14 @@ same code for the same thing.
 
 from __future__ import annotations
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = ["DeviceKeysInvalid", "DeviceUnknown", "StoreFailed"]
 
 
 class StoreFailed(CodedError):
     code = "CENTRAL_STORE_FAILED"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "The central database could not be opened or written (disk, permissions, lock): "
         "the consumer stops rather than acknowledge what it did not store."
@@ -23,6 +24,7 @@ class StoreFailed(CodedError):
 
 class DeviceUnknown(CodedError):
     code = "CENTRAL_DEVICE_UNKNOWN"
+    kind = ErrorKind.FORBIDDEN
     hint = (
         "No device key is pinned for this robot: enrol it by adding its agent id and the key printed by"
         " `oht-agent upstream pubkey` to the --device-keys file (docs/upstream.md, enrolling a robot)."
@@ -32,6 +34,7 @@ class DeviceUnknown(CodedError):
 
 class DeviceKeysInvalid(CodedError):
     code = "CENTRAL_DEVICE_KEYS_INVALID"
+    kind = ErrorKind.INVALID
     hint = (
         'The --device-keys file must be TOML: one line per robot, "<agent id>" = "<its device public key>"'
         " (base64 of the 32 bytes, or the PEM block in triple quotes). Fix the line named."

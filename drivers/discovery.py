@@ -15,12 +15,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from drivers.errors import CodedError
 from drivers.modbus.errors import BusCrcError, BusError, BusTimeout, ModbusExceptionReply
 from drivers.modbus.master import BusMaster
 from drivers.modbus.schedule import Priority
 from drivers.polling import Binding
 from drivers.profiles import IDENTITY_COUNT, IDENTITY_START, Identity, Profile, select_profile
+from oht_errors import CodedError
 
 log = logging.getLogger("oht.discovery")
 

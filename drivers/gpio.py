@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 if TYPE_CHECKING:  # gpiod is optional (the `gpio` extra); imported only where the lines are opened
     import gpiod
@@ -25,6 +25,7 @@ log = logging.getLogger("oht.gpio")
 
 class GpioUnavailable(CodedError):
     code = "GPIO_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "check the gpiochip path and line offsets, that the service user may open it,"
         " and that the `gpiod` package is installed"

@@ -24,7 +24,7 @@ from agent.control.facade import AgentCore
 from agent.control.status_view import StatusDocument
 from agent.store.audit import Audit
 from agent.store.database import Database
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = ["create_app"]
 

@@ -1,8 +1,9 @@
 """Error responses: `{"code", "message", "hint"?, "request_id"}`, never a traceback or a path.
 
-Statuses come from the error's stable code: first the API's own table below, then the core's
-`ERROR_STATUS` (prefix match, longest prefix first). For 5xx answers the message is scrubbed of
-file system paths (the full text is in the log, under the same request id).
+The status comes from the error's kind (`STATUS`, the one table from kinds to statuses): every
+`CodedError` class declares its kind, and the codes the HTTP layer answers by itself are declared
+in `API_CODES` with theirs. For 5xx answers the message is scrubbed of file system paths (the
+full text is in the log, under the same request id).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import Request
@@ -19,11 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from agent.auth.errors import LoginThrottled
-from agent.control.facade import ERROR_STATUS
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
-    "API_ERROR_STATUS",
+    "API_CODES",
+    "STATUS",
+    "ApiCode",
     "ApiError",
     "error_response",
     "install_handlers",
@@ -32,58 +36,102 @@ __all__ = [
 
 log = logging.getLogger("oht.api")
 
-API_ERROR_STATUS: Mapping[str, int] = {
-    "AUTH_REQUIRED": 401,
-    "AUTH_INVALID": 401,
-    "AUTH_EXPIRED": 401,
-    "AUTH_FAILED": 401,
-    "AUTH_THROTTLED": 429,
-    "AUTH_PASSWORD_MISMATCH": 403,
-    "AUTH_SESSION_REQUIRED": 409,
-    "AUTH_PERSON_REQUIRED": 403,
-    "AUTH_CURRENT_PASSWORD_REQUIRED": 403,
-    "PERMISSION_DENIED": 403,
-    "ROLE_NOT_ALLOWED": 403,
-    "ROLE_INVALID": 422,
-    "PASSWORD_REJECTED": 422,
-    "USER_NAME_INVALID": 422,
-    "USER_EXISTS": 409,
-    "USER_NOT_FOUND": 404,
-    "USER_LAST_ADMIN": 409,
-    "API_KEY_NOT_FOUND": 404,
-    "API_KEY_INVALID": 422,
-    "REQUEST_INVALID": 422,
-    "REQUEST_MALFORMED": 400,
-    "REQUEST_TOO_LARGE": 413,
-    "NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "NOT_READY": 503,
-    "NOT_ALIVE": 503,
-    "RESET_INCOMPLETE": 409,
-    "STREAM_FULL": 503,
-    "ORIGIN_NOT_ALLOWED": 403,
-    "API_BUSY": 503,
-    # New commands refused while the outbox cannot keep their results (the link upstream is down
-    # too long); stop, pause and charge_stop are still taken, and the E-stop is no command at all.
-    "OUTBOX_FULL": 503,
-    "INTERNAL": 500,
-}
+STATUS: Mapping[ErrorKind, int] = MappingProxyType(
+    {
+        ErrorKind.MALFORMED: 400,
+        ErrorKind.UNAUTHENTICATED: 401,
+        ErrorKind.FORBIDDEN: 403,
+        ErrorKind.NOT_FOUND: 404,
+        ErrorKind.METHOD_NOT_ALLOWED: 405,
+        ErrorKind.CONFLICT: 409,
+        ErrorKind.PAYLOAD_TOO_LARGE: 413,
+        ErrorKind.INVALID: 422,
+        ErrorKind.TOO_MANY_REQUESTS: 429,
+        ErrorKind.INTERNAL: 500,
+        ErrorKind.UNAVAILABLE: 503,
+    }
+)
 
-_PREFIXES = sorted(ERROR_STATUS.items(), key=lambda item: len(item[0]), reverse=True)
-_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+
+def status_for(kind: ErrorKind) -> int:
+    return STATUS[kind]
+
+
+@dataclass(frozen=True)
+class ApiCode:
+    """A code the HTTP layer answers without an exception class (a route or a handler builds the body)."""
+
+    kind: ErrorKind
+    meaning: str
+    hint: str
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.kind]
+
+
+API_CODES: Mapping[str, ApiCode] = MappingProxyType(
+    {
+        "REQUEST_MALFORMED": ApiCode(
+            ErrorKind.MALFORMED, "The request body is not JSON, or the request cannot be read.",
+            "Send a JSON object with Content-Type: application/json.",
+        ),
+        "REQUEST_INVALID": ApiCode(
+            ErrorKind.INVALID, "A field of the request is missing or refused (listed in `fields`).",
+            "Fix the fields listed in `fields`.",
+        ),
+        "REQUEST_TOO_LARGE": ApiCode(
+            ErrorKind.PAYLOAD_TOO_LARGE, "The request body is larger than the agent accepts.",
+            "Send a smaller body; no request of the API needs more than a few kilobytes.",
+        ),
+        "NOT_FOUND": ApiCode(
+            ErrorKind.NOT_FOUND, "No route has this path.", "See GET /openapi.json for the routes.",
+        ),
+        "METHOD_NOT_ALLOWED": ApiCode(
+            ErrorKind.METHOD_NOT_ALLOWED, "The path exists but not for this method.",
+            "Use one of the methods in the Allow header.",
+        ),
+        "NOT_READY": ApiCode(
+            ErrorKind.UNAVAILABLE, "GET /readyz: the bus, a mandatory module or the database is not up.",
+            "See `reasons`: the bus, the mandatory modules and the database must all be up.",
+        ),
+        "NOT_ALIVE": ApiCode(
+            ErrorKind.UNAVAILABLE, "GET /healthz: a task of the agent ended; the watchdog restarts it.",
+            "The agent will be restarted by its watchdog; check the log for the task named here.",
+        ),
+        "RESET_INCOMPLETE": ApiCode(
+            ErrorKind.CONFLICT, "POST /api/v1/reset: some latched faults could not be cleared (listed in `remaining`).",
+            "Remove the cause of each remaining fault (see `remaining`), then reset again.",
+        ),
+        "ESTOP_NOT_CONFIRMED": ApiCode(
+            ErrorKind.UNAVAILABLE, "POST /api/v1/estop: the stop was sent but the bus did not confirm it.",
+            "Use the hardware E-stop; the agent keeps retrying the stop writes.",
+        ),
+        "API_BUSY": ApiCode(
+            ErrorKind.UNAVAILABLE, "Too many requests are being served; this one was not started.",
+            "Retry shortly; the E-stop and the health probes never wait.",
+        ),
+        "STREAM_FULL": ApiCode(
+            ErrorKind.UNAVAILABLE, "The status stream has as many clients as it serves.",
+            "Close another stream client, or poll GET /api/v1/status instead.",
+        ),
+        "INTERNAL": ApiCode(
+            ErrorKind.INTERNAL, "An unexpected error; the agent log has the details under the request id.",
+            "Send the agent log lines with this request id to the developers.",
+        ),
+    }
+)  # fmt: skip
 
 
 class ApiError(CodedError):
-    """An error raised by the HTTP layer itself (status from API_ERROR_STATUS by code)."""
+    """An error raised by the HTTP layer itself."""
+
+    code = "API_ERROR"
+    kind = ErrorKind.INVALID
+    hint = "The HTTP layer refused the request: the message says why."
 
 
-def status_for(code: str) -> int:
-    if code in API_ERROR_STATUS:
-        return API_ERROR_STATUS[code]
-    for prefix, status in _PREFIXES:
-        if code.startswith(prefix):
-            return status
-    return 500
+_PATH_RE = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
 
 
 def _request_id(request: Request) -> str:
@@ -142,7 +190,7 @@ def _log_failure(request: Request, exc: CodedError) -> None:
 
 
 def coded_response(request: Request, exc: CodedError) -> JSONResponse:
-    status = status_for(exc.code)
+    status = status_for(exc.kind)
     message = exc.message
     if status >= 500:
         _log_failure(request, exc)

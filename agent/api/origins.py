@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from agent.api.errors import ApiError
+from oht_errors import ErrorKind
 
 __all__ = ["OriginNotAllowed", "OriginPolicy", "parse_origin"]
 
@@ -30,6 +31,7 @@ _REQUEST_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "http
 
 class OriginNotAllowed(ApiError):
     code = "ORIGIN_NOT_ALLOWED"
+    kind = ErrorKind.FORBIDDEN
     hint = (
         "Open the stream from the agent's own page, from a client that sends no Origin, or list the "
         "page's origin (scheme://host[:port]) in [api] cors_origins."

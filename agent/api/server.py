@@ -31,13 +31,14 @@ import logging
 import socket
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import uvicorn
 
 from agent.api import logfilter
 from agent.api.tls import ensure_certificate, is_loopback, server_context
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = ["MAX_HEAD_BYTES", "ApiServer", "ApiServerError", "http_implementation"]
 
@@ -49,7 +50,14 @@ MAX_HEAD_BYTES = 16 * 1024
 
 class ApiServerError(CodedError):
     code = "API_BIND_FAILED"
+    kind = ErrorKind.UNAVAILABLE
     hint = "Another process listens on this address, or the address is not on this machine: check [api] host/port."
+    variants = MappingProxyType(
+        {
+            "API_ALREADY_STARTED": "The API server was started twice: a bug in the agent; send the log.",
+            "API_START_FAILED": "The API server stopped or did not come up while starting: the log has the cause.",
+        }
+    )
 
 
 class _EmbeddedServer(uvicorn.Server):

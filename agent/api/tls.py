@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.store.private_files import write_atomic
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "MIN_VERSIONS",
@@ -47,6 +47,7 @@ _VALID_DAYS = 3650
 
 class TlsError(CodedError):
     code = "TLS_CERT_UNUSABLE"
+    kind = ErrorKind.UNAVAILABLE
     hint = "Check data_dir/tls/ (owner, permissions); move broken files away and restart to make new ones."
 
 

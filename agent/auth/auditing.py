@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
 import aiosqlite
 
 from agent.auth.throttle import AuditGate
 from agent.store.audit import AuditEntry, append_in
 from agent.store.database import Database
 
-__all__ = ["write_anonymous"]
+__all__ = ["AUDIT_CODES", "SUPPRESSED", "write_anonymous"]
+
+SUPPRESSED: Final = "AUDIT_SUPPRESSED"
+
+# The codes of the audit rows written here rather than for a request (code -> what to check).
+AUDIT_CODES: Mapping[str, str] = MappingProxyType(
+    {
+        SUPPRESSED: (
+            "Anonymous requests from one address went over their audit budget and were counted, not"
+            " recorded one by one: look for a client there that retries without credentials."
+        ),
+    }
+)
 
 
 async def write_anonymous(db: Database, gate: AuditGate, entry: AuditEntry) -> bool:
@@ -30,7 +46,7 @@ async def write_anonymous(db: Database, gate: AuditGate, entry: AuditEntry) -> b
                 auth_method="none",
                 action="audit.suppressed",
                 result="denied",
-                code="AUDIT_SUPPRESSED",
+                code=SUPPRESSED,
                 target=f"{suppressed} refused anonymous requests from {ip} not recorded one by one",
                 source_ip=entry.source_ip,
                 request_id=entry.request_id,

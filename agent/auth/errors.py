@@ -1,12 +1,12 @@
 """Errors of authentication and account management, each with a stable code and a hint.
 
-The HTTP layer maps the codes to statuses (`agent.api.errors.API_ERROR_STATUS`); the CLI prints
-them. Messages never contain a password, token, key or ticket.
+Each class declares its kind, from which the HTTP layer answers its status (agent/api/errors.py);
+the CLI prints them. Messages never contain a password, token, key or ticket.
 """
 
 from __future__ import annotations
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "ApiKeyInvalid",
@@ -36,6 +36,8 @@ class AuthError(CodedError):
     """Base class of everything this package raises."""
 
     code = "AUTH_ERROR"
+    hint = "Authentication or account management refused the request: the message says why."
+    kind = ErrorKind.UNAUTHENTICATED
 
 
 class AuthRequired(AuthError):
@@ -62,6 +64,7 @@ class AuthFailed(AuthError):
 
 class LoginThrottled(AuthError):
     code = "AUTH_THROTTLED"
+    kind = ErrorKind.TOO_MANY_REQUESTS
     hint = "Too many failed logins from this address or for this account: wait for Retry-After seconds."
 
     def __init__(self, message: str, *, retry_after: int) -> None:
@@ -71,6 +74,7 @@ class LoginThrottled(AuthError):
 
 class PermissionDenied(AuthError):
     code = "PERMISSION_DENIED"
+    kind = ErrorKind.FORBIDDEN
     hint = "Your role does not include this action; ask an admin if you need it."
 
 
@@ -102,11 +106,13 @@ class CurrentPasswordRequired(PermissionDenied):
 
 class SessionRequired(AuthError):
     code = "AUTH_SESSION_REQUIRED"
+    kind = ErrorKind.CONFLICT
     hint = "This action applies to a login session; API keys are revoked with DELETE /api/v1/api-keys/{id}."
 
 
 class PasswordRejected(AuthError):
     code = "PASSWORD_REJECTED"
+    kind = ErrorKind.INVALID
     hint = (
         "Choose a passphrase of four or more unrelated words (12 characters at least). Refused:"
         " common passwords, keyboard or counting runs, a repeated short part, and a common word"
@@ -116,39 +122,47 @@ class PasswordRejected(AuthError):
 
 class RoleInvalid(AuthError):
     code = "ROLE_INVALID"
+    kind = ErrorKind.INVALID
     hint = "Roles are viewer, operator, technician and admin."
 
 
 class UserNameInvalid(AuthError):
     code = "USER_NAME_INVALID"
+    kind = ErrorKind.INVALID
     hint = "User names are 2-64 characters: a letter, then letters, digits, '.', '_' or '-'."
 
 
 class UserExists(AuthError):
     code = "USER_EXISTS"
+    kind = ErrorKind.CONFLICT
     hint = "User names are unique regardless of case; disabled users keep their name."
 
 
 class UserNotFound(AuthError):
     code = "USER_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
     hint = "List users with `oht-agent user list` or GET /api/v1/users."
 
 
 class LastAdmin(AuthError):
     code = "USER_LAST_ADMIN"
+    kind = ErrorKind.CONFLICT
     hint = "Create or enable another admin first: the agent must always keep one admin."
 
 
 class ApiKeyNotFound(AuthError):
     code = "API_KEY_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
     hint = "List keys with GET /api/v1/api-keys; ids are shown there."
 
 
 class ApiKeyInvalid(AuthError):
     code = "API_KEY_INVALID"
+    kind = ErrorKind.INVALID
     hint = "Name the key after its client: 1-64 printable characters."
 
 
 class PasswordMismatch(AuthError):
     code = "AUTH_PASSWORD_MISMATCH"
+    kind = ErrorKind.FORBIDDEN
     hint = "The current password was not correct; failures count toward the login throttle."

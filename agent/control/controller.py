@@ -18,16 +18,17 @@ from typing import Any
 
 from agent.control.catalogue import MOTION_TYPES, OUT_OF_BAND, admitted_when_full, validate_params
 from agent.control.conditions import build_conditions
+from agent.control.errors import ModuleNotFound
 from agent.control.executor import Executor, Outcome
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
 from agent.control.motion import MotionLimits
 from agent.control.output_monitor import OutputMonitor
 from agent.control.plant import Hardware, ModuleNotBound, Plant
+from agent.control.results import ResultCode, left_state
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
 from agent.control.status_view import (
     LagWindow,
-    ModuleNotFound,
     ModuleView,
     StatusDocument,
     module_view,
@@ -42,17 +43,17 @@ from agent.store.audit import AuditEntry, append_in
 from agent.store.clock import format_wall, now_ts
 from agent.store.commands import CommandRecord, Commands
 from agent.store.database import Database
-from agent.store.errors import CommandNotFound, CommandStateError, OutboxFull
+from agent.store.errors import CommandNotCancellable, CommandNotFound, OutboxFull, StoreUnavailable
 from agent.store.outbox import Outbox
 from agent.store.streams import DEFAULT_LIMITS, Limits
 from agent.store.transitions import record_transition
 from agent.supervision import TaskSupervisor
-from drivers.errors import CodedError
 from drivers.modbus.errors import BusError
 from drivers.modbus.interlock import Permit
 from drivers.modbus.schedule import Priority
 from drivers.snapshots import Quality
 from drivers.watchdog import HardwareWatchdog, SdNotifier
+from oht_errors import CodedError
 
 log = logging.getLogger("oht.control")
 
@@ -159,7 +160,10 @@ class Controller:
         self.notifier.stopping()
         if self._link_timer is not None:
             self._link_timer.cancel()
-        self.executor.signals.abort_reason, self.executor.signals.abort_code = "agent shutting down", "SHUTDOWN"
+        self.executor.signals.abort_reason, self.executor.signals.abort_code = (
+            "agent shutting down",
+            ResultCode.SHUTDOWN,
+        )
         bound = self.stop_path.bound and self.hw.master.port_up
         if bound:
             self.stop_path.request("shutdown")
@@ -343,7 +347,7 @@ class Controller:
             if t.to_state not in (State.MOVE, State.DOCK, State.PAUSED) and self.executor.current is not None:
                 sig = self.executor.signals
                 if sig.abort_reason is None:
-                    sig.abort_reason, sig.abort_code = f"state {t.to_state}", f"STATE_{t.to_state}"
+                    sig.abort_reason, sig.abort_code = f"state {t.to_state}", left_state(t.to_state)
         self._state_since_wall = time.time()
         self._queue_record(fired, [])
 
@@ -368,7 +372,7 @@ class Controller:
         if refreshed is not None and now - refreshed > MOTION_WINDOW_S:
             log.error("motion command did not refresh for %.0f ms: stopping", (now - refreshed) * 1000)
             sig = self.executor.signals
-            sig.abort_reason, sig.abort_code = "motion window expired", "MOTION_WINDOW_EXPIRED"
+            sig.abort_reason, sig.abort_code = "motion window expired", ResultCode.MOTION_WINDOW_EXPIRED
             self.stop_path.request("motion window expired")
             self.executor.refreshed_at = None
 
@@ -536,7 +540,9 @@ class Controller:
         """At start: motion commands still queued from before are expired (MOTION_WITHDRAWN), never run."""
         try:
             withdrawn = await self.commands.withdraw_queued(
-                MOTION_TYPES, "MOTION_WITHDRAWN", "queued before the agent restarted: motion never resumes by itself"
+                MOTION_TYPES,
+                ResultCode.MOTION_WITHDRAWN,
+                "queued before the agent restarted: motion never resumes by itself",
             )
         except CodedError as exc:
             log.error("could not withdraw the motion commands queued before the restart: %s", exc)
@@ -611,9 +617,8 @@ class Controller:
         not_after = self._deadline_for(type, not_after)
         if not self.db.healthy:
             health = self.db.health()
-            raise CodedError(
+            raise StoreUnavailable(
                 f"the database cannot be written: {health.get('message', '')}",
-                code="STORE_UNAVAILABLE",
                 hint="free disk space or fix the file system, then reset the fault",
             )
         await self._admit(source, idempotency_key, type, user)
@@ -676,13 +681,13 @@ class Controller:
         current = self.executor.current
         if current is not None and current.id == command_id:
             sig = self.executor.signals
-            sig.abort_reason, sig.abort_code = f"cancelled by {user or 'unknown'}", "CANCELLED"
+            sig.abort_reason, sig.abort_code = f"cancelled by {user or 'unknown'}", ResultCode.CANCELLED
             for _ in range(300):
                 await asyncio.sleep(0.01)
                 record = await self.commands.get(command_id)
                 if record.terminal:
                     return record
-            raise CommandStateError(f"command {command_id} did not stop within 3 s", code="COMMAND_NOT_CANCELLABLE")
+            raise CommandNotCancellable(f"command {command_id} did not stop within 3 s")
         return await self.commands.cancel(command_id)
 
     def begin_estop(self, *, source: str, user: str | None, reason: str = "") -> asyncio.Task[StopOutcome] | None:

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.control.catalogue import OUT_OF_BAND, command_allowed, spec_for
 from agent.control.handlers import TRACK_MAX_CM, TRACK_MIN_CM, Outcome
 from agent.control.motion import ProgressWatch
+from agent.control.results import STOP_NOT_CONFIRMED, TRAVEL_STALLED, ResultCode
 from agent.control.state_machine import TransitionRefused
 from agent.control.states import Event, State
 from agent.logs import log_context
 from agent.safety.faults import Level
 from agent.store.commands import CommandExpired, CommandRecord
 from agent.store.errors import StoreError
-from drivers.errors import CodedError
 from drivers.modbus.interlock import PermitRevoked
+from oht_errors import CodedError, ErrorKind
 
 if TYPE_CHECKING:
     from agent.control.motion import MotionLimits
@@ -42,6 +43,8 @@ LOOP_S = 0.02
 
 class CommandFailed(CodedError):
     code = "COMMAND_FAILED"
+    kind = ErrorKind.CONFLICT
+    hint = "The command could not be carried out: the message says why; fetch the command for its result."
 
 
 @dataclass
@@ -285,12 +288,16 @@ class Executor:
                 ):
                     reason, code, state = (
                         f"motion withdrawn ({c.sm.state.value}, {c.supervisor.verdict.level.label})",
-                        "MOTION_WITHDRAWN",
+                        ResultCode.MOTION_WITHDRAWN,
                         "failed",
                     )
                     break
                 if now >= hard_deadline:
-                    reason, code, state = f"time bound of {bound_s:.1f} s exceeded", "MOTION_TIME_EXCEEDED", "failed"
+                    reason, code, state = (
+                        f"time bound of {bound_s:.1f} s exceeded",
+                        ResultCode.MOTION_TIME_EXCEEDED,
+                        "failed",
+                    )
                     break
                 if c.sm.state is State.PAUSED:
                     if applied_factor != 0.0:
@@ -301,7 +308,7 @@ class Executor:
                     continue
                 # Every pass, not only when the speed changes: stale sensors or a lost link withdraw motion.
                 if not c.motion_allowed():
-                    reason, code, state = "motion not allowed", "MOTION_WITHDRAWN", "failed"
+                    reason, code, state = "motion not allowed", ResultCode.MOTION_WITHDRAWN, "failed"
                     break
                 factor = c.supervisor.verdict.speed_factor
                 if factor != applied_factor:
@@ -317,7 +324,11 @@ class Executor:
                 if position is not None:
                     moved = abs(int(position) - start)
                     if channel == "M1" and not TRACK_MIN_CM <= position <= TRACK_MAX_CM:
-                        reason, code, state = f"position {position} cm is outside the track", "TRACK_LIMIT", "failed"
+                        reason, code, state = (
+                            f"position {position} cm is outside the track",
+                            ResultCode.TRACK_LIMIT,
+                            "failed",
+                        )
                         break
                 if progress.observe(now, position):
                     c.sm.refresh(limit=hard_deadline)
@@ -327,7 +338,7 @@ class Executor:
                             f"no progress for {limits.stall_window_s(speed_pct * applied_factor):.1f} s "
                             f"with speed commanded"
                         ),
-                        "TRAVEL_STALLED",
+                        TRAVEL_STALLED,
                         "failed",
                     )
                     c.supervisor.record_event("TRAVEL_STALLED", f"{record.type} {record.id}: {reason}")
@@ -338,7 +349,7 @@ class Executor:
                     break
                 if duration_ms is not None and (now - began) * 1000 >= duration_ms:
                     if until_docked:
-                        reason, code, state = "dock not reached in time", "DOCK_TIMEOUT", "failed"
+                        reason, code, state = "dock not reached in time", ResultCode.DOCK_TIMEOUT, "failed"
                     break
                 await asyncio.sleep(LOOP_S)
         finally:
@@ -355,7 +366,7 @@ class Executor:
             "time_bound_s": round(bound_s, 1),
         }
         if not outcome["confirmed"] and state == "succeeded":
-            state, code = "failed", "STOP_NOT_CONFIRMED"
+            state, code = "failed", STOP_NOT_CONFIRMED
         return Outcome(state, result, code, None if state == "succeeded" else reason)
 
     async def _energise(self, channel: str, direction: str, speed: int) -> None:

@@ -2,7 +2,7 @@
 
 `api` and `sync` never touch the bus or the state machine directly; they call an `AgentCore`.
 The runtime's `Controller` implements it. Every method either returns plain data or raises a
-`CodedError` whose code the HTTP layer maps to a status (see `ERROR_STATUS`).
+`CodedError` whose kind the HTTP layer answers with a status (agent/api/errors.py).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class AgentCore(Protocol):
         """One entry per bound module: role, address, profile, identity, health."""
 
     def module(self, name: str) -> ModuleView:
-        """Identity, profile and decoded live values with their age; raises NotFound (code MODULE_NOT_FOUND)."""
+        """Identity, profile and decoded live values with their age; raises ModuleNotFound (agent/control/errors.py)."""
 
     def ready(self) -> tuple[bool, list[str]]: ...
 
@@ -96,21 +96,3 @@ class AgentCore(Protocol):
     def add_status_listener(self, listener: StatusListener) -> None: ...
 
     def remove_status_listener(self, listener: StatusListener) -> None: ...
-
-
-# How the HTTP layer maps stable error codes to status codes (prefix match, longest first).
-ERROR_STATUS: dict[str, int] = {
-    "COMMAND_NOT_FOUND": 404,
-    "MODULE_NOT_FOUND": 404,
-    "COMMAND_KEY_REUSED": 409,
-    "COMMAND_STATE": 409,
-    "COMMAND_NOT_CANCELLABLE": 409,
-    "COMMAND_EXPIRED": 409,
-    "COMMAND_INVALID": 422,
-    "REGISTER_": 422,
-    "STATE_": 409,
-    "STORE_": 503,
-    "BUS_": 503,
-    "ESTOP_NOT_CONFIRMED": 503,
-    "CORE_": 503,
-}

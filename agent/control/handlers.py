@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.control import params as P
+from agent.control.results import STOP_NOT_CONFIRMED, ResultCode
 from agent.control.states import Event
 
 if TYPE_CHECKING:
@@ -91,14 +92,18 @@ async def charge_start(ex: Executor, p: P.ChargeStartParams, record: CommandReco
     await plant.write("power", "CHARGE_REQUEST", 1)
     readback = await plant.read("power", ["I_SET", "V_SET", "CHARGE_REQUEST", "CHARGE_STATE"])
     ok = readback["CHARGE_REQUEST"] == 1
-    return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+    return Outcome(
+        "succeeded" if ok else "failed", {"readback": readback}, None if ok else ResultCode.READBACK_MISMATCH
+    )
 
 
 async def charge_stop(ex: Executor, p: P.NoParams, record: CommandRecord) -> Outcome:
     await ex.c.plant.write("power", "CHARGE_REQUEST", 0)
     readback = await ex.c.plant.read("power", ["CHARGE_REQUEST", "CHARGE_STATE"])
     ok = readback["CHARGE_REQUEST"] == 0
-    return Outcome("succeeded" if ok else "failed", {"readback": readback}, None if ok else "READBACK_MISMATCH")
+    return Outcome(
+        "succeeded" if ok else "failed", {"readback": readback}, None if ok else ResultCode.READBACK_MISMATCH
+    )
 
 
 async def module_reset(ex: Executor, p: P.ModuleResetParams, record: CommandRecord) -> Outcome:
@@ -119,7 +124,7 @@ async def register_write(ex: Executor, p: P.RegisterWriteParams, record: Command
     if reg.safety:
         return Outcome(
             "failed",
-            error_code="REGISTER_SAFETY_CRITICAL",
+            error_code=ResultCode.REGISTER_SAFETY_CRITICAL,
             error_message=f"{reg.name} is safety-critical: use the dedicated command (move, stop, reset)",
         )
     await plant.write(p.role, reg.name, p.value)
@@ -128,7 +133,7 @@ async def register_write(ex: Executor, p: P.RegisterWriteParams, record: Command
     return Outcome(
         "succeeded" if ok else "failed",
         {"register": reg.name, "written": p.value, "readback": readback},
-        None if ok else "READBACK_MISMATCH",
+        None if ok else ResultCode.READBACK_MISMATCH,
     )
 
 
@@ -137,10 +142,10 @@ async def stop(ex: Executor, p: P.NoParams, record: CommandRecord) -> Outcome:
     """Abort the running motion (it stops and confirms on its way out) and stop the outputs now."""
     sig = ex.signals
     if ex.current is not None and sig.abort_reason is None:
-        sig.abort_reason, sig.abort_code = f"stop command {record.id}", "STOPPED"
+        sig.abort_reason, sig.abort_code = f"stop command {record.id}", ResultCode.STOPPED
     stopped = await ex.c.stop_outputs(f"stop command {record.id}")
     confirmed = bool(stopped["confirmed"])
-    return Outcome("succeeded" if confirmed else "failed", stopped, None if confirmed else "STOP_NOT_CONFIRMED")
+    return Outcome("succeeded" if confirmed else "failed", stopped, None if confirmed else STOP_NOT_CONFIRMED)
 
 
 async def pause(ex: Executor, p: P.NoParams, record: CommandRecord) -> Outcome:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.safety.stop import ENERGISING_REGISTERS
-from drivers.errors import CodedError
 from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.interlock import Permit
 from drivers.modbus.master import BusMaster
@@ -22,15 +21,18 @@ from drivers.modbus.schedule import Priority
 from drivers.polling import ModulePoller
 from drivers.profiles import plan_write
 from drivers.snapshots import Quality, SnapshotBoard
+from oht_errors import CodedError, ErrorKind
 
 
 class ModuleNotBound(CodedError):
     code = "MODULE_NOT_BOUND"
+    kind = ErrorKind.UNAVAILABLE
     hint = "the module for this role was not found at start-up; check the status page's discovery problems"
 
 
 class OutputNotPermitted(CodedError):
     code = "OUTPUT_NOT_PERMITTED"
+    kind = ErrorKind.INTERNAL
     hint = (
         "an energising travel write needs an output permit taken where motion was checked; this is a bug in the caller"
     )

@@ -37,7 +37,7 @@ from agent.control.states import (
     State,
     events_from,
 )
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "Conditions",
@@ -63,6 +63,19 @@ class StateMachineError(CodedError):
     """Misuse of the state machine (bad argument, refresh outside motion)."""
 
     code = "STATE_MACHINE_ERROR"
+    kind = ErrorKind.CONFLICT
+    hint = "The state machine was used wrongly (the message names the argument): a bug in the agent; send the log."
+    variants = MappingProxyType(
+        {
+            "STATE_CONDITIONS_INVALID": "The conditions given to the state machine are malformed: a bug; send the log.",
+            "STATE_EVENT_UNKNOWN": "An event name the state machine does not know: a bug; send the log.",
+            "STATE_TIMEOUT_INVALID": "A state timeout names an unknown state or is not a positive number: fix it.",
+            "STATE_CLOCK_INVALID": "The state machine was given no clock function: a bug; send the log.",
+            "STATE_HISTORY_INVALID": "The state machine's history size is not a positive integer: a bug; send the log.",
+            "STATE_REFRESH_NOT_ALLOWED": "A motion refresh arrived outside MOVE or DOCK: the motion already ended.",
+            "STATE_UNKNOWN": "A state name the agent does not know: the states are listed in the hint.",
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +198,18 @@ class Refusal:
 
 class TransitionRefused(StateMachineError):
     """Raised by `StateMachine.handle` when an event is refused; carries the `Refusal`."""
+
+    code = "STATE_EVENT_NOT_ALLOWED"
+    hint = "The robot's state does not accept this now: read GET /api/v1/status, wait or reset, then retry."
+    variants = MappingProxyType(
+        {
+            "STATE_GUARD_FAILED": "The event is allowed in this state but a condition is not met (listed in `failed`).",
+            "STATE_COMMAND_UNKNOWN": "The command type is unknown to the state machine: check the command's type.",
+            "STATE_COMMAND_NOT_ALLOWED": (
+                "This command type is not accepted in the current state (the message lists those that are)."
+            ),
+        }
+    )
 
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message, code=refusal.code, hint=refusal.hint)

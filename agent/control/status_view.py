@@ -19,7 +19,6 @@ from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from agent.logs import dropped_lines
-from drivers.errors import CodedError
 from drivers.modbus.stats import ranked
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ __all__ = [
     "LastStop",
     "LogSummary",
     "LoopSummary",
-    "ModuleNotFound",
     "ModuleSummary",
     "ModuleValue",
     "ModuleView",
@@ -51,11 +49,6 @@ _STRICT = ConfigDict(extra="forbid")
 
 RegisterValue = int | float
 Quality = Literal["fresh", "stale"]
-
-
-class ModuleNotFound(CodedError):
-    code = "MODULE_NOT_FOUND"
-    hint = "use a role name: power, safety, travel, dock"
 
 
 IDENTITY_REGISTERS = (

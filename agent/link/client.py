@@ -20,8 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from agent.control.errors import ModuleNotFound
 from agent.control.facade import EstopResult, ResetResult, StatusListener, SubmitResult
-from agent.control.status_view import ModuleNotFound, ModuleView, StatusDocument
+from agent.control.status_view import ModuleView, StatusDocument
 from agent.link import protocol as p
 from agent.store.audit import AuditEntry
 from agent.store.commands import CommandRecord, Commands

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Final, Literal, TypedDict
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "MAX_FRAME",
@@ -33,6 +33,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "VIEW_VERSION",
     "CoreBusy",
+    "CoreRequestInvalid",
     "CoreTimeout",
     "CoreUnavailable",
     "FrameDecoder",
@@ -63,6 +64,7 @@ class Hello(TypedDict):
 
 class ProtocolError(CodedError):
     code = "CORE_PROTOCOL"
+    kind = ErrorKind.UNAVAILABLE
     hint = "the core and the gateway must come from the same release; restart both (systemctl restart oht-agent.target)"
 
 
@@ -70,9 +72,21 @@ class CoreUnavailable(CodedError):
     """The core cannot be reached: not running, restarting, or its socket refuses the gateway."""
 
     code = "CORE_UNAVAILABLE"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "the core process (bus, safety, control) is not connected; it is restarted by systemd "
         "(journalctl -u oht-agent-core); the robot stops by itself when the core is down"
+    )
+
+
+class CoreRequestInvalid(CodedError):
+    """The core could not read a request of the gateway: the two disagree on the protocol."""
+
+    code = "CORE_REQUEST_INVALID"
+    kind = ErrorKind.INTERNAL
+    hint = (
+        "the gateway sent a request the core cannot read: a bug, or the two come from different releases;"
+        " send both logs"
     )
 
 
@@ -80,11 +94,13 @@ class CoreBusy(CodedError):
     """The core refused the request to keep its own loop on time."""
 
     code = "CORE_BUSY"
+    kind = ErrorKind.UNAVAILABLE
     hint = "too many requests reached the core at once; retry shortly (the E-stop is never refused for load)"
 
 
 class CoreTimeout(CodedError):
     code = "CORE_TIMEOUT"
+    kind = ErrorKind.UNAVAILABLE
     hint = "the core did not answer within the request's deadline; check the core's log before retrying"
 
 
@@ -142,7 +158,8 @@ def check_hello(message: dict[str, Any], expect: Role) -> None:
 
 
 def error_reply(request_id: Any, error: CodedError | dict[str, Any]) -> dict[str, Any]:
-    body = error.as_dict() if isinstance(error, CodedError) else error
+    """A refusal; the error's kind travels with it, so the gateway answers the status of the kind."""
+    body = {**error.as_dict(), "kind": error.kind.value} if isinstance(error, CodedError) else error
     return {"t": "rep", "id": request_id, "ok": False, "error": body}
 
 
@@ -151,10 +168,14 @@ def ok_reply(request_id: Any, result: Any) -> dict[str, Any]:
 
 
 def remote_error(body: dict[str, Any]) -> CodedError:
-    """The gateway-side exception for an error the core replied with (same code and hint)."""
+    """The gateway-side exception for an error the core replied with (same code, kind and hint)."""
     code = str(body.get("code") or "INTERNAL")
     known: dict[str, type[CodedError]] = {
-        cls.code: cls for cls in (CoreBusy, CoreTimeout, CoreUnavailable, ProtocolError)
+        cls.code: cls for cls in (CoreBusy, CoreTimeout, CoreUnavailable, CoreRequestInvalid, ProtocolError)
     }
     cls = known.get(code, CodedError)
-    return cls(str(body.get("message") or code), code=code, hint=str(body.get("hint") or "") or None)
+    try:
+        kind = ErrorKind(str(body.get("kind")))
+    except ValueError:
+        kind = cls.kind  # an unknown kind is answered as the class's (INTERNAL for an unknown code)
+    return cls(str(body.get("message") or code), code=code, hint=str(body.get("hint") or "") or None, kind=kind)

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.link import protocol as p
 from agent.store.audit import AuditEntry
-from drivers.errors import CodedError
+from agent.store.errors import CommandInvalid
+from oht_errors import CodedError
 
 if TYPE_CHECKING:
     from agent.control.controller import Controller
@@ -73,12 +74,12 @@ def _audit_entry(raw: Any) -> AuditEntry | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise CodedError("`audit` must be an object", code="CORE_REQUEST_INVALID")
+        raise p.CoreRequestInvalid("`audit` must be an object")
     fields = {f.name for f in dataclasses.fields(AuditEntry)}
     try:
         return AuditEntry(**{k: v for k, v in raw.items() if k in fields})
     except (TypeError, ValueError) as exc:
-        raise CodedError(f"bad audit entry: {exc}", code="CORE_REQUEST_INVALID") from None
+        raise p.CoreRequestInvalid(f"bad audit entry: {exc}") from None
 
 
 def _not_after(raw: Any) -> dt.datetime | None:
@@ -87,7 +88,7 @@ def _not_after(raw: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(str(raw))
     except ValueError:
-        raise CodedError(f"not_after {raw!r} is not an ISO 8601 time", code="COMMAND_INVALID") from None
+        raise CommandInvalid(f"not_after {raw!r} is not an ISO 8601 time") from None
 
 
 class _Connection(asyncio.Protocol):
@@ -155,7 +156,7 @@ class _Connection(asyncio.Protocol):
         op = message.get("op")
         args = message.get("args") or {}
         if not isinstance(args, dict) or op not in p.OPS:
-            self.send(p.error_reply(request_id, CodedError(f"unknown operation {op!r}", code="CORE_REQUEST_INVALID")))
+            self.send(p.error_reply(request_id, p.CoreRequestInvalid(f"unknown operation {op!r}")))
             return
         try:
             deadline_ms = min(max(float(message.get("deadline_ms") or 5000), 0.0), 60000.0)

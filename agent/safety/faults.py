@@ -153,14 +153,16 @@ _SPECS = [
         "STORE_CORRUPT",
         Level.PROTECTIVE_STOP,
         True,
-        "The local database was corrupt and was moved aside; a new one was started. Keep the old file for analysis, then reset.",
+        "The local database was corrupt and was moved aside; a new one was started."
+        " Keep the old file for analysis, then reset.",
     ),
     FaultSpec(
         "OUTPUTS_NOT_SAFE",
         Level.EMERGENCY_STOP,
         True,
         "The travel driver reads back enabled or with a speed set while no motion is commanded: something else "
-        "writes to it, or it ignored a stop. Use the hardware E-stop, check the RS485 line for a second master, then reset.",
+        "writes to it, or it ignored a stop. Use the hardware E-stop, check the RS485 line for a second master,"
+        " then reset.",
     ),
     FaultSpec(
         "UNCOMMANDED_MOTION",
@@ -180,15 +182,17 @@ _SPECS = [
         "SAFETY_DATA_STALE",
         Level.EMERGENCY_STOP,
         True,
-        "The safety module's status or an enabled sensor's distance is no longer read in time (the module may answer other reads). "
-        "Check the bus load, the module's wiring and its error counters in the status page.",
+        "The safety module's status or an enabled sensor's distance is no longer read in time"
+        " (the module may answer other reads)."
+        " Check the bus load, the module's wiring and its error counters in the status page.",
     ),
     FaultSpec(
         "SAFETY_SENSORS_UNKNOWN",
         Level.PROTECTIVE_STOP,
         True,
-        "The agent does not know which obstacle sensors of the safety module are enabled (their enable flags were not read, "
-        "or not recently): motion is refused. Check the safety module's link, then reset.",
+        "The agent does not know which obstacle sensors of the safety module are enabled"
+        " (their enable flags were not read, or not recently): motion is refused."
+        " Check the safety module's link, then reset.",
     ),
     FaultSpec(
         "SAFETY_CONFIG_MISMATCH",

@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from drivers.errors import CodedError
 from drivers.modbus.errors import BusError, BusTimeout
 from drivers.modbus.frames import read_request, write_request
 from drivers.modbus.merge import plan_register_reads
@@ -42,6 +41,7 @@ from drivers.modbus.schedule import PollPlan, PollSchedule, Priority
 from drivers.polling import Binding
 from drivers.profiles import plan_write
 from drivers.snapshots import ModuleSnapshot
+from oht_errors import CodedError
 
 log = logging.getLogger("oht.safety.config")
 

@@ -1,15 +1,17 @@
 """Errors raised by the store, each with a stable code and a hint for the technician.
 
-The API maps these to HTTP statuses by code (e.g. COMMAND_KEY_REUSED -> 409, COMMAND_NOT_FOUND ->
-404, STORE_* -> 503), the CLI prints them, the daemon raises latched faults for some of them. So
-the codes are part of the contract: add new ones, never rename.
+Each class declares its kind, from which the API answers its HTTP status (a conflict such as
+COMMAND_KEY_REUSED -> 409, COMMAND_NOT_FOUND -> 404, the store unavailable -> 503); the CLI prints
+them, the daemon raises latched faults for some of them. So the codes are part of the contract:
+add new ones, never rename. Codes raised with `code=` are declared in their class's `variants`.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from types import MappingProxyType
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "BackupError",
@@ -41,7 +43,24 @@ class StoreError(CodedError):
     """Base class of everything the store raises."""
 
     code = "STORE_ERROR"
+    kind = ErrorKind.UNAVAILABLE
     hint = "See the agent log for the SQL error; this is most likely a bug in the agent."
+    variants = MappingProxyType(
+        {
+            "STORE_CONSTRAINT": "A write broke a constraint of the schema: a bug in the agent; send the log.",
+            "STORE_SQL_ERROR": "SQLite refused a statement: a bug in the agent; send the log.",
+            "STORE_ALREADY_STARTED": "The database was started twice: a bug in the agent; send the log.",
+            "STORE_INTERNAL": "The store's writer was used out of turn: a bug in the agent; send the log.",
+            "STORE_BATCH_ABORTED": "Another unit of work of the same transaction failed; this one was rolled back.",
+            "STORE_UNIT_CANCELLED": "The unit of work was cancelled (shutdown or timeout) and rolled back. Retry.",
+            "OUTBOX_INVALID": "An outbox record or position was refused (kind, payload, size): a bug in the caller.",
+            "TRANSITION_INVALID": "A state transition record was refused: a bug in the caller of record_transition.",
+            "DATA_DIR_UNUSABLE": (
+                "The data directory cannot be opened or locked: check that it exists, is accessible to the"
+                " agent user and is on a local file system."
+            ),
+        }
+    )
 
 
 class StoreUnavailable(StoreError):
@@ -52,6 +71,10 @@ class StoreUnavailable(StoreError):
     """
 
     code = "STORE_UNAVAILABLE"
+    hint = (
+        "The database cannot take writes: the detail names the cause (disk, permissions, lock); commands are refused."
+    )
+    # `variants` is set below the table of SQLite failures it is made from.
 
 
 class StoreClosed(StoreError):
@@ -98,21 +121,35 @@ class DataDirBusy(StoreError):
 class BackupError(StoreError):
     code = "BACKUP_FAILED"
     hint = "Check the paths, free space and permissions of both source and destination."
+    variants = MappingProxyType(
+        {
+            "STORE_FILE_MISSING": "The database file to back up or check does not exist: check the path and data_dir.",
+            "BACKUP_DEST_EXISTS": "The backup file exists; a backup is never overwritten: choose a new name.",
+            "BACKUP_DEST_INVALID": "The destination's directory does not exist: create it or choose another.",
+            "BACKUP_SOURCE_DAMAGED": "The live database is damaged: restart the agent (it moves the file aside).",
+            "RESTORE_SOURCE_DAMAGED": "The backup to restore is damaged: use another (older) backup.",
+            "RESTORE_FAILED": "The restore failed: check free space and permissions of the data directory.",
+        }
+    )
 
 
 class CommandError(StoreError):
     """Base class for refusals of the commands repository (the HTTP layer maps them to 4xx)."""
 
     code = "COMMAND_ERROR"
+    kind = ErrorKind.CONFLICT
+    hint = "The command was refused: the message says why; fetch the command to see its state."
 
 
 class CommandInvalid(CommandError):
     code = "COMMAND_INVALID"
+    kind = ErrorKind.INVALID
     hint = "Fix the request: see the message for the field that was refused."
 
 
 class CommandNotFound(CommandError):
     code = "COMMAND_NOT_FOUND"
+    kind = ErrorKind.NOT_FOUND
     hint = "Check the command id; list commands with GET /api/v1/commands."
 
 
@@ -141,6 +178,8 @@ class OutboxError(StoreError):
     """Base class for refusals of the outbox's streams (agent/store/outbox.py)."""
 
     code = "OUTBOX_ERROR"
+    kind = ErrorKind.INTERNAL
+    hint = "An outbox stream refused an operation: the message says which; `oht-agent db check` shows every stream."
 
 
 class OutboxUnknownStream(OutboxError):
@@ -150,6 +189,7 @@ class OutboxUnknownStream(OutboxError):
 
 class OutboxAckAhead(OutboxError):
     code = "OUTBOX_ACK_AHEAD"
+    kind = ErrorKind.CONFLICT
     hint = (
         "The central consumer acknowledged records this agent has not written yet. Either another "
         "agent uses the same agent id, or this database was restored from a backup (a restore "
@@ -162,6 +202,7 @@ class OutboxFull(OutboxError):
     """Records that are never dropped fill their class's share: new commands are refused."""
 
     code = "OUTBOX_FULL"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "The upstream link has been down too long: command results, alarms, events or audit "
         "records that are never dropped have filled their share of the outbox. Check the broker "
@@ -227,6 +268,22 @@ _UNAVAILABLE: dict[int, tuple[str, str]] = {
         "aside and starts a fresh one.",
     ),
 }
+
+
+StoreUnavailable.variants = MappingProxyType(
+    {
+        **{code: hint for code, hint in reversed(_UNAVAILABLE.values())},  # the first hint of a code wins
+        "STORE_NOT_CREATED": "The core creates the database when it starts: start oht-agent-core first.",
+        "STORE_SCHEMA_PENDING": "The core migrates the database when it starts: wait for it, or start it.",
+        "STORE_AUDIT_KEY_MISSING": (
+            "The core makes the audit key when it starts: start oht-agent-core first, or restore audit.key."
+        ),
+        "STORE_AUDIT_KEY_UNREADABLE": (
+            "The audit key must be readable by the agent's accounts (group oht-agent): check its owner and mode."
+        ),
+        "STORE_AUDIT_KEY_INVALID": "audit.key is damaged: restore it from the backup taken with the database.",
+    }
+)
 
 
 def sqlite_primary_code(exc: BaseException) -> int | None:

@@ -51,7 +51,7 @@ from agent.sync.envelope import Command, decode_command
 from agent.sync.errors import UpstreamError
 from agent.sync.identity import PinnedKey
 from agent.sync.replay import CommandDecision, CommandOutcome, CommandRules, judge_command, rejection_receipt
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = [
     "ACTOR",

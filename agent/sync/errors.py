@@ -8,7 +8,7 @@ not).
 
 from __future__ import annotations
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "AckTimeout",
@@ -35,6 +35,8 @@ class UpstreamError(CodedError):
     """Base class of everything the upstream link raises."""
 
     code = "UPSTREAM_ERROR"
+    kind = ErrorKind.INVALID
+    hint = "The upstream link refused a message or failed: the message says which; see docs/upstream.md."
 
 
 class MessageMalformed(UpstreamError):
@@ -47,6 +49,7 @@ class MessageMalformed(UpstreamError):
 
 class MessageTooLarge(UpstreamError):
     code = "UPSTREAM_TOO_LARGE"
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
     hint = "Messages are bounded (docs/upstream.md, size limits); a larger one is refused unread."
 
 
@@ -57,6 +60,7 @@ class VersionUnsupported(UpstreamError):
 
 class SignatureInvalid(UpstreamError):
     code = "UPSTREAM_SIGNATURE_INVALID"
+    kind = ErrorKind.FORBIDDEN
     hint = (
         "The signature does not verify with the pinned key: check [upstream] central_public_key on"
         " the robot (commands) or the device key pinned centrally (`oht-agent upstream pubkey`)."
@@ -65,11 +69,13 @@ class SignatureInvalid(UpstreamError):
 
 class WrongAgent(UpstreamError):
     code = "UPSTREAM_WRONG_AGENT"
+    kind = ErrorKind.FORBIDDEN
     hint = "The message names another robot than the one it reached: check the topic and the agent id."
 
 
 class CommandStale(UpstreamError):
     code = "UPSTREAM_STALE"
+    kind = ErrorKind.CONFLICT
     hint = (
         "issued_at is older than [upstream] command_max_age_s or ahead of this clock by more than"
         " clock_skew_s: check NTP on the robot and on the centre, then issue a new command."
@@ -78,11 +84,13 @@ class CommandStale(UpstreamError):
 
 class CommandExpired(UpstreamError):
     code = "UPSTREAM_EXPIRED"
+    kind = ErrorKind.CONFLICT
     hint = "The command's not_after passed before it arrived; it was not run. Issue a new one."
 
 
 class CommandReplayed(UpstreamError):
     code = "UPSTREAM_REPLAYED"
+    kind = ErrorKind.CONFLICT
     hint = "This command_id was handled before; its first receipt and result stand. A new command needs a new id."
 
 
@@ -90,6 +98,7 @@ class SeqConflict(UpstreamError):
     """Raised on the central side; declared here so both ends name it alike."""
 
     code = "UPSTREAM_SEQ_CONFLICT"
+    kind = ErrorKind.CONFLICT
     hint = (
         "The robot sent a new record under a seq already committed with another record: its"
         " database went back (restored from an older backup?). Do not acknowledge it; compare the"
@@ -107,6 +116,7 @@ class PublicKeyInvalid(UpstreamError):
 
 class DeviceKeyUnreadable(UpstreamError):
     code = "UPSTREAM_DEVICE_KEY_UNREADABLE"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "device.key in the data directory must be readable by the gateway's account: run"
         " `oht-agent upstream ...` as that account (docs/systemd.md), check the file's owner and mode."
@@ -115,6 +125,7 @@ class DeviceKeyUnreadable(UpstreamError):
 
 class DeviceKeyUnwritable(UpstreamError):
     code = "UPSTREAM_DEVICE_KEY_UNWRITABLE"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "The device key is made in the data directory ([agent] data_dir), which must exist and be"
         " writable by the account running the command: the gateway's (docs/systemd.md)."
@@ -123,6 +134,7 @@ class DeviceKeyUnwritable(UpstreamError):
 
 class DeviceKeyInvalid(UpstreamError):
     code = "UPSTREAM_DEVICE_KEY_INVALID"
+    kind = ErrorKind.INTERNAL
     hint = (
         "device.key is damaged: restore it from the backup of the data directory. Only if none"
         " exists, move it away (a new key is made) and pin the new public key centrally."
@@ -131,6 +143,7 @@ class DeviceKeyInvalid(UpstreamError):
 
 class AckTimeout(UpstreamError):
     code = "UPSTREAM_ACK_TIMEOUT"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "No central acknowledgement came for [upstream] ack_timeout_s while records were in flight:"
         " the robot sends them again. Check that a central consumer runs and reaches the broker."
@@ -139,6 +152,7 @@ class AckTimeout(UpstreamError):
 
 class BacklogOverdue(UpstreamError):
     code = "UPSTREAM_BACKLOG_OVERDUE"
+    kind = ErrorKind.UNAVAILABLE
     hint = (
         "Records that are never dropped have waited longer than their class's time-to-live: they"
         " are kept, but the centre has not taken them. Check the broker, the consumer and the link"
@@ -148,6 +162,7 @@ class BacklogOverdue(UpstreamError):
 
 class RecordUnsendable(UpstreamError):
     code = "UPSTREAM_RECORD_UNSENDABLE"
+    kind = ErrorKind.INTERNAL
     hint = (
         "An outbox record cannot be put into the envelope (the message names it); its stream"
         " waits at it and retries. A bug or a damaged row: report it with `oht-agent db check`."

@@ -84,7 +84,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.store.clock import now_ts
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 __all__ = [
     "AGENT_ID_RE",
@@ -145,11 +145,13 @@ def status_topic(agent_id: str) -> str:
 # ---------------------------------------------------------------- errors
 class MqttLinkError(CodedError):
     code = "UPSTREAM_LINK_ERROR"
+    kind = ErrorKind.UNAVAILABLE
     hint = "See the message; the outbox keeps every record until the central consumer acknowledges it."
 
 
 class MqttSettingsInvalid(MqttLinkError):
     code = "UPSTREAM_SETTINGS_INVALID"
+    kind = ErrorKind.INVALID
     hint = "Check the broker's host and port, and that the CA, certificate and key files exist and belong together."
 
 
@@ -188,11 +190,13 @@ class LinkStopped(MqttLinkError):
 
 class CallbackFailed(MqttLinkError):
     code = "UPSTREAM_CALLBACK_FAILED"
+    kind = ErrorKind.INTERNAL
     hint = "A bug in the agent's MQTT callback; the link goes on. Report the logged stack."
 
 
 class HandlerFailed(MqttLinkError):
     code = "UPSTREAM_HANDLER_FAILED"
+    kind = ErrorKind.INTERNAL
     hint = "A received message could not be handled (the stack is logged); the next message is handled as usual."
 
 

@@ -58,7 +58,7 @@ from agent.sync.errors import AckTimeout, BacklogOverdue, RecordUnsendable, Upst
 from agent.sync.identity import DeviceIdentity
 from agent.sync.mqtt_link import MqttLink, MqttLinkError, up_topic
 from agent.sync.replay import accept_ack
-from drivers.errors import CodedError
+from oht_errors import CodedError
 
 __all__ = ["READ_BATCH", "StreamStatus", "Uplink", "UplinkStatus", "missing_ranges", "reserve_for_critical"]
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from drivers.errors import CodedError
-from drivers.modbus.frames import exception_name
+from types import MappingProxyType
+
+from drivers.modbus.frames import EXCEPTION_NAMES, exception_name
+from oht_errors import CodedError, ErrorKind
 
 
 class BusError(CodedError):
+    """The bus could not carry a request: the line, the port or the module."""
+
     code = "BUS_ERROR"
+    kind = ErrorKind.UNAVAILABLE
+    hint = "The RS485 bus failed a request: see the agent log for the module and the cause; it is retried."
 
 
 class BusTimeout(BusError):
@@ -36,6 +42,15 @@ class ModbusExceptionReply(BusError):
     """The slave answered with a Modbus exception; such an answer is final, so it is not retried."""
 
     hint = "The module refused the request: check the register map (profile) against its firmware version."
+    # Retrying does not help and the caller cannot fix it: the profile and the firmware disagree.
+    kind = ErrorKind.INTERNAL
+    variants = MappingProxyType(
+        {
+            f"MODBUS_EXCEPTION_{number:02X}": f"The module answered Modbus exception {number:#04x} ({name}): "
+            "check the register map (profile) against its firmware version."
+            for number, name in EXCEPTION_NAMES.items()
+        }
+    )
 
     def __init__(self, slave: int, function: int, exception_code: int) -> None:
         self.slave = slave

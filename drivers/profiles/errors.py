@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from drivers.errors import CodedError
+from oht_errors import CodedError, ErrorKind
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class ProfileError(CodedError):
     """
 
     code = "PROFILE_INVALID"
+    kind = ErrorKind.INVALID
+    hint = "Fix the profile files named in the message (every defect is listed), then restart the agent."
 
     def __init__(self, problems: Iterable[Problem], *, hint: str | None = None) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
@@ -53,12 +55,19 @@ class UnknownModule(CodedError):
     """No profile matches a module's identity: the agent must not guess a register map."""
 
     code = "MODULE_UNKNOWN"
+    kind = ErrorKind.NOT_FOUND
+    hint = (
+        "No register profile matches the identity this module reports (DEVICE_ID, MODULE_TYPE, firmware):"
+        " install the profile for it, or check that the right module sits at this address."
+    )
 
 
 class UnknownRegister(CodedError, KeyError):
     """A register name is not part of the profile (also a KeyError for mapping-style callers)."""
 
     code = "REGISTER_UNKNOWN"
+    kind = ErrorKind.INVALID
+    hint = "Use a register name of the module's profile (GET /api/v1/modules/{role} lists them)."
 
     def __str__(self) -> str:  # KeyError would otherwise quote the repr
         return CodedError.__str__(self)
@@ -68,3 +77,8 @@ class RegisterWriteRefused(CodedError):
     """A write was refused before reaching the bus (not writable, read-only module, out of range)."""
 
     code = "REGISTER_WRITE_REFUSED"
+    kind = ErrorKind.INVALID
+    hint = (
+        "The register is not writable, the module is read-only, or the value is outside the range of its"
+        " profile: see the message; nothing was written to the bus."
+    )

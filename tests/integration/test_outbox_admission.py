@@ -18,8 +18,8 @@ from agent.auth.principal import CallContext, cli_principal
 from agent.store.outbox import KIND_COMMAND_RESULT, Outbox
 from agent.store.streams import StreamClass
 from agent.sync.downlink import Downlink
-from drivers.errors import CodedError
 from drivers.sim.client import SimProcess
+from oht_errors import CodedError
 from tests.conftest import gateway_for
 from tests.integration.test_downlink import CENTRAL_KEY, RULES, receipts, signed
 from tests.integration.test_safety import terminal

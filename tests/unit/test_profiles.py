@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from drivers.errors import CodedError
 from drivers.modbus.merge import plan_poll
 from drivers.profiles import (
     IDENTITY_COUNT,
@@ -25,6 +24,7 @@ from drivers.profiles import (
     select_profile,
 )
 from drivers.profiles.loader import IDENTITY_REGISTERS
+from oht_errors import CodedError
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 SHIPPED = {"safety-safefw", "travel-drvfw", "travel-drvfw-deadman", "power-v2", "dock-readonly"}
