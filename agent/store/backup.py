@@ -345,6 +345,7 @@ def upgrade_backup(
             fsync_dir(data_dir)
             _chown_like([folder], data_dir)
         backup(data_dir, dest)
+        _chown_like([dest], data_dir / DB_NAME)  # a user command run as root may be the one migrating
     except (OSError, StoreError) as exc:
         raise UpgradeBackupFailed(
             f"cannot back up {data_dir / DB_NAME} before migrating it from schema version {from_version} "
