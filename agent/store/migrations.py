@@ -13,7 +13,9 @@ Rules for adding a migration:
   dedicated mechanism for them when the first one is needed.
 
 A database whose version is newer than `LATEST_VERSION` is refused (STORE_SCHEMA_NEWER): old code
-must not write into a schema it does not know.
+must not write into a schema it does not know. So the way back to an older release is the backup
+the store takes before it migrates an existing database (`migrate(before=...)`, database.py,
+backup.py; docs/upgrade.md).
 """
 
 from __future__ import annotations
