@@ -14,6 +14,12 @@ Each returns a JSON-friendly dict or raises a CodedError; the CLI prints either.
   `agent.db.before-restore-<id>` (with its -wal/-shm), and puts the new file in place with
   write-to-temp + fsync + rename, so a crash leaves either the old or the new database.
 
+- `upgrade_backup` is what the store runs by itself before it migrates an existing database to a
+  newer schema (database.py): the same online backup, into `data_dir/backups/` under a name that
+  carries the schema versions from and to and the UTC time, the newest `UPGRADE_BACKUPS_KEPT`
+  kept. It is the way back to the previous release (docs/upgrade.md), so when it fails the
+  migration is not applied (STORE_BACKUP_FAILED). `list_backups` shows them for `db backups`.
+
 Ownership: these commands are often run as root while the daemon runs as its own user. Files
 they create in the data directory get the owner and mode of the database they belong to, so the
 daemon can still open them.
@@ -22,29 +28,40 @@ daemon can still open them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.ids import new_id
 from agent.store import streams
-from agent.store.database import DB_NAME
 from agent.store.errors import (
     BackupError,
     ForeignDatabase,
     SchemaTooNew,
     StoreError,
+    UpgradeBackupFailed,
     map_sqlite_error,
 )
+from agent.store.layout import BACKUPS_DIR, DB_NAME
 from agent.store.lock import DataDirLock
 from agent.store.migrations import APPLICATION_ID, LATEST_VERSION, check_identity
 from agent.store.private_files import fsync_dir
 
-__all__ = ["backup", "check", "restore"]
+__all__ = ["UPGRADE_BACKUPS_KEPT", "backup", "check", "list_backups", "restore", "upgrade_backup"]
+
+log = logging.getLogger("oht.store")
 
 _SIDE_FILES = ("-wal", "-shm")
+# How many automatic pre-migration backups stay in data_dir/backups: enough to step back through
+# several upgrades, bounded so that a carriage upgraded often does not fill its partition.
+UPGRADE_BACKUPS_KEPT = 5
+_UPGRADE_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+_UPGRADE_NAME = re.compile(r"^agent-v(\d+)-to-v(\d+)-(\d{8}T\d{6}\.\d{6}Z)\.db$")
 _BUSY_TIMEOUT_MS = 10_000
 
 
@@ -288,4 +305,80 @@ def restore(data_dir: Path | str, src: Path | str) -> dict[str, Any]:
         "previous_saved_as": None if kept is None else str(kept),
         "schema_version": copied["schema_version"],
         "counts": copied["counts"],
+    }
+
+
+def _upgrade_backups(folder: Path) -> list[tuple[datetime, int, int, Path]]:
+    """(taken at, from version, to version, path) of the automatic backups in `folder`, newest first.
+
+    Only names this module makes count: a file a technician put there is never listed or pruned.
+    """
+    found = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for path in folder.iterdir():
+            match = _UPGRADE_NAME.match(path.name)
+            if match is None or not path.is_file():
+                continue
+            taken = datetime.strptime(match[3], _UPGRADE_TIME_FORMAT).replace(tzinfo=UTC)
+            found.append((taken, int(match[1]), int(match[2]), path))
+    return sorted(found, reverse=True)
+
+
+def upgrade_backup(
+    data_dir: Path | str, from_version: int, to_version: int, *, keep: int = UPGRADE_BACKUPS_KEPT
+) -> Path:
+    """Back up `data_dir/agent.db` before it is migrated from `from_version` to `to_version`.
+
+    Returns the new file (`backups/agent-v<from>-to-v<to>-<UTC time>.db`, verified and fsynced),
+    then removes all but the newest `keep` automatic backups. Raises UpgradeBackupFailed when
+    no sound copy could be made: the caller must then not migrate.
+    """
+    if keep < 1:
+        raise ValueError("keep at least the backup just taken")
+    data_dir = Path(data_dir)
+    folder = data_dir / BACKUPS_DIR
+    stamp = datetime.now(UTC).strftime(_UPGRADE_TIME_FORMAT)
+    dest = folder / f"agent-v{from_version}-to-v{to_version}-{stamp}.db"
+    try:
+        if not folder.is_dir():
+            folder.mkdir(mode=0o700)
+            fsync_dir(data_dir)
+            _chown_like([folder], data_dir)
+        backup(data_dir, dest)
+        _chown_like([dest], data_dir / DB_NAME)  # a user command run as root may be the one migrating
+    except (OSError, StoreError) as exc:
+        raise UpgradeBackupFailed(
+            f"cannot back up {data_dir / DB_NAME} before migrating it from schema version {from_version} "
+            f"to {to_version}: {exc}"
+        ) from exc
+    for _, _, _, old in _upgrade_backups(folder)[keep:]:
+        try:
+            old.unlink()
+        except OSError as exc:  # the new backup exists: a stale old one only costs space
+            log.warning("cannot remove the old upgrade backup %s: %s", old, exc)
+    return dest
+
+
+def list_backups(data_dir: Path | str) -> dict[str, Any]:
+    """The automatic pre-migration backups of `data_dir`, newest first, for `oht-agent db backups`.
+
+    `restorable` says whether this release can open the backup (`db restore` refuses a newer
+    schema); the one to go back to after an upgrade is the newest whose `from_version` is this
+    release's `schema_version`.
+    """
+    folder = Path(data_dir) / BACKUPS_DIR
+    return {
+        "backups_dir": str(folder),
+        "schema_version": LATEST_VERSION,
+        "backups": [
+            {
+                "path": str(path),
+                "from_version": from_version,
+                "to_version": to_version,
+                "taken_at": taken.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "size_bytes": path.stat().st_size,
+                "restorable": from_version <= LATEST_VERSION,
+            }
+            for taken, from_version, to_version, path in _upgrade_backups(folder)
+        ],
     }

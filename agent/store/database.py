@@ -3,8 +3,9 @@
 Start-up, in this order: take the data-dir lock (one process per database), `PRAGMA
 quick_check` (a corrupt file is moved aside as `agent.db.corrupt-<id>` with its -wal/-shm and a
 fresh database is created; never reused silently), open exactly one writer connection (WAL,
-synchronous=FULL, foreign keys) plus read-only reader connections, apply pending migrations in
-one transaction, then mark commands that were running when the agent stopped as interrupted.
+synchronous=FULL, foreign keys) plus read-only reader connections, back up a database that
+needs a migration (`data_dir/backups`, backup.py: no migration without the way back), apply
+pending migrations in one transaction, then mark commands that were running when the agent stopped as interrupted.
 What was found is returned as a `StartupReport` for the daemon to raise latched faults.
 
 Writes go through the group-commit writer (writer.py): `await db.write(unit)` returns after the
@@ -32,6 +33,7 @@ from agent.store import chain_key, private_files
 from agent.store import commands as _commands
 from agent.store import outbox as _outbox
 from agent.store.audit import AuditEntry, append_in, bind_chain_key, params_digest
+from agent.store.backup import upgrade_backup
 from agent.store.clock import now_ts
 from agent.store.errors import (
     StoreClosed,
@@ -41,6 +43,7 @@ from agent.store.errors import (
     map_sqlite_error,
     sqlite_primary_code,
 )
+from agent.store.layout import DB_NAME
 from agent.store.lock import DataDirLock
 from agent.store.migrations import LATEST_VERSION, check_identity, migrate, read_identity
 from agent.store.pipeline import Pipelined, enqueue, settle
@@ -52,7 +55,6 @@ log = logging.getLogger("oht.store")
 
 T = TypeVar("T")
 
-DB_NAME = "agent.db"
 _SIDE_FILES = ("-wal", "-shm")
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # truncate the WAL back to this after checkpoints
@@ -66,6 +68,7 @@ class StartupReport:
     schema_version: int
     interrupted_commands: int
     migrated_from: int = 0
+    upgrade_backup: Path | None = None  # the backup taken before a migration, if one ran
 
 
 class Database:
@@ -124,6 +127,7 @@ class Database:
         self._unhealthy_since: str | None = None
         self.report: StartupReport | None = None
         self.chain_key: chain_key.ChainKey | None = None
+        self._upgrade_backup: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +164,7 @@ class Database:
         return report
 
     async def _start(self) -> StartupReport:
+        self._upgrade_backup = None
         moved = None if self._attach else await self._check_or_move_aside()
         if not self._attach:
             for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
@@ -186,7 +191,7 @@ class Database:
                     )
                 version = before
             else:
-                before, version = await migrate(conn)
+                before, version = await migrate(conn, before=self._backup_before_migration)
             key, key_created = await self._chain_key(conn)
         except sqlite3.Error as exc:
             raise map_sqlite_error(exc) from exc
@@ -240,6 +245,22 @@ class Database:
             schema_version=version,
             interrupted_commands=interrupted,
             migrated_from=before,
+            upgrade_backup=self._upgrade_backup,
+        )
+
+    async def _backup_before_migration(self, from_version: int, to_version: int) -> None:
+        """The way back to the previous release: a backup of the database as that release left it.
+
+        Raises UpgradeBackupFailed (STORE_BACKUP_FAILED) when it cannot be taken; the start then
+        fails before the migration, and the previous release can still open the database.
+        """
+        path = await asyncio.to_thread(upgrade_backup, self.data_dir, from_version, to_version)
+        self._upgrade_backup = path
+        log.warning(
+            "migrating the database from schema version %d to %d; backup taken before: %s",
+            from_version,
+            to_version,
+            path,
         )
 
     async def _chain_key(self, conn: aiosqlite.Connection) -> tuple[chain_key.ChainKey, bool]:

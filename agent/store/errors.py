@@ -315,3 +315,14 @@ def map_sqlite_error(exc: sqlite3.Error) -> StoreError:
 def is_unavailable(exc: BaseException) -> bool:
     """Whether an sqlite3 exception means the storage cannot take writes."""
     return sqlite_primary_code(exc) in _UNAVAILABLE
+
+
+class UpgradeBackupFailed(BackupError):
+    """The backup taken before a schema migration failed: the migration was not applied."""
+
+    code = "STORE_BACKUP_FAILED"
+    hint = (
+        "The database was NOT migrated and the previous release can still open it. Free space on "
+        "the data partition (`df`; old backups in <data_dir>/backups), check that the agent user "
+        "can write <data_dir>/backups, then start the agent again."
+    )

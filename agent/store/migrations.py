@@ -13,11 +13,14 @@ Rules for adding a migration:
   dedicated mechanism for them when the first one is needed.
 
 A database whose version is newer than `LATEST_VERSION` is refused (STORE_SCHEMA_NEWER): old code
-must not write into a schema it does not know.
+must not write into a schema it does not know. So the way back to an older release is the backup
+the store takes before it migrates an existing database (`migrate(before=...)`, database.py,
+backup.py; docs/upgrade.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiosqlite
@@ -474,11 +477,20 @@ def check_identity(app_id: int, version: int, objects: int, *, what: str) -> Non
         raise ForeignDatabase(f"{what} has application_id {app_id:#x}, not oht-agent's {APPLICATION_ID:#x}")
 
 
-async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -> tuple[int, int]:
+async def migrate(
+    conn: aiosqlite.Connection,
+    *,
+    target: int = LATEST_VERSION,
+    before: Callable[[int, int], Awaitable[object]] | None = None,
+) -> tuple[int, int]:
     """Apply every migration above the current version up to `target` in one transaction.
 
     Returns (version before, version after). `conn` must have no transaction open. Raises SchemaTooNew / ForeignDatabase
     before touching anything; an SQL failure rolls the whole upgrade back and propagates.
+
+    `before(current, target)` runs when an existing database (version > 0) is about to be migrated,
+    and only then, before anything is changed: the store takes its backup there (the way back to
+    the previous release). If it raises, nothing is migrated and the exception propagates.
     """
     if not 0 <= target <= LATEST_VERSION:
         raise ValueError(f"target version {target} outside 0..{LATEST_VERSION}")
@@ -487,6 +499,8 @@ async def migrate(conn: aiosqlite.Connection, *, target: int = LATEST_VERSION) -
     pending = [m for m in MIGRATIONS if current < m.version <= target]
     if not pending:
         return current, current
+    if before is not None and current > 0:
+        await before(current, pending[-1].version)
     await conn.execute("BEGIN IMMEDIATE")
     try:
         for migration in pending:
