@@ -98,6 +98,13 @@ if [ -n "$D" ]; then
 	run mkdir -p "$D"
 	D=$(cd "$D" && pwd)
 fi
+# The script replaces $OPT/docs and uninstall removes $OPT: never the repository itself.
+case "$REPO/" in
+"$D$OPT"/*)
+	fail REPO_IN_TARGET "the repository $REPO is inside $D$OPT, which install replaces and uninstall removes" \
+		"clone it elsewhere (for example /usr/local/src/oht-agent) and run make $ACTION there"
+	;;
+esac
 # systemd's tools act on the staging root with --root=; on this machine without it.
 ROOT_ARG=${D:+--root=$D}
 # A running systemd and udev are told about changes; a staging root has none.

@@ -279,3 +279,21 @@ def test_uninstall_removes_the_agent_and_keeps_data_and_config(uninstalled: Stag
 def test_uninstall_twice_is_fine(uninstalled: Staged) -> None:
     assert uninstalled.second.returncode == 0, uninstalled.second.stdout + uninstalled.second.stderr
     assert (uninstalled.root / DATA / "agent.db").exists()
+
+
+def test_a_repository_inside_opt_oht_agent_is_refused(tmp_path: Path) -> None:
+    """Uninstall removes /opt/oht-agent: run from a clone there, it would remove the clone."""
+    root = tmp_path / "root"
+    clone = root / "opt/oht-agent"
+    (clone / "packaging").mkdir(parents=True)
+    shutil.copy(REPO / "packaging/install.sh", clone / "packaging/install.sh")
+    refused = subprocess.run(
+        ["sh", str(clone / "packaging/install.sh"), "uninstall"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ANALYZE_ENV | {"DESTDIR": str(root)},
+    )
+    assert refused.returncode == 1
+    assert "UNINSTALL_REPO_IN_TARGET" in refused.stderr and "hint:" in refused.stderr
+    assert (clone / "packaging/install.sh").exists()
