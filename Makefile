@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-slow check bench demo clean
+.PHONY: test test-slow check bench demo clean install uninstall
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ bench: $(STAMP)
 ## make demo: simulator plus agent polling it, until Ctrl-C
 demo: $(STAMP)
 	$(PY) -m agent demo
+
+## make install: as root, install and enable the agent on this machine (docs/systemd.md,
+## "Installing and enabling"). DESTDIR=/path stages it there instead (packaging, tests);
+## PACKAGE=wheel and PIP_ARGS="--no-index --find-links DIR" install offline.
+install:
+	DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" PACKAGE="$(PACKAGE)" PIP_ARGS="$(PIP_ARGS)" sh packaging/install.sh install
+
+## make uninstall: as root, stop, disable and remove it; keeps /etc/oht-agent and /var/lib/oht-agent
+uninstall:
+	DESTDIR="$(DESTDIR)" sh packaging/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
