@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import tomllib
 import signal
 import subprocess
 import sys
@@ -77,10 +78,16 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+def shipped_packages() -> list[str]:
+    """The top-level packages a release ships: pyproject's `packages.find` include list."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+
 def release_with_migration(dest: Path, statements: list[str]) -> Path:
     """A copy of this tree whose migrations.py appends migration NEXT made of `statements`."""
     ignore = shutil.ignore_patterns("__pycache__")
-    for part in ("agent", "drivers"):
+    for part in shipped_packages():
         shutil.copytree(REPO / part, dest / part, ignore=ignore)
     shutil.copytree(REPO / "config" / "profiles", dest / "config" / "profiles")
     path = dest / "agent" / "store" / "migrations.py"
