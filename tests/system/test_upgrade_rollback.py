@@ -15,11 +15,11 @@ import json
 import os
 import re
 import shutil
-import tomllib
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
