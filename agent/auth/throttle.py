@@ -148,6 +148,15 @@ class SlidingWindow:
     def clear(self, key: str) -> None:
         self._events.pop(key)
 
+    def restore(self, key: str, at: float) -> None:
+        """Count again an event taken at `at` (a reservation still running after a `clear`);
+        restored in the order they were taken, so the window stays sorted."""
+        events = self._live(key, self._clock())
+        if events is None:
+            events = deque(maxlen=self.limit)
+            self._events.put(key, events)
+        events.append(at)
+
     def keys(self) -> list[str]:
         return self._events.keys()
 
@@ -169,25 +178,25 @@ class Attempt:
         self._throttle = throttle
         self.account = account
         self.ip = ip
-        self._pair_at = pair_at
+        self.pair_at = pair_at
         self._ip_at = ip_at
         self._done = False
 
     def failed(self) -> None:
         if not self._done:
             self._done = True
-            self._throttle._attempt_failed(self)
+            self._throttle._attempt_failed(self, self.pair_at, self._ip_at)
 
     def succeeded(self) -> None:
         if not self._done:
             self._done = True
-            self._throttle._attempt_succeeded(self, self._pair_at, self._ip_at)
+            self._throttle._attempt_succeeded(self, self.pair_at, self._ip_at)
 
     def abandon(self) -> None:
         """The check never ran (an error before it): count nothing."""
         if not self._done:
             self._done = True
-            self._throttle._attempt_abandoned(self, self._pair_at, self._ip_at)
+            self._throttle._attempt_abandoned(self, self.pair_at, self._ip_at)
 
 
 class LoginThrottle:
@@ -206,6 +215,9 @@ class LoginThrottle:
         self._ips = SlidingWindow(limits.ip_failures, limits.window_s, max_keys=max_keys, clock=clock)
         self._accounts: _LruTable[_AccountState] = _LruTable(max_keys)
         self._known: _LruTable[float] = _LruTable(max_keys)  # "account\x00ip" -> last success
+        # The reservations of checks still running, per pair: a success or an unlock clears the
+        # pair's failures, but the checks in flight still count against the limit until they end.
+        self._open: dict[str, list[float]] = {}
 
     @staticmethod
     def account_key(user_name: object) -> str:
@@ -233,8 +245,12 @@ class LoginThrottle:
     def _account_wait(self, account: str, ip: str, now: float) -> int:
         """Seconds the account-wide delay still holds for a check from `ip` (0: free)."""
         state = self._account(account, now)
-        if state is None or self._known_address(account, ip, now):
+        if state is None:
             return 0
+        if self._known_address(account, ip, now):
+            # An address that logged in recently is spared the failures others caused, but not
+            # the bound on checks running at once for the account.
+            return 1 if state.in_flight >= self.limits.account_failures else 0
         if len(state.failures) + state.in_flight < self.limits.account_failures:
             return 0
         if state.in_flight:
@@ -250,6 +266,7 @@ class LoginThrottle:
         if wait:
             return wait
         pair_at, ip_at = self._pairs.hit(pair), self._ips.hit(ip)
+        self._open.setdefault(pair, []).append(pair_at)
         state = self._account(account, now)
         if state is None:
             state = _AccountState(deque(maxlen=max(64, 4 * self.limits.account_failures)))
@@ -257,7 +274,30 @@ class LoginThrottle:
         state.in_flight += 1
         return Attempt(self, account, ip, pair_at, ip_at)
 
-    def _attempt_failed(self, attempt: Attempt) -> None:
+    def _close(self, attempt: Attempt) -> None:
+        pair = self._pair(attempt.account, attempt.ip)
+        running = self._open.get(pair)
+        if running is not None:
+            if attempt.pair_at in running:
+                running.remove(attempt.pair_at)
+            if not running:
+                del self._open[pair]
+
+    def _clear_pair(self, pair: str) -> None:
+        """Forget the pair's failures; the reservations of checks still running stay counted."""
+        self._pairs.clear(pair)
+        for at in self._open.get(pair, ()):
+            self._pairs.restore(pair, at)
+
+    def _attempt_failed(self, attempt: Attempt, pair_at: float, ip_at: float) -> None:
+        # The reservation becomes the failure, dated when the check failed (not when it began),
+        # so that it stays in the windows for their whole length after the failure.
+        self._close(attempt)
+        pair = self._pair(attempt.account, attempt.ip)
+        self._pairs.release(pair, pair_at)
+        self._pairs.hit(pair)
+        self._ips.release(attempt.ip, ip_at)
+        self._ips.hit(attempt.ip)
         now = self._clock()
         state = self._accounts.get(attempt.account)
         if state is None:  # forgotten under memory pressure: start again
@@ -273,12 +313,20 @@ class LoginThrottle:
     def _attempt_succeeded(self, attempt: Attempt, pair_at: float, ip_at: float) -> None:
         """A correct password: the account's and the pair's failures are cleared, the address's
         reservation is given back (its earlier failures stay), and the address becomes known."""
-        self._pairs.clear(self._pair(attempt.account, attempt.ip))
+        self._close(attempt)
+        self._clear_pair(self._pair(attempt.account, attempt.ip))
         self._ips.release(attempt.ip, ip_at)
-        self._accounts.pop(attempt.account)
+        state = self._accounts.get(attempt.account)
+        if state is not None:
+            state.failures.clear()
+            state.next_check_at = 0.0
+            state.in_flight = max(0, state.in_flight - 1)
+            if not state.in_flight:
+                self._accounts.pop(attempt.account)
         self._known.put(self._pair(attempt.account, attempt.ip), self._clock())
 
     def _attempt_abandoned(self, attempt: Attempt, pair_at: float, ip_at: float) -> None:
+        self._close(attempt)
         self._pairs.release(self._pair(attempt.account, attempt.ip), pair_at)
         self._ips.release(attempt.ip, ip_at)
         state = self._accounts.get(attempt.account)
@@ -288,10 +336,15 @@ class LoginThrottle:
     def clear_account(self, user_name: object) -> None:
         """Forget every failure of the account, from every address (a password set, an unlock)."""
         account = self.account_key(user_name)
-        self._accounts.pop(account)
+        state = self._accounts.get(account)
+        if state is not None:
+            state.failures.clear()
+            state.next_check_at = 0.0
+            if not state.in_flight:
+                self._accounts.pop(account)
         prefix = self._pair(account, "")
         for key in [k for k in self._pairs.keys() if k.startswith(prefix)]:
-            self._pairs.clear(key)
+            self._clear_pair(key)
 
     def account_failures(self, user_name: object) -> int:
         state = self._account(self.account_key(user_name), self._clock())

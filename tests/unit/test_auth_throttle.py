@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.auth.throttle import Attempt, AuditGate, LoginThrottle, SlidingWindow, ThrottleLimits
@@ -99,6 +99,20 @@ def test_a_success_gives_back_its_address_reservation() -> None:
         ),
         max_size=120,
     )
+)
+# Found by this test: a success cleared the reservations of the checks still running for its pair
+# and account, so three more could start beside them ...
+@example([(0, 0, "begin", 0.0)] * 3 + [(0, 0, "succeed", 0.0)] + [(0, 0, "begin", 0.0)] * 2)
+# ... a failure was dated when its check began, so it left the window early ...
+@example(
+    [(0, 0, "begin", t) for t in (0.0, 27.0, 47.0, 56.0, 99.0)]
+    + [(0, 0, "fail", t) for t in (75.0, 99.0, 99.0)]
+    + [(0, 0, "begin", 98.0)]
+)
+# ... and an address that had just logged in was spared the bound on checks running at once.
+@example(
+    [(0, 0, "begin", 0.0)] * 3
+    + [(0, 0, "fail", 0.0), (0, 0, "succeed", 0.0), (0, 0, "begin", 0.0), (0, 1, "begin", 0.0), (0, 0, "begin", 0.0)]
 )
 def test_checks_never_exceed_the_limits(steps: list[tuple[int, int, str, float]]) -> None:
     """Whatever the interleaving: per (account, address) and per address, the checks that
