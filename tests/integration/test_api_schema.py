@@ -8,6 +8,7 @@ credentials whatever it generates). A failure is any check failing, in any phase
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 import schemathesis
 from schemathesis.checks import CHECKS, load_all_checks
-from schemathesis.engine import events, from_schema
+from schemathesis.engine import StopReason, events, from_schema
+from schemathesis.engine.events import StatefulPhasePayload
+from schemathesis.engine.run import PhaseName
 
 from agent.auth.principal import CallContext, cli_principal
 from agent.control.catalogue import validate_params
@@ -38,6 +41,15 @@ def raw_schema(fuzzed: tuple[Agent, dict[str, str]]) -> dict[str, Any]:
     return raw
 
 
+# Examples per operation in the fuzzing phase (positive and negative each) and steps per
+# stateful scenario: the whole file stays near 25 s on two shared cores (the coverage phase, which
+# makes every case the schema defines, is about 1100 requests of it).
+MAX_EXAMPLES = 8
+MAX_STEPS = 20
+# Far above any answer of this API (an E-stop is confirmed within a second): it catches a hang.
+MAX_RESPONSE_S = 10.0
+
+
 def _all_checks() -> list[str]:
     load_all_checks()
     return list(CHECKS.get_all_names())
@@ -52,13 +64,13 @@ def _config(agent: Agent, headers: dict[str, str]) -> Any:
             "workers": 1,
             "request-timeout": 15,
             "suppress-health-check": ["all"],
-            "checks": {"enabled": True},
-            "generation": {"mode": "all", "max-examples": 8, "database": "none"},
+            "checks": {"enabled": True, "max_response_time": MAX_RESPONSE_S},
+            "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
             "phases": {
                 "examples": {"enabled": True},
                 "coverage": {"enabled": True},
                 "fuzzing": {"enabled": True},
-                "stateful": {"enabled": True, "max-steps": 20},
+                "stateful": {"enabled": True, "max-steps": MAX_STEPS},
             },
         }
     )
@@ -130,19 +142,36 @@ def _failures(event: events.ScenarioFinished) -> list[str]:
 
 def test_every_check_in_every_phase_passes(raw_schema: dict[str, Any], fuzzed: tuple[Agent, dict[str, str]]) -> None:
     agent, headers = fuzzed
-    schema = schemathesis.openapi.from_dict(raw_schema, config=_config(agent, headers))
+    declared = sum(  # counted first: the engine adds the links it infers to the document
+        len(answer.get("links", {}))
+        for path in raw_schema["paths"].values()
+        for operation in path.values()
+        for answer in operation.get("responses", {}).values()
+    )
+    schema = schemathesis.openapi.from_dict(copy.deepcopy(raw_schema), config=_config(agent, headers))
+    checks = schema.config.checks_config_for()
+    assert [name for name in _all_checks() if not checks.get_by_name(name=name).enabled] == []
+    assert checks.max_response_time.enabled
     failures: list[str] = []
     calls: dict[str, int] = {}
+    links: StatefulPhasePayload | None = None
     for event in from_schema(schema).execute():
         if isinstance(event, events.ScenarioFinished):
             failures.extend(_failures(event))
             calls[event.phase.value] = calls.get(event.phase.value, 0) + len(event.recorder.interactions)
+        elif isinstance(event, events.PhaseStarted) and event.phase.name is PhaseName.STATEFUL_TESTING:
+            links = event.payload
         elif isinstance(event, events.NonFatalError | events.FatalError):
             failures.append(f"error: {event!r:.1500}")
         elif isinstance(event, events.EngineFinished):
             failures.extend(f"after run: {f.title}: {f.message}" for f in event.failures)
+            assert event.stop_reason is StopReason.COMPLETED, event.stop_reason
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:60])
-    print(calls)
+    assert min(calls.get(phase.value, 0) for phase in (PhaseName.COVERAGE, PhaseName.FUZZING)) > 100, calls
+    assert calls.get(PhaseName.STATEFUL_TESTING.value, 0) > 50, calls
+    # The stateful phase follows every link the routes declare (command -> read, cancel, from its
+    # 201 and its 200; key -> revoke; user -> disable, set password) besides those it infers.
+    assert declared == 7 and links is not None and links.transitions_total - links.inferred_transitions == declared
 
 
 def test_schema_documents_every_api_route(raw_schema: dict[str, Any]) -> None:
