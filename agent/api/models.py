@@ -25,7 +25,6 @@ from pydantic import (
     create_model,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 from agent.auth.password_policy import MAX_LENGTH, MIN_LENGTH
 from agent.control import params as P
@@ -239,7 +238,7 @@ class CommandRequest(_CommandFields):
     params: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return handler(_SUBMISSION.core_schema)
 
 
