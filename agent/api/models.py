@@ -27,8 +27,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 
 from agent.auth.password_policy import MAX_LENGTH, MIN_LENGTH
-from agent.control import params as P
-from agent.control.catalogue import CATALOGUE, CommandSpec
+from agent.control.catalogue import CATALOGUE, CommandSpec, CommandType
 from agent.store.api_keys import KEY_NAME_PATTERN
 from agent.store.audit import AuditRecord
 from agent.store.users import USER_NAME_PATTERN
@@ -184,23 +183,23 @@ def exactly_one_of(*names: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return rule
 
 
-PARAMS_RULES: dict[type[P.CommandParams], Callable[[dict[str, Any]], dict[str, Any]]] = {
-    P.MoveParams: exactly_one_of("distance_cm", "duration_ms"),
+PARAMS_RULES: dict[CommandType, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    CommandType.MOVE: exactly_one_of("distance_cm", "duration_ms"),
 }
-"""Rules across a parameter model's fields (its `rule`, checked by its validator) that its field
+"""Rules across a command's parameter fields (its `rule`, checked by its validator) that its field
 list cannot show, stated for the schema. A test holds every model with a `rule` to an entry here
 and each entry to the model's own validator."""
 
 
-def _takes_no_arguments(model: type[P.CommandParams]) -> bool:
+def _takes_no_arguments(model: type[BaseModel]) -> bool:
     return all(not field.is_required() for field in model.model_fields.values())
 
 
-def _params_type(model: type[P.CommandParams]) -> Any:
-    rule = PARAMS_RULES.get(model)
+def _params_type(spec: CommandSpec) -> Any:
+    rule = PARAMS_RULES.get(spec.name)
     if rule is None:
-        return model
-    return Annotated[model, WithJsonSchema(rule(model.model_json_schema(by_alias=True)))]
+        return spec.params
+    return Annotated[spec.params, WithJsonSchema(rule(spec.params.model_json_schema(by_alias=True)))]
 
 
 def _variant(spec: CommandSpec) -> type[_CommandFields]:
@@ -213,7 +212,7 @@ def _variant(spec: CommandSpec) -> type[_CommandFields]:
         __base__=_CommandFields,
         __doc__=f"`{spec.name.value}`: {spec.description}.",
         type=(tag, ...),
-        params=(_params_type(spec.params), params_field),
+        params=(_params_type(spec), params_field),
     )
     return model
 
