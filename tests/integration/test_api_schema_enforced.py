@@ -11,14 +11,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 
+from agent.api.models import PARAMS_RULES
 from agent.auth.errors import ApiKeyInvalid, UserNameInvalid
 from agent.auth.password_policy import MIN_LENGTH
 from agent.auth.principal import CallContext, cli_principal
-from agent.control.catalogue import CATALOGUE
-from agent.control.states import CommandType
+from agent.control.catalogue import CATALOGUE, CommandType, validate_params
 from agent.store.api_keys import check_key_name
+from agent.store.errors import CommandInvalid
 from agent.store.users import check_name
 from tests.integration.test_api_harness import Agent, start_agent
 
@@ -41,10 +43,13 @@ def _props(schema: dict[str, Any], model: str) -> dict[str, Any]:
     return props
 
 
-def test_command_types_are_an_enum_of_the_types_the_server_runs(admin: tuple[httpx.Client, dict[str, Any]]) -> None:
+def test_command_types_are_the_variants_of_the_submission(admin: tuple[httpx.Client, dict[str, Any]]) -> None:
     client, schema = admin
-    enum = _props(schema, "CommandRequest")["type"]["enum"]
-    assert set(enum) == {t.value for t in CommandType} == set(CATALOGUE)
+    submission = schema["components"]["schemas"]["CommandRequest"]
+    mapping = submission["discriminator"]["mapping"]
+    assert submission["discriminator"]["propertyName"] == "type"
+    assert set(mapping) == {t.value for t in CommandType} == {spec.name.value for spec in CATALOGUE.values()}
+    assert [v["$ref"] for v in submission["oneOf"]] == [mapping[spec.name.value] for spec in CATALOGUE.values()]
     r = client.post("/api/v1/commands", json={"type": "0"}, headers={"Idempotency-Key": "t0"})
     assert r.status_code == 422 and r.json()["code"] == "COMMAND_INVALID"
 
@@ -82,3 +87,75 @@ def test_a_405_lists_every_method_of_the_path(admin: tuple[httpx.Client, dict[st
     allowed = {m.strip() for m in r.headers["allow"].split(",")}
     documented = {m.upper() for m in schema["paths"][path]}
     assert documented == {"GET", "POST"} and documented <= allowed <= documented | {"HEAD"}
+
+
+def _submission_variant(schema: dict[str, Any], command_type: str) -> dict[str, Any]:
+    ref = schema["components"]["schemas"]["CommandRequest"]["discriminator"]["mapping"][command_type]
+    variant: dict[str, Any] = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return variant
+
+
+def test_each_command_documents_its_own_parameters_with_their_bounds(
+    admin: tuple[httpx.Client, dict[str, Any]],
+) -> None:
+    _client, schema = admin
+    for spec in CATALOGUE.values():
+        params = _submission_variant(schema, spec.name.value)["properties"]["params"]
+        if spec.name in PARAMS_RULES:
+            assert [alt["title"] for alt in params["oneOf"]], spec.name
+        else:
+            assert params["$ref"].endswith(f"/{spec.params.__name__}"), spec.name
+    hoist = schema["components"]["schemas"]["HoistParams"]["properties"]["position_cm"]
+    assert (hoist["minimum"], hoist["maximum"]) == (0, 300)
+
+
+def test_every_rule_across_fields_is_stated_as_its_validator_applies_it() -> None:
+    assert {spec.name for spec in CATALOGUE.values() if spec.params.rule} <= set(PARAMS_RULES)
+    move = _move_params_schema()
+    base = {"direction": "forward", "speed_pct": 50}
+    for extra in (
+        {},
+        {"distance_cm": 10},
+        {"duration_ms": 500},
+        {"distance_cm": 10, "duration_ms": 500},
+        {"distance_cm": None, "duration_ms": 500},
+        {"distance_cm": 10, "duration_ms": None},
+        {"distance_cm": None, "duration_ms": None},
+        {"distance_cm": None},
+    ):
+        body = base | extra
+        try:
+            validate_params("move", body)
+            accepted = True
+        except CommandInvalid:
+            accepted = False
+        assert jsonschema_rs.Draft202012Validator(move).is_valid(body) == accepted, body
+
+
+def _move_params_schema() -> dict[str, Any]:
+    from agent.api.models import COMMAND_VARIANTS
+
+    variant = next(v for v in COMMAND_VARIANTS if v.__name__ == "MoveCommand")
+    schema: dict[str, Any] = variant.model_json_schema()["properties"]["params"]
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "named"),
+    [
+        ({"type": "move", "params": {"direction": "forward", "speed_pct": 500, "distance_cm": 5}}, "COMMAND_INVALID",
+         "speed_pct"),
+        ({"type": "move", "params": {"direction": "forward", "speed_pct": 5}}, "COMMAND_INVALID", "distance_cm"),
+        ({"type": "teleport"}, "COMMAND_INVALID", "teleport"),
+        ({"type": "stop", "priority": 11}, "REQUEST_INVALID", "priority"),
+        ({"type": "stop", "not_after": 0}, "REQUEST_INVALID", "not_after"),
+    ],
+)  # fmt: skip
+def test_a_wrong_submission_is_answered_with_its_code_and_a_hint(
+    admin: tuple[httpx.Client, dict[str, Any]], body: dict[str, Any], code: str, named: str
+) -> None:
+    client, _schema = admin
+    r = client.post("/api/v1/commands", json=body, headers={"Idempotency-Key": f"wrong-{named}-{code}"})
+    answer = r.json()
+    assert r.status_code == 422 and answer["code"] == code, answer
+    assert named in answer["message"] and answer["hint"], answer

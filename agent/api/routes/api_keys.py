@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from agent.api.context import api_context
 from agent.api.deps import audit_target, call_context, require
-from agent.api.models import AUTH_ERRORS, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, errors
+from agent.api.models import AUTH_ERRORS, ApiKeyCreate, ApiKeyCreated, ApiKeyOut, errors, link
 from agent.api.permissions import Permission
 from agent.auth.principal import Principal
 
@@ -25,7 +25,21 @@ async def list_keys(request: Request, _: Principal = ADMIN) -> list[ApiKeyOut]:
     return [ApiKeyOut(**k.public()) for k in await api_context(request).auth.list_api_keys()]
 
 
-@router.post("", name="api_key.create", response_model=ApiKeyCreated, status_code=201, responses=errors(*AUTH_ERRORS))
+@router.post(
+    "",
+    name="api_key.create",
+    response_model=ApiKeyCreated,
+    status_code=201,
+    responses={
+        201: {
+            "description": "Created.",
+            "links": {
+                "RevokeKey": link("DELETE", "/api/v1/api-keys/{key_id}", "Revoke it.", key_id="$response.body#/id")
+            },
+        },
+        **errors(*AUTH_ERRORS),
+    },
+)
 async def create_key(body: ApiKeyCreate, request: Request, principal: Principal = ADMIN) -> ApiKeyCreated:
     """Create a key for one client; `key` is in this answer only. The key belongs to the caller:
     it acts with at most the caller's role and is revoked when the caller is disabled."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from agent.api.context import api_context
 from agent.api.deps import audit_target, core_audit, mark_audited, require
-from agent.api.models import AUTH_ERRORS, CommandRequest, errors
+from agent.api.models import AUTH_ERRORS, CommandRequest, errors, link
 from agent.api.permissions import Permission, allowed, command_permission
 from agent.auth.errors import PermissionDenied
 from agent.auth.principal import Principal
@@ -18,8 +18,24 @@ router = APIRouter(prefix="/api/v1/commands", tags=["commands"])
 CommandId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
+_FOLLOW = {
+    "GetCommand": link("GET", "/api/v1/commands/{command_id}", "Read the command.", command_id="$response.body#/id"),
+    "CancelCommand": link(
+        "POST", "/api/v1/commands/{command_id}/cancel", "Cancel the command.", command_id="$response.body#/id"
+    ),
+}
+
+
 @router.post(
-    "", name="command.submit", response_model=CommandRecord, status_code=201, responses=errors(*AUTH_ERRORS, 409, 503)
+    "",
+    name="command.submit",
+    response_model=CommandRecord,
+    status_code=201,
+    responses={
+        201: {"description": "Queued.", "links": _FOLLOW},
+        200: {"model": CommandRecord, "description": "The key was seen before: the first record.", "links": _FOLLOW},
+        **errors(*AUTH_ERRORS, 409, 503),
+    },
 )
 async def submit(
     body: CommandRequest,

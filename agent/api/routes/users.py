@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from agent.api.context import api_context
 from agent.api.deps import audit_target, call_context, require
-from agent.api.models import AUTH_ERRORS, PasswordSet, SessionsRevoked, UserCreate, UserOut, errors
+from agent.api.models import AUTH_ERRORS, PasswordSet, SessionsRevoked, UserCreate, UserOut, errors, link
 from agent.api.permissions import Permission
 from agent.auth.principal import Principal
 
@@ -25,7 +25,19 @@ async def list_users(request: Request, _: Principal = ADMIN) -> list[UserOut]:
     return [UserOut(**u.public()) for u in await api_context(request).auth.list_users()]
 
 
-@router.post("", name="user.create", response_model=UserOut, status_code=201, responses=errors(*AUTH_ERRORS, 409))
+_FOLLOW = {
+    "DisableUser": link("POST", "/api/v1/users/{name}/disable", "Disable the user.", name="$response.body#/name"),
+    "SetPassword": link("POST", "/api/v1/users/{name}/password", "Set their password.", name="$response.body#/name"),
+}
+
+
+@router.post(
+    "",
+    name="user.create",
+    response_model=UserOut,
+    status_code=201,
+    responses={201: {"description": "Created.", "links": _FOLLOW}, **errors(*AUTH_ERRORS, 409)},
+)
 async def create_user(body: UserCreate, request: Request, principal: Principal = ADMIN) -> UserOut:
     audit_target(request, body.name)
     user = await api_context(request).auth.create_user(
