@@ -46,6 +46,12 @@ def _import_api() -> None:
     import agent.link.client  # noqa: F401
 
 
+def _upstream_connected(service: UpstreamService) -> bool | None:
+    """For `oht_upstream_connected`: the broker link's state (None before the sender exists)."""
+    status = service.status()
+    return None if status is None else status.uplink.connected
+
+
 class Gateway:
     def __init__(self, config: Config, *, retry_s: float = 0.2) -> None:
         self.config = config
@@ -120,6 +126,8 @@ class Gateway:
             await service.stop()
             return
         self.upstream = service
+        if self.api is not None:
+            self.api.app.state.api.metrics.watch_upstream(lambda: _upstream_connected(service))
         for task, name in service.tasks:
             self.tasks.watch(task, name)
 

@@ -28,6 +28,7 @@ from agent.control.results import ResultCode, left_state
 from agent.control.state_machine import Conditions, StateMachine, Transition, TransitionRefused
 from agent.control.states import Event, State
 from agent.control.status_view import (
+    EstopTally,
     LagWindow,
     ModuleView,
     StatusDocument,
@@ -128,6 +129,7 @@ class Controller:
         self._deadman_task: asyncio.Task[Any] | None = None
         self._last_tick = time.monotonic()
         self.loop_lag = LagWindow(LOOP_PERIOD_S)
+        self.estops = EstopTally()
         self.watchdog_pings = 0
         self._last_ping = 0.0
         self.ready_notified = False  # READY=1 delivered to systemd (or no systemd to tell)
@@ -713,6 +715,7 @@ class Controller:
     ) -> EstopResult:
         """Wait for the stop begun by `begin_estop` to be read back, then write its audit row."""
         result = await self._estop_outcome(task)
+        self.estops.record(result.confirmed, result.confirm_ms)
         if audit is not None and not result.confirmed:
             audit = dataclasses.replace(audit, result="error", code="ESTOP_NOT_CONFIRMED")
         await self._audit(audit)

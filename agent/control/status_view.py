@@ -19,7 +19,7 @@ from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from agent.logs import dropped_lines
-from drivers.modbus.stats import ranked
+from drivers.modbus.stats import Buckets, HistogramSummary, ranked
 
 if TYPE_CHECKING:
     from agent.control.controller import Controller
@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BusSummary",
     "CurrentCommand",
+    "EstopSummary",
+    "EstopTally",
     "FaultSummary",
+    "HistogramSummary",
     "LagWindow",
     "LastStop",
     "LogSummary",
@@ -39,6 +42,7 @@ __all__ = [
     "ModuleView",
     "StatusDocument",
     "StoreHealth",
+    "StoreStart",
     "VerdictSummary",
     "module_summary",
     "module_view",
@@ -70,6 +74,8 @@ class ModuleSummary(TypedDict):
     quality: Quality
     online: bool
     last_error: str | None
+    transactions: NotRequired[int]
+    rtt_histogram: NotRequired[HistogramSummary]  # seconds, since the core started
     rtt_p50_ms: NotRequired[float]
     rtt_p99_ms: NotRequired[float]
     timeouts: NotRequired[int]
@@ -88,6 +94,7 @@ class LoopSummary(TypedDict):
     lag_p99_ms: float
     lag_max_ms: float
     ticks: int
+    lag_histogram: HistogramSummary  # seconds, every tick since the core started
 
 
 @with_config(_STRICT)
@@ -133,6 +140,24 @@ class StoreHealth(TypedDict):
 
 
 @with_config(_STRICT)
+class StoreStart(TypedDict):
+    """What the store found when the core opened it: the marks of an unclean stop before this start
+    (commands cut off while running; a corrupt file moved aside)."""
+
+    interrupted_commands: int
+    corrupt_recovered: bool
+
+
+@with_config(_STRICT)
+class EstopSummary(TypedDict):
+    """E-stops asked through the core since it started, and how long each took to be confirmed."""
+
+    confirmed: int
+    unconfirmed: int
+    confirm_histogram: HistogramSummary  # seconds, confirmed stops only
+
+
+@with_config(_STRICT)
 class CurrentCommand(TypedDict):
     id: str
     type: str
@@ -166,6 +191,8 @@ class StatusDocument(TypedDict):
     command: CurrentCommand | None
     last_stop: LastStop | None
     store: StoreHealth
+    store_start: StoreStart
+    estop: EstopSummary
     logs: LogSummary
     loop: LoopSummary
     uptime_s: float
@@ -193,17 +220,53 @@ class ModuleView(TypedDict):
     values: dict[str, ModuleValue]
 
 
+# Loop lateness bounds in seconds: the loop ticks every 20 ms; the safety policy warns and stops at
+# a few tens of ms late, so the buckets are finest there.
+LOOP_LAG_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
+# E-stop confirmation (the stop written and read back on the bus): tens of ms when healthy, the
+# policy gives up after its confirm timeout (a second or so).
+ESTOP_CONFIRM_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class EstopTally:
+    """The E-stops the core confirmed or not, and the confirmation times (for /metrics)."""
+
+    def __init__(self) -> None:
+        self.confirmed = 0
+        self.unconfirmed = 0
+        self.confirm = Buckets(ESTOP_CONFIRM_BUCKETS_S)
+
+    def record(self, confirmed: bool, confirm_ms: float | None) -> None:
+        if not confirmed:
+            self.unconfirmed += 1
+            return
+        self.confirmed += 1
+        if confirm_ms is not None:
+            self.confirm.observe(confirm_ms / 1000)
+
+    def summary(self) -> EstopSummary:
+        return {
+            "confirmed": self.confirmed,
+            "unconfirmed": self.unconfirmed,
+            "confirm_histogram": self.confirm.summary(),
+        }
+
+
 class LagWindow:
-    """How late the control loop's recent ticks ran: a bounded window, p99 and worst."""
+    """How late the control loop's ticks ran: a bounded recent window (p99, worst) and a histogram
+    since start."""
 
     def __init__(self, period_s: float, size: int = 1500) -> None:
         self.period_s = period_s
         self._lags: deque[float] = deque(maxlen=size)
         self.ticks = 0
+        self.histogram = Buckets(LOOP_LAG_BUCKETS_S)
 
     def add(self, lag_s: float) -> None:
-        self._lags.append(max(0.0, lag_s))
+        lag = max(0.0, lag_s)
+        self._lags.append(lag)
         self.ticks += 1
+        self.histogram.observe(lag)
 
     def summary(self) -> LoopSummary:
         lags = sorted(self._lags)
@@ -212,10 +275,13 @@ class LagWindow:
             "lag_p99_ms": round(ranked(lags, 99) * 1000, 2) if lags else 0.0,
             "lag_max_ms": round(lags[-1] * 1000, 2) if lags else 0.0,
             "ticks": self.ticks,
+            "lag_histogram": self.histogram.summary(),
         }
 
 
 _LINK_FIGURES = (
+    "transactions",
+    "rtt_histogram",
     "rtt_p50_ms",
     "rtt_p99_ms",
     "timeouts",
@@ -295,6 +361,17 @@ def store_health(c: Controller) -> StoreHealth:
     return out
 
 
+def store_start(c: Controller) -> StoreStart:
+    """From the store's start-up report (zero before the store was opened)."""
+    report = c.db.report
+    if report is None:
+        return {"interrupted_commands": 0, "corrupt_recovered": False}
+    return {
+        "interrupted_commands": report.interrupted_commands,
+        "corrupt_recovered": report.corrupt_moved_to is not None,
+    }
+
+
 def status_document(c: Controller) -> StatusDocument:
     now = time.monotonic()
     ready, reasons = c.ready()
@@ -315,6 +392,8 @@ def status_document(c: Controller) -> StatusDocument:
         if last is None
         else {"reason": last.reason, "confirmed": last.confirmed, "confirm_ms": last.confirm_ms, "error": last.error},
         "store": store_health(c),
+        "store_start": store_start(c),
+        "estop": c.estops.summary(),
         "logs": {"dropped_lines": dropped_lines()},
         "loop": c.loop_lag.summary(),
         "uptime_s": round(now - c.started_at, 1),

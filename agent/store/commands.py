@@ -59,6 +59,7 @@ __all__ = [
     "CommandRecord",
     "Commands",
     "cancel_in",
+    "count_by_state_in",
     "expire_due_in",
     "find_in",
     "finish_in",
@@ -473,6 +474,16 @@ async def interrupt_running_in(conn: aiosqlite.Connection, now: datetime | None 
     return changed
 
 
+async def count_by_state_in(conn: aiosqlite.Connection) -> dict[str, int]:
+    """How many commands are in each state (every state named, 0 if none); the (state, seq) index
+    answers it without reading the rows. Commands are never deleted, so the terminal counts only grow."""
+    counts = dict.fromkeys(STATES, 0)
+    for state, n in await conn.execute_fetchall("SELECT state, count(*) FROM commands GROUP BY state"):
+        if state in counts:
+            counts[state] = int(n)
+    return counts
+
+
 # ---------------------------------------------------------------------------- repository
 
 
@@ -552,6 +563,10 @@ class Commands:
 
     async def cancel(self, command_id: str) -> CommandRecord:
         return await self._db.write(lambda conn: cancel_in(conn, command_id))
+
+    async def count_by_state(self) -> dict[str, int]:
+        """Commands per state (a read), for /metrics."""
+        return await self._db.read(count_by_state_in)
 
     async def interrupt_running_on_start(self) -> int:
         """Normally done by `Database.start` (see its report); harmless to repeat."""

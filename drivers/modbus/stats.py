@@ -1,10 +1,19 @@
-"""Per-slave link statistics: counters plus a bounded window of round-trip times for p50/p99."""
+"""Per-slave link statistics: counters, a bounded window of round-trip times for p50/p99, and
+fixed-bound histograms that /metrics exports as Prometheus histograms."""
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
+
+from typing_extensions import TypedDict  # pydantic reads it into the status schema (Python 3.11)
+
+# Upper bounds in seconds (Prometheus `le`). Few and fixed: every bucket travels in each status
+# document the core publishes (several times a second) and is a series in every scrape. A reply
+# on RS485 takes a few ms at 115200 baud and tens of ms at 9600; past 0.5 s it is a timeout.
+RTT_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -18,6 +27,42 @@ def ranked(ordered: list[float], q: float) -> float:
         return 0.0
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+class HistogramSummary(TypedDict):
+    """A histogram as Prometheus reads it: `counts[i]` observations <= `le[i]` (cumulative),
+    `count` all of them (the +Inf bucket), `sum` their total in seconds."""
+
+    le: list[float]
+    counts: list[int]
+    sum: float
+    count: int
+
+
+class Buckets:
+    """Observations counted into fixed upper bounds: constant memory, one bisect per observation."""
+
+    __slots__ = ("_counts", "bounds", "count", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError("bucket bounds must be distinct and ascending")
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # the last one: above every bound
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self.bounds, value)] += 1  # `le` is inclusive: value == bound counts there
+        self.count += 1
+        self.total += value
+
+    def summary(self) -> HistogramSummary:
+        cumulative, running = [], 0
+        for n in self._counts[:-1]:
+            running += n
+            cumulative.append(running)
+        return {"le": list(self.bounds), "counts": cumulative, "sum": round(self.total, 6), "count": self.count}
 
 
 @dataclass
@@ -38,10 +83,12 @@ class SlaveStats:
     rtt_window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
     rtt_recorded: int = 0  # samples ever recorded: tells whether the window changed
     _rtt_cache: tuple[int, float, float] = (0, 0.0, 0.0)  # (rtt_recorded, p50, p99) last worked out
+    rtt_histogram: Buckets = field(default_factory=lambda: Buckets(RTT_BUCKETS_S))  # since start, for /metrics
 
     def record_rtt(self, seconds: float) -> None:
         self.rtt_window.append(seconds)
         self.rtt_recorded += 1
+        self.rtt_histogram.observe(seconds)
 
     def rtt_percentiles(self) -> tuple[float, float]:
         """(p50, p99) of the window in seconds. Status pages ask for these far more often than
@@ -51,10 +98,12 @@ class SlaveStats:
             self._rtt_cache = (self.rtt_recorded, ranked(ordered, 50), ranked(ordered, 99))
         return self._rtt_cache[1], self._rtt_cache[2]
 
-    def summary(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, float | int | HistogramSummary | None]:
         """The link health a status page shows per module."""
         p50, p99 = self.rtt_percentiles()
         return {
+            "transactions": self.transactions,
+            "rtt_histogram": self.rtt_histogram.summary(),
             "rtt_p50_ms": round(p50 * 1000, 3),
             "rtt_p99_ms": round(p99 * 1000, 3),
             "timeouts": self.timeouts,
@@ -69,9 +118,8 @@ class SlaveStats:
             "missed_ticks": self.missed_ticks,
         }
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, float | int | HistogramSummary | None]:
         return {
-            "transactions": self.transactions,
             "ok": self.ok,
             "exceptions": self.exceptions,
             "retries": self.retries,

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets.sync.client
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent import logs
 from drivers.sim.client import SimProcess
@@ -314,11 +315,34 @@ def test_metrics(agent: Agent, admin: httpx.Client) -> None:
         time.sleep(0.1)
         text = admin.get("/metrics").text
     assert "oht_ready 1.0" in text
-    assert "oht_store_batches" in text
+    assert "oht_store_batches_total" in text
     # Log lines the writer could not keep up with are counted where an operator looks.
     dropped = logs.dropped_lines()
     assert admin.get("/api/v1/status").json()["logs"] == {"dropped_lines": dropped}
-    assert f"oht_status_logs_dropped_lines {float(dropped)}" in admin.get("/metrics").text
+    assert f"oht_status_logs_dropped_lines_total {float(dropped)}" in admin.get("/metrics").text
+
+
+def _bus_figures(text: str, role: str) -> tuple[float, float]:
+    """(transactions, answered round trips) of one role in an exposition."""
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("role") == role
+    }
+    return samples["oht_status_module_transactions_total"], samples["oht_status_module_rtt_seconds_count"]
+
+
+def test_bus_transactions_move_the_per_role_counters_and_the_rtt_histogram(admin: httpx.Client) -> None:
+    # The core polls the simulator over the pty all the time: each poll is a real transaction.
+    before = _bus_figures(admin.get("/metrics").text, "safety")
+    deadline = time.monotonic() + 3.0
+    after = before
+    while (after[0] <= before[0] or after[1] <= before[1]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _bus_figures(admin.get("/metrics").text, "safety")
+    assert after[0] > before[0] and after[1] > before[1], (before, after)
+    assert after[1] <= after[0]  # every answer had a request on the wire
 
 
 def test_readyz_reports_why(agent: Agent, sim: SimProcess) -> None:

@@ -16,6 +16,6 @@ def test_per_module_reply_counters_reach_the_status_and_metrics() -> None:
     status = {"modules": {"safety": module}}
     figures = Figures(status=status, ready=True, alive=True, store_stats={}, store_healthy=True)  # type: ignore[arg-type]
     samples = {spec.name: list(spec.samples(figures)) for spec in METRICS if spec.labels == ("role",)}
-    assert samples["oht_status_module_late_dropped"] == [(("safety",), 2.0)]
-    assert samples["oht_status_module_mismatched"] == [(("safety",), 1.0)]
-    assert samples["oht_status_module_fences"] == [(("safety",), 3.0)]
+    assert samples["oht_status_module_late_dropped_total"] == [(("safety",), 2.0)]
+    assert samples["oht_status_module_mismatched_total"] == [(("safety",), 1.0)]
+    assert samples["oht_status_module_fences_total"] == [(("safety",), 3.0)]

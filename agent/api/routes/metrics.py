@@ -1,4 +1,5 @@
-"""`GET /metrics`: Prometheus text format (viewer or an API key)."""
+"""`GET /metrics`: Prometheus text format (viewer or an API key). The database figures are read
+here, once per scrape, on the gateway's reader connections (see agent/api/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from agent.api.context import api_context
 from agent.api.deps import require
-from agent.api.metrics import CONTENT_TYPE
+from agent.api.metrics import CONTENT_TYPE, store_readings
 from agent.api.models import AUTH_ERRORS, errors
 from agent.api.permissions import Permission
 
@@ -20,4 +21,6 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **errors(*AUTH_ERRORS)},
 )
 async def metrics(request: Request) -> Response:
-    return Response(api_context(request).metrics.render(), media_type=CONTENT_TYPE)
+    ctx = api_context(request)
+    readings = await store_readings(ctx.db)
+    return Response(ctx.metrics.render(readings), media_type=CONTENT_TYPE)
