@@ -91,6 +91,7 @@ class Gateway:
         self.client = CoreClient(cfg.core_socket_path, self.db, agent_id=cfg.agent.id, retry_s=self.retry_s)
         self.client.start()
         app = create_app(self.client, self.db, ApiSettings.from_config(cfg))
+        app.state.api.upstream_status = lambda: None if self.upstream is None else self.upstream.status()
         self.api = ApiServer(
             app, cfg.api.host, cfg.api.port, cfg.data_path,
             early_hook=early_estop_hook(app), tls_min_version=cfg.api.tls_min_version,

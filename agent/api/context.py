@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from agent.api.metrics import ApiMetrics
     from agent.api.settings import ApiSettings
     from agent.api.streaming import StreamHub
+    from agent.sync.service import UpstreamStatus
 
 __all__ = ["ApiContext", "EncodedDocument", "api_context"]
 
@@ -39,6 +41,11 @@ class EncodedDocument:
         return self._body
 
 
+def sync_off() -> UpstreamStatus | None:
+    """The upstream status while the gateway runs no sync (`[upstream]` off, or not started)."""
+    return None
+
+
 @dataclass
 class ApiContext:
     core: AgentCore
@@ -49,6 +56,8 @@ class ApiContext:
     metrics: ApiMetrics
     streams: StreamHub
     status_json: EncodedDocument = field(default_factory=EncodedDocument)
+    # Set by the gateway, which owns the sync service and may start it after the API.
+    upstream_status: Callable[[], UpstreamStatus | None] = sync_off
 
 
 def api_context(conn: Request | HTTPConnection) -> ApiContext:

@@ -1,4 +1,4 @@
-"""The status page's static files (`agent/api/static/`), read once from the installed package.
+"""The technician's page's static files (`agent/api/static/`), read once from the installed package.
 
 They are package data, not Python strings, so they can be edited, linted and served as what they
 are. No inline script or style (the Content-Security-Policy forbids both), no secret in the page:

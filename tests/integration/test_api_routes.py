@@ -117,6 +117,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/status"): row(Permission.READ, lambda c, x: c.get("/api/v1/status")),
     ("GET", "/api/v1/modules"): row(Permission.READ, lambda c, x: c.get("/api/v1/modules")),
     ("GET", "/api/v1/modules/{name}"): row(Permission.READ, lambda c, x: c.get("/api/v1/modules/travel")),
+    ("GET", "/api/v1/upstream"): row(Permission.READ, lambda c, x: c.get("/api/v1/upstream")),
     ("POST", "/api/v1/commands"): row(
         Permission.COMMAND,
         lambda c, x: c.post("/api/v1/commands", json={"type": "stop"}, headers={"Idempotency-Key": unique("key")}),

@@ -327,6 +327,28 @@ def stamp(when: datetime) -> str:
     return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+async def upstream_answer(gateway: Any) -> dict[str, Any]:
+    """`GET /api/v1/upstream` as a new viewer: the route reaches the gateway's own sync service."""
+    import httpx
+
+    from agent.auth.principal import CallContext, cli_principal
+
+    api = gateway.api.app.state.api
+    await api.auth.create_user(
+        cli_principal("test"), "sync-watcher", "viewer", "copper kettle on a windy pier", CallContext()
+    )
+    async with httpx.AsyncClient(base_url=gateway.api.url, timeout=5.0) as client:
+        login = await client.post(
+            "/api/v1/auth/login", json={"username": "sync-watcher", "password": "copper kettle on a windy pier"}
+        )
+        assert login.status_code == 200, login.text
+        answer = await client.get("/api/v1/upstream", headers={"Authorization": f"Bearer {login.json()['token']}"})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    assert body["enabled"] is True and body["device_key"] and set(body["uplink"]["streams"])
+    return body
+
+
 async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tmp_path: Path) -> None:
     """Configuration -> mqtt_settings -> TLS with client certificates and the site ACL; the gateway
     runs without a core (the API serves meanwhile), the test's database plays the core's part."""
@@ -375,6 +397,7 @@ async def test_the_gateway_with_upstream_set_goes_online_and_delivers_records(tm
                         "c-expired": ("expired", "UPSTREAM_EXPIRED"),
                         "c-forged": ("rejected", "UPSTREAM_SIGNATURE_INVALID"),
                     }
+                    assert (await upstream_answer(gateway))["uplink"]["connected"] is True
                     assert gateway.tasks.healthy
                 finally:
                     await gateway.shutdown()

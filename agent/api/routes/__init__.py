@@ -14,6 +14,7 @@ from agent.api.routes import (
     page,
     status,
     stream,
+    upstream,
     users,
 )
 
@@ -28,6 +29,7 @@ ROUTERS = (
     api_keys.router,
     audit.router,
     stream.router,
+    upstream.router,
     metrics.router,
     openapi.router,
     page.router,

@@ -1,4 +1,4 @@
-"""`GET /`: the minimal status page and its two static files (no credentials needed to load them)."""
+"""`GET /`: the technician's page and its two static files (no credentials needed to load them)."""
 
 from __future__ import annotations
 
