@@ -35,6 +35,7 @@ from agent.api.errors import error_body
 from agent.auth.auditing import write_anonymous
 from agent.auth.principal import CallContext, Principal
 from agent.ids import new_id
+from agent.logs import log_context
 from agent.store.audit import AuditEntry, append_in, params_digest
 
 __all__ = ["STATE_CHANGING", "ApiMiddleware", "allowed_methods"]
@@ -78,18 +79,20 @@ class ApiMiddleware:
         if scope["type"] == "websocket":
             state = scope.setdefault("state", {})
             state["request_id"] = new_id()
-            await self.app(scope, receive, send)
+            with log_context(request_id=state["request_id"]):
+                await self.app(scope, receive, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self._http(scope, receive, send)
+        request_id = new_id()
+        with log_context(request_id=request_id):  # every line logged for this request carries it
+            await self._http(scope, receive, send, request_id)
 
     # ------------------------------------------------------------------ http
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         started = time.perf_counter()
-        request_id = new_id()
         client = scope.get("client")
         ip = str(client[0]) if client else "unknown"
         state = scope.setdefault("state", {})

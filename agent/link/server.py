@@ -1,6 +1,10 @@
 """The core's end of the Unix socket: admits the gateway's requests, publishes the status view.
 
-The core never waits for the gateway. Frames are parsed in `data_received` (no task per read);
+The core never waits for the gateway. Frames are parsed in `data_received` (no task per read), at
+most `FRAMES_PER_TURN` in one turn of the event loop: beyond that, reading pauses and the rest is
+taken in the next turns, so that a flood of requests never holds the loop for longer than a few
+milliseconds and the bus's timers (the safety module's phase-locked polls) run on time. What a
+turn answers is written in one call at its end;
 replies and views are written to the transport without awaiting a drain: a gateway that stops
 reading first loses views (latest wins), and one that lets `HARD_BUFFER` bytes pile up is
 disconnected. Requests are admitted by a token bucket (`rate` per second, `burst`) and a bound
@@ -24,7 +28,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +45,7 @@ __all__ = ["CoreServer", "peer_credentials"]
 
 log = logging.getLogger("oht.link")
 
+FRAMES_PER_TURN = 128  # frames handled in one turn of the loop (about a millisecond when refused)
 SOFT_BUFFER = 256 * 1024  # above this many unsent bytes a view is skipped
 HARD_BUFFER = 4 * 1024 * 1024  # above this the gateway is disconnected
 _CRED = struct.Struct("3i")
@@ -100,6 +105,8 @@ class _Connection(asyncio.Protocol):
         self.inflight = 0
         self.peer: tuple[int, int, int] = (0, -1, -1)
         self.views_skipped = 0
+        self._backlog: Iterator[dict[str, Any]] | None = None  # frames read, not yet handled
+        self._corked: list[bytes] | None = None  # replies of this turn, written at its end
 
     # ------------------------------------------------------------------ transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,16 +137,49 @@ class _Connection(asyncio.Protocol):
             log.info("gateway (pid %d) disconnected%s", self.peer[0], f": {exc}" if exc else "")
 
     def data_received(self, data: bytes) -> None:
+        self._backlog = self.decoder.feed(data)
+        self._take_turn()
+
+    def _take_turn(self) -> None:
+        """Handle up to FRAMES_PER_TURN frames of the backlog; leave the rest to the next turn."""
+        backlog = self._backlog
+        transport = self.transport
+        if backlog is None or transport is None or transport.is_closing():
+            return
+        self._corked = []
         try:
-            for message in self.decoder.feed(data):
+            for _ in range(FRAMES_PER_TURN):
+                message = next(backlog, None)
+                if message is None:
+                    self._backlog = None
+                    break
                 self._on_message(message)
+            else:  # more frames may wait: let the loop run, then go on
+                transport.pause_reading()
+                asyncio.get_running_loop().call_soon(self._next_turn)
         except p.ProtocolError as exc:
             log.error("gateway (pid %d) broke the protocol: %s", self.peer[0], exc)
             self.send(p.error_reply(None, exc))
+            self._uncork()
             self.close()
         except Exception:
             log.exception("gateway (pid %d) sent a message the core could not handle: disconnected", self.peer[0])
+            self._uncork()
             self.close()
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        transport = self.transport
+        if corked and transport is not None and not transport.is_closing():
+            transport.write(b"".join(corked))
+
+    def _next_turn(self) -> None:
+        self._take_turn()
+        transport = self.transport
+        if self._backlog is None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # ------------------------------------------------------------------ messages
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -236,10 +276,14 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return False
         try:
-            transport.write(p.encode(message))
+            frame = p.encode(message)
         except CodedError as exc:
             log.error("core reply not sent: %s", exc)
-            transport.write(p.encode(p.error_reply(message.get("id"), exc)))
+            frame = p.encode(p.error_reply(message.get("id"), exc))
+        if self._corked is not None:
+            self._corked.append(frame)
+        else:
+            transport.write(frame)
         return True
 
     def send_frame(self, frame: bytes) -> None:
@@ -249,7 +293,10 @@ class _Connection(asyncio.Protocol):
         if transport.get_write_buffer_size() > SOFT_BUFFER:
             self.views_skipped += 1
             return
-        transport.write(frame)
+        if self._corked is not None:  # in order with the replies of this turn
+            self._corked.append(frame)
+        else:
+            transport.write(frame)
 
     def close(self) -> None:
         if self.transport is not None:

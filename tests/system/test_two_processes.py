@@ -7,6 +7,7 @@ received frames, never from the agent's own bookkeeping.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 
 from agent.launcher import CORE_FIFO_PRIORITY, GATEWAY_NICE
 from drivers.sim.client import SimProcess, terminate
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 PASSWORD = "two processes, one robot"
 TRAVEL = 3
+SAFETY = 5
 M1_ENABLE = 0x0001
 
 
@@ -248,6 +252,7 @@ def test_kill_9_of_the_core_the_gateway_says_so_and_nothing_acknowledged_is_lost
 def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(daemon: Daemon, sim: SimProcess) -> None:
     with daemon.client(daemon.login("op")) as c:
         before = c.get("/api/v1/status").json()["loop"]
+    flood_at = time.monotonic()
     flood = subprocess.run(
         [sys.executable, "-m", "tests.system.core_flood", str(daemon.socket), "3.0"],
         env=ENV,
@@ -257,6 +262,14 @@ def test_a_flood_on_the_core_socket_gets_core_busy_and_does_not_delay_the_core(d
         check=True,
     )
     counts = json.loads(flood.stdout.decode().strip().splitlines()[-1])
+    # On the wire: the safety module's status block kept being polled on its ticks through the flood.
+    polls = [r["t"] for r in sim.control.reads(SAFETY, since=flood_at) if r["address"] < 0x0100]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
+    assert len(polls) >= 25, polls  # 3 s of flood at one poll per 100 ms tick, and the drain
+    # A poll that misses its tick waits for the next one, 100 ms later: a gap of 1.5 ticks is one
+    # missed. (Before the core bounded its work per turn, gaps of 200 ms showed here, and on a
+    # loaded machine 300 ms, past the link budget of 250 ms.)
+    assert max(gaps) < 0.150, f"the safety module missed a poll during the flood: gaps {sorted(gaps)[-5:]}"
     sent, answered, busy = counts["sent"], counts["answered"], counts["busy"]
     assert sent >= 1000 and busy > 0, (sent, answered, busy)
     assert answered - busy <= 100 + 500 * 3.5, "more requests were admitted than the rate allows"
@@ -355,3 +368,30 @@ def test_a_half_that_cannot_start_ends_the_launcher_with_its_code(tmp_path: Path
     )
     assert run.returncode == 1, run.stderr
     assert "CONFIG_INVALID" in run.stderr and "not started again" in run.stderr, run.stderr
+
+
+def test_both_halves_log_one_json_object_per_line_with_codes_and_ids_and_no_secret(
+    daemon: Daemon, sim: SimProcess
+) -> None:
+    token = daemon.login("op")
+    with daemon.client(token) as c:
+        assert c.post("/api/v1/estop", json={"reason": "log check"}).status_code == 200
+        ticket = c.post("/api/v1/stream/ticket").json()["ticket"]
+    url = daemon.url.replace("http://", "ws://") + "/api/v1/stream?ticket=not-a-ticket"
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        websockets.sync.client.connect(url, open_timeout=5, proxy=None)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = daemon.log.read_text(errors="replace")
+        if '"code": "ESTOP_REQUESTED"' in text and '"request_id"' in text:
+            break
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    loggers = {line["logger"] for line in lines}
+    assert any(name.startswith(("oht.control", "oht.safety", "oht.runtime")) for name in loggers), loggers
+    assert any(name.startswith(("oht.gateway", "oht.api")) for name in loggers), loggers
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    assert any(line.get("code") == "ESTOP_REQUESTED" for line in lines), "the core's fault line carries its code"
+    assert any("request_id" in line for line in lines), "a line logged inside a request carries its id"
+    for secret in (PASSWORD, token, ticket):
+        assert secret not in text
