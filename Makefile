@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores)
+## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores),
+## in two workers that each take whole files (module-scoped fixtures start once per file)
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 ## make check: lint, format and strict types (ruff and mypy); fails on the first finding
 check: $(STAMP)

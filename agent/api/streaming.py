@@ -1,5 +1,10 @@
 """The WebSocket status stream: a snapshot, then changes, at most `stream_max_hz` per client.
 
+Beside the status, every `VALUES_INTERVAL_S` the stream carries the bound modules' decoded
+values with their age (`{"type": "values", "modules": {role: {name: {value, unit, age_ms,
+quality}}}}`), read from the view the gateway already holds: the technician's page shows live
+speed, position, battery and obstacle distances without polling.
+
 Why a one-slot mailbox per client rather than a queue of every update: a status stream only
 needs the newest state, so updates that arrive faster than the client's rate replace each other
 (coalescing) and memory per client is bounded by one status document. A client that does not
@@ -27,11 +32,13 @@ from agent.auth.principal import Principal
 from agent.auth.service import AuthService
 from agent.control.facade import AgentCore
 from agent.control.status_view import StatusDocument
+from oht_errors import CodedError
 
 __all__ = ["StreamHub"]
 
 log = logging.getLogger("oht.api.stream")
 
+VALUES_INTERVAL_S = 1.0
 CLOSE_SLOW = 1013  # "try again later": the client did not keep up
 CLOSE_POLICY = 1008
 _CLOSE_TIMEOUT_S = 1.0
@@ -128,6 +135,7 @@ class StreamHub:
             tasks = [
                 asyncio.create_task(self._pump(websocket, client)),
                 asyncio.create_task(self._drain_input(websocket)),
+                asyncio.create_task(self._values(websocket)),
                 asyncio.create_task(self._watch_credential(websocket, principal)),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -174,6 +182,17 @@ class StreamHub:
                 if not await self._send(websocket, {"type": "change", "seq": seq, "changes": changes}):
                     return
             await asyncio.sleep(self._interval)  # the rate limit; newer updates coalesce meanwhile
+
+    async def _values(self, websocket: WebSocket) -> None:
+        """The modules' values, once a `VALUES_INTERVAL_S` (none while the core is away)."""
+        while True:
+            try:
+                modules = {m["role"]: m["values"] for m in self._core.modules()}
+            except CodedError:  # the core is not connected: the status says so
+                modules = {}
+            if modules and not await self._send(websocket, {"type": "values", "modules": modules}):
+                return
+            await asyncio.sleep(max(self._interval, VALUES_INTERVAL_S))
 
     @staticmethod
     async def _drain_input(websocket: WebSocket) -> None:

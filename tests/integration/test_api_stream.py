@@ -48,8 +48,28 @@ def connect(agent: Agent, ticket_value: str | None) -> websockets.sync.client.Cl
     return websockets.sync.client.connect(ws_url(agent, ticket_value), open_timeout=5, proxy=None)
 
 
-def recv_json(ws: websockets.sync.client.ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=timeout))  # type: ignore[no-any-return]
+def recv_json(
+    ws: websockets.sync.client.ClientConnection, timeout: float = 5.0, *, values: bool = False
+) -> dict[str, Any]:
+    """The next status message (snapshot or change); the modules' values messages are skipped
+    unless `values`."""
+    while True:
+        message: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
+        if values or message["type"] != "values":
+            return message
+
+
+def test_the_stream_carries_the_modules_values_with_their_age(agent: Agent) -> None:
+    token = agent.login("watcher")
+    with connect(agent, ticket(agent, token)) as ws:
+        assert recv_json(ws)["type"] == "snapshot"
+        deadline = time.monotonic() + 5
+        while (msg := recv_json(ws, values=True))["type"] != "values":
+            assert time.monotonic() < deadline, "no values message within 5 s"
+        travel = msg["modules"]["travel"]
+        position = travel["M1_POSITION_CURRENT"]
+        assert set(position) >= {"value", "age_ms", "quality"} and position["age_ms"] < 5000, position
+        assert {"power", "safety", "travel"} <= set(msg["modules"]), sorted(msg["modules"])
 
 
 def test_snapshot_then_changes(agent: Agent) -> None:

@@ -144,7 +144,15 @@ def test_initial_state_is_boot() -> None:
     assert list(sm.history) == []
 
 
-@pytest.mark.parametrize(("src", "event", "dst", "guard"), ROWS, ids=lambda v: str(v))
+def _param_id(value: object) -> str:
+    """Stable ids: a set's order changes with hash randomisation, and every run (and every
+    parallel worker) must collect the same tests."""
+    if isinstance(value, (set, frozenset)):
+        return "{" + ",".join(sorted(map(str, value))) + "}"
+    return str(value)
+
+
+@pytest.mark.parametrize(("src", "event", "dst", "guard"), ROWS, ids=_param_id)
 def test_row_is_accepted_with_clear_conditions(src: State, event: Event, dst: State, guard: frozenset[str]) -> None:
     clock = FakeClock()
     sm = machine_in(src, clock)
@@ -159,7 +167,7 @@ def test_row_is_accepted_with_clear_conditions(src: State, event: Event, dst: St
 NON_ROWS = [(src, ev) for src in State for ev in Event if (src, ev) not in ROW_KEYS]
 
 
-@pytest.mark.parametrize(("src", "event"), NON_ROWS, ids=lambda v: str(v))
+@pytest.mark.parametrize(("src", "event"), NON_ROWS, ids=_param_id)
 def test_event_outside_the_table_is_refused_and_changes_nothing(src: State, event: Event) -> None:
     sm = machine_in(src)
     before = snapshot(sm)
@@ -177,7 +185,7 @@ GUARDED = [(src, ev, dst, g) for src, ev, dst, g in ROWS if g]
 GUARD_CASES = [(src, ev, dst, g, name) for src, ev, dst, g in GUARDED for name in BREAKS]
 
 
-@pytest.mark.parametrize(("src", "event", "dst", "guard", "name"), GUARD_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("src", "event", "dst", "guard", "name"), GUARD_CASES, ids=_param_id)
 def test_each_condition_alone(src: State, event: Event, dst: State, guard: frozenset[str], name: str) -> None:
     """A condition the guard checks refuses the event, naming it; any other is ignored."""
     sm = machine_in(src)

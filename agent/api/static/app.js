@@ -1,8 +1,9 @@
 'use strict';
 // The technician's page. State, verdict and faults come through the authenticated stream
 // (snapshot, then per-key changes); while it is down the page polls /api/v1/status instead and
-// says so. Module values are not in the stream: they are read from /api/v1/modules/{role} every
-// second, with each value's age as the agent measured it plus the time since it was fetched.
+// says so. Module values come through the stream too (a "values" message every second); while it
+// is down they are read from /api/v1/modules/{role} every second. Each value's age is the agent's
+// own plus the time since the page received it.
 // Everything is rendered with textContent, never as HTML.
 const TOKEN = 'oht-agent-token';
 const ROLES = ['viewer', 'operator', 'technician', 'admin'];
@@ -131,6 +132,13 @@ async function openStream() {
       page.status = msg.status;
       page.streaming = true;
       showLink();
+    } else if (msg.type === 'values') {
+      const at = performance.now();
+      for (const [role, values] of Object.entries(msg.modules || {})) page.modules[role] = {view: {values}, at};
+      recordHistory();
+      renderValues();
+      drawPlot();
+      return;
     } else if (msg.type === 'change' && page.status) {
       for (const [key, value] of Object.entries(msg.changes || {})) {
         if (value === null) delete page.status[key]; else page.status[key] = value;
@@ -156,7 +164,7 @@ function streamDown(why) {
 function showLink(why) {
   const p = $('link');
   if (page.streaming) {
-    p.textContent = 'live: status through the stream; values read every second';
+    p.textContent = 'live: status and values through the stream';
     p.className = 'muted';
   } else {
     p.textContent = 'stream dropped' + (why ? ' - ' + why : '') + ': polling every second, retrying the stream';
@@ -168,8 +176,8 @@ function showLink(why) {
 
 async function tick() {
   page.ticks += 1;
-  const work = [refreshValues()];
-  if (!page.streaming) work.push(refreshStatus());
+  const work = [];
+  if (!page.streaming) work.push(refreshStatus(), refreshValues());
   if (page.ticks % 3 === 1) work.push(refreshCommands());
   if (page.ticks % 5 === 1) work.push(refreshUpstream());
   await Promise.all(work);
@@ -192,15 +200,18 @@ async function refreshValues() {
     const r = await api('GET', '/api/v1/modules/' + role);
     page.modules[role] = r.status === 200 && r.data ? {view: r.data, at: performance.now()} : {missing: describe(r)};
   }));
-  const travel = page.modules.travel && page.modules.travel.view;
-  if (travel) {
-    const speed = travel.values.M1_ACTUAL_SPEED, position = travel.values.M1_POSITION_CURRENT;
-    const now = Date.now();
-    page.history.push({t: now, speed: speed ? speed.value : null, position: position ? position.value : null});
-    while (page.history.length && page.history[0].t < now - PLOT_S * 1000) page.history.shift();
-  }
+  recordHistory();
   renderValues();
   drawPlot();
+}
+
+function recordHistory() {
+  const travel = page.modules.travel && page.modules.travel.view;
+  if (!travel) return;
+  const speed = travel.values.M1_ACTUAL_SPEED, position = travel.values.M1_POSITION_CURRENT;
+  const now = Date.now();
+  page.history.push({t: now, speed: speed ? speed.value : null, position: position ? position.value : null});
+  while (page.history.length && page.history[0].t < now - PLOT_S * 1000) page.history.shift();
 }
 
 async function refreshCommands() {
