@@ -1,10 +1,22 @@
-"""Shared by the state-machine tests: a path of events (each accepted with all conditions met)
-from BOOT to every state."""
+"""Shared by the state-machine tests: the conditions under which every guard passes, and a path
+of events (each accepted with those conditions) from BOOT to every state."""
 
 from __future__ import annotations
 
+from agent.control.state_machine import Conditions
 from agent.control.states import Event as E
 from agent.control.states import State as S
+
+CLEAR = Conditions(
+    estop_active=False,
+    latched_faults=frozenset(),
+    safety_ok=True,
+    comms_ok=True,
+    sensors_ok=True,
+    location_ok=True,
+    target_valid=True,
+    battery_ok=True,
+)
 
 PATHS: dict[S, list[E]] = {
     S.BOOT: [],

@@ -16,18 +16,8 @@ from hypothesis import strategies as st
 from agent.control.catalogue import CATALOGUE, Dispatch, command_allowed
 from agent.control.state_machine import Conditions, StateMachine
 from agent.control.states import MOTION_STATES, TRANSITIONS, CommandType, Event, State
-from tests.state_paths import PATHS
+from tests.state_paths import CLEAR, PATHS
 
-CLEAR = Conditions(
-    estop_active=False,
-    latched_faults=frozenset(),
-    safety_ok=True,
-    comms_ok=True,
-    sensors_ok=True,
-    location_ok=True,
-    target_valid=True,
-    battery_ok=True,
-)
 MOVING = MOTION_STATES | {State.PAUSED}  # a motion command runs (or is held) in these
 
 

@@ -22,18 +22,8 @@ from agent.control.states import Event, State, events_from
 
 S, E = State, Event
 
-from tests.state_paths import PATHS  # noqa: E402
+from tests.state_paths import CLEAR, PATHS  # noqa: E402
 
-CLEAR = Conditions(
-    estop_active=False,
-    latched_faults=frozenset(),
-    safety_ok=True,
-    comms_ok=True,
-    sensors_ok=True,
-    location_ok=True,
-    target_valid=True,
-    battery_ok=True,
-)
 FLAGS = ("safety_ok", "comms_ok", "sensors_ok", "location_ok", "target_valid", "battery_ok")
 FAULT_CODES = ("SAFETY_LINK_LOST", "BUS_TIMEOUT", "MOTOR_OVERCURRENT")
 

@@ -26,18 +26,7 @@ from agent.control.states import TRANSITIONS, CommandType, Event, State
 
 S, E = State, Event
 
-from tests.state_paths import PATHS  # noqa: E402
-
-CLEAR = Conditions(
-    estop_active=False,
-    latched_faults=frozenset(),
-    safety_ok=True,
-    comms_ok=True,
-    sensors_ok=True,
-    location_ok=True,
-    target_valid=True,
-    battery_ok=True,
-)
+from tests.state_paths import CLEAR, PATHS  # noqa: E402
 
 # Each unmet condition, as a Conditions change and the name a refusal must use for it.
 BREAKS: dict[str, tuple[dict[str, object], str]] = {
