@@ -12,10 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores),
-## in two workers that each take whole files (module-scoped fixtures start once per file)
+## make test: the whole suite except the long soak and crash loops (under 10 minutes on 2 cores):
+## first in two workers that each take whole files, then the tests of the carriage's timing alone
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(PY) -m pytest -q -m "not slow and not realtime" -n 2 --dist loadfile
+	$(PY) -m pytest -q -m "realtime and not slow"
 
 ## make check: lint, format and strict types (ruff and mypy); fails on the first finding
 check: $(STAMP)

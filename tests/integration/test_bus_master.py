@@ -20,6 +20,9 @@ from drivers.modbus.schedule import PollPlan, Priority
 from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 POWER, TRAVEL, DOCK, SAFETY = 2, 3, 4, 5
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
+
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
 
 TRAVEL, SAFETY = 3, 5
 M1_ENABLE, M1_SPEED, M1_ACTUAL, M1_ACCEL = 0x0001, 0x0002, 0x0003, 0x000A

@@ -15,6 +15,9 @@ from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
 from tests.integration.test_safety import outputs, start_moving, terminal
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 SAFETY = 5
 ANALOG_1_ENABLE = 0x001A
 DI1_ACTIVE_LEVEL = 0x002A

@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from agent.runtime import Runtime
 from drivers.modbus.frames import write_request
 from drivers.modbus.interlock import PermitRevoked
 from drivers.modbus.schedule import Priority
 from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
+
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
 
 TRAVEL = 3
 M1_ENABLE, M1_COMMAND_SPEED, M1_ACTUAL_SPEED, M1_POSITION, CURRENT = 0x01, 0x02, 0x03, 0x0E, 0x25

@@ -27,6 +27,9 @@ from tests.conftest import agent_config, wait_for
 from tests.integration.stop_trials import TRAVEL, TrialResult, judge, random_delay_ms, sleep_ms
 from tests.integration.test_api_harness import Agent, start_agent
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 KINDS = ("api", "button", "link")
 BATTERY_SOC = 0x0002  # power module, 0.1 %
 SAFETY = 5

@@ -21,6 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 REPO = Path(__file__).resolve().parents[2]
 
 

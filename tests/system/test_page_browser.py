@@ -37,10 +37,13 @@ OBSTACLE = "v-safety-ANALOG_INPUT_1"
 POSITION = "v-travel-M1_POSITION_CURRENT"
 MOVE = {"direction": "forward", "speed_pct": 60, "distance_cm": 10}
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)",
+    ),
+    pytest.mark.realtime,  # resets until IDLE: `make test` runs it alone
+]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,9 @@ import websockets.sync.client
 from agent.launcher import CORE_FIFO_PRIORITY, GATEWAY_NICE
 from drivers.sim.client import SimProcess, terminate
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 PASSWORD = "two processes, one robot"
