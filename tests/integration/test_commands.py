@@ -13,6 +13,9 @@ from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
 from tests.integration.test_safety import M1_ACCEL, TRAVEL, outputs, start_moving, terminal
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 POWER, SAFETY, DOCK = 2, 5, 4
 
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pytest
+
 from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
+
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
 
 TRAVEL = 3
 M1_ENABLE, M1_MAX_SPEED = 0x01, 0x05

@@ -17,6 +17,9 @@ from drivers.modbus.schedule import PollPlan
 from drivers.sim.client import SimProcess
 from tests.conftest import wait_for
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 CYCLES = 4  # in make test; `-m slow` runs 30
 SILENT_S = 3.0
 CONTRACT_S = 2.0

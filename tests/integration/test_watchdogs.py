@@ -18,6 +18,9 @@ from drivers.watchdog import HardwareWatchdog
 from tests.conftest import gateway_for, wait_for
 from tests.integration.test_safety import M1_ACTUAL, M1_ENABLE, SAFETY, TRAVEL, outputs, start_moving
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 
 class FakeSystemd:
     """Plays systemd's side of sd_notify as PID 1 does: a datagram socket read continuously by its

@@ -7,8 +7,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import AGENT_TOML
 from tests.system import moving_agent
+
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
 
 
 def test_kill_9_while_moving_deadman_turns_outputs_off(tmp_path: Path, sim_factory) -> None:  # type: ignore[no-untyped-def]

@@ -15,8 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from drivers.sim.client import SimProcess, terminate
 from tests.system import moving_agent
+
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
 
 REPO = Path(__file__).resolve().parents[2]
 TRAVEL, M1_ENABLE = 3, 0x0001

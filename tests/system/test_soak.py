@@ -23,6 +23,9 @@ import pytest
 from drivers.sim.client import SimProcess
 from tests.system.test_two_processes import Daemon, daemon  # noqa: F401 - fixture
 
+# Asserts the carriage's timing (poll ticks, link budgets, stop latency): `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 SOAK_SHORT_S = 6.0
 SOAK_LONG_S = 3600.0
 WARM_UP_S = 3.0
