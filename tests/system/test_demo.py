@@ -60,9 +60,15 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     try:
         yield proc, read_banner(proc, 60)
     finally:
+        # Ctrl-C first: the demo stops its simulator, broker and consumer, which run in sessions
+        # of their own and would outlive a SIGKILL of its group.
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 def wait_json(client: httpx.Client, path: str, ok: object, timeout: float) -> dict[str, object]:
