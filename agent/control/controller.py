@@ -110,6 +110,7 @@ class Controller:
         self.stop_path = stop_path
         self.output_monitor = OutputMonitor(policy.stop_current_max_a, policy.uncommanded_motion_cm)
         self._port_seen_up = False
+        self._config_seen: tuple[float, float | None] = (-1.0, None)  # (bound_at, first verified at)
         self.supervisor = Supervisor(
             policy, self._liveness, port_up=self._port_ok, on_trip=self._on_trip, estop_input=estop_input
         )
@@ -213,7 +214,18 @@ class Controller:
             poller.interval_s,
             poller.binding.profile.turnaround_ms / 1000,
             poller.interval_since,
+            self._configured_at(poller.bound_at) if role == "safety" else None,
         )
+
+    def _configured_at(self, bound_at: float) -> float:
+        """When the safety module bound at `bound_at` was first seen with its configuration verified
+        (the supervisor bounds how long after bind that may be); infinity while it is not."""
+        if self._config_seen[0] != bound_at:
+            self._config_seen = (bound_at, None)
+        if self._config_seen[1] is None and self.hw.safety_config_verified():
+            self._config_seen = (bound_at, time.monotonic())
+        seen = self._config_seen[1]
+        return seen if seen is not None else float("inf")
 
     def fresh(self, role: str, now: float) -> bool:
         poller = self.hw.pollers.get(role)

@@ -102,6 +102,9 @@ class RoleLiveness:
     interval_s: float
     turnaround_s: float
     interval_since: float = 0.0  # when interval_s took effect (a faster rate cannot be owed earlier replies)
+    # When the link's budget starts, if later than bind + FIRST_REPLY_GRACE_S: the safety module's
+    # configuration written and read back at bind takes its service ticks (see `Supervisor.settled_at`).
+    settled_at: float | None = None
 
 
 LivenessSource = Callable[[str], RoleLiveness | None]
@@ -239,6 +242,18 @@ class Supervisor:
     # A module just bound has answered its identity read moments ago; its first poll may wait for
     # its service tick and for the other modules' first polls, so the budget starts after this grace.
     FIRST_REPLY_GRACE_S = 1.0
+    # The safety module serves one frame per service tick, so writing and reading back its
+    # configuration at bind holds its status polls for several ticks (up to about 0.8 s measured on
+    # a loaded machine). Until the configuration is verified no motion is allowed (the role is not
+    # ready), so its status budget starts once it is verified, but never later than this after bind.
+    BIND_CONFIG_GRACE_S = 3.0
+
+    def settled_at(self, live: RoleLiveness) -> float:
+        """When a bound role's link budget starts: after its first reads, and its configuration."""
+        first = live.bound_at + self.FIRST_REPLY_GRACE_S
+        if live.settled_at is None:
+            return first
+        return max(first, min(live.settled_at, live.bound_at + self.BIND_CONFIG_GRACE_S))
 
     def _age(self, live: RoleLiveness, now: float, role: str | None = None) -> float:
         """Time since the role's link last proved alive.
@@ -255,7 +270,7 @@ class Supervisor:
         else:
             times = [readings[name].at for name in critical if name in readings]
             last = min(times) if len(times) == len(critical) else None
-        settled_at = live.bound_at + self.FIRST_REPLY_GRACE_S
+        settled_at = self.settled_at(live)
         if last is None:
             return now - settled_at
         if critical is not None:
@@ -347,7 +362,7 @@ class Supervisor:
         if live is None or live.snapshot is None:
             return
         snap = live.snapshot
-        settled = now > live.bound_at + self.FIRST_REPLY_GRACE_S
+        settled = now > self.settled_at(live)
 
         def lapsed(name: str) -> bool:
             return settled and snap.quality(name, now) is not Quality.FRESH

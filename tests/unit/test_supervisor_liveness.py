@@ -32,6 +32,8 @@ class Bench:
         self.values.update({name: 1 for name in ENABLES})
         self.values["DI1_STATUS"] = 0
         self.trips: list[str] = []
+        self.bound_at = T0 - 10.0
+        self.configured_at: float | None = None  # the safety role's RoleLiveness.settled_at
         self.sup = Supervisor(
             SafetyPolicy(),
             self.liveness,
@@ -49,7 +51,7 @@ class Bench:
             return None
         readings = {n: Reading(self.values[n], at, MAX_AGE) for n, at in self.at.items()}
         snap = ModuleSnapshot("safety", 5, "safety-safefw", MappingProxyType(readings), True, None, self.now)
-        return RoleLiveness(snap, T0 - 10.0, 0.05, 0.15)
+        return RoleLiveness(snap, self.bound_at, 0.05, 0.15, settled_at=self.configured_at)
 
     def run(self, until: float, every: float, names: tuple[str, ...] | list[str]) -> float | None:
         """Advance in 10 ms steps, `names` answering every `every` s; the time SAFETY_LINK_LOST first showed."""
@@ -137,3 +139,39 @@ def test_the_link_deadline_is_when_the_status_block_budget_runs_out() -> None:
     assert "SAFETY_LINK_LOST" in bench.trips
     bench.answer(STATUS)  # the status block answers again: the deadline moves with it
     assert bench.sup.link_deadline() == bench.now + budget
+
+
+def test_the_configuration_at_bind_holds_the_status_budget_until_verified_but_not_longer() -> None:
+    """Writing and reading back the module's configuration takes its service ticks after bind:
+    the status budget starts once it is verified (no motion is allowed before), at the latest
+    BIND_CONFIG_GRACE_S after bind."""
+    bench = Bench()
+    bench.bound_at = T0
+    bench.configured_at = float("inf")  # not verified yet
+    bench.run(T0 + 0.3, 0.1, STATUS + DISTANCES + ENABLES)
+    # the configuration's frames take the ticks: no status reply for 0.9 s
+    assert bench.run(T0 + 1.2, 0.1, ()) is None, "a link loss while the configuration was written"
+    bench.configured_at = bench.now  # verified now; the polls come back
+    assert bench.run(bench.now + 1.0, 0.1, STATUS + DISTANCES + ENABLES) is None
+    assert bench.sup.evaluate().level is Level.OK
+
+    # a module that stays silent while never verified is still lost, BIND_CONFIG_GRACE_S after bind
+    silent = Bench()
+    silent.bound_at, silent.configured_at = T0, float("inf")
+    lost_at = silent.run(T0 + 5.0, 0.1, ())
+    budget = SafetyPolicy().safety_link_budget_ms / 1000
+    assert lost_at is not None and lost_at <= T0 + Supervisor.BIND_CONFIG_GRACE_S + budget + 0.02, lost_at
+
+
+def test_the_status_budget_runs_from_the_verification_not_from_the_last_reply_before_it() -> None:
+    bench = Bench()
+    bench.bound_at, bench.configured_at = T0, float("inf")
+    bench.run(T0 + 0.3, 0.1, STATUS + DISTANCES + ENABLES)
+    bench.run(T0 + 1.5, 0.1, ())  # 1.2 s of configuration frames
+    bench.configured_at = bench.now
+    # the status block answers again within the budget of the verification: no fault
+    assert bench.run(bench.now + 0.2, 1.0, ()) is None
+    bench.answer(STATUS + DISTANCES + ENABLES)
+    assert not bench.sup.evaluate().has("SAFETY_LINK_LOST")
+    # ... but silence past the budget after it is a link loss again
+    assert bench.run(bench.now + 0.5, 1.0, ()) is not None
