@@ -17,6 +17,9 @@ from agent.store.database import Database
 from drivers.sim.client import SimProcess
 from tests.conftest import gateway_for, wait_for
 
+# Runs an agent in this process and asserts its timing: `make test` runs it alone.
+pytestmark = pytest.mark.realtime
+
 
 def short_socket() -> Path:
     return Path(tempfile.mkdtemp(prefix="oht-link-")) / "core.sock"
